@@ -1,0 +1,1 @@
+"""Subcommands that need only shared code: `unikd info`, `unikd data check|synth`."""
