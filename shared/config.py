@@ -118,7 +118,30 @@ class RunConfig:
 # ---------------------------------------------------------------- strict loading
 
 
+class Raw(str):
+    """A `--set` value as typed: converted by the target field's type, not by YAML's guesses
+    (YAML 1.1 would read the scenario 2:11 as the integer 131)."""
+
+
+def _from_raw(value: Raw, tp: Any) -> Any:
+    if tp is str or typing.get_origin(tp) is Literal:
+        return str(value)
+    if tp is bool:
+        low = value.strip().lower()
+        return {"true": True, "false": False}.get(low, str(value))
+    if tp is int:
+        try:
+            return int(value)
+        except ValueError:
+            return str(value)
+    if tp is float:
+        return str(value)  # _coerce parses numeric strings for float fields
+    return yaml.safe_load(value)
+
+
 def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
+    if isinstance(value, Raw):
+        value = _from_raw(value, tp)
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -151,8 +174,8 @@ def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
             raise ConfigError(key, f"must be a number, got {value!r}", file)
         return float(value)
     if tp is str:
-        if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise ConfigError(key, f"must be a string, got {value!r}", file)
+        if not isinstance(value, str):  # YAML reads 2:11 as 131 and 0123 as 83: ask for quotes
+            raise ConfigError(key, f"must be a string, got {value!r}; quote it in YAML", file)
         return str(value)
     raise ConfigError(key, f"unsupported field type {tp}", file)
 
@@ -185,11 +208,11 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'distill.lr=1e-3' -> ('distill.lr', '1e-3' coerced later); values are parsed as YAML."""
+    """'distill.lr=1e-3' -> ('distill.lr', Raw('1e-3')); the field's type converts it."""
     if "=" not in text:
         raise ConfigError(text, "override must look like section.key=value", "--set")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), Raw(raw.strip())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

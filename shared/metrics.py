@@ -11,7 +11,7 @@ def confusion(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> t
 
 
 def accuracy(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
-    return 100.0 * float((y_true == y_pred).float().mean())
+    return 100.0 * float((y_true == y_pred).sum()) / len(y_true)
 
 
 def macro_f1(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int | None = None) -> float:

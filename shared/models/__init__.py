@@ -1,9 +1,9 @@
 """Models of spec §2: teacher/student 1D-CNNs, adapter, discriminators, gradient reversal."""
 
 from shared.models.adversarial import Adapter, DomainDisc, FeatureDisc, GradReverse, grad_reverse
-from shared.models.cnn1d import CNN1d, count_macs, count_params, student_for, teacher_for
+from shared.models.cnn1d import CNN1d, TeacherEnsemble, count_macs, count_params, student_for, teacher_for
 
 __all__ = [
     "Adapter", "CNN1d", "DomainDisc", "FeatureDisc", "GradReverse", "count_macs", "count_params",
-    "grad_reverse", "student_for", "teacher_for",
+    "grad_reverse", "student_for", "teacher_for", "TeacherEnsemble",
 ]

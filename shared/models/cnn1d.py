@@ -50,6 +50,10 @@ class CNN1d(nn.Module):
     def forward_head(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h)  # [B, C]
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.forward_features(x)
+        return h, self.forward_head(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
@@ -98,3 +102,24 @@ def count_macs(model: nn.Module, channels: int, length: int) -> int:
     for h in hooks:
         h.remove()
     return macs
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers read as one: features and logits are the members' means.
+
+    Averaging seeds is a label-free way to get a stronger, less seed-sensitive teacher.
+    """
+
+    def __init__(self, members: list[CNN1d]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.features_dim = members[0].features_dim
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m.features_and_logits(x) for m in self.members]
+        feat = torch.stack([h for h, _ in outs]).mean(0)
+        logits = torch.stack([z for _, z in outs]).mean(0)
+        return feat, logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(x)[1]

@@ -1,0 +1,75 @@
+"""This node's windows: its share of the target domain (simulation) or its own folder (device).
+
+Unlabelled training windows feed the target terms. Labelled test windows, where a node has
+them, serve federated evaluation, which returns only a confusion matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from shared.config import DataConfig
+from shared.data.adatime import Domain
+from shared.data.loaders import Normalizer
+from shared.data.scenario import load_split
+from shared.datasets import get_spec
+from shared.partition import PartitionSpec, client_domains, partition_indices
+from shared.records import RoundConfig
+
+TRAIN_SALT, TEST_SALT = 11, 13
+
+
+@dataclass
+class LocalData:
+    x_train: torch.Tensor  # [n, C, L] normalised, unlabelled for training purposes
+    test: Domain | None  # labelled test windows for federated evaluation (optional)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.x_train)
+
+
+def _raw_split(dataset: str, path: str, shift: float, split: str, domain: str) -> Domain:
+    spec = get_spec(dataset)
+    return load_split(DataConfig(dataset=dataset, path=path, synth_shift=shift), spec, split, domain)
+
+
+@lru_cache(maxsize=8)
+def _simulated(dataset: str, path: str, shift: float, target: str, partition: str,
+               num_clients: int, client: int, seed: int) -> tuple[Domain, Domain]:
+    """A simulated node's raw train and test windows, decided by the simulator's partitioner."""
+    spec = PartitionSpec.parse(partition)
+    domain = client_domains(target, num_clients, spec)[client]
+    train = _raw_split(dataset, path, shift, "train", domain)
+    test = _raw_split(dataset, path, shift, "test", domain)
+    if spec.kind == "per-domain":
+        return train, test
+    tr = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)[client]
+    te = partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)[client]
+    return (Domain(train.x[tr], train.y[tr], train.file), Domain(test.x[te], test.y[te], test.file))
+
+
+@lru_cache(maxsize=4)
+def _device(dataset: str, path: str, domain: str) -> tuple[Domain, Domain | None]:
+    """A deployed node's own folder; a test file is optional there."""
+    train = _raw_split(dataset, path, 0.0, "train", domain)
+    try:
+        test = _raw_split(dataset, path, 0.0, "test", domain)
+    except Exception:  # no labelled windows on this device: it just skips evaluation
+        test = None
+    return train, test
+
+
+def local_data(rc: RoundConfig, node_config: dict, client: int, norm: Normalizer) -> LocalData:
+    """A device's `data-path` (node config) wins; otherwise the simulated partition."""
+    if "data-path" in node_config:
+        train, test = _device(rc.dataset, str(node_config["data-path"]),
+                              str(node_config.get("domain", rc.target)))
+    else:
+        train, test = _simulated(rc.dataset, rc.data_path, rc.synth_shift, rc.target,
+                                 rc.partition, rc.num_clients, client, rc.seed)
+    norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
+    return LocalData(norm(train.x), norm_test)

@@ -1,0 +1,102 @@
+"""Pure reply checks and aggregation: no Grid, no I/O (tested on in-memory records).
+
+A reply is refused, logged with its client and round, and never aggregated, when it carries an
+error, misses a record, has a wrong shape, NaN or Inf, is for another round, or repeats a client.
+Valid replies are sorted by client id before summing, so the order of arrival never matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from flwr.app import Message
+
+from shared import wire
+from shared.errors import ReplyError
+from shared.records import from_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientUpdate:
+    client: int
+    num_examples: int
+    arrays: dict[str, dict[str, torch.Tensor]]  # record key -> name -> tensor
+    metrics: dict[str, float | int | list]
+
+
+def parse_reply(msg: Message, rnd: int, shapes: dict[str, dict[str, tuple[int, ...]]],
+                records: tuple[str, ...]) -> ClientUpdate:
+    """One reply -> ClientUpdate, or ReplyError saying what was expected and what was found."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        raise ReplyError(f"node {node}", rnd, f"client error: {msg.error.reason}")
+    content = msg.content
+    if wire.METRICS not in content:
+        raise ReplyError(f"node {node}", rnd, "reply has no metrics record")
+    metrics = dict(content[wire.METRICS].items())
+    client = metrics.get("client-id", f"node {node}")
+    if metrics.get("round") != rnd:
+        raise ReplyError(client, rnd, f"stale reply for round {metrics.get('round')}")
+    n = metrics.get("num-examples")
+    if not isinstance(n, int) or n < 0:
+        raise ReplyError(client, rnd, f"num-examples must be a count >= 0, found {n!r}")
+    arrays: dict[str, dict[str, torch.Tensor]] = {}
+    for key in records:
+        if key not in content:
+            raise ReplyError(client, rnd, f"missing record '{key}'")
+        tensors = from_record(content[key])
+        expected = shapes[key]
+        if set(tensors) != set(expected):
+            missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
+            raise ReplyError(client, rnd, f"record '{key}': missing {sorted(missing)[:3]}, "
+                                          f"unexpected {sorted(extra)[:3]}; update dropped")
+        for name, t in tensors.items():
+            if tuple(t.shape) != expected[name]:
+                raise ReplyError(client, rnd, f"'{key}/{name}' shape {list(t.shape)}, expected "
+                                              f"{list(expected[name])}; update dropped")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ReplyError(client, rnd, f"'{key}/{name}' holds NaN or Inf; update dropped")
+        arrays[key] = tensors
+    for name, v in metrics.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ReplyError(client, rnd, f"metric '{name}' is {v}; update dropped")
+    return ClientUpdate(int(client), n, arrays, metrics)
+
+
+def split_replies(replies: list[Message], rnd: int, shapes: dict, records: tuple[str, ...]
+                  ) -> tuple[list[ClientUpdate], list[ReplyError]]:
+    valid: list[ClientUpdate] = []
+    errors: list[ReplyError] = []
+    for msg in replies:
+        try:
+            valid.append(parse_reply(msg, rnd, shapes, records))
+        except ReplyError as err:
+            errors.append(err)
+    seen: set[int] = set()
+    unique = []
+    for u in sorted(valid, key=lambda u: u.client):
+        if u.client in seen:
+            errors.append(ReplyError(u.client, rnd, "second reply from the same client; dropped"))
+            continue
+        seen.add(u.client)
+        unique.append(u)
+    for err in errors:
+        log.warning("%s", err)
+    return unique, errors
+
+
+def weighted_mean(updates: list[ClientUpdate], key: str) -> dict[str, torch.Tensor]:
+    """sum_k n_k/N * x_k in client-id order (float buffers); counts keep their dtype."""
+    total = sum(u.num_examples for u in updates)
+    out: dict[str, torch.Tensor] = {}
+    for u in updates:
+        w = u.num_examples / total if total else 1.0 / len(updates)
+        for name, t in u.arrays[key].items():
+            v = t * w if t.is_floating_point() else t.double() * w
+            out[name] = v if name not in out else out[name] + v
+    return out

@@ -1,0 +1,99 @@
+"""Cloud-side subcommands: `unikd teacher`, `unikd distill`, `unikd bench central`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from shared.config import load_config
+from shared.datasets import get_spec, parse_scenario
+
+log = logging.getLogger(__name__)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set distill.epochs=10 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace):
+    cfg = load_config(args.config, args.set)
+    torch.set_num_threads(cfg.threads)
+    return cfg
+
+
+def teacher_cmd(args: argparse.Namespace) -> int:
+    from server.runner import run_teacher
+
+    run_teacher(_config(args), progress=not args.quiet)
+    return 0
+
+
+def distill_cmd(args: argparse.Namespace) -> int:
+    from server.runner import run_distill
+
+    run_distill(_config(args), args.method, progress=not args.quiet)
+    return 0
+
+
+def federate_cmd(args: argparse.Namespace) -> int:
+    from server.fed_run import run_federate
+
+    run_federate(_config(args), progress=not args.quiet)
+    return 0
+
+
+def bench_central_cmd(args: argparse.Namespace) -> int:
+    from server.bench import run_bench
+
+    overrides = list(args.set) + [f"data.dataset={args.dataset}"]
+    if args.data:
+        overrides.append(f"data.path={Path(args.data).resolve()}")
+    cfg = load_config(args.config, overrides)  # validate early, in this process
+    spec = get_spec(cfg.data.dataset)
+    scenarios = ([f"{a}->{b}" for a, b in map(parse_scenario, args.scenarios.split(","))]
+                 if args.scenarios else [f"{a}->{b}" for a, b in spec.scenarios])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from server.runner import get_method
+
+    for m in methods:
+        get_method(m)
+    report = run_bench({"file": args.config, "overrides": overrides}, spec, methods, scenarios,
+                       seeds, Path(args.out), args.jobs)
+    print((Path(args.out) / "results.md").read_text())
+    return 0 if report["runs"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="pre-train a DANN teacher for one scenario")
+    _add_config_args(p)
+    p.set_defaults(func=teacher_cmd)
+
+    p = sub.add_parser("distill", help="distill a student centrally (UNI-KD or a baseline)")
+    _add_config_args(p)
+    p.add_argument("--method", default="unikd",
+                   help="unikd, source-only, kd-target, dann-student, mobileda, aad, jku")
+    p.set_defaults(func=distill_cmd)
+
+    p = sub.add_parser("federate", help="simulate a federation (default: 3 edges, synthetic data)")
+    _add_config_args(p)
+    p.set_defaults(func=federate_cmd)
+
+    p = sub.add_parser("bench", help="benchmarks that write results.json and a Markdown table")
+    bsub = p.add_subparsers(dest="bench_command", metavar="KIND", required=True)
+    b = bsub.add_parser("central", help="centralized methods x scenarios x seeds")
+    _add_config_args(b)
+    b.add_argument("--data", help="AdaTime folder (default: embedded synthetic data)")
+    b.add_argument("--dataset", default="SYNTH")
+    b.add_argument("--methods", default="unikd,source-only")
+    b.add_argument("--scenarios", help="comma list like 2:11,7:13 (default: the dataset's 10)")
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--out", required=True)
+    b.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    b.set_defaults(func=bench_central_cmd)

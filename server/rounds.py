@@ -1,0 +1,182 @@
+"""The federated run: query counts, (optionally) federated DANN teacher, UNI-KD rounds, eval.
+
+Works against any Flower `Grid`: the real one (simulation or deployment) or the in-process
+harness in server/harness.py. Every round is logged with its number, losses and bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import Message, RecordDict
+from tqdm import tqdm
+
+from server.aggregate import split_replies, weighted_mean
+from server.cloud import Clock, Cloud, SourceData, load_source
+from server.ledger import Ledger
+from server.teacher import content_hash, load_teacher
+from shared import wire
+from shared.config import RunConfig
+from shared.errors import UnikdError
+from shared.metrics import macro_f1
+from shared.records import bn_buffers
+from shared.steps import steps_per_epoch
+
+log = logging.getLogger(__name__)
+TRAIN_RECORDS = (wire.STUDENT_GRAD, wire.D_F_GRAD, wire.D_D_GRAD, wire.STUDENT_BN)
+
+
+@dataclass
+class FedResult:
+    cloud: Cloud
+    rounds: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)
+    wall_seconds: float = 0.0
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+
+def wait_for_nodes(grid, want: int, timeout: float = 300.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < want:
+        if time.monotonic() > deadline:
+            raise UnikdError(f"only {len(nodes)} of {want} clients connected within {timeout:.0f}s")
+        time.sleep(0.5)
+    return nodes
+
+
+def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, rnd: int,
+          timeout: float | None) -> list[Message]:
+    msgs = [Message(contents[n], dst_node_id=n, message_type=mtype, group_id=str(rnd))
+            for n in nodes]
+    return list(grid.send_and_receive(msgs, timeout=timeout))
+
+
+def obtain_fed_teacher(cfg: RunConfig, source: SourceData):
+    """The teacher the federation distils from; training it needs no target windows here."""
+    if cfg.teacher.checkpoint:
+        teacher, _ = load_teacher(cfg.teacher.checkpoint, source.spec)
+        return teacher
+    from server.teacher import train_source_teacher
+
+    if cfg.fed.teacher_placement != "source-only":
+        log.warning("no teacher.checkpoint given: using a source-only teacher. Pre-train a DANN "
+                    "teacher with `unikd teacher` (or federated DANN) for the edge/cloud placements")
+    return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
+
+
+def query_counts(grid, cloud: Cloud, nodes: list[int], timeout: float | None) -> dict[int, int]:
+    content = cloud.down_content(0, with_teacher=False)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout)
+    counts = {}
+    for r in replies:
+        if r.has_error():
+            log.warning("node %s failed the count query: %s", r.metadata.src_node_id, r.error.reason)
+            continue
+        m = r.content[wire.METRICS]
+        counts[int(m["client-id"])] = int(m["num-examples"])
+    if not counts:
+        raise UnikdError("no client answered the count query; see the client logs above")
+    return counts
+
+
+def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: float | None) -> dict:
+    """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
+    content = cloud.down_content(rnd, with_teacher=False)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout)
+    k = cloud.source.spec.classes
+    total = torch.zeros(k, k, dtype=torch.long)
+    clients = 0
+    for r in replies:
+        if r.has_error():
+            log.warning("round %d: node %s evaluation failed: %s", rnd, r.metadata.src_node_id,
+                        r.error.reason)
+            continue
+        m = r.content[wire.METRICS]
+        if "confusion" in m:
+            total += torch.tensor(list(m["confusion"]), dtype=torch.long).reshape(k, k)
+            clients += 1
+    if clients == 0:
+        return {"round": rnd, "clients": 0}
+    y_true = torch.arange(k).repeat_interleave(total.sum(1))
+    y_pred = torch.cat([torch.arange(k).repeat_interleave(row) for row in total])
+    acc = 100.0 * float(total.diag().sum()) / max(int(total.sum()), 1)
+    return {"round": rnd, "clients": clients, "mf1": macro_f1(y_true, y_pred, k), "acc": acc,
+            "num-examples": int(total.sum())}
+
+
+def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = 600.0,
+             on_round=None) -> FedResult:
+    start = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    source = load_source(cfg)
+    teacher = obtain_fed_teacher(cfg, source)
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
+    nodes = wait_for_nodes(grid, cfg.fed.clients)
+    counts = query_counts(grid, cloud, nodes, timeout)
+    n_trg = sum(counts.values())
+    cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
+                        cfg.distill.epochs)
+    total = cfg.fed.rounds or cloud.clock.total
+    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",
+             len(nodes), n_trg, total, cloud.clock.steps_per_epoch, cloud.teacher_hash[:12],
+             cfg.fed.teacher_placement)
+    result = FedResult(cloud)
+    eval_every = cloud.clock.steps_per_epoch
+    has_teacher: set[int] = set()
+    bar = tqdm(range(1, total + 1), desc="rounds", disable=not progress, dynamic_ncols=True)
+    for rnd in bar:
+        t0 = time.perf_counter()
+        contents = {n: cloud.down_content(rnd, with_teacher=n not in has_teacher) for n in nodes}
+        bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
+        replies = _send(grid, nodes, contents, "train", rnd, timeout)
+        src = cloud.source_step(rnd)
+        updates, errors = split_replies(replies, rnd, cloud.up_shapes(), TRAIN_RECORDS)
+        result.rejected += [str(e) for e in errors]
+        for r in replies:
+            if not r.has_error():
+                has_teacher.add(r.metadata.src_node_id)
+        if len(updates) < cfg.fed.min_clients:
+            log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
+                        len(updates), cfg.fed.min_clients)
+            cloud.nets.zero_grad(set_to_none=True)
+            continue
+        cloud.apply(updates, bn_before)
+        row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
+        result.ledger.add_round(rnd, contents, replies)
+        row.update(result.ledger.round_totals(rnd))
+        result.rounds.append(row)
+        if on_round is not None:
+            on_round(rnd, cloud, row)
+        if rnd % eval_every == 0 or rnd == total:
+            ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
+            ev["mb_total"] = result.ledger.total_mb()
+            result.evals.append(ev)
+            log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
+                     rnd, total, cloud.clock.at(rnd - 1)[0], row["src_loss"], row["trg_loss"],
+                     f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def round_row(rnd: int, cloud: Cloud, src: dict, updates, seconds: float) -> dict:
+    row: dict = {"round": rnd, "seconds": seconds, "clients": len(updates)}
+    for k in ("loss", "ce", "kd", "hint", "dom", "adv", "d_f", "w_mean"):
+        if k in src:
+            row[f"src_{k}"] = src[k].item()
+    total = sum(u.num_examples for u in updates) or 1
+    for k in ("loss", "kd", "hint", "dom", "adv", "d_f", "w_mean"):
+        vals = [(u.metrics[k], u.num_examples) for u in updates if k in u.metrics]
+        if vals:
+            row[f"trg_{k}"] = sum(v * n for v, n in vals) / total
+    for u in updates:
+        row[f"w_mean_client{u.client}"] = u.metrics.get("w_mean")
+    return row

@@ -1,0 +1,244 @@
+"""One UNI-KD step, split by the data each part needs (spec §3.3, §9).
+
+`source_terms` needs the labelled source batch and the teacher's outputs on it: the cloud runs it.
+`target_terms` needs the unlabelled target batch and (for most terms) the teacher's outputs on it:
+the edge runs it. The UNI-KD objective is the sum of the two, so a step is
+
+    grads = d(source_terms)/dθ + Σ_k n_k/N · d(target_terms_k)/dθ,   then all three optimizers step.
+
+Update order. All three parameter groups (student+adapter, D_f, D_d) take their gradients at the
+same point θ_t and step together ("simultaneous" adversarial updates). The reference steps D_f
+first and then computes the generator loss on the updated D_f; with its detach bug (spec §8.2)
+that order has no effect on the student, and keeping one gradient point lets one federated round
+equal one centralized step with a single message exchange instead of two.
+
+D_f's loss only reaches D_f, and the generator loss only reaches the student and adapter: the
+generator term evaluates D_f through detached parameters, so one backward pass over
+`terms["loss"]` yields every group's gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from shared import losses
+from shared.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
+from shared.datasets import DatasetSpec
+
+SOURCE_DOMAIN, TARGET_DOMAIN = 1, 0  # D_d class labels, as in the reference
+
+
+@dataclass(frozen=True)
+class KDHparams:
+    temperature: float = 4.0
+    lam_ce: float = 1.0
+    lam_dom: float = 1.0
+    target_kd: bool = True  # False: the reference's "target" KD on source tensors (§8.1)
+    adv_to_student: bool = False  # False: the generator loss is detached, as in the reference (§8.2)
+    detach_weights: bool = True  # w is a constant sample weight (§8.6)
+    double_target_forward: bool = False  # the reference's second target pass for D_d (§8.14)
+
+    @classmethod
+    def from_config(cls, d: object) -> KDHparams:
+        return cls(**{f: getattr(d, f) for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Values the clock gives one step; in a federation the server sends them to every client."""
+
+    beta: float  # KD weight; the domain loss gets (1 - beta)
+    alpha: float  # GRL coefficient
+
+
+@dataclass
+class TeacherOut:
+    """The frozen teacher's outputs on a batch: features [B, 128] and logits [B, C]."""
+
+    feat: torch.Tensor
+    logits: torch.Tensor
+
+    def __getitem__(self, idx: torch.Tensor) -> TeacherOut:
+        return TeacherOut(self.feat[idx], self.logits[idx])
+
+
+class UniKDNets(nn.Module):
+    """Everything UNI-KD trains: the student, its adapter and the two discriminators."""
+
+    GROUPS = ("student", "d_f", "d_d")
+
+    def __init__(self, student: CNN1d, adapter: Adapter, d_f: FeatureDisc, d_d: DomainDisc):
+        super().__init__()
+        self.student, self.adapter, self.d_f, self.d_d = student, adapter, d_f, d_d
+
+    @classmethod
+    def for_spec(cls, spec: DatasetSpec, teacher_features: int = 128) -> UniKDNets:
+        student = student_for(spec)
+        return cls(
+            student,
+            Adapter(student.features_dim, teacher_features),
+            FeatureDisc(teacher_features, spec.d_d_hidden),
+            DomainDisc(student.features_dim, spec.d_d_hidden),
+        )
+
+    def group_params(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups, one optimizer each: opt_S (student + adapter), opt_Df, opt_Dd."""
+        return {
+            "student": [*self.student.parameters(), *self.adapter.parameters()],
+            "d_f": list(self.d_f.parameters()),
+            "d_d": list(self.d_d.parameters()),
+        }
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor, chunk: int = 512) -> TeacherOut:
+    """Run the frozen teacher once over all windows (eval mode: deterministic, cacheable)."""
+    was_training = teacher.training
+    teacher.eval()
+    feats, logits = [], []
+    for i in range(0, len(x), chunk):
+        h, z = teacher.features_and_logits(x[i:i + chunk])
+        feats.append(h)
+        logits.append(z)
+    teacher.train(was_training)
+    return TeacherOut(torch.cat(feats), torch.cat(logits))
+
+
+def _d_f_frozen(nets: UniKDNets, a: torch.Tensor) -> torch.Tensor:
+    """D_f evaluated with detached parameters: gradients flow to the input only."""
+    params = {n: p.detach() for n, p in nets.d_f.named_parameters()}
+    return functional_call(nets.d_f, params, (a,))
+
+
+def _domain_side(nets: UniKDNets, h_student: torch.Tensor, teacher: TeacherOut | None,
+                 sched: StepSchedule, hp: KDHparams) -> dict[str, torch.Tensor]:
+    """Terms every domain contributes: feature hint, D_f and generator halves."""
+    a = nets.adapter(h_student)  # [B, 128]
+    t: dict[str, torch.Tensor] = {}
+    if teacher is not None:
+        t["hint"] = losses.hint_l1(a, teacher.feat)
+        # D_f's loss over [source; target] is a mean over 2B, i.e. half of each domain's mean.
+        t["d_f"] = 0.5 * losses.feature_disc_loss(nets.d_f(teacher.feat), nets.d_f(a.detach()))
+    else:  # no teacher features here: D_f only sees fakes from this side
+        t["d_f"] = 0.5 * losses.bce_to(nets.d_f(a.detach()), 0.0)
+    if hp.adv_to_student:
+        t["adv"] = 0.5 * losses.generator_loss(_d_f_frozen(nets, a))
+    return t
+
+
+def source_terms(nets: UniKDNets, x: torch.Tensor, y: torch.Tensor, teacher: TeacherOut,
+                 sched: StepSchedule, hp: KDHparams) -> dict[str, torch.Tensor]:
+    """Source-side UNI-KD terms (cloud): CE, source KD, hint, D_f halves, source domain loss."""
+    h = nets.student.forward_features(x)  # [B, 32]
+    logits = nets.student.forward_head(h)  # [B, C]
+    d = nets.d_d(grad_reverse(h, sched.alpha))  # [B, 2]
+    w = losses.confusion_weights(d)
+    w_kd = w.detach() if hp.detach_weights else w
+    t = _domain_side(nets, h, teacher, sched, hp)
+    t["ce"] = losses.source_ce(logits, y)
+    t["dom"] = losses.domain_ce(d, SOURCE_DOMAIN)
+    t["kd"] = losses.weighted_kd(teacher.logits, logits, w_kd, hp.temperature)
+    t["w_mean"] = w.detach().mean()
+    t["loss"] = _total(t, sched, hp)
+    t["student_logits"] = logits  # kept for the reference-compat target KD (§8.1)
+    t["w"] = w_kd
+    return t
+
+
+def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
+                 sched: StepSchedule, hp: KDHparams,
+                 compat_source: tuple[TeacherOut, dict[str, torch.Tensor]] | None = None,
+                 ) -> dict[str, torch.Tensor]:
+    """Target-side UNI-KD terms (edge): hint, D_f halves, target domain loss, weighted target KD.
+
+    `teacher=None` is the cloud-placed teacher: hint, D_f-real and target KD are dropped.
+    `compat_source` reproduces bug §8.1 (centralized only): the "target" KD is the source KL
+    again, weighted by the target samples' weights.
+    """
+    h = nets.student.forward_features(x)  # [B, 32]  forward #1
+    t = _domain_side(nets, h, teacher, sched, hp)
+    if hp.double_target_forward:
+        h = nets.student.forward_features(x)  # forward #2: fresh dropout, another BN update
+    d = nets.d_d(grad_reverse(h, sched.alpha))  # [B, 2]
+    w = losses.confusion_weights(d)
+    w_kd = w.detach() if hp.detach_weights else w
+    t["dom"] = losses.domain_ce(d, TARGET_DOMAIN)
+    if compat_source is not None:
+        src_teacher, src_terms = compat_source
+        t["kd"] = losses.weighted_kd(src_teacher.logits, src_terms["student_logits"], w_kd,
+                                     hp.temperature)
+    elif teacher is not None and hp.target_kd:
+        t["kd"] = losses.weighted_kd(teacher.logits, nets.student.forward_head(h), w_kd,
+                                     hp.temperature)
+    t["w_mean"] = w.detach().mean()
+    t["loss"] = _total(t, sched, hp)
+    return t
+
+
+def _total(t: dict[str, torch.Tensor], sched: StepSchedule, hp: KDHparams) -> torch.Tensor:
+    """lam_ce*CE + (1-beta)*lam_dom*L_dom + beta*L_KD + L_G + L_L1, plus D_f's own loss."""
+    zero = torch.zeros(())
+    return (hp.lam_ce * t.get("ce", zero) + (1 - sched.beta) * hp.lam_dom * t["dom"]
+            + sched.beta * t.get("kd", zero) + t.get("adv", zero) + t.get("hint", zero)
+            + t["d_f"])
+
+
+LOG_KEYS = ("loss", "ce", "kd", "hint", "dom", "adv", "d_f", "w_mean")
+
+
+def scalars(t: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The named parts as floats, for logs, ledgers and equivalence checks."""
+    return {k: t[k].item() for k in LOG_KEYS if k in t}
+
+
+# ---------------------------------------------------------------- DANN teacher (spec §3.2)
+
+
+def dann_source_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, y: torch.Tensor,
+                      alpha: float, w_cls: float, w_dom: float) -> dict[str, torch.Tensor]:
+    """Cloud half of DANN: source CE and the source half of the domain loss."""
+    h = teacher.forward_features(x)
+    ce = losses.source_ce(teacher.forward_head(h), y)
+    dom = losses.domain_ce(disc(grad_reverse(h, alpha)), SOURCE_DOMAIN)
+    return {"ce": ce, "dom": dom, "loss": w_cls * ce + w_dom * dom}
+
+
+def dann_target_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, alpha: float,
+                      w_dom: float) -> dict[str, torch.Tensor]:
+    """Edge half of DANN: the target half of the domain loss."""
+    dom = losses.domain_ce(disc(grad_reverse(teacher.forward_features(x), alpha)), TARGET_DOMAIN)
+    return {"dom": dom, "loss": w_dom * dom}
+
+
+# ---------------------------------------------------------------- gradients and optimizers
+
+
+def make_optimizers(groups: dict[str, list[nn.Parameter]], lr: float, weight_decay: float,
+                    betas: tuple[float, float]) -> dict[str, torch.optim.Optimizer]:
+    return {name: torch.optim.Adam(ps, lr=lr, weight_decay=weight_decay, betas=betas)
+            for name, ps in groups.items()}
+
+
+def named_grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Current .grad of every parameter (zeros where a term did not reach it)."""
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in module.named_parameters()}
+
+
+def set_grads(module: nn.Module, grads: dict[str, torch.Tensor]) -> None:
+    for n, p in module.named_parameters():
+        p.grad = grads[n].to(p.dtype).clone()
+
+
+def step_all(optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    for opt in optimizers.values():
+        opt.step()
+
+
+def zero_all(optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)

@@ -1,0 +1,91 @@
+"""The step clock: batches, dropout seeds and epoch bookkeeping for every trainer.
+
+The centralized trainers (DANN teacher, UNI-KD, baselines) and the federated rounds use it alike.
+
+Batches and dropout masks come from per-(seed, stream, step) generators (shared.seeding), the
+same ones the federation uses: the source side draws from stream 0 and the target side from
+client 0's stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from shared.data.loaders import epoch_batches
+from shared.seeding import SOURCE_STREAM, client_stream, generator_for, seed_for
+
+# Purposes mixed into seed_for, so each random draw has its own stream.
+PURPOSE_BATCHES, PURPOSE_DROPOUT, PURPOSE_INIT = 1, 2, 3
+
+
+@dataclass
+class StepInfo:
+    epoch: int  # 1-based, as the schedules expect
+    step: int  # 0-based inside the epoch
+    global_step: int  # 0-based over the whole run
+    steps_per_epoch: int
+    num_epochs: int
+    src_idx: torch.Tensor
+    trg_idx: torch.Tensor
+
+
+def steps_per_epoch(n_src: int, n_trg: int, batch_size: int) -> int:
+    """zip(source, target) with drop_last: the shorter loader sets the epoch length."""
+    return max(1, min(n_src // min(batch_size, n_src), n_trg // min(batch_size, n_trg)))
+
+
+def batch_plan(seed: int, stream: int, epoch: int, n: int, batch_size: int) -> list[torch.Tensor]:
+    return epoch_batches(n, batch_size, generator_for(seed, stream, epoch, PURPOSE_BATCHES))
+
+
+def iterate_steps(seed: int, n_src: int, n_trg: int, batch_size: int, num_epochs: int,
+                  desc: str = "", progress: bool = True) -> Iterator[StepInfo]:
+    spe = steps_per_epoch(n_src, n_trg, batch_size)
+    bar = tqdm(total=spe * num_epochs, desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True)
+    g = 0
+    for epoch in range(1, num_epochs + 1):
+        src = batch_plan(seed, SOURCE_STREAM, epoch, n_src, batch_size)
+        trg = batch_plan(seed, client_stream(0), epoch, n_trg, batch_size)
+        for step in range(spe):
+            yield StepInfo(epoch, step, g, spe, num_epochs, src[step % len(src)],
+                           trg[step % len(trg)])
+            g += 1
+            bar.update(1)
+    bar.close()
+
+
+def seed_side(seed: int, stream: int, global_step: int, sub: int = 0) -> None:
+    """Seed the global torch RNG (dropout masks) for one side of one step.
+
+    `sub` numbers a client's local steps inside one round; sub 0 is the centralized step.
+    """
+    torch.manual_seed(seed_for(seed, stream, global_step, PURPOSE_DROPOUT + 16 * sub))
+
+
+def seed_init(seed: int, what: int = 0) -> None:
+    """Seed model construction; the federated server builds its models the same way."""
+    torch.manual_seed(seed_for(seed, SOURCE_STREAM, what, PURPOSE_INIT))
+
+
+class EpochLog:
+    """Averages named scalars over an epoch's steps."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+OnEpoch = Callable[[int, dict[str, float]], None]

@@ -1,0 +1,111 @@
+"""Strict config loading: defaults, YAML errors that name key and file, `--set`, presets, round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import RunConfig, load_config
+from shared.errors import ConfigError
+
+
+def _yaml(tmp_path, text: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load():
+    cfg = load_config()
+    assert cfg == RunConfig().resolved()
+    assert cfg.distill.target_kd and not cfg.distill.reference_compat
+
+
+def test_yaml_file_values_are_applied(tmp_path):
+    cfg = load_config(_yaml(tmp_path, "seed: 7\ndistill:\n  lr: 1e-3\n  epochs: 3\nfed:\n  clients: 5\n"))
+    assert (cfg.seed, cfg.distill.lr, cfg.distill.epochs, cfg.fed.clients) == (7, 1e-3, 3, 5)
+
+
+@pytest.mark.parametrize("text, key, problem", [
+    ("distill:\n  nope: 1\n", "distill.nope", "unknown key"),
+    ("bogus: 1\n", "bogus", "unknown key"),
+    ("distill:\n  epochs: ten\n", "distill.epochs", "integer"),
+    ("data:\n  normalize: 3\n", "data.normalize", "true or false"),
+    ("distill: 4\n", "distill", "mapping"),
+    ("distill:\n  temperature: 0\n", "distill.temperature", "out of range"),
+    ("teacher:\n  ensemble: 17\n", "teacher.ensemble", "out of range"),
+    ("fed:\n  bn_policy: sometimes\n", "fed.bn_policy", "must be one of"),
+], ids=["unknown-nested", "unknown-top", "wrong-type-int", "wrong-type-bool", "not-a-section",
+        "below-range", "above-range", "not-a-choice"])
+def test_bad_yaml_names_dotted_key_and_file(tmp_path, text, key, problem):
+    path = _yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert f"'{key}'" in msg
+    assert str(path) in msg
+    assert problem in msg
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config(tmp_path / "absent.yaml")
+    assert str(tmp_path / "absent.yaml") in str(info.value)
+
+
+def test_set_overrides_apply_with_type_coercion(tmp_path):
+    path = _yaml(tmp_path, "distill:\n  epochs: 3\n")
+    cfg = load_config(path, ["distill.lr=1e-3", "distill.epochs=5", "data.normalize=false",
+                             "fed.bn_policy=local", "distill.temperature=2", "data.dataset=HAR"])
+    assert cfg.distill.lr == 1e-3 and isinstance(cfg.distill.lr, float)
+    assert cfg.distill.epochs == 5  # the override wins over the file
+    assert cfg.data.normalize is False
+    assert cfg.fed.bn_policy == "local"
+    assert cfg.distill.temperature == 2.0 and isinstance(cfg.distill.temperature, float)
+    assert cfg.data.dataset == "HAR"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("distill.lr", "distill.lr"),  # no '='
+    ("distill.nope=1", "distill.nope"),
+    ("distill.epochs=many", "distill.epochs"),
+    ("distill.temperature=-1", "distill.temperature"),
+])
+def test_bad_override_names_set_and_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert "--set" in str(info.value)
+    assert key in str(info.value)
+
+
+def test_set_keeps_string_fields_verbatim():
+    # YAML 1.1 would read 2:11 as the base-60 integer 131 and 0123 as the octal 83
+    cfg = load_config(None, ["data.scenario=2:11", "data.path=0123"])
+    assert (cfg.data.scenario, cfg.data.path) == ("2:11", "0123")
+
+
+@pytest.mark.parametrize("text, meant", [("data:\n  scenario: 2:11\n", "2:11"),
+                                         ("data:\n  path: 0123\n", "0123")])
+def test_yaml_unquoted_string_is_refused_with_a_hint(tmp_path, text, meant):
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(_yaml(tmp_path, text))
+
+
+def test_reference_compat_turns_every_fix_off():
+    cfg = load_config(None, ["distill.reference_compat=true", "distill.adv_to_student=true"])
+    d = cfg.distill
+    assert not (d.target_kd or d.adv_to_student or d.beta_natural_log or d.detach_weights or d.grl_ramp)
+    assert d.double_target_forward
+
+
+def test_dump_then_load_round_trips(tmp_path):
+    cfg = load_config(None, ["seed=11", "distill.lr=3e-4", "distill.weight_decay=1e-6",
+                             "fed.partition=dirichlet:0.5", "data.scenario=2->11",
+                             "distill.reference_compat=true"])
+    cfg.dump(tmp_path / "dumped.yaml")
+    again = load_config(tmp_path / "dumped.yaml")
+    assert again == cfg
+    assert again.hash() == cfg.hash()
+
+
+def test_hash_changes_with_any_value():
+    assert load_config().hash() != load_config(None, ["seed=1"]).hash()
