@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.local_data import LocalData, local_data
-from client.target_side import unikd_round
+from client.target_side import dann_round, unikd_round
 from shared import wire
 from shared.data.loaders import Normalizer
 from shared.datasets import get_spec
@@ -21,7 +21,8 @@ from shared.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import UnikdError
 from shared.evaluation import predict
 from shared.metrics import confusion
-from shared.models import TeacherEnsemble, teacher_for
+from shared.models import DomainDisc, TeacherEnsemble, teacher_for
+from shared.models.cnn1d import TEACHER_FEATURES
 from shared.records import (RoundConfig, bn_buffers, from_record, load_student_state,
                             student_state, to_record)
 
@@ -105,6 +106,31 @@ def up_shapes(nets: UniKDNets) -> dict:
 
     g = group_named_params(nets)
     return wire.expected_up_shapes(g["student"], g["d_f"], g["d_d"], bn_buffers(nets.student))
+
+
+@app.train("teacher")
+def train_teacher(msg: Message, context: Context) -> Message:
+    """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
+    torch.set_num_threads(1)
+    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
+    cid = client_id(context)
+    data = local_data(rc, dict(context.node_config), cid, decode_norm(msg.content))
+    spec = get_spec(rc.dataset)
+    teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
+    teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
+    disc.load_state_dict(from_record(msg.content[wire.TEACHER_DISC]))
+    grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.lam_dom)
+    reply = RecordDict({
+        wire.TEACHER_GRAD: to_record(grads["teacher"]),
+        wire.TEACHER_DISC_GRAD: to_record(grads["disc"]),
+        wire.TEACHER_BN: to_record(buffers),
+        wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
+                                    "num-examples": data.num_examples, **metrics}),
+    })
+    wire.check_outgoing(reply, wire.expected_teacher_shapes(
+        dict(teacher.named_parameters()), dict(disc.named_parameters()),
+        dict(teacher.named_buffers())))
+    return Message(reply, reply_to=msg)
 
 
 @app.evaluate()

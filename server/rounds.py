@@ -23,7 +23,7 @@ from shared import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.metrics import macro_f1
-from shared.records import bn_buffers
+from shared.records import bn_buffers, to_record
 from shared.steps import steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -60,21 +60,34 @@ def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, r
     return list(grid.send_and_receive(msgs, timeout=timeout))
 
 
-def obtain_fed_teacher(cfg: RunConfig, source: SourceData):
-    """The teacher the federation distils from; training it needs no target windows here."""
+def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
+                       counts: dict[int, int], progress: bool, timeout: float | None):
+    """The teacher to distil from, obtained without target windows ever reaching the cloud.
+
+    A given checkpoint wins. Otherwise `source-only` trains on source data alone, and `edge` /
+    `cloud` pre-train a DANN teacher federatedly (target halves computed on the edges).
+    """
     if cfg.teacher.checkpoint:
         teacher, _ = load_teacher(cfg.teacher.checkpoint, source.spec)
         return teacher
-    from server.teacher import train_source_teacher
+    if cfg.fed.teacher_placement == "source-only":
+        from server.teacher import train_source_teacher
 
-    if cfg.fed.teacher_placement != "source-only":
-        log.warning("no teacher.checkpoint given: using a source-only teacher. Pre-train a DANN "
-                    "teacher with `unikd teacher` (or federated DANN) for the edge/cloud placements")
-    return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
+        return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
+    from server.fed_teacher import federated_dann_teacher
+
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout)  # noqa: E731
+    return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress)
 
 
-def query_counts(grid, cloud: Cloud, nodes: list[int], timeout: float | None) -> dict[int, int]:
-    content = cloud.down_content(0, with_teacher=False)
+def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
+                 timeout: float | None) -> dict[int, int]:
+    """How many training windows each client holds (round 0; nothing but counts comes back)."""
+    from server.fed_teacher import _round_config
+
+    content = RecordDict({
+        wire.NORM: to_record({"mean": source.normalizer.mean, "std": source.normalizer.std}),
+        wire.CONFIG: _round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0).to_record()})
     replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout)
     counts = {}
     for r in replies:
@@ -118,10 +131,10 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     start = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     source = load_source(cfg)
-    teacher = obtain_fed_teacher(cfg, source)
-    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
     nodes = wait_for_nodes(grid, cfg.fed.clients)
-    counts = query_counts(grid, cloud, nodes, timeout)
+    counts = query_counts(grid, cfg, source, nodes, timeout)
+    teacher = obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout)
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
     n_trg = sum(counts.values())
     cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
                         cfg.distill.epochs)

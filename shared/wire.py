@@ -21,12 +21,17 @@ D_D = "d_d"  # data-domain discriminator weights
 CONFIG = "config"  # RoundConfig: clock, schedule values, hyperparameters, data setup
 NORM = "norm"  # per-channel mean/std of the source training split
 TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placement)
+TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
+TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
 
 # ---- up: edge -> cloud
 STUDENT_GRAD = "student.grad"  # (pseudo-)gradient for student + adapter parameters
 D_F_GRAD = "d_f.grad"
 D_D_GRAD = "d_d.grad"
 STUDENT_BN = "student.bn"  # BN running statistics after the local steps
+TEACHER_GRAD = "teacher.grad"  # federated DANN: target-domain gradient for the teacher
+TEACHER_DISC_GRAD = "teacher-disc.grad"
+TEACHER_BN = "teacher.bn"
 METRICS = "metrics"
 
 GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
@@ -53,6 +58,16 @@ def expected_up_shapes(student_state: Mapping, d_f_state: Mapping, d_d_state: Ma
 
     return {STUDENT_GRAD: shapes(student_state), D_F_GRAD: shapes(d_f_state),
             D_D_GRAD: shapes(d_d_state), STUDENT_BN: shapes(student_buffers)}
+
+
+def expected_teacher_shapes(teacher_params: Mapping, disc_params: Mapping,
+                            teacher_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Upward shapes during federated DANN pre-training of the teacher."""
+    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in sd.items()}
+
+    return {TEACHER_GRAD: shapes(teacher_params), TEACHER_DISC_GRAD: shapes(disc_params),
+            TEACHER_BN: shapes(teacher_buffers)}
 
 
 def check_outgoing(content: RecordDict, shapes: dict[str, dict[str, tuple[int, ...]]],

@@ -64,3 +64,22 @@ def test_one_client_one_step_equals_centralized(setup, variant):
             assert torch.equal(p, central.extras[mod].get_parameter(name)), f"{mod}.{name}"
     for key, v in c_state.items():  # BN running stats: equal up to float32 rounding
         assert torch.allclose(f_state[key].double(), v.double(), rtol=1e-5, atol=1e-6), key
+
+
+def test_federated_dann_teacher_equals_centralized(setup):
+    """The teacher's DANN pre-training splits the same way: 1 client reproduces it exactly."""
+    from server.cloud import load_source
+    from server.fed_teacher import federated_dann_teacher
+    from server.rounds import _send
+
+    cfg, data, _ = setup
+    central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
+    grid = InProcessGrid(load_component("client.client_app:app"), 1)
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, None)  # noqa: E731
+    fed = federated_dann_teacher(grid, send, cfg, load_source(cfg), grid.node_ids,
+                                 len(data.trg_train), progress=False)
+    for name, p in fed.named_parameters():
+        assert torch.equal(p, central.get_parameter(name)), name
+    for name, b in fed.named_buffers():
+        ref = central.get_buffer(name)
+        assert torch.allclose(b.double(), ref.double(), rtol=1e-5, atol=1e-6), name

@@ -1,0 +1,112 @@
+"""Federated DANN pre-training of the teacher (spec §9.2): the same split as UNI-KD.
+
+The cloud runs source CE and the source half of the domain loss; each edge returns the gradient
+of the target half for the teacher and its discriminator. With one client this reproduces
+`server.teacher.train_dann_teacher` step for step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import Message, RecordDict
+from tqdm import tqdm
+
+from server.aggregate import split_replies, weighted_mean
+from server.cloud import SourceData
+from server.teacher import TEACHER_BETAS, member_seed
+from shared import wire
+from shared.config import RunConfig
+from shared.engine import dann_source_terms
+from shared.models import DomainDisc, TeacherEnsemble, teacher_for
+from shared.records import RoundConfig, bn_buffers, to_record
+from shared.schedules import grl_alpha, training_progress
+from shared.seeding import SOURCE_STREAM
+from shared.steps import batch_plan, seed_init, seed_side, steps_per_epoch
+
+log = logging.getLogger(__name__)
+RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
+
+
+def _round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int, epoch: int, step: int,
+                  alpha: float) -> RoundConfig:
+    t = cfg.teacher
+    return RoundConfig(
+        round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
+        local_steps=1, seed=seed, batch_size=t.batch_size, temperature=1.0, lam_ce=t.w_cls,
+        lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
+        bn_policy="averaged", teacher_hash="", dataset=source.spec.name, data_path=cfg.data.path,
+        synth_shift=cfg.data.synth_shift, target=source.target, partition=cfg.fed.partition,
+        num_clients=cfg.fed.clients, phase="teacher")
+
+
+@torch.no_grad()
+def _compose_bn(model: torch.nn.Module, before: dict, clients_mean: dict) -> None:
+    """Source EMA update first, then the clients' mean target update (see cloud.compose_bn)."""
+    modules = dict(model.named_modules())
+    for name, buf in model.named_buffers():
+        r0, r_c = before[name], clients_mean[name]
+        if name.endswith("num_batches_tracked"):
+            buf.copy_(buf + torch.round(r_c - r0.double()).long())
+        else:
+            m = modules[name.rsplit(".", 1)[0]].momentum
+            buf.copy_((r_c + (1 - m) * (buf - r0)).to(buf.dtype))
+
+
+def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
+                          n_trg: int, seed: int, norm_record, progress: bool):
+    tcfg, spec = cfg.teacher, source.spec
+    seed_init(seed, what=100)  # as train_dann_teacher
+    teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
+    opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                             betas=TEACHER_BETAS) for m in (teacher, disc)]
+    teacher.train()
+    disc.train()
+    spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_size)
+    total = spe * tcfg.epochs
+    shapes = wire.expected_teacher_shapes(dict(teacher.named_parameters()),
+                                          dict(disc.named_parameters()),
+                                          dict(teacher.named_buffers()))
+    for rnd in tqdm(range(1, total + 1), desc=f"federated DANN teacher (seed {seed})",
+                    disable=not progress, dynamic_ncols=True):
+        epoch, step = (rnd - 1) // spe + 1, (rnd - 1) % spe
+        alpha = grl_alpha(training_progress(step, epoch, spe, tcfg.epochs, cfg.distill.grl_ramp))
+        content = RecordDict({
+            wire.TEACHER_TRAIN: to_record(teacher.state_dict()),
+            wire.TEACHER_DISC: to_record(disc.state_dict()),
+            wire.NORM: norm_record,
+            wire.CONFIG: _round_config(cfg, source, seed, rnd, epoch, step, alpha).to_record()})
+        before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
+        replies = send(grid, nodes, {n: content for n in nodes}, "train.teacher", rnd)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_size)
+        idx = plan[step % len(plan)]
+        seed_side(seed, SOURCE_STREAM, rnd - 1)
+        terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx], alpha,
+                                  tcfg.w_cls, tcfg.w_dom)
+        terms["loss"].backward()
+        updates, _ = split_replies(replies, rnd, shapes, RECORDS)
+        if len(updates) < cfg.fed.min_clients:
+            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
+                        len(updates))
+            continue
+        for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
+            mean = weighted_mean(updates, key)
+            for name, p in module.named_parameters():
+                g = mean[name].to(p.dtype)
+                p.grad = g.clone() if p.grad is None else p.grad + g
+        _compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))
+        for o in opts:
+            o.step()
+    return teacher.eval()
+
+
+def federated_dann_teacher(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
+                           n_trg: int, progress: bool = True):
+    norm = to_record({"mean": source.normalizer.mean, "std": source.normalizer.std})
+    members = [federated_dann_member(grid, send, cfg, source, nodes, n_trg,
+                                     member_seed(cfg.seed, k), norm, progress)
+               for k in range(cfg.teacher.ensemble)]
+    return members[0] if len(members) == 1 else TeacherEnsemble(members)
