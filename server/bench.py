@@ -76,7 +76,7 @@ def _method_task(base: dict, method: str, scenario: str, seed: int, out: str) ->
     teacher, _ = load_teacher(teacher_path(Path(out), scenario, seed), data.spec)
     result = get_method(method)(cfg, data, teacher, False)
     scores = score_student(result.student, data)
-    return {"method": method, "scenario": data.name, "seed": seed, "mf1": scores["mf1"],
+    return {"method": base.get("label") or method, "scenario": data.name, "seed": seed, "mf1": scores["mf1"],
             "acc": scores["acc"], "src_mf1": scores["src_mf1"],
             "train_seconds": result.train_seconds, "peak_rss_mb": _peak_rss_mb()}
 
@@ -126,13 +126,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
-def markdown_report(report: dict, spec: DatasetSpec) -> str:
+def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) -> str:
     """Per-scenario mean ± std over seeds; 10-scenario and main-5 means of the scenario means."""
     runs, teachers = report["runs"], report["teachers"]
     scenarios = list(dict.fromkeys(r["scenario"] for r in teachers))
     methods = list(dict.fromkeys(r["method"] for r in runs))
     main = {f"{a}->{b}" for a, b in spec.main_scenarios}
-    rows = [("teacher (DANN)", teachers)] + [(m, [r for r in runs if r["method"] == m]) for m in methods]
+    rows = [("teacher (DANN)", teachers)] * with_teacher + [
+        (m, [r for r in runs if r["method"] == m]) for m in methods]
     head = "| method | " + " | ".join(scenarios) + " | mean | main-5 mean | s/run |"
     lines = [head, "|" + "---|" * (len(scenarios) + 4)]
     for name, rs in rows:

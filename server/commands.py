@@ -44,7 +44,10 @@ def distill_cmd(args: argparse.Namespace) -> int:
 def federate_cmd(args: argparse.Namespace) -> int:
     from server.fed_run import run_federate
 
-    run_federate(_config(args), progress=not args.quiet)
+    if args.resume:  # the run's own resolved config, plus any --set given now
+        args.config = str(Path(args.resume) / "config.yaml")
+    run_federate(_config(args), progress=not args.quiet,
+                 resume=Path(args.resume) if args.resume else None)
     return 0
 
 
@@ -64,8 +67,31 @@ def bench_central_cmd(args: argparse.Namespace) -> int:
 
     for m in methods:
         get_method(m)
-    report = run_bench({"file": args.config, "overrides": overrides}, spec, methods, scenarios,
-                       seeds, Path(args.out), args.jobs)
+    if args.label and len(methods) != 1:
+        from shared.errors import UnikdError
+
+        raise UnikdError("--label names one variant: give exactly one method with it")
+    base = {"file": args.config, "overrides": overrides, "label": args.label}
+    report = run_bench(base, spec, methods, scenarios, seeds, Path(args.out), args.jobs)
+    print((Path(args.out) / "results.md").read_text())
+    return 0 if report["runs"] else 1
+
+
+def bench_federated_cmd(args: argparse.Namespace) -> int:
+    from server.bench_fed import run_fed_bench
+
+    overrides = list(args.set) + [f"data.dataset={args.dataset}", f"fed.clients={args.clients}",
+                                  f"fed.partition={args.partition}"]
+    if args.data:
+        overrides.append(f"data.path={Path(args.data).resolve()}")
+    cfg = load_config(args.config, overrides)
+    spec = get_spec(cfg.data.dataset)
+    scenarios = ([f"{a}->{b}" for a, b in map(parse_scenario, args.scenarios.split(","))]
+                 if args.scenarios else [f"{a}->{b}" for a, b in spec.scenarios])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = {"file": args.config, "overrides": overrides, "label": args.label,
+            "teachers": str(Path(args.teachers).resolve()) if args.teachers else None}
+    report = run_fed_bench(base, spec, scenarios, seeds, Path(args.out), args.jobs)
     print((Path(args.out) / "results.md").read_text())
     return 0 if report["runs"] else 1
 
@@ -83,6 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("federate", help="simulate a federation (default: 3 edges, synthetic data)")
     _add_config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=federate_cmd)
 
     p = sub.add_parser("bench", help="benchmarks that write results.json and a Markdown table")
@@ -96,4 +124,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seeds", default="0,1,2")
     b.add_argument("--out", required=True)
     b.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    b.add_argument("--label", help="name this variant in the tables (e.g. unikd+adv); it shares "
+                                   "the cached teachers of the same --out")
     b.set_defaults(func=bench_central_cmd)
+
+    f = bsub.add_parser("federated", help="simulated federations x scenarios x seeds")
+    _add_config_args(f)
+    f.add_argument("--data", help="AdaTime folder (default: embedded synthetic data)")
+    f.add_argument("--dataset", default="SYNTH")
+    f.add_argument("--clients", type=int, default=5)
+    f.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | per-domain")
+    f.add_argument("--scenarios", help="comma list like 2:11,7:13 (default: the dataset's 10)")
+    f.add_argument("--seeds", default="0,1,2")
+    f.add_argument("--out", required=True)
+    f.add_argument("--jobs", type=int, default=1)
+    f.add_argument("--label", help="name of this variant in the tables (default fedunikd)")
+    f.add_argument("--teachers", metavar="CENTRAL_BENCH_DIR",
+                   help="reuse the DANN teachers cached by `bench central --out DIR` instead of "
+                        "pre-training them federatedly")
+    f.set_defaults(func=bench_federated_cmd)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.harness import InProcessGrid, load_component
 from server.rounds import FedResult, federate
+from server.teacher import teacher_state
 from shared.config import RunConfig
 from shared.records import student_state
 from shared.runs import make_run_dir, plot_curves, save_torch, write_csv, write_json
@@ -30,6 +31,8 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
     plot_curves(run_dir / "losses.png", result.rounds, "round",
                 ["src_loss", "trg_loss", "trg_kd", "trg_hint", "trg_dom", "trg_w_mean"],
                 "per-round losses")
+    save_torch(run_dir / "checkpoints" / "teacher.pt", {
+        "members": teacher_state(cloud.teacher), "content_hash": cloud.teacher_hash})
     save_torch(run_dir / "checkpoints" / "final.pt", {
         "student": student_state(cloud.nets), "d_f": cloud.nets.d_f.state_dict(),
         "d_d": cloud.nets.d_d.state_dict(),
@@ -50,12 +53,14 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
     return summary
 
 
-def run_inprocess(cfg: RunConfig, progress: bool = True) -> FedResult:
+def run_inprocess(cfg: RunConfig, progress: bool = True, run_dir: Path | None = None,
+                  resume: Path | None = None) -> FedResult:
     grid = InProcessGrid(load_component(CLIENT_APP), cfg.fed.clients)
-    return federate(grid, cfg, progress=progress)
+    return federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
 
 
-def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False) -> FedResult:
+def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False,
+            resume: Path | None = None) -> FedResult:
     """Flower's simulation engine (Ray) with N SuperNodes and the same two apps."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -68,7 +73,7 @@ def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False) -> FedResult:
 
     box: dict = {}
     run_simulation(
-        server_app=make_server_app(cfg, box, progress), client_app=load_component(CLIENT_APP),
+        server_app=make_server_app(cfg, box, progress, run_dir, resume), client_app=load_component(CLIENT_APP),
         num_supernodes=cfg.fed.clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                         "init_args": {"num_cpus": max(1, os.cpu_count() or 1),
@@ -82,12 +87,16 @@ def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False) -> FedResult:
     return box["result"]
 
 
-def run_federate(cfg: RunConfig, progress: bool = True) -> Path:
-    run_dir = make_run_dir(cfg.out, f"federate-{cfg.data.dataset}-{cfg.fed.clients}clients")
-    cfg.dump(run_dir / "config.yaml")
+def run_federate(cfg: RunConfig, progress: bool = True, resume: Path | None = None) -> Path:
+    """A new run folder, or (with `resume`) the interrupted run's own folder, continued."""
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = make_run_dir(cfg.out, f"federate-{cfg.data.dataset}-{cfg.fed.clients}clients")
+        cfg.dump(run_dir / "config.yaml")
     start = time.perf_counter()
-    result = (run_ray(cfg, run_dir, progress) if cfg.fed.engine == "ray"
-              else run_inprocess(cfg, progress))
+    result = (run_ray(cfg, run_dir, progress, resume) if cfg.fed.engine == "ray"
+              else run_inprocess(cfg, progress, run_dir, resume))
     summary = write_fed_run(run_dir, cfg, result)
     log.info("federated %s: target MF1 %.2f after %d rounds, %.1f MB moved, %d updates rejected, "
              "%.1fs -> %s", cfg.data.scenario, summary["mf1"] or float("nan"), summary["rounds"],

@@ -69,7 +69,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
                                           dict(disc.named_parameters()),
                                           dict(teacher.named_buffers()))
     for rnd in tqdm(range(1, total + 1), desc=f"federated DANN teacher (seed {seed})",
-                    disable=not progress, dynamic_ncols=True):
+                    disable=None if progress else True, dynamic_ncols=True):
         epoch, step = (rnd - 1) // spe + 1, (rnd - 1) % spe
         alpha = grl_alpha(training_progress(step, epoch, spe, tcfg.epochs, cfg.distill.grl_ramp))
         content = RecordDict({
@@ -100,6 +100,9 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
         _compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))
         for o in opts:
             o.step()
+        if step == spe - 1 and (epoch % 10 == 0 or epoch == tcfg.epochs):
+            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %.3f  domain %.3f", rnd, total, epoch,
+                     tcfg.epochs, terms["ce"].item(), terms["dom"].item())
     return teacher.eval()
 
 

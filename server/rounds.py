@@ -18,12 +18,14 @@ from tqdm import tqdm
 from server.aggregate import split_replies, weighted_mean
 from server.cloud import Clock, Cloud, SourceData, load_source
 from server.ledger import Ledger
-from server.teacher import content_hash, load_teacher
+from server.teacher import content_hash, load_teacher, teacher_state
 from shared import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.metrics import macro_f1
 from shared.records import bn_buffers, to_record
+from shared.runs import save_torch
+from shared.seeding import capture_rng, restore_rng
 from shared.steps import steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -126,26 +128,41 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: floa
             "num-examples": int(total.sum())}
 
 
-def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = 600.0,
-             on_round=None) -> FedResult:
+def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = None,
+             on_round=None, run_dir: Path | None = None, resume: Path | None = None,
+             stop_after: int | None = None) -> FedResult:
+    """Run the federation; with `run_dir`, checkpoint the full cloud state as it goes.
+
+    `resume` continues from a checkpoint: every random draw is a function of (seed, stream,
+    step), so the resumed run ends with the same numbers as an uninterrupted one.
+    `stop_after` ends the loop after that round (used to test kill-and-resume).
+    """
     start = time.perf_counter()
+    timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
     source = load_source(cfg)
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     counts = query_counts(grid, cfg, source, nodes, timeout)
-    teacher = obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout)
+    ckpt = load_checkpoint(resume, cfg) if resume else None
+    teacher = (checkpoint_teacher(ckpt, source.spec) if ckpt else
+               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout))
     cloud = Cloud(cfg, source, teacher, content_hash(teacher))
     n_trg = sum(counts.values())
     cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
                         cfg.distill.epochs)
     total = cfg.fed.rounds or cloud.clock.total
+    result = FedResult(cloud)
+    first = 1
+    if ckpt:
+        first = restore(cloud, result, ckpt) + 1
+        log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",
              len(nodes), n_trg, total, cloud.clock.steps_per_epoch, cloud.teacher_hash[:12],
              cfg.fed.teacher_placement)
-    result = FedResult(cloud)
     eval_every = cloud.clock.steps_per_epoch
+    ckpt_every = cfg.fed.checkpoint_every or cloud.clock.steps_per_epoch
     has_teacher: set[int] = set()
-    bar = tqdm(range(1, total + 1), desc="rounds", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(first, total + 1), desc="rounds", disable=None if progress else True, dynamic_ncols=True)
     for rnd in bar:
         t0 = time.perf_counter()
         contents = {n: cloud.down_content(rnd, with_teacher=n not in has_teacher) for n in nodes}
@@ -174,10 +191,58 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
             ev["mb_total"] = result.ledger.total_mb()
             result.evals.append(ev)
             log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
-                     rnd, total, cloud.clock.at(rnd - 1)[0], row["src_loss"], row["trg_loss"],
-                     f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
+                     rnd, total, cloud.clock.at(rnd - 1)[0], row["src_loss"], row.get("trg_loss",
+                     float("nan")), f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
+        if run_dir is not None and (rnd % ckpt_every == 0 or rnd == total):
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", cloud, result, rnd)
+        if stop_after is not None and rnd >= stop_after:
+            break
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int) -> None:
+    """Everything needed to continue: weights, all optimizer moments, round, logs, teacher."""
+    save_torch(path, {
+        "round": rnd, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
+        "teacher": teacher_state(cloud.teacher), "teacher_hash": cloud.teacher_hash,
+        "rounds": result.rounds, "evals": result.evals, "rejected": result.rejected,
+        "ledger": result.ledger.rows, "rng": capture_rng()})
+
+
+def load_checkpoint(path: Path, cfg: RunConfig) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UnikdError(f"{path}: no checkpoint to resume from")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: logs are lists
+    if ckpt.get("config_hash") != cfg.hash():
+        raise UnikdError(f"{path}: written by config {ckpt.get('config_hash')}, this run's config "
+                         f"is {cfg.hash()}; resume with the run's own config.yaml")
+    return ckpt
+
+
+def checkpoint_teacher(ckpt: dict, spec):
+    from shared.models import TeacherEnsemble, teacher_for
+
+    members = []
+    for sd in ckpt["teacher"]:
+        m = teacher_for(spec)
+        m.load_state_dict(sd)
+        members.append(m.eval())
+    return members[0] if len(members) == 1 else TeacherEnsemble(members)
+
+
+def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
+    cloud.nets.load_state_dict(ckpt["nets"])
+    for k, o in cloud.opts.items():
+        o.load_state_dict(ckpt["optimizers"][k])
+    result.rounds, result.evals = list(ckpt["rounds"]), list(ckpt["evals"])
+    result.rejected, result.ledger.rows = list(ckpt["rejected"]), list(ckpt["ledger"])
+    restore_rng(ckpt["rng"])
+    return int(ckpt["round"])
 
 
 def round_row(rnd: int, cloud: Cloud, src: dict, updates, seconds: float) -> dict:

@@ -23,20 +23,21 @@ def main(grid: Grid, context: Context) -> None:
     from server.fed_run import write_fed_run
     from shared.runs import make_run_dir
 
-    result = federate(grid, cfg, progress=False)
     run_dir = make_run_dir(cfg.out, f"federate-{cfg.data.dataset}-{cfg.fed.clients}clients")
     cfg.dump(run_dir / "config.yaml")
+    result = federate(grid, cfg, progress=False, run_dir=run_dir)
     write_fed_run(run_dir, cfg, result)
 
 
-def make_server_app(cfg: RunConfig, box: dict, progress: bool = False) -> ServerApp:
+def make_server_app(cfg: RunConfig, box: dict, progress: bool = False, run_dir=None,
+                    resume=None) -> ServerApp:
     """A ServerApp bound to `cfg`; the result (or the error) is left in `box`."""
     bound = ServerApp()
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            box["result"] = federate(grid, cfg, progress=progress)
+            box["result"] = federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
         except Exception as exc:  # surfaced by the launcher after Ray shuts down
             box["error"] = exc
             raise

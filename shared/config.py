@@ -83,6 +83,8 @@ class FedConfig:
     bn_policy: Literal["averaged", "local", "reestimate"] = "averaged"
     engine: Literal["inprocess", "ray"] = "inprocess"
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
+    checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # rounds; 0 = each epoch
+    round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
 
 
 @dataclass

@@ -42,10 +42,13 @@ def batch_plan(seed: int, stream: int, epoch: int, n: int, batch_size: int) -> l
     return epoch_batches(n, batch_size, generator_for(seed, stream, epoch, PURPOSE_BATCHES))
 
 
+# Progress bars draw on a terminal only (tqdm's disable=None); logs and CI get round lines.
+
+
 def iterate_steps(seed: int, n_src: int, n_trg: int, batch_size: int, num_epochs: int,
                   desc: str = "", progress: bool = True) -> Iterator[StepInfo]:
     spe = steps_per_epoch(n_src, n_trg, batch_size)
-    bar = tqdm(total=spe * num_epochs, desc=desc, disable=not progress, leave=False,
+    bar = tqdm(total=spe * num_epochs, desc=desc, disable=None if progress else True, leave=False,
                dynamic_ncols=True)
     g = 0
     for epoch in range(1, num_epochs + 1):

@@ -1,0 +1,43 @@
+"""A federation stopped after round k and resumed ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import torch
+
+from server.harness import InProcessGrid, load_component
+from server.rounds import federate
+from shared.config import load_config
+
+
+def _grid(n: int) -> InProcessGrid:
+    return InProcessGrid(load_component("client.client_app:app"), n)
+
+
+def test_kill_after_round_k_and_resume_matches_uninterrupted(tmp_path):
+    cfg = load_config(overrides=["distill.epochs=2", "teacher.epochs=1", "fed.clients=2",
+                                 "fed.checkpoint_every=4", "seed=5"])
+    full = federate(_grid(2), cfg, progress=False)
+
+    run_dir = tmp_path / "run"
+    federate(_grid(2), cfg, progress=False, run_dir=run_dir, stop_after=9)  # "killed" in round 10
+    resumed = federate(_grid(2), cfg, progress=False, run_dir=run_dir,
+                       resume=run_dir)  # restarts after the last checkpoint (round 8)
+
+    assert len(resumed.rounds) == len(full.rounds)
+    assert [r["src_loss"] for r in resumed.rounds] == [r["src_loss"] for r in full.rounds]
+    assert resumed.final["mf1"] == full.final["mf1"]
+    for (name, a), b in zip(full.cloud.nets.state_dict().items(),
+                            resumed.cloud.nets.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    import pytest
+
+    from shared.errors import UnikdError
+
+    cfg = load_config(overrides=["distill.epochs=1", "teacher.epochs=1", "fed.clients=1"])
+    federate(_grid(1), cfg, progress=False, run_dir=tmp_path)
+    other = load_config(overrides=["distill.epochs=2", "teacher.epochs=1", "fed.clients=1"])
+    with pytest.raises(UnikdError, match="resume with the run's own config"):
+        federate(_grid(1), other, progress=False, resume=tmp_path)
