@@ -37,6 +37,13 @@ def client_id(context: Context) -> int:
     return int(context.node_config.get("partition-id", 0))
 
 
+def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, LocalData]:
+    """The round's config, this node's client id and its (cached) local windows."""
+    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
+    cid = client_id(context)
+    return rc, cid, local_data(rc, dict(context.node_config), cid, decode_norm(msg.content))
+
+
 def decode_nets(content: RecordDict, rc: RoundConfig) -> UniKDNets:
     nets = UniKDNets.for_spec(get_spec(rc.dataset))
     load_student_state(nets, from_record(content[wire.STUDENT]))
@@ -78,9 +85,7 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
-    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
-    cid = client_id(context)
-    data = local_data(rc, dict(context.node_config), cid, decode_norm(msg.content))
+    rc, cid, data = node_inputs(msg, context)
     teacher = cached_teacher(msg, context, rc, data)
     nets = decode_nets(msg.content, rc)
     if rc.bn_policy == "local" and "bn-local" in context.state:
@@ -112,9 +117,7 @@ def up_shapes(nets: UniKDNets) -> dict:
 def train_teacher(msg: Message, context: Context) -> Message:
     """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
     torch.set_num_threads(1)
-    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
-    cid = client_id(context)
-    data = local_data(rc, dict(context.node_config), cid, decode_norm(msg.content))
+    rc, cid, data = node_inputs(msg, context)
     spec = get_spec(rc.dataset)
     teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
     teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
@@ -137,9 +140,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received student on this node's labelled test windows: confusion counts only."""
     torch.set_num_threads(1)
-    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
-    cid = client_id(context)
-    data = local_data(rc, dict(context.node_config), cid, decode_norm(msg.content))
+    rc, cid, data = node_inputs(msg, context)
     spec = get_spec(rc.dataset)
     nets = UniKDNets.for_spec(spec)
     load_student_state(nets, from_record(msg.content[wire.STUDENT]))
@@ -172,9 +173,7 @@ def reestimate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """How many training windows this node holds (the server sizes its clock with it)."""
-    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
-    cid = client_id(context)
-    data = local_data(rc, dict(context.node_config), cid, decode_norm(msg.content))
+    rc, cid, data = node_inputs(msg, context)
     reply = RecordDict({wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
                                                     "num-examples": data.num_examples})})
     wire.check_outgoing(reply, {}, wire.TRAIN_METRICS)

@@ -100,3 +100,33 @@ def weighted_mean(updates: list[ClientUpdate], key: str) -> dict[str, torch.Tens
             v = t * w if t.is_floating_point() else t.double() * w
             out[name] = v if name not in out else out[name] + v
     return out
+
+
+def add_grads(params: dict[str, torch.nn.Parameter], mean: dict[str, torch.Tensor]) -> None:
+    """p.grad += the clients' mean gradient (p.grad holds the cloud's source gradient)."""
+    for name, p in params.items():
+        if name in mean:
+            g = mean[name].to(p.dtype)
+            p.grad = g.clone() if p.grad is None else p.grad + g
+
+
+@torch.no_grad()
+def compose_bn(module: torch.nn.Module, before: dict[str, torch.Tensor],
+               clients_mean: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """BN running stats as if the source batch came first and the target batch second.
+
+    With EMA momentum m, centralized gives r2 = (1-m) r_src + m mu_trg, and a client that
+    started from r0 returns r_c = (1-m) r0 + m mu_trg, so r2 = r_c + (1-m) (r_src - r0).
+    `module`'s buffers hold r_src (the cloud already ran its source forward).
+    """
+    modules = dict(module.named_modules())
+    for name, buf in module.named_buffers():
+        key = prefix + name
+        if key not in clients_mean:
+            continue
+        r0, r_c = before[key], clients_mean[key]
+        if name.endswith("num_batches_tracked"):
+            buf.copy_(buf + torch.round(r_c - r0.double()).long())
+            continue
+        m = modules[name.rsplit(".", 1)[0]].momentum
+        buf.copy_((r_c + (1 - m) * (buf - r0)).to(buf.dtype))

@@ -21,7 +21,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
-from server.aggregate import ClientUpdate, weighted_mean
+from server.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
 from server.teacher import teacher_state
 from shared import wire
 from shared.config import RunConfig
@@ -161,32 +161,8 @@ class Cloud:
         named = group_named_params(self.nets)
         for group, key in (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
                            ("d_d", wire.D_D_GRAD)):
-            mean = weighted_mean(updates, key) if updates else {}
-            for name, p in named[group].items():
-                if name in mean:
-                    g = mean[name].to(p.dtype)
-                    p.grad = g.clone() if p.grad is None else p.grad + g
+            add_grads(named[group], weighted_mean(updates, key) if updates else {})
         if updates and self.cfg.fed.bn_policy != "local":
-            compose_bn(self.nets.student, bn_before, weighted_mean(updates, wire.STUDENT_BN))
+            compose_bn(self.nets.student, bn_before, weighted_mean(updates, wire.STUDENT_BN),
+                       prefix="student.")
         step_all(self.opts)
-
-
-@torch.no_grad()
-def compose_bn(student: nn.Module, before: dict[str, torch.Tensor],
-               clients_mean: dict[str, torch.Tensor]) -> None:
-    """Running stats as if the source batch came first and the target batch second.
-
-    With EMA momentum m, centralized gives r2 = (1-m) r_src + m mu_trg, and a client that
-    started from r0 returns r_c = (1-m) r0 + m mu_trg, so r2 = r_c + (1-m) (r_src - r0).
-    """
-    modules = dict(student.named_modules())
-    for name, buf in student.named_buffers():
-        key = f"student.{name}"
-        if key not in clients_mean:
-            continue
-        r_src, r0, r_c = buf, before[key], clients_mean[key]
-        if name.endswith("num_batches_tracked"):
-            buf.copy_(r_src + torch.round(r_c - r0.double()).long())
-            continue
-        m = modules[name.rsplit(".", 1)[0]].momentum
-        buf.copy_((r_c + (1 - m) * (r_src - r0)).to(buf.dtype))

@@ -13,7 +13,7 @@ import torch
 from flwr.app import Message, RecordDict
 from tqdm import tqdm
 
-from server.aggregate import split_replies, weighted_mean
+from server.aggregate import add_grads, compose_bn, split_replies, weighted_mean
 from server.cloud import SourceData
 from server.teacher import TEACHER_BETAS, member_seed
 from shared import wire
@@ -39,19 +39,6 @@ def _round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int, epoch
         bn_policy="averaged", teacher_hash="", dataset=source.spec.name, data_path=cfg.data.path,
         synth_shift=cfg.data.synth_shift, target=source.target, partition=cfg.fed.partition,
         num_clients=cfg.fed.clients, phase="teacher")
-
-
-@torch.no_grad()
-def _compose_bn(model: torch.nn.Module, before: dict, clients_mean: dict) -> None:
-    """Source EMA update first, then the clients' mean target update (see cloud.compose_bn)."""
-    modules = dict(model.named_modules())
-    for name, buf in model.named_buffers():
-        r0, r_c = before[name], clients_mean[name]
-        if name.endswith("num_batches_tracked"):
-            buf.copy_(buf + torch.round(r_c - r0.double()).long())
-        else:
-            m = modules[name.rsplit(".", 1)[0]].momentum
-            buf.copy_((r_c + (1 - m) * (buf - r0)).to(buf.dtype))
 
 
 def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -93,11 +80,8 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
                         len(updates))
             continue
         for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
-            mean = weighted_mean(updates, key)
-            for name, p in module.named_parameters():
-                g = mean[name].to(p.dtype)
-                p.grad = g.clone() if p.grad is None else p.grad + g
-        _compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))
+            add_grads(dict(module.named_parameters()), weighted_mean(updates, key))
+        compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))
         for o in opts:
             o.step()
         if step == spe - 1 and (epoch % 10 == 0 or epoch == tcfg.epochs):

@@ -1,0 +1,90 @@
+"""Issue 4 scale: round time and peak memory of the in-process federation vs the client count.
+
+Each client count runs in a fresh process (so peak RSS is its own), on real HAR 2->11 split
+IID over K clients, with a fixed teacher checkpoint so only UNI-KD rounds are timed.
+
+    python bench/fed_scale.py --data ../shared/data/HAR --clients 10,30,100 \
+        --out bench/results/fed_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def one(data: str, clients: int, rounds: int, teacher: str) -> dict:
+    import torch
+
+    from server.harness import InProcessGrid, load_component
+    from server.rounds import federate
+    from shared.config import load_config
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR", "data.scenario=2->11",
+                             f"fed.clients={clients}", f"fed.rounds={rounds}",
+                             f"teacher.checkpoint={teacher}"])
+    grid = InProcessGrid(load_component("client.client_app:app"), clients)
+    t0 = time.perf_counter()
+    res = federate(grid, cfg, progress=False)
+    wall = time.perf_counter() - t0
+    secs = [r["seconds"] for r in res.rounds]
+    return {"clients": clients, "rounds": len(secs), "round_seconds_median": statistics.median(secs),
+            "round_seconds_mean": statistics.mean(secs), "wall_seconds": wall,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "bytes_up_per_client_round": statistics.median(r["bytes_up_per_client"]
+                                                           for r in res.rounds),
+            "bytes_down_per_client_round": statistics.median(r["bytes_down_per_client"]
+                                                             for r in res.rounds)}
+
+
+def make_teacher(data: str, path: Path) -> None:
+    import torch
+
+    from server.teacher import save_teacher, train_teacher
+    from shared.config import load_config
+    from shared.data.scenario import load_scenario
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR", "data.scenario=2->11",
+                             "teacher.epochs=10"])
+    data_ = load_scenario(cfg.data)
+    save_teacher(path, train_teacher(cfg, data_, progress=False), cfg, data_)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="../shared/data/HAR")
+    ap.add_argument("--clients", default="10,30,100")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--out", default="bench/results/fed_scale.json")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--teacher", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    data = str(Path(args.data).resolve())
+    if args.child:
+        print(json.dumps(one(data, args.child, args.rounds, args.teacher)))
+        return
+    teacher = Path(args.out).with_suffix(".teacher.pt")
+    if not teacher.exists():
+        make_teacher(data, teacher)
+    rows = []
+    for k in map(int, args.clients.split(",")):
+        out = subprocess.run([sys.executable, __file__, "--data", data, "--child", str(k),
+                              "--rounds", str(args.rounds), "--teacher", str(teacher)],
+                             check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]))
+    Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
+                                          "machine": "2-core CPU, 1 torch thread, in-process Grid",
+                                          "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
