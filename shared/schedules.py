@@ -28,8 +28,9 @@ def training_progress(step: int, epoch: int, steps_per_epoch: int, num_epochs: i
     """p for the GRL, from a 0-based step inside a 1-based epoch.
 
     ramp=True: p = completed steps / total steps, in [0, 1), so alpha starts at 0.
-    ramp=False: the reference's AdaTime formula p = (step + epoch*n)/N + 1/n, which is > 1
-    from the first step, so alpha is about 1 throughout (spec §8.7).
+    ramp=False: the reference's AdaTime formula p = (step + epoch*n)/N + 1/n, which is near
+    or above 1 from the first step (> 1 whenever n/N + 1/n > 1), so alpha is about 1
+    throughout (spec §8.7).
     """
     if ramp:
         return ((epoch - 1) * steps_per_epoch + step) / (num_epochs * steps_per_epoch)
