@@ -20,9 +20,17 @@ Grads = dict[str, dict[str, torch.Tensor]]
 
 
 def _local_batches(rc: RoundConfig, client: int, n: int) -> list[torch.Tensor]:
-    """The K batches of this round: positions step*K .. step*K+K-1 of this epoch's plan."""
-    plan = batch_plan(rc.seed, client_stream(client), rc.epoch, n, rc.batch_size)
-    return [plan[(rc.step * rc.local_steps + j) % len(plan)] for j in range(rc.local_steps)]
+    """The K batches of this round: batches step*K .. step*K+K-1 of this epoch's shuffle.
+
+    The epoch's permutation is read cyclically, so a client holding fewer windows than the
+    round count needs still sees all of them, not one batch again and again. Within the first
+    n // batch_size batches this is exactly the centralized `epoch_batches` plan.
+    """
+    perm = torch.cat(batch_plan(rc.seed, client_stream(client), rc.epoch, n, n))  # one shuffle
+    bs = min(rc.batch_size, n)
+    first = rc.step * rc.local_steps * bs
+    return [perm[torch.arange(first + j * bs, first + (j + 1) * bs) % n]
+            for j in range(rc.local_steps)]
 
 
 def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc: RoundConfig,
