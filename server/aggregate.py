@@ -39,7 +39,9 @@ def parse_reply(msg: Message, rnd: int, shapes: dict[str, dict[str, tuple[int, .
     if wire.METRICS not in content:
         raise ReplyError(f"node {node}", rnd, "reply has no metrics record")
     metrics = dict(content[wire.METRICS].items())
-    client = metrics.get("client-id", f"node {node}")
+    client = metrics.get("client-id")
+    if not isinstance(client, int) or isinstance(client, bool) or client < 0:
+        raise ReplyError(f"node {node}", rnd, f"client-id must be an int >= 0, found {client!r}")
     if metrics.get("round") != rnd:
         raise ReplyError(client, rnd, f"stale reply for round {metrics.get('round')}")
     n = metrics.get("num-examples")
@@ -65,7 +67,7 @@ def parse_reply(msg: Message, rnd: int, shapes: dict[str, dict[str, tuple[int, .
     for name, v in metrics.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ReplyError(client, rnd, f"metric '{name}' is {v}; update dropped")
-    return ClientUpdate(int(client), n, arrays, metrics)
+    return ClientUpdate(client, n, arrays, metrics)
 
 
 def split_replies(replies: list[Message], rnd: int, shapes: dict, records: tuple[str, ...]

@@ -66,6 +66,11 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
             wire.CONFIG: _round_config(cfg, source, seed, rnd, epoch, step, alpha).to_record()})
         before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
         replies = send(grid, nodes, {n: content for n in nodes}, "train.teacher", rnd)
+        updates, _ = split_replies(replies, rnd, shapes, RECORDS)
+        if len(updates) < cfg.fed.min_clients:  # nothing moves, BN statistics included
+            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
+                        len(updates))
+            continue
         for o in opts:
             o.zero_grad(set_to_none=True)
         plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_size)
@@ -74,11 +79,6 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
         terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx], alpha,
                                   tcfg.w_cls, tcfg.w_dom)
         terms["loss"].backward()
-        updates, _ = split_replies(replies, rnd, shapes, RECORDS)
-        if len(updates) < cfg.fed.min_clients:
-            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
-                        len(updates))
-            continue
         for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
             add_grads(dict(module.named_parameters()), weighted_mean(updates, key))
         compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))

@@ -117,7 +117,13 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: floa
             continue
         m = r.content[wire.METRICS]
         if "confusion" in m:
-            total += torch.tensor(list(m["confusion"]), dtype=torch.long).reshape(k, k)
+            counts = list(m["confusion"])
+            if len(counts) != k * k or any(not isinstance(c, int) or c < 0 for c in counts):
+                log.warning("round %d: client %s sent a malformed confusion matrix (%d values, "
+                            "expected %d counts); ignored", rnd, m.get("client-id"), len(counts),
+                            k * k)
+                continue
+            total += torch.tensor(counts, dtype=torch.long).reshape(k, k)
             clients += 1
     if clients == 0:
         return {"round": rnd, "clients": 0}
@@ -168,17 +174,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         contents = {n: cloud.down_content(rnd, with_teacher=n not in has_teacher) for n in nodes}
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
         replies = _send(grid, nodes, contents, "train", rnd, timeout)
-        src = cloud.source_step(rnd)
         updates, errors = split_replies(replies, rnd, cloud.up_shapes(), TRAIN_RECORDS)
         result.rejected += [str(e) for e in errors]
         for r in replies:
             if not r.has_error():
                 has_teacher.add(r.metadata.src_node_id)
-        if len(updates) < cfg.fed.min_clients:
+        if len(updates) < cfg.fed.min_clients:  # nothing moves: not even BN statistics
             log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
                         len(updates), cfg.fed.min_clients)
-            cloud.nets.zero_grad(set_to_none=True)
             continue
+        src = cloud.source_step(rnd)  # at the weights the clients received
         cloud.apply(updates, bn_before)
         row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
         result.ledger.add_round(rnd, contents, replies)

@@ -98,3 +98,7 @@ def check_outgoing(content: RecordDict, shapes: dict[str, dict[str, tuple[int, .
             if tuple(arr.shape) != allowed[name]:
                 raise WireViolation(f"array '{key}/{name}' has shape {list(arr.shape)}, "
                                     f"the manifest allows {list(allowed[name])}")
+            counter = name.endswith("num_batches_tracked")
+            if arr.dtype != ("int64" if counter else "float32"):
+                raise WireViolation(f"array '{key}/{name}' has dtype {arr.dtype}; only BN "
+                                    f"counters are int64, everything else float32")

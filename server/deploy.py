@@ -1,0 +1,543 @@
+"""Real deployment, cloud side: a Flower SuperLink with our defaults, the `flwr` CLI, `submit`.
+
+Secure by default (flower-notes §5.3): TLS on, SuperNode authentication on (a node must present
+a key registered with `unikd certs register`), runtime dependency installation off, state in a
+SQLite database under the state directory so registrations and runs survive a restart.
+
+State directory layout (`unikd cloud --state-dir D`):
+
+    D/certs/             CA, server certificate, node keys (made on first start if absent)
+    D/state.db           the SuperLink's state: registered nodes, runs
+    D/flwr-home/         FLWR_HOME of the SuperLink (installed app bundles)
+    D/runs/              run folders written by the ServerApp (its working directory is D)
+    D/superlink.log      process logs
+    D/cloud.json         address, CA path, port: what `unikd submit --state-dir D` reads
+
+Every process is started in its own session (`start_new_session=True`) and stopped by signalling
+its whole process group, so the SuperExec and ServerApp children go with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.certs import CertPaths, init_all
+from shared.errors import UnikdError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000  # Flower 1.42: Fleet + Control + Runtime APIs share one HTTP(S) port
+CONNECTION = "unikd"  # connection name in the private flwr CLI config
+FLWR_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FINISHED = "finished:"
+
+
+# ---------------------------------------------------------------- processes
+
+
+def flwr_tool(name: str) -> str:
+    """A Flower console script from this Python environment (else from PATH)."""
+    here = Path(sys.executable).parent / name
+    if here.is_file():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise UnikdError(f"{name} not found; install flwr==1.42.0 in this environment")
+    return found
+
+
+def flwr_env(flwr_home: Path | None = None, extra: dict | None = None) -> dict[str, str]:
+    env = {**os.environ, **FLWR_ENV}
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class ProcessGroup:
+    """A process we started in its own session; `stop()` signals the whole group."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the group, then SIGKILL what is left; reaps the leader."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)  # pgid == pid: start_new_session made it a leader
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.popen.poll() is not None and not group_members(self.pid):
+                    return self.popen.returncode
+                time.sleep(0.1)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc (Linux)."""
+    out = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return out
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "(comm) ": state ppid pgrp ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def _pdeathsig_ok() -> bool:
+    """PR_SET_PDEATHSIG fires when the creating *thread* exits: use it from the main thread only."""
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the process that started it dies (even by SIGKILL),
+    so a killed `unikd cloud` or test never leaves an orphaned SuperLink behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_group(name: str, cmd: list[str], log_path: Path | None, env: dict[str, str],
+                cwd: Path | None = None) -> ProcessGroup:
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+    try:
+        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                 cwd=str(cwd) if cwd else None, start_new_session=True,
+                                 stdin=subprocess.DEVNULL,
+                                 preexec_fn=_die_with_parent if _pdeathsig_ok() else None)
+    finally:
+        if log_path is not None:
+            out.close()  # the child holds its own descriptor
+    log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
+    return ProcessGroup(name, popen, log_path)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ssl_context(ca: Path | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+
+
+def health(address: str, ca: Path | None, timeout: float = 2.0) -> bool:
+    """GET /health over HTTPS verified against `ca` (plain HTTP when `ca` is None)."""
+    url = f"{'https' if ca else 'http'}://{address}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=ssl_context(ca)) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+def wait_healthy(address: str, ca: Path | None, proc: ProcessGroup | None,
+                 timeout: float = 60.0) -> float:
+    start = time.monotonic()
+    while not health(address, ca):
+        if proc is not None and not proc.alive():
+            raise UnikdError(f"{proc.name} exited with code {proc.popen.returncode}:\n"
+                             f"{proc.log_tail()}")
+        if time.monotonic() - start > timeout:
+            raise UnikdError(f"{address} not healthy after {timeout:.0f}s"
+                             + (f":\n{proc.log_tail()}" if proc else ""))
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+# ---------------------------------------------------------------- cloud (SuperLink)
+
+
+def local_address(host: str, port: int) -> str:
+    """How processes on the cloud machine itself reach the SuperLink."""
+    if host in ("0.0.0.0", "", "::", "[::]"):
+        return f"127.0.0.1:{port}"
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+@dataclass
+class CloudConfig:
+    state_dir: Path
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    certs: Path | None = None  # default: <state_dir>/certs
+    names: list[str] = field(default_factory=list)  # SANs if certs are made here
+    insecure: bool = False
+    auth: bool = True
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.certs = Path(self.certs).resolve() if self.certs else self.state_dir / "certs"
+        if self.insecure and self.auth:
+            self.auth = False  # Flower refuses node auth without TLS (flower-notes §5.3)
+
+    @property
+    def paths(self) -> CertPaths:
+        return CertPaths(self.certs)  # type: ignore[arg-type]
+
+    @property
+    def address(self) -> str:
+        return local_address(self.host, self.port)
+
+    @property
+    def ca(self) -> Path | None:
+        return None if self.insecure else self.paths.ca_crt
+
+
+def default_names() -> list[str]:
+    names = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def ensure_certs(cfg: CloudConfig) -> list[str]:
+    """Make the CA and server certificate on first start; returns what was created."""
+    p = cfg.paths
+    if p.ca_crt.is_file() and p.server_crt.is_file() and p.server_key.is_file():
+        return []
+    if p.ca_crt.is_file() != p.ca_key.is_file() or (p.ca_crt.is_file() and not p.ca_key.is_file()):
+        raise UnikdError(f"{p.dir}: incomplete certificate folder; rerun `unikd certs init`")
+    names = list(dict.fromkeys(cfg.names + ["localhost", "127.0.0.1"])) if cfg.names \
+        else default_names()
+    if p.ca_crt.is_file():
+        from server.certs import make_server_cert
+
+        make_server_cert(p.dir, names)
+        return [str(p.server_crt)]
+    init_all(p.dir, names)
+    return [str(p.ca_crt), str(p.server_crt)]
+
+
+def superlink_command(cfg: CloudConfig) -> list[str]:
+    cmd = [flwr_tool("flower-superlink"), "--host", cfg.host, "--port", str(cfg.port),
+           "--database", str(cfg.state_dir / "state.db"),
+           "--disable-runtime-dependency-installation"]
+    if cfg.insecure:
+        cmd.append("--insecure")
+    else:
+        p = cfg.paths
+        cmd += ["--ssl-ca-certfile", str(p.ca_crt), "--ssl-certfile", str(p.server_crt),
+                "--ssl-keyfile", str(p.server_key)]
+    if cfg.auth:
+        cmd.append("--enable-supernode-auth")
+    return cmd
+
+
+@dataclass
+class Cloud:
+    cfg: CloudConfig
+    superlink: ProcessGroup
+    ready_seconds: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return self.cfg.address
+
+    def stop(self) -> None:
+        self.superlink.stop()
+
+    def cli(self, home: Path | None = None) -> FlwrCli:
+        return FlwrCli(self.address, self.cfg.ca, home or self.cfg.state_dir / "cli-home")
+
+    def __enter__(self) -> Cloud:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_cloud(cfg: CloudConfig, timeout: float = 60.0) -> Cloud:
+    """Start the SuperLink (cwd = state dir, so run folders land in <state>/runs) and wait
+    until it answers /health over TLS."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.insecure:
+        ensure_certs(cfg)
+    home = cfg.state_dir / "flwr-home"
+    home.mkdir(exist_ok=True)
+    proc = start_group("flower-superlink", superlink_command(cfg),
+                       cfg.state_dir / "superlink.log", flwr_env(home), cwd=cfg.state_dir)
+    try:
+        ready = wait_healthy(cfg.address, cfg.ca, proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    info = {"address": cfg.address, "host": cfg.host, "port": cfg.port,
+            "ca": str(cfg.ca) if cfg.ca else None, "auth": cfg.auth, "insecure": cfg.insecure,
+            "pid": proc.pid, "runs": str(cfg.state_dir / "runs"), "started": time.time()}
+    (cfg.state_dir / "cloud.json").write_text(json.dumps(info, indent=2) + "\n")
+    return Cloud(cfg, proc, ready)
+
+
+# ---------------------------------------------------------------- the flwr CLI
+
+
+class FlwrCli:
+    """The `flwr` CLI against one SuperLink, with a private FLWR_HOME holding its connection."""
+
+    def __init__(self, address: str, ca: Path | None, home: Path | None = None):
+        self.address, self.ca = address, Path(ca).resolve() if ca else None
+        self.home = Path(home) if home else Path(tempfile.mkdtemp(prefix="unikd-flwr-cli-"))
+        self.home.mkdir(parents=True, exist_ok=True)
+        conn = [f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]",
+                f'address = "{address}"']
+        conn.append(f'root-certificates = "{self.ca}"' if self.ca else "insecure = true")
+        (self.home / "config.toml").write_text("\n".join(conn) + "\n")
+
+    def run(self, args: list[str], timeout: float = 120.0, check: bool = True,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run([flwr_tool("flwr"), *args], env=flwr_env(self.home),
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise UnikdError(f"flwr {' '.join(args[:2])} failed (exit {proc.returncode}): "
+                             f"{_last_lines(proc.stdout + proc.stderr)}")
+        return proc
+
+    def json(self, args: list[str], timeout: float = 120.0, cwd: Path | None = None) -> dict:
+        proc = self.run([*args, "--format", "json"], timeout, check=False, cwd=cwd)
+        try:
+            data = json.loads(_json_part(proc.stdout))
+        except ValueError:
+            raise UnikdError(f"flwr {' '.join(args[:2])}: no JSON in the output (exit "
+                             f"{proc.returncode}): {_last_lines(proc.stdout + proc.stderr)}"
+                             ) from None
+        if proc.returncode != 0 or data.get("success") is False:
+            raise UnikdError(f"flwr {' '.join(args[:2])} failed: "
+                             f"{data.get('error-message') or _last_lines(proc.stdout)}")
+        return data
+
+    # -- nodes
+    def register(self, public_key: Path, name: str | None = None) -> int:
+        args = ["supernode", "register", str(public_key), CONNECTION]
+        if name:
+            args += ["--name", name]
+        data = self.json(args)
+        return int(data["node-id"])
+
+    def nodes(self) -> list[dict]:
+        return list(self.json(["supernode", "list", CONNECTION]).get("nodes", []))
+
+    def online_nodes(self) -> list[dict]:
+        return [n for n in self.nodes() if str(n.get("status", "")).lower() == "online"]
+
+    # -- runs
+    def start_run(self, app: Path, run_config: dict) -> int:
+        cfg_file = self.home / f"run-config-{os.getpid()}-{time.monotonic_ns()}.toml"
+        cfg_file.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()))
+        data = self.json(["run", str(app), CONNECTION, "--run-config", str(cfg_file)])
+        return int(data["run-id"])
+
+    def run_info(self, run_id: int) -> dict:
+        data = self.json(["ls", CONNECTION, "--run-id", str(run_id)])
+        runs = data.get("runs", [])
+        if not runs:
+            raise UnikdError(f"run {run_id} not found on {self.address}")
+        return runs[0]
+
+    def status(self, run_id: int) -> str:
+        return str(self.run_info(run_id).get("status", ""))
+
+    def logs(self, run_id: int) -> str:
+        proc = self.run(["log", str(run_id), CONNECTION, "--show"], check=False)
+        return proc.stdout
+
+    def stop_run(self, run_id: int) -> None:
+        self.run(["stop", str(run_id), CONNECTION], check=False)
+
+
+def _json_part(text: str) -> str:
+    """The JSON object in a CLI output that may carry log lines around it."""
+    start, end = text.find("{"), text.rfind("}")
+    return text[start:end + 1] if start >= 0 and end > start else text
+
+
+def _last_lines(text: str, n: int = 8) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-n:])
+
+
+# ---------------------------------------------------------------- submit
+
+
+def app_dir(path: Path | None = None) -> Path:
+    """The Flower app to submit: a folder whose pyproject.toml has [tool.flwr.app]."""
+    d = Path(path).resolve() if path else REPO_ROOT
+    pp = d / "pyproject.toml"
+    if not pp.is_file() or "flwr" not in tomllib.loads(pp.read_text()).get("tool", {}):
+        raise UnikdError(f"{d}: no pyproject.toml with [tool.flwr.app]; pass --app DIR")
+    return d
+
+
+def app_config_keys(app: Path) -> set[str]:
+    data = tomllib.loads((app / "pyproject.toml").read_text())
+    return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def config_overrides(config: str | None, sets: list[str]) -> list[str]:
+    """The run's config as `section.key=value` overrides of the defaults, validated here.
+
+    The cloud rebuilds exactly this RunConfig from the defaults, so a config file on the
+    submitting machine need not exist on the cloud.
+    """
+    from shared.config import RunConfig, load_config
+
+    cfg = load_config(config, sets)
+    want, base = _flat(cfg.to_dict()), _flat(RunConfig().to_dict())
+    out = []
+    for key, value in want.items():
+        if value == base.get(key):
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        if not text or any(c.isspace() for c in text):
+            raise UnikdError(f"config key '{key}' = {value!r}: values sent to the cloud may not "
+                             f"be empty or contain spaces")
+        out.append(f"{key}={text}")
+    return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@dataclass
+class SubmitResult:
+    run_id: int
+    status: str
+    seconds: float
+    run_dir: Path | None = None
+    remote_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def wait_for_run(cli: FlwrCli, run_id: int, timeout: float, poll: float = 1.0,
+                 on_status=None) -> str:
+    """Poll `flwr ls --run-id` until the run is finished:*; the status string."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            status = cli.status(run_id)
+        except UnikdError as err:  # a transient CLI/network hiccup: retry until the deadline
+            log.debug("status poll failed: %s", err)
+            status = last
+        if status != last and on_status is not None:
+            on_status(status)
+        last = status
+        if status.startswith(FINISHED):
+            return status
+        if time.monotonic() > deadline:
+            raise UnikdError(f"run {run_id} still '{status}' after {timeout:.0f}s; it keeps "
+                             f"running on the cloud (stop it with `flwr stop {run_id}`)")
+        time.sleep(poll)
+
+
+def submit(cli: FlwrCli, overrides: list[str], out: Path, state_dir: Path | None = None,
+           app: Path | None = None, timeout: float = 3600.0, poll: float = 1.0,
+           extra_run_config: dict | None = None, on_status=None) -> SubmitResult:
+    """Run the FedUNI-KD app on a running cloud, wait, and fetch its run folder into `out`.
+
+    The ServerApp writes its run folder under `runs/submit-<token>/` of the cloud's state dir
+    (its working directory); with `state_dir` (this machine is the cloud, or shares its volume)
+    that folder is copied here. The run log and status are always saved.
+    """
+    app = app_dir(app)
+    token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    remote_rel = Path("runs") / f"submit-{token}"
+    run_config = {"overrides": " ".join([*overrides, f"out={remote_rel}"])}
+    keys = app_config_keys(app)
+    for k, v in (extra_run_config or {}).items():
+        if k not in keys:
+            raise UnikdError(f"run-config key '{k}' is not declared in {app}/pyproject.toml "
+                             f"[tool.flwr.app.config]; the cloud app cannot take it yet")
+        run_config[k] = v
+    start = time.monotonic()
+    run_id = cli.start_run(app, run_config)
+    log.info("submitted run %d to %s", run_id, cli.address)
+    status = wait_for_run(cli, run_id, timeout, poll, on_status)
+    seconds = time.monotonic() - start
+    result = SubmitResult(run_id, status, seconds,
+                          remote_dir=(Path(state_dir) / remote_rel) if state_dir else None)
+    result.run_dir = fetch_run(cli, result, Path(out))
+    return result
+
+
+def fetch_run(cli: FlwrCli, result: SubmitResult, out: Path) -> Path:
+    """The run folder on this machine: the cloud's folder (when reachable), log and status."""
+    from shared.runs import make_run_dir, write_json
+
+    remote = None
+    if result.remote_dir is not None and result.remote_dir.is_dir():
+        subs = sorted(d for d in result.remote_dir.iterdir() if d.is_dir())
+        remote = subs[-1] if subs else None
+    name = f"deploy-run{result.run_id}"
+    if remote is not None:
+        run_dir = make_run_dir(out, f"{remote.name.split('-', 2)[-1]}-run{result.run_id}")
+        shutil.copytree(remote, run_dir, dirs_exist_ok=True)
+    else:
+        run_dir = make_run_dir(out, name)
+    (run_dir / "server.log").write_text(cli.logs(result.run_id))
+    write_json(run_dir / "deployment.json", {
+        "run_id": result.run_id, "status": result.status, "superlink": cli.address,
+        "wall_seconds": result.seconds,
+        "cloud_run_dir": str(remote) if remote is not None else None,
+        "fetched": remote is not None})
+    return run_dir
