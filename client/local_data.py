@@ -64,7 +64,23 @@ def _device(dataset: str, path: str, domain: str) -> tuple[Domain, Domain | None
 
 
 def local_data(rc: RoundConfig, node_config: dict, client: int, norm: Normalizer) -> LocalData:
-    """A device's `data-path` (node config) wins; otherwise the simulated partition."""
+    """Where this node's windows come from, first match wins:
+
+    * `store-path`: the windows sensor apps ingested through `unikd serve` (read fresh each
+      round, so windows ingested on the device train the next round); labelled test windows
+      may still come from `data-path`;
+    * `data-path`: a device's own AdaTime folder;
+    * otherwise the simulator's partition of the target domain.
+    """
+    if "store-path" in node_config:
+        from client.edge_service.store import store_windows
+
+        x = store_windows(str(node_config["store-path"]))  # raw [N, C, L], oldest first
+        test = (_device(rc.dataset, str(node_config["data-path"]),
+                        str(node_config.get("domain", rc.target)))[1]
+                if "data-path" in node_config else None)
+        norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
+        return LocalData(norm(x), norm_test)
     if "data-path" in node_config:
         train, test = _device(rc.dataset, str(node_config["data-path"]),
                               str(node_config.get("domain", rc.target)))

@@ -1,0 +1,1 @@
+"""The on-device gRPC service (protos/edge.proto): window store, model slot, servicer, server."""
