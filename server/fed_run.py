@@ -36,6 +36,7 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
     save_torch(run_dir / "checkpoints" / "final.pt", {
         "student": student_state(cloud.nets), "d_f": cloud.nets.d_f.state_dict(),
         "d_d": cloud.nets.d_d.state_dict(),
+        "norm": {"mean": cloud.source.normalizer.mean, "std": cloud.source.normalizer.std},
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
         "round": len(result.rounds), "config_hash": cfg.hash(), "teacher_hash": cloud.teacher_hash})
     rounds = len(result.rounds)

@@ -91,6 +91,8 @@ def run_distill(cfg: RunConfig, method: str, progress: bool = True) -> Path:
                 ["src_loss", "trg_loss", "src_ce", "src_kd", "trg_kd", "src_hint", "trg_dom",
                  "trg_w_mean", "loss"], f"{method} {data.name}")
     save_torch(run_dir / "student.pt", {"state_dict": result.student.state_dict(),
+                                        "norm": {"mean": data.normalizer.mean,
+                                                 "std": data.normalizer.std},
                                         "meta": {"dataset": data.spec.name, "scenario": data.name,
                                                  "method": method, "seed": cfg.seed,
                                                  "config_hash": cfg.hash()}})
