@@ -28,6 +28,26 @@ def summarize(path: str) -> None:
               f"{st.mean(main):.2f} | {secs:.1f} |" if main else f"| {m} | ... |")
 
 
+
+
+def sensitivity(path: str, method: str) -> None:
+    """How the student's MF1 follows its teacher's, per (scenario, seed)."""
+    report = json.load(open(path))
+    teacher = {(t["scenario"], t["seed"]): t["mf1"] for t in report["teachers"]}
+    pairs = [(teacher[(r["scenario"], r["seed"])], r["mf1"]) for r in report["runs"]
+             if r["method"] == method and (r["scenario"], r["seed"]) in teacher]
+    if len(pairs) < 3:
+        return
+    t, s = zip(*pairs)
+    corr = st.correlation(t, s)
+    slope = st.linear_regression(t, s).slope
+    gap = st.mean(b - a for a, b in pairs)
+    print(f"{method}: n={len(pairs)} corr(teacher, student)={corr:.2f} slope={slope:.2f} "
+          f"mean(student - teacher)={gap:+.2f} pts")
+
+
 if __name__ == "__main__":
     for p in sys.argv[1:]:
         summarize(p)
+        for m in dict.fromkeys(r["method"] for r in json.load(open(p))["runs"]):
+            sensitivity(p, m)
