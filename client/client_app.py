@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.local_data import LocalData, local_data
+from client.privacy import privatize
 from client.target_side import dann_round, unikd_round
 from shared import wire
 from shared.data.loaders import Normalizer
@@ -91,6 +92,8 @@ def train(msg: Message, context: Context) -> Message:
     if rc.bn_policy == "local" and "bn-local" in context.state:
         nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
     grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid)
+    grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT],  # local DP (off: as is)
+                               msg.content[wire.CONFIG], rc.seed, cid, rc.round)
     if rc.bn_policy == "local":
         context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))
     reply = RecordDict({

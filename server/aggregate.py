@@ -132,3 +132,95 @@ def compose_bn(module: torch.nn.Module, before: dict[str, torch.Tensor],
             continue
         m = modules[name.rsplit(".", 1)[0]].momentum
         buf.copy_((r_c + (1 - m) * (buf - r0)).to(buf.dtype))
+
+
+# ---------------------------------------------------------------- robust aggregation
+# "mean" (above: sample-weighted), "trimmed-mean:<f>" (coordinate-wise, the f largest and f
+# smallest fraction of the values dropped) or "norm-bounded:<k>" (updates whose gradient norm
+# exceeds k x the round's median are rejected and logged, the rest averaged as usual).
+
+GRAD_KEYS = tuple(wire.GRAD_RECORDS)
+
+
+def parse_aggregator(spec: str) -> tuple[str, float]:
+    """'mean' | 'trimmed-mean:0.1' | 'norm-bounded:3' -> (kind, parameter); ConfigError if not."""
+    from shared.errors import ConfigError
+
+    kind, _, arg = spec.partition(":")
+    if kind == "mean" and not arg:
+        return kind, 0.0
+    if kind in ("trimmed-mean", "norm-bounded"):
+        try:
+            value = float(arg)
+        except ValueError:
+            value = math.nan
+        ok = 0.0 <= value < 0.5 if kind == "trimmed-mean" else value >= 1.0
+        if ok:
+            return kind, value
+    raise ConfigError("fed.aggregator", f"{spec!r}: expected mean, trimmed-mean:<0..0.5) or "
+                                        f"norm-bounded:<factor >= 1>")
+
+
+def grad_norm(update: ClientUpdate, keys: tuple[str, ...] = GRAD_KEYS) -> float:
+    """L2 norm of a client's gradient records taken together (BN statistics excluded)."""
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for k in keys
+                         for t in update.arrays[k].values() if t.is_floating_point()))
+
+
+def reject_outliers(updates: list[ClientUpdate], spec: str, rnd: int,
+                    reference: tuple[float, ...] | list[float] = ()
+                    ) -> tuple[list[ClientUpdate], list[ReplyError]]:
+    """norm-bounded:k drops updates whose norm exceeds k x the median norm; others keep all.
+
+    The median is over this round's norms plus `reference` (the accepted medians of recent
+    rounds), so a round where only one or two nodes answered can still refuse a huge update.
+    """
+    kind, factor = parse_aggregator(spec)
+    if kind != "norm-bounded" or not updates or len(updates) + len(reference) < 2:
+        return updates, []
+    norms = {u.client: grad_norm(u) for u in updates}
+    ordered = sorted([*norms.values(), *reference])
+    median = ordered[(len(ordered) - 1) // 2]  # lower median: robust with 2 clients too
+    kept, errors = [], []
+    for u in updates:
+        if norms[u.client] > factor * median:
+            errors.append(ReplyError(u.client, rnd, f"update norm {norms[u.client]:.4g} exceeds "
+                                     f"{factor:g} x the median {median:.4g}; dropped"))
+        else:
+            kept.append(u)
+    for err in errors:
+        log.warning("%s", err)
+    return kept, errors
+
+
+def trimmed_mean(updates: list[ClientUpdate], key: str, fraction: float) -> dict[str, torch.Tensor]:
+    """Coordinate-wise mean after dropping floor(fraction * n) values at each end (unweighted)."""
+    ordered = sorted(updates, key=lambda u: u.client)
+    cut = int(math.floor(fraction * len(ordered)))
+    out = {}
+    for name in ordered[0].arrays[key]:
+        stacked = torch.stack([u.arrays[key][name].double() for u in ordered])
+        kept = stacked.sort(dim=0).values[cut:len(ordered) - cut]
+        out[name] = kept.mean(dim=0).to(ordered[0].arrays[key][name].dtype)
+    return out
+
+
+def robust_combine(updates: list[ClientUpdate], spec: str) -> list[ClientUpdate]:
+    """What `Cloud.apply` should average: the updates themselves, or one trimmed-mean update.
+
+    The combined update carries the sample-weighted BN mean, so BN composition is unchanged.
+    """
+    kind, fraction = parse_aggregator(spec)
+    if kind != "trimmed-mean" or not updates:
+        return updates
+    arrays = {k: trimmed_mean(updates, k, fraction) for k in GRAD_KEYS}
+    arrays[wire.STUDENT_BN] = weighted_mean(updates, wire.STUDENT_BN)
+    return [ClientUpdate(-1, sum(u.num_examples for u in updates) or 1, arrays, {})]
+
+
+def norm_summary(updates: list[ClientUpdate], spec: str) -> dict[str, float]:
+    """{'update_norm_median': ...} of the accepted updates (norm-bounded only; else {})."""
+    if parse_aggregator(spec)[0] != "norm-bounded" or not updates:
+        return {}
+    norms = sorted(grad_norm(u) for u in updates)
+    return {"update_norm_median": norms[(len(norms) - 1) // 2]}

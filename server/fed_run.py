@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from server.harness import InProcessGrid, load_component
+from server.privacy import write_privacy_ledger
 from server.rounds import FedResult, federate
 from server.teacher import teacher_state
 from shared.config import RunConfig
@@ -50,6 +51,7 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
                "bytes_down_per_client_round_median": sorted(down)[len(down) // 2] if down else 0,
                "rejected_updates": len(result.rejected), "wall_seconds": result.wall_seconds,
                "teacher_placement": cfg.fed.teacher_placement, "teacher_hash": cloud.teacher_hash}
+    summary.update(write_privacy_ledger(run_dir, cfg, result))  # privacy.csv: epsilon per round
     write_json(run_dir / "results.json", summary)
     return summary
 

@@ -15,9 +15,12 @@ import torch
 from flwr.app import Message, RecordDict
 from tqdm import tqdm
 
-from server.aggregate import split_replies, weighted_mean
+from server.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
+                              split_replies, weighted_mean)
 from server.cloud import Clock, Cloud, SourceData, load_source
 from server.ledger import Ledger
+from server.privacy import (annotate, check_teacher_source, plan_privacy, private_aggregate,
+                            releases)
 from server.teacher import content_hash, load_teacher, teacher_state
 from shared import wire
 from shared.config import RunConfig
@@ -147,6 +150,7 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
     source = load_source(cfg)
+    check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     counts = query_counts(grid, cfg, source, nodes, timeout)
     ckpt = load_checkpoint(resume, cfg) if resume else None
@@ -157,6 +161,13 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
                         cfg.distill.epochs)
     total = cfg.fed.rounds or cloud.clock.total
+    parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
+    dp_plan = plan_privacy(cfg, total)  # None when fed.dp=off
+    if hasattr(grid, "use_config_faults"):  # the in-process harness simulates the config's faults
+        grid.use_config_faults(cfg.fed, cfg.seed)
+    elif cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction:
+        log.warning("fed.dropout/straggler_fraction/corrupt_fraction are simulated by the "
+                    "in-process engine only; this Grid runs without injected faults")
     result = FedResult(cloud)
     first = 1
     if ckpt:
@@ -172,9 +183,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     for rnd in bar:
         t0 = time.perf_counter()
         contents = {n: cloud.down_content(rnd, with_teacher=n not in has_teacher) for n in nodes}
+        annotate(contents, dp_plan)  # DP settings for the nodes (local noise), if any
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
         replies = _send(grid, nodes, contents, "train", rnd, timeout)
+        if len(replies) < len(nodes):
+            log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
+                        len(nodes))
         updates, errors = split_replies(replies, rnd, cloud.up_shapes(), TRAIN_RECORDS)
+        recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
+        updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
+        errors = [*errors, *outliers]
         result.rejected += [str(e) for e in errors]
         for r in replies:
             if not r.has_error():
@@ -182,10 +200,23 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         if len(updates) < cfg.fed.min_clients:  # nothing moves: not even BN statistics
             log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
                         len(updates), cfg.fed.min_clients)
+            if rnd == total and result.rounds:  # the last round was skipped: still score the model
+                ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
+                ev["mb_total"] = result.ledger.total_mb()
+                result.evals.append(ev)
             continue
         src = cloud.source_step(rnd)  # at the weights the clients received
-        cloud.apply(updates, bn_before)
+        dp_row: dict = {}
+        if dp_plan is not None:  # clipped, noised uniform mean; source-only BN statistics
+            agg, dp_row = private_aggregate(updates, dp_plan, cfg.seed, rnd)
+            dp_row["dp_epsilon"] = dp_plan.spent(releases(dp_plan, rnd, len(result.rounds)))
+            dp_row["dp_noise_multiplier"] = dp_plan.noise_multiplier
+            cloud.apply([agg], bn_before)
+        else:
+            cloud.apply(robust_combine(updates, cfg.fed.aggregator), bn_before)
         row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
+        row.update(dp_row)
+        row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
         result.ledger.add_round(rnd, contents, replies)
         row.update(result.ledger.round_totals(rnd))
         result.rounds.append(row)

@@ -85,6 +85,18 @@ class FedConfig:
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
     checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # rounds; 0 = each epoch
     round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
+    # client-level differential privacy (server/privacy.py): the whole update of a client
+    # (student, D_f and D_d gradients together) is clipped to dp_clip and Gaussian noise is added
+    # by the cloud to the mean (central) or by each client to its own update (local)
+    dp: Literal["off", "central", "local"] = "off"
+    dp_clip: float = field(default=1.0, metadata=rng(1e-6, 1e6))  # L2 bound C of one update
+    dp_epsilon: float = field(default=8.0, metadata=rng(1e-3, 1e6))  # target over the rounds
+    dp_delta: float = field(default=1e-5, metadata=rng(1e-12, 0.1))
+    # faults, simulated and seeded by (seed, round, node) in the in-process Grid only
+    dropout: float = field(default=0.0, metadata=rng(0.0, 1.0))  # nodes offline per round
+    straggler_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # late: dropped
+    corrupt_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # replies corrupted
+    aggregator: str = "mean"  # mean | trimmed-mean:<fraction> | norm-bounded:<x median>
 
 
 @dataclass

@@ -1,0 +1,81 @@
+"""Client-level DP maths common to both sides: clip a whole update, add seeded Gaussian noise.
+
+A client's *update* is its three gradient records together (`student.grad`, `d_f.grad`,
+`d_d.grad`), viewed as one vector: the L2 norm is taken over all of them at once and the whole
+vector is scaled down to norm <= C (per-record clipping would give a bound of sqrt(3) C).
+
+BN running statistics are not part of the clipped vector. Under DP they are **not released**:
+a local-DP client sends back the BN buffers it received (no information about its windows), and
+the cloud, in both DP modes, keeps source-only BN statistics (as with `bn_policy=local`).
+
+Noise:
+- central: the cloud adds N(0, (z C / n)^2) per coordinate to the uniform mean of the n clipped
+  updates (sensitivity of the sum to adding/removing one client's update is C);
+- local: each client adds N(0, (2 z C)^2) to its own clipped update before it leaves the node
+  (any two clipped updates differ by at most 2C, so each report alone is (eps, delta)-DP).
+
+The round-wise randomness comes from `shared.seeding.generator_for(seed, stream, round, purpose)`,
+so a resumed run draws exactly the noise of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from shared.seeding import generator_for
+
+# ConfigRecord keys the cloud adds to the round's `config` record (RoundConfig ignores them).
+DP_MODE, DP_CLIP, DP_NOISE = "dp-mode", "dp-clip", "dp-noise"
+NOISE_PURPOSE = 7  # purpose id for seeding.generator_for: noise streams never reuse batch seeds
+
+Update = Mapping[str, Mapping[str, torch.Tensor]]  # record key -> array name -> tensor
+
+
+def update_norm(update: Update) -> float:
+    """L2 norm of all floating arrays of all records together."""
+    sq = 0.0
+    for arrays in update.values():
+        for t in arrays.values():
+            if t.is_floating_point():
+                sq += float(t.double().pow(2).sum())
+    return math.sqrt(sq)
+
+
+def clip_update(update: Update, clip: float) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
+    """(update scaled to norm <= clip, the norm before clipping). Copies; never in place."""
+    norm = update_norm(update)
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    out = {rec: {k: (t * scale if t.is_floating_point() else t.clone()) for k, t in arrays.items()}
+           for rec, arrays in update.items()}
+    return out, norm
+
+
+def add_noise(update: Update, std: float, gen: torch.Generator
+              ) -> dict[str, dict[str, torch.Tensor]]:
+    """update + N(0, std^2) on every floating coordinate, drawn from `gen` in a fixed order."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for rec in sorted(update):
+        out[rec] = {}
+        for k in sorted(update[rec]):
+            t = update[rec][k]
+            if t.is_floating_point() and std > 0:
+                noise = torch.randn(t.shape, generator=gen, dtype=torch.float64) * std
+                out[rec][k] = (t.double() + noise).to(t.dtype)
+            else:
+                out[rec][k] = t.clone()
+    return out
+
+
+def noise_generator(seed: int, stream: int, rnd: int) -> torch.Generator:
+    return generator_for(seed, stream, rnd, NOISE_PURPOSE)
+
+
+def local_noise_std(noise_multiplier: float, clip: float) -> float:
+    return 2.0 * noise_multiplier * clip
+
+
+def central_noise_std(noise_multiplier: float, clip: float, n: int) -> float:
+    return noise_multiplier * clip / max(n, 1)
