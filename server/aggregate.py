@@ -114,12 +114,14 @@ def add_grads(params: dict[str, torch.nn.Parameter], mean: dict[str, torch.Tenso
 
 @torch.no_grad()
 def compose_bn(module: torch.nn.Module, before: dict[str, torch.Tensor],
-               clients_mean: dict[str, torch.Tensor], prefix: str = "") -> None:
-    """BN running stats as if the source batch came first and the target batch second.
+               clients_mean: dict[str, torch.Tensor], prefix: str = "",
+               target_passes: int = 1) -> None:
+    """BN running stats as if the source batch came first and the target batch(es) second.
 
     With EMA momentum m, centralized gives r2 = (1-m) r_src + m mu_trg, and a client that
-    started from r0 returns r_c = (1-m) r0 + m mu_trg, so r2 = r_c + (1-m) (r_src - r0).
-    `module`'s buffers hold r_src (the cloud already ran its source forward).
+    started from r0 returns r_c = (1-m) r0 + m mu_trg, so r2 = r_c + (1-m) (r_src - r0);
+    after k target passes per step the factor is (1-m)^k. `module`'s buffers hold r_src (the
+    cloud already ran its source forward).
     """
     modules = dict(module.named_modules())
     for name, buf in module.named_buffers():
@@ -131,7 +133,7 @@ def compose_bn(module: torch.nn.Module, before: dict[str, torch.Tensor],
             buf.copy_(buf + torch.round(r_c - r0.double()).long())
             continue
         m = modules[name.rsplit(".", 1)[0]].momentum
-        buf.copy_((r_c + (1 - m) * (buf - r0)).to(buf.dtype))
+        buf.copy_((r_c + (1 - m) ** target_passes * (buf - r0)).to(buf.dtype))
 
 
 # ---------------------------------------------------------------- robust aggregation

@@ -118,7 +118,8 @@ class Cloud:
             teacher_hash=self.teacher_hash if f.teacher_placement != "cloud" else "",
             dataset=self.source.spec.name, data_path=self.cfg.data.path,
             synth_shift=self.cfg.data.synth_shift, target=self.source.target,
-            partition=f.partition, num_clients=f.clients)
+            partition=f.partition, num_clients=f.clients,
+            double_target_forward=d.double_target_forward)
 
     def down_content(self, rnd: int, with_teacher: bool) -> RecordDict:
         """What every client receives this round (snapshots: later updates do not leak in)."""
@@ -164,5 +165,6 @@ class Cloud:
             add_grads(named[group], weighted_mean(updates, key) if updates else {})
         if updates and self.cfg.fed.bn_policy != "local":
             compose_bn(self.nets.student, bn_before, weighted_mean(updates, wire.STUDENT_BN),
-                       prefix="student.")
+                       prefix="student.",
+                       target_passes=2 if self.cfg.distill.double_target_forward else 1)
         step_all(self.opts)

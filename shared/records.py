@@ -82,6 +82,7 @@ class RoundConfig:
     partition: str
     num_clients: int
     phase: str = "unikd"  # "unikd" or "teacher" (federated DANN pre-training)
+    double_target_forward: bool = False  # the reference's second target pass (spec §8.14)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(dataclasses.asdict(self))
@@ -98,4 +99,4 @@ class RoundConfig:
     @property
     def hparams(self) -> KDHparams:
         return KDHparams(self.temperature, self.lam_ce, self.lam_dom, self.target_kd,
-                         self.adv_to_student, self.detach_weights, False)
+                         self.adv_to_student, self.detach_weights, self.double_target_forward)

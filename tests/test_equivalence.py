@@ -34,9 +34,13 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", [[], ["distill.adv_to_student=true",
-                                          "distill.detach_weights=false"]])
+                                          "distill.detach_weights=false"],
+                                     ["distill.double_target_forward=true"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
     cfg, data, teacher = setup
+    for name in ("adv_to_student", "double_target_forward"):
+        setattr(cfg.distill, name, False)
+    cfg.distill.detach_weights = True
     for ov in variant:
         key, val = ov.split("=")
         section, name = key.split(".")
