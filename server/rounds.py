@@ -151,6 +151,10 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     torch.set_num_threads(cfg.threads)
     source = load_source(cfg)
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
+    if not cfg.distill.target_kd:
+        log.warning("distill.target_kd=false: the reference's 'target' KD pairs source sample i "
+                    "with target sample i and cannot be split between cloud and edge; the "
+                    "federation drops the target KD term instead (spec §9.2)")
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     counts = query_counts(grid, cfg, source, nodes, timeout)
     ckpt = load_checkpoint(resume, cfg) if resume else None

@@ -67,7 +67,9 @@ class DistillConfig:
     target_kd: bool = True  # §8.1: target KD on the *target* logits of teacher and student
     adv_to_student: bool = False  # §8.2: adversarial feature loss reaches student and adapter
     beta_natural_log: bool = True  # §8.3: beta rises 0.1 -> 0.9
-    detach_weights: bool = True  # §8.6: w = 1-|p0-p1| is a constant sample weight
+    # §8.6: w = 1-|p0-p1| as a constant sample weight. Off by default: letting the KD reach D_d
+    # through w measured better on HAR (BENCHMARKS.md), and the federation can split it exactly.
+    detach_weights: bool = False
     grl_ramp: bool = True  # §8.7: GRL alpha ramps from 0 over progress in [0, 1]
     double_target_forward: bool = False  # §8.14: the reference's second student pass on target
     cache_teacher: bool = True  # frozen teacher run once per window, not every step
