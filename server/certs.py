@@ -210,6 +210,26 @@ def init_all(out: Path, names: list[str] | tuple[str, ...] = DEFAULT_NAMES,
     return paths
 
 
+def make_bundle(out: Path, name: str, dest: Path) -> Path:
+    """What one device needs, in one folder: `ca.crt` and its own `node.key` (0600).
+
+    Copy this folder to the device (or mount it into its container); nothing else leaves.
+    """
+    paths = CertPaths(Path(out))
+    check_node_name(name)
+    if not paths.ca_crt.is_file():
+        raise UnikdError(f"{paths.dir}: no ca.crt; run `unikd certs init` first")
+    if not paths.node_key(name).is_file():
+        raise UnikdError(f"{paths.node_key(name)}: no key for node {name!r}; run "
+                         f"`unikd certs node {name}` first")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_public(dest / "ca.crt", paths.ca_crt.read_bytes())
+    _write_private(dest / "node.key", paths.node_key(name).read_bytes())
+    _write_public(dest / "node.key.pub", paths.node_pub(name).read_bytes())
+    return dest
+
+
 def describe(out: Path) -> dict:
     """What is in a certs folder: CA subject, server SANs and expiry, node keys."""
     paths = CertPaths(Path(out))

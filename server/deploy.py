@@ -77,11 +77,17 @@ def flwr_env(flwr_home: Path | None = None, extra: dict | None = None) -> dict[s
 
 @dataclass
 class ProcessGroup:
-    """A process we started in its own session; `stop()` signals the whole group."""
+    """A process we started in its own session; `stop()` signals its whole process group and
+    the groups of its descendants (the SuperLink starts its SuperExec in a session of its own,
+    and a ServerApp left behind by a killed SuperLink does not always exit by itself)."""
 
     name: str
     popen: subprocess.Popen
     log_path: Path | None = None
+    groups: set[int] = field(default_factory=set)  # every process group seen under us
+
+    def __post_init__(self) -> None:
+        self.groups.add(self.popen.pid)
 
     @property
     def pid(self) -> int:
@@ -95,16 +101,36 @@ class ProcessGroup:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def refresh(self) -> set[int]:
+        """Record the process groups of our live descendants (never our caller's group)."""
+        table = process_table()
+        mine = os.getpgrp()
+        todo, seen = [self.pid], set()
+        while todo:
+            p = todo.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            todo += [c for c, (ppid, _) in table.items() if ppid == p]
+        self.groups |= {table[p][1] for p in seen if p in table and table[p][1] != mine}
+        return self.groups
+
+    def leftovers(self) -> dict[int, list[int]]:
+        return {g: m for g in sorted(self.groups) if (m := group_members(g))}
+
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the group, then SIGKILL what is left; reaps the leader."""
+        """SIGTERM every group, then SIGKILL what is left; reaps the leader."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, sig)  # pgid == pid: start_new_session made it a leader
-            except ProcessLookupError:
-                break
+            if self.popen.poll() is None:
+                self.refresh()
+            for g in sorted(self.groups):
+                try:
+                    os.killpg(g, sig)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if self.popen.poll() is not None and not group_members(self.pid):
+                if self.popen.poll() is not None and not self.leftovers():
                     return self.popen.returncode
                 time.sleep(0.1)
         try:
@@ -113,9 +139,9 @@ class ProcessGroup:
             return None
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc (Linux)."""
-    out = []
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgid) of live (non-zombie) processes, read from /proc (Linux)."""
+    out: dict[int, tuple[int, int]] = {}
     proc = Path("/proc")
     if not proc.is_dir():
         return out
@@ -127,9 +153,14 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()  # after "(comm) ": state ppid pgrp ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(d.name))
+        if len(fields) > 2 and fields[0] != "Z":
+            out[int(d.name)] = (int(fields[1]), int(fields[2]))
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    return [pid for pid, (_, g) in process_table().items() if g == pgid]
 
 
 def _pdeathsig_ok() -> bool:
@@ -242,21 +273,37 @@ def default_names() -> list[str]:
 
 
 def ensure_certs(cfg: CloudConfig) -> list[str]:
-    """Make the CA and server certificate on first start; returns what was created."""
+    """Make the CA and server certificate on first start; returns what was created.
+
+    A folder with ca.crt + server.pem + server.key is used as is (ca.key may live offline).
+    """
     p = cfg.paths
     if p.ca_crt.is_file() and p.server_crt.is_file() and p.server_key.is_file():
         return []
-    if p.ca_crt.is_file() != p.ca_key.is_file() or (p.ca_crt.is_file() and not p.ca_key.is_file()):
-        raise UnikdError(f"{p.dir}: incomplete certificate folder; rerun `unikd certs init`")
     names = list(dict.fromkeys(cfg.names + ["localhost", "127.0.0.1"])) if cfg.names \
         else default_names()
-    if p.ca_crt.is_file():
+    if p.ca_crt.is_file() and p.ca_key.is_file():
         from server.certs import make_server_cert
 
         make_server_cert(p.dir, names)
         return [str(p.server_crt)]
+    if p.ca_crt.is_file() or p.ca_key.is_file() or p.server_crt.is_file():
+        raise UnikdError(f"{p.dir}: incomplete certificate folder (need ca.crt, server.pem and "
+                         f"server.key, or ca.crt + ca.key to issue them); see `unikd certs init`")
     init_all(p.dir, names)
     return [str(p.ca_crt), str(p.server_crt)]
+
+
+def check_server_names(cfg: CloudConfig) -> None:
+    """Local tools dial `cfg.address`: warn when the certificate does not name that host."""
+    from server.certs import describe
+
+    names = describe(cfg.paths.dir).get("server", {}).get("names", [])
+    host = cfg.address.rsplit(":", 1)[0].strip("[]")
+    if host not in names:
+        log.warning("%s names %s, not %s: `unikd cloud --health-check` and `--state-dir` "
+                    "tools on this machine cannot verify it; reissue it with "
+                    "`unikd certs init --name ...`", cfg.paths.server_crt, names, host)
 
 
 def superlink_command(cfg: CloudConfig) -> list[str]:
@@ -302,7 +349,9 @@ def start_cloud(cfg: CloudConfig, timeout: float = 60.0) -> Cloud:
     until it answers /health over TLS."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.insecure:
-        ensure_certs(cfg)
+        for made in ensure_certs(cfg):
+            log.info("made %s", made)
+        check_server_names(cfg)
     home = cfg.state_dir / "flwr-home"
     home.mkdir(exist_ok=True)
     proc = start_group("flower-superlink", superlink_command(cfg),
@@ -312,6 +361,7 @@ def start_cloud(cfg: CloudConfig, timeout: float = 60.0) -> Cloud:
     except BaseException:
         proc.stop()
         raise
+    proc.refresh()  # its SuperExec runs in a session of its own: remember that group too
     info = {"address": cfg.address, "host": cfg.host, "port": cfg.port,
             "ca": str(cfg.ca) if cfg.ca else None, "auth": cfg.auth, "insecure": cfg.insecure,
             "pid": proc.pid, "runs": str(cfg.state_dir / "runs"), "started": time.time()}
@@ -375,7 +425,10 @@ class FlwrCli:
     def start_run(self, app: Path, run_config: dict) -> int:
         cfg_file = self.home / f"run-config-{os.getpid()}-{time.monotonic_ns()}.toml"
         cfg_file.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()))
-        data = self.json(["run", str(app), CONNECTION, "--run-config", str(cfg_file)])
+        try:
+            data = self.json(["run", str(app), CONNECTION, "--run-config", str(cfg_file)])
+        finally:
+            cfg_file.unlink(missing_ok=True)
         return int(data["run-id"])
 
     def run_info(self, run_id: int) -> dict:
@@ -469,15 +522,23 @@ class SubmitResult:
 
 
 def wait_for_run(cli: FlwrCli, run_id: int, timeout: float, poll: float = 1.0,
-                 on_status=None) -> str:
-    """Poll `flwr ls --run-id` until the run is finished:*; the status string."""
+                 on_status=None, unreachable: float = 120.0) -> str:
+    """Poll `flwr ls --run-id` until the run is finished:*; the status string.
+
+    Gives up after `timeout`, or when the cloud has not answered for `unreachable` seconds.
+    """
     deadline = time.monotonic() + timeout
-    last = ""
+    last, last_contact = "", time.monotonic()
     while True:
         try:
             status = cli.status(run_id)
-        except UnikdError as err:  # a transient CLI/network hiccup: retry until the deadline
+            last_contact = time.monotonic()
+        except UnikdError as err:  # a transient CLI/network hiccup: retry for a while
             log.debug("status poll failed: %s", err)
+            if time.monotonic() - last_contact > unreachable:
+                raise UnikdError(f"lost contact with the cloud at {cli.address} for "
+                                 f"{unreachable:.0f}s while run {run_id} was '{last}': {err}"
+                                 ) from None
             status = last
         if status != last and on_status is not None:
             on_status(status)
@@ -490,21 +551,36 @@ def wait_for_run(cli: FlwrCli, run_id: int, timeout: float, poll: float = 1.0,
         time.sleep(poll)
 
 
+RESUME_KEY = "resume"  # run-config key: a run folder on the cloud to continue
+
+
 def submit(cli: FlwrCli, overrides: list[str], out: Path, state_dir: Path | None = None,
            app: Path | None = None, timeout: float = 3600.0, poll: float = 1.0,
-           extra_run_config: dict | None = None, on_status=None) -> SubmitResult:
+           resume: str | None = None, extra_run_config: dict | None = None,
+           on_status=None, unreachable: float = 120.0) -> SubmitResult:
     """Run the FedUNI-KD app on a running cloud, wait, and fetch its run folder into `out`.
 
     The ServerApp writes its run folder under `runs/submit-<token>/` of the cloud's state dir
     (its working directory); with `state_dir` (this machine is the cloud, or shares its volume)
     that folder is copied here. The run log and status are always saved.
+
+    `resume` names a run folder on the cloud to continue from its last checkpoint, with that
+    run's own config.yaml (so no overrides may be given: they would change the config hash).
     """
     app = app_dir(app)
-    token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-    remote_rel = Path("runs") / f"submit-{token}"
-    run_config = {"overrides": " ".join([*overrides, f"out={remote_rel}"])}
     keys = app_config_keys(app)
-    for k, v in (extra_run_config or {}).items():
+    extra = dict(extra_run_config or {})
+    if resume:
+        if overrides:
+            raise UnikdError("--resume continues a run with its own config.yaml; drop --config "
+                             "and --set")
+        extra[RESUME_KEY] = str(resume)
+        remote_rel, run_config = None, {"overrides": ""}
+    else:
+        token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        remote_rel = Path("runs") / f"submit-{token}"
+        run_config = {"overrides": " ".join([*overrides, f"out={remote_rel}"])}
+    for k, v in extra.items():
         if k not in keys:
             raise UnikdError(f"run-config key '{k}' is not declared in {app}/pyproject.toml "
                              f"[tool.flwr.app.config]; the cloud app cannot take it yet")
@@ -512,20 +588,24 @@ def submit(cli: FlwrCli, overrides: list[str], out: Path, state_dir: Path | None
     start = time.monotonic()
     run_id = cli.start_run(app, run_config)
     log.info("submitted run %d to %s", run_id, cli.address)
-    status = wait_for_run(cli, run_id, timeout, poll, on_status)
+    status = wait_for_run(cli, run_id, timeout, poll, on_status, unreachable)
     seconds = time.monotonic() - start
-    result = SubmitResult(run_id, status, seconds,
-                          remote_dir=(Path(state_dir) / remote_rel) if state_dir else None)
-    result.run_dir = fetch_run(cli, result, Path(out))
+    remote_dir = None
+    if state_dir is not None:
+        remote_dir = (Path(state_dir) / resume) if resume else Path(state_dir) / remote_rel
+    result = SubmitResult(run_id, status, seconds, remote_dir=remote_dir)
+    result.run_dir = fetch_run(cli, result, Path(out), resumed=bool(resume))
     return result
 
 
-def fetch_run(cli: FlwrCli, result: SubmitResult, out: Path) -> Path:
+def fetch_run(cli: FlwrCli, result: SubmitResult, out: Path, resumed: bool = False) -> Path:
     """The run folder on this machine: the cloud's folder (when reachable), log and status."""
     from shared.runs import make_run_dir, write_json
 
     remote = None
-    if result.remote_dir is not None and result.remote_dir.is_dir():
+    if resumed and result.remote_dir is not None and result.remote_dir.is_dir():
+        remote = result.remote_dir  # the continued run's own folder
+    elif result.remote_dir is not None and result.remote_dir.is_dir():
         subs = sorted(d for d in result.remote_dir.iterdir() if d.is_dir())
         remote = subs[-1] if subs else None
     name = f"deploy-run{result.run_id}"

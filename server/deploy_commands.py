@@ -40,7 +40,27 @@ def cloud_cmd(args: argparse.Namespace) -> int:
     cfg = CloudConfig(Path(args.state_dir), host=args.host, port=args.port,
                       certs=Path(args.certs) if args.certs else None, names=args.name or [],
                       insecure=args.insecure)
-    cloud = start_cloud(cfg)
+
+    def _term(signum, frame):  # systemd / docker stop: take the whole group down
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)  # before anything starts: start_cloud cleans up too
+    cloud = None
+    try:
+        cloud = start_cloud(cfg)
+        _print_cloud(cloud, cfg, args)
+        code = cloud.superlink.popen.wait()
+        print(f"SuperLink exited with code {code}:\n{cloud.superlink.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping the SuperLink", file=sys.stderr)
+        return 0
+    finally:
+        if cloud is not None:
+            cloud.stop()
+
+
+def _print_cloud(cloud, cfg, args: argparse.Namespace) -> None:
     public = args.public_address or f"{(args.name or ['<this-host>'])[0]}:{cfg.port}"
     print(f"SuperLink up in {cloud.ready_seconds:.1f}s: "
           f"{'INSECURE (no TLS, no node auth)' if cfg.insecure else 'TLS on, node auth on'}, "
@@ -49,23 +69,11 @@ def cloud_cmd(args: argparse.Namespace) -> int:
         print(f"  edges connect with: unikd edge --superlink {public} --ca ca.crt --key NODE_KEY "
               f"--data DIR --client-id N")
         print(f"  copy to each edge:  {cfg.paths.ca_crt} (and that node's private key only)")
-        print(f"  register a node:    unikd certs register NODE_KEY.pub --state-dir {cfg.state_dir}")
-    print(f"  run FedUNI-KD:      unikd submit --state-dir {cfg.state_dir} [--config F] [--set k=v]")
+        print(f"  register a node:    unikd certs register NODE_KEY.pub "
+              f"--state-dir {cfg.state_dir}")
+    print(f"  run FedUNI-KD:      unikd submit --state-dir {cfg.state_dir} "
+          f"[--config F] [--set k=v]")
     sys.stdout.flush()
-
-    def _term(signum, frame):  # systemd / docker stop: take the whole group down
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    try:
-        code = cloud.superlink.popen.wait()
-        print(f"SuperLink exited with code {code}:\n{cloud.superlink.log_tail()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("stopping the SuperLink", file=sys.stderr)
-        return 0
-    finally:
-        cloud.stop()
 
 
 # ---------------------------------------------------------------- unikd certs
@@ -76,6 +84,11 @@ def certs_init_cmd(args: argparse.Namespace) -> int:
 
     names = list(dict.fromkeys((args.name or []) + list(DEFAULT_NAMES)))
     init_all(Path(args.dir), names, args.node or [], overwrite=args.force)
+    if args.bundle_dir:
+        from server.certs import make_bundle
+
+        for node in args.node or []:
+            make_bundle(Path(args.dir), node, Path(args.bundle_dir) / node)
     print(json.dumps(describe(Path(args.dir)), indent=2))
     print(f"copy {Path(args.dir) / 'ca.crt'} to every edge; keep ca.key off the network",
           file=sys.stderr)
@@ -128,6 +141,15 @@ def certs_register_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def certs_bundle_cmd(args: argparse.Namespace) -> int:
+    from server.certs import make_bundle
+
+    dest = make_bundle(Path(args.dir), args.name, Path(args.out))
+    print(f"{dest}: ca.crt + node.key for {args.name}; copy it to the device "
+          f"(e.g. /etc/unikd) and keep node.key mode 600")
+    return 0
+
+
 def certs_show_cmd(args: argparse.Namespace) -> int:
     from server.certs import describe
 
@@ -142,12 +164,12 @@ def submit_cmd(args: argparse.Namespace) -> int:
     from server.deploy import config_overrides, submit
 
     cli = _cli_from(args)
-    overrides = config_overrides(args.config, args.set)
-    extra = {"resume": args.resume} if args.resume else None
+    overrides = [] if args.resume and not (args.config or args.set) else \
+        config_overrides(args.config, args.set)
     state_dir = Path(args.state_dir) if args.state_dir else None
     res = submit(cli, overrides, Path(args.out), state_dir=state_dir,
                  app=Path(args.app) if args.app else None, timeout=args.timeout,
-                 extra_run_config=extra,
+                 resume=args.resume,
                  on_status=lambda s: print(f"run status: {s}", file=sys.stderr))
     summary = res.run_dir / "results.json" if res.run_dir else None
     print(f"run {res.run_id}: {res.status} in {res.seconds:.1f}s -> {res.run_dir}")
@@ -169,7 +191,8 @@ def submit_cmd(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from server.deploy import DEFAULT_PORT
 
-    p = sub.add_parser("cloud", help="start the cloud SuperLink (TLS + node auth by default)")
+    p = sub.add_parser("cloud", allow_abbrev=False,
+                       help="start the cloud SuperLink (TLS + node auth by default)")
     p.add_argument("--state-dir", default="cloud-state",
                    help="certs, state.db, run folders, logs (persists across restarts)")
     p.add_argument("--host", default="0.0.0.0", help="listen address (default all interfaces)")
@@ -185,18 +208,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only check that the cloud recorded in STATE_DIR answers /health")
     p.set_defaults(func=cloud_cmd)
 
-    c = sub.add_parser("certs", help="CA, server certificate, node keys; register nodes")
+    c = sub.add_parser("certs", allow_abbrev=False,
+                       help="CA, server certificate, node keys; register nodes")
     csub = c.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
-    i = csub.add_parser("init", help="a CA, a server certificate and (optionally) node keys")
+    i = csub.add_parser("init", allow_abbrev=False,
+                        help="a CA, a server certificate and (optionally) node keys")
     i.add_argument("--dir", required=True)
     i.add_argument("--name", action="append", metavar="HOST_OR_IP",
                    help="server name or IP for the certificate (repeatable; localhost and "
                         "127.0.0.1 are always added)")
     i.add_argument("--node", action="append", metavar="NAME", help="also make this node's key")
+    i.add_argument("--bundle-dir", help="also write BUNDLE_DIR/<node>/{ca.crt,node.key}: "
+                                       "what each device needs, nothing more")
     i.add_argument("--force", action="store_true", help="replace existing files")
     i.set_defaults(func=certs_init_cmd)
 
-    n = csub.add_parser("node", help="a node's ECDSA key pair (optionally register it)")
+    n = csub.add_parser("node", allow_abbrev=False,
+                        help="a node's ECDSA key pair (optionally register it)")
     n.add_argument("name")
     n.add_argument("--dir", required=True)
     n.add_argument("--force", action="store_true")
@@ -204,17 +232,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_cloud_args(n)
     n.set_defaults(func=certs_node_cmd)
 
-    r = csub.add_parser("register", help="register node public keys on a running cloud")
+    r = csub.add_parser("register", allow_abbrev=False,
+                        help="register node public keys on a running cloud")
     r.add_argument("public_key", nargs="+", help="NODE.pub file(s) (OpenSSH ECDSA)")
     r.add_argument("--node-name", help="name to show in `flwr supernode ls` (one key)")
     _add_cloud_args(r)
     r.set_defaults(func=certs_register_cmd)
 
-    s = csub.add_parser("show", help="what a certificate folder holds")
+    b = csub.add_parser("bundle", allow_abbrev=False,
+                        help="one device's files (ca.crt + node.key) in one folder")
+    b.add_argument("name")
+    b.add_argument("--dir", required=True)
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=certs_bundle_cmd)
+
+    s = csub.add_parser("show", allow_abbrev=False, help="what a certificate folder holds")
     s.add_argument("--dir", required=True)
     s.set_defaults(func=certs_show_cmd)
 
-    m = sub.add_parser("submit", help="run FedUNI-KD on a running cloud, wait, fetch the results")
+    m = sub.add_parser("submit", allow_abbrev=False,
+                       help="run FedUNI-KD on a running cloud, wait, fetch the results")
     m.add_argument("--config", help="YAML run config (sent as values: need not exist on the "
                                     "cloud)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

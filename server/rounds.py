@@ -198,9 +198,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
         errors = [*errors, *outliers]
         result.rejected += [str(e) for e in errors]
-        for r in replies:
-            if not r.has_error():
-                has_teacher.add(r.metadata.src_node_id)
+        # A node that failed (e.g. restarted and lost its cache) gets the teacher again next round.
+        has_teacher = {r.metadata.src_node_id for r in replies if not r.has_error()}
         if len(updates) < cfg.fed.min_clients:  # nothing moves: not even BN statistics
             log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
                         len(updates), cfg.fed.min_clients)

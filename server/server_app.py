@@ -17,15 +17,31 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    rc = context.run_config
-    overrides = [o for o in str(rc.get("overrides", "")).split() if o]
-    cfg = load_config(str(rc.get("config-path", "")) or None, overrides)
+    import logging
+    from pathlib import Path
+
     from server.fed_run import write_fed_run
     from shared.runs import make_run_dir
 
-    run_dir = make_run_dir(cfg.out, f"federate-{cfg.data.dataset}-{cfg.fed.clients}clients")
-    cfg.dump(run_dir / "config.yaml")
-    result = federate(grid, cfg, progress=False, run_dir=run_dir)
+    handler = logging.StreamHandler()  # Flower ships the ServerApp's stderr to `flwr log`
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("server", "shared"):  # not basicConfig: httpx at INFO would flood the log
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(handler)
+    rc = context.run_config
+    overrides = [o for o in str(rc.get("overrides", "")).split() if o]
+    resume = str(rc.get("resume", "")) or None
+    if resume:  # continue an interrupted run in its own folder, with its own resolved config
+        run_dir = Path(resume)
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        cfg = load_config(str(rc.get("config-path", "")) or None, overrides)
+        run_dir = make_run_dir(cfg.out, f"federate-{cfg.data.dataset}-{cfg.fed.clients}clients")
+        cfg.dump(run_dir / "config.yaml")
+    result = federate(grid, cfg, progress=False, run_dir=run_dir,
+                      resume=run_dir if resume else None)
     write_fed_run(run_dir, cfg, result)
 
 
