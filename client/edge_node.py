@@ -14,7 +14,6 @@ authenticates with its ECDSA key, which the operator registered (`unikd certs re
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import UnikdError
+from shared.flower_tools import flwr_tool
 
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 DEFAULT_RUNTIME_PORT = 9094  # the SuperNode's local (loopback) runtime API
@@ -101,16 +101,6 @@ def validate(cfg: EdgeConfig) -> str:
 def node_config(cfg: EdgeConfig, domain: str) -> str:
     data = str(cfg.data).replace('"', '\\"')
     return f'data-path="{data}" domain="{domain}" partition-id={cfg.client_id}'
-
-
-def flwr_tool(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    if here.is_file():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise UnikdError(f"{name} not found; install flwr==1.42.0 in this environment")
-    return found
 
 
 def supernode_command(cfg: EdgeConfig) -> list[str]:

@@ -36,7 +36,7 @@ from shared.engine import TeacherOut, dann_source_terms, dann_target_terms
 from shared.models import Adapter, CNN1d, DomainDisc, FeatureDisc, TeacherEnsemble, student_for
 from shared.schedules import grl_alpha, kd_beta, training_progress
 from shared.seeding import SOURCE_STREAM, client_stream
-from shared.steps import EpochLog, StepInfo, iterate_steps, seed_init, seed_side
+from shared.steps import StepInfo, run_epochs, seed_init, seed_side
 
 # Hyperparameters the reference hard-codes per method (spec §6).
 MOBILEDA_T, MOBILEDA_KD_WT, MOBILEDA_CORAL_WT = 2.0, 0.7, 0.3
@@ -109,16 +109,8 @@ def _train(cfg: RunConfig, data: ScenarioData, name: str, progress: bool,
            step: Callable[[StepInfo], dict[str, float]]) -> list[dict]:
     """Run `step` over UNI-KD's step clock; returns one averaged history row per epoch."""
     d = cfg.distill
-    history: list[dict] = []
-    epoch_log, last_epoch = EpochLog(), 1
-    for s in iterate_steps(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
-                           d.epochs, desc=f"{name} {data.name}", progress=progress):
-        if s.epoch != last_epoch:
-            history.append({"epoch": last_epoch, **epoch_log.means()})
-            epoch_log, last_epoch = EpochLog(), s.epoch
-        epoch_log.add(step(s))
-    history.append({"epoch": last_epoch, **epoch_log.means()})
-    return history
+    return run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
+                      d.epochs, step, f"{name} {data.name}", progress)
 
 
 def _batch(dom: Domain, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

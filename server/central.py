@@ -23,7 +23,7 @@ from shared.evaluation import evaluate
 from shared.models import CNN1d
 from shared.schedules import grl_alpha, kd_beta, training_progress
 from shared.seeding import SOURCE_STREAM, client_stream
-from shared.steps import EpochLog, iterate_steps, seed_init, seed_side
+from shared.steps import StepInfo, run_epochs, seed_init, seed_side
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,8 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
     t_trg = CachedTeacher(teacher, data.trg_train.x, d.cache_teacher)
     nets, opts = build_unikd(cfg, data, getattr(teacher, "features_dim", 128))
     nets.train()
-    history: list[dict] = []
-    epoch_log, last_epoch = EpochLog(), 1
-    for s in iterate_steps(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
-                           d.epochs, desc=f"unikd {data.name}", progress=progress):
-        if s.epoch != last_epoch:
-            history.append({"epoch": last_epoch, **epoch_log.means()})
-            epoch_log, last_epoch = EpochLog(), s.epoch
+
+    def step(s: StepInfo) -> dict[str, float]:
         sched = schedule_at(cfg, s.epoch, s.step, s.steps_per_epoch)
         zero_all(opts)
         seed_side(cfg.seed, SOURCE_STREAM, s.global_step)
@@ -101,10 +96,12 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
         src_s, trg_s = scalars(src), scalars(trg)
         if step_hook is not None:
             step_hook(s.global_step, src_s, trg_s)
-        epoch_log.add({**{f"src_{k}": v for k, v in src_s.items()},
-                       **{f"trg_{k}": v for k, v in trg_s.items()},
-                       "beta": sched.beta, "alpha": sched.alpha})
-    history.append({"epoch": last_epoch, **epoch_log.means()})
+        return {**{f"src_{k}": v for k, v in src_s.items()},
+                **{f"trg_{k}": v for k, v in trg_s.items()},
+                "beta": sched.beta, "alpha": sched.alpha}
+
+    history = run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
+                         d.epochs, step, f"unikd {data.name}", progress)
     nets.eval()
     return StudentResult(nets.student, history, time.perf_counter() - start,
                          {"adapter": nets.adapter, "d_f": nets.d_f, "d_d": nets.d_d})

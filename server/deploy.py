@@ -39,6 +39,7 @@ from pathlib import Path
 
 from server.certs import CertPaths, init_all
 from shared.errors import UnikdError
+from shared.flower_tools import flwr_tool
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,6 @@ FINISHED = "finished:"
 
 
 # ---------------------------------------------------------------- processes
-
-
-def flwr_tool(name: str) -> str:
-    """A Flower console script from this Python environment (else from PATH)."""
-    here = Path(sys.executable).parent / name
-    if here.is_file():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise UnikdError(f"{name} not found; install flwr==1.42.0 in this environment")
-    return found
 
 
 def flwr_env(flwr_home: Path | None = None, extra: dict | None = None) -> dict[str, str]:

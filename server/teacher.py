@@ -23,7 +23,7 @@ from shared.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
 from shared.runs import save_torch
 from shared.schedules import grl_alpha, training_progress
 from shared.seeding import SOURCE_STREAM, client_stream, seed_for
-from shared.steps import EpochLog, iterate_steps, seed_init, seed_side
+from shared.steps import StepInfo, run_epochs, seed_init, seed_side
 
 log = logging.getLogger(__name__)
 TEACHER_BETAS = (0.5, 0.99)
@@ -43,12 +43,8 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
                              betas=TEACHER_BETAS) for m in (teacher, disc)]
     teacher.train()
     disc.train()
-    epoch_log, last_epoch = EpochLog(), 1
-    for s in iterate_steps(seed, len(data.src_train), len(data.trg_train), tcfg.batch_size,
-                           tcfg.epochs, desc=f"teacher {data.name} seed {seed}", progress=progress):
-        if s.epoch != last_epoch:
-            _log_epoch(history, last_epoch, epoch_log)
-            epoch_log, last_epoch = EpochLog(), s.epoch
+
+    def step(s: StepInfo) -> dict[str, float]:
         alpha = grl_alpha(training_progress(s.step, s.epoch, s.steps_per_epoch, s.num_epochs,
                                             grl_ramp))
         for o in opts:
@@ -62,16 +58,15 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
         trg["loss"].backward()
         for o in opts:
             o.step()
-        epoch_log.add({"teacher_ce": src["ce"].item(),
-                       "teacher_dom": src["dom"].item() + trg["dom"].item()})
-    _log_epoch(history, last_epoch, epoch_log)
+        return {"teacher_ce": src["ce"].item(),
+                "teacher_dom": src["dom"].item() + trg["dom"].item()}
+
+    rows = run_epochs(seed, len(data.src_train), len(data.trg_train), tcfg.batch_size,
+                      tcfg.epochs, step, f"teacher {data.name} seed {seed}", progress)
+    if history is not None:
+        history.extend(rows)
     teacher.eval()
     return teacher
-
-
-def _log_epoch(history: list | None, epoch: int, epoch_log: EpochLog) -> None:
-    if history is not None and epoch_log.count:
-        history.append({"epoch": epoch, **epoch_log.means()})
 
 
 def member_seed(seed: int, member: int) -> int:

@@ -91,4 +91,16 @@ class EpochLog:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
 
 
-OnEpoch = Callable[[int, dict[str, float]], None]
+def run_epochs(seed: int, n_src: int, n_trg: int, batch_size: int, num_epochs: int,
+               step: Callable[[StepInfo], dict[str, float]], desc: str = "",
+               progress: bool = True) -> list[dict]:
+    """Call `step` at every step of the clock; one row of averaged scalars per epoch."""
+    history: list[dict] = []
+    epoch_log, last_epoch = EpochLog(), 1
+    for s in iterate_steps(seed, n_src, n_trg, batch_size, num_epochs, desc, progress):
+        if s.epoch != last_epoch:
+            history.append({"epoch": last_epoch, **epoch_log.means()})
+            epoch_log, last_epoch = EpochLog(), s.epoch
+        epoch_log.add(step(s))
+    history.append({"epoch": last_epoch, **epoch_log.means()})
+    return history
