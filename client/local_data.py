@@ -6,6 +6,7 @@ them, serve federated evaluation, which returns only a confusion matrix.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,7 +18,10 @@ from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split
 from shared.datasets import get_spec
 from shared.partition import PartitionSpec, client_domains, partition_indices
+from shared.errors import UnikdError
 from shared.records import RoundConfig
+
+log = logging.getLogger(__name__)
 
 TRAIN_SALT, TEST_SALT = 11, 13
 
@@ -39,7 +43,7 @@ def _raw_split(dataset: str, path: str, shift: float, split: str, domain: str) -
 
 @lru_cache(maxsize=8)
 def _simulated(dataset: str, path: str, shift: float, target: str, partition: str,
-               num_clients: int, client: int, seed: int) -> tuple[Domain, Domain]:
+               num_clients: int, client: int, seed: int) -> tuple[Domain, Domain | None]:
     """A simulated node's raw train and test windows, decided by the simulator's partitioner."""
     spec = PartitionSpec.parse(partition)
     domain = client_domains(target, num_clients, spec)[client]
@@ -48,8 +52,14 @@ def _simulated(dataset: str, path: str, shift: float, target: str, partition: st
     if spec.kind == "per-domain":
         return train, test
     tr = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)[client]
-    te = partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)[client]
-    return (Domain(train.x[tr], train.y[tr], train.file), Domain(test.x[te], test.y[te], test.file))
+    train_part = Domain(train.x[tr], train.y[tr], train.file)
+    try:
+        te = partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)[client]
+    except UnikdError as err:  # e.g. 100 clients, 95 test windows: train on, skip evaluation
+        log.warning("client %d: no test windows (%s); it will not take part in evaluation",
+                    client, err)
+        return train_part, None
+    return train_part, Domain(test.x[te], test.y[te], test.file)
 
 
 @lru_cache(maxsize=4)
