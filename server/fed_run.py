@@ -70,17 +70,27 @@ def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False,
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="unikd-flwr-"))
+    import ray
     from flwr.simulation import run_simulation
 
     from server.server_app import make_server_app
 
     box: dict = {}
-    run_simulation(
-        server_app=make_server_app(cfg, box, progress, run_dir, resume), client_app=load_component(CLIENT_APP),
-        num_supernodes=cfg.fed.clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": max(1, os.cpu_count() or 1),
-                                      "logging_level": "ERROR"}})
+    for attempt in (1, 2):  # Ray's node start-up can time out on a busy 2-core machine
+        try:
+            run_simulation(
+                server_app=make_server_app(cfg, box, progress, run_dir, resume),
+                client_app=load_component(CLIENT_APP), num_supernodes=cfg.fed.clients,
+                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                "init_args": {"num_cpus": max(1, os.cpu_count() or 1),
+                                              "logging_level": "ERROR"}})
+            break
+        except RuntimeError as exc:
+            ray.shutdown()
+            if attempt == 2 or "result" in box:
+                raise
+            log.warning("Flower's simulation runtime failed (%s); starting it once more", exc)
+            box.clear()
     if "error" in box:
         raise box["error"]
     if "result" not in box:
