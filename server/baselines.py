@@ -113,6 +113,17 @@ def _train(cfg: RunConfig, data: ScenarioData, name: str, progress: bool,
                       d.epochs, step, f"{name} {data.name}", progress)
 
 
+def _student_with_target_teacher(cfg: RunConfig, data: ScenarioData, teacher: nn.Module):
+    """The frozen teacher's outputs on the target windows, and a fresh seeded student + Adam."""
+    teacher.eval()
+    t_trg = CachedTeacher(teacher, data.trg_train.x, cfg.distill.cache_teacher)
+    seed_init(cfg.seed)
+    student = student_for(data.spec)
+    opt = _adam(student.parameters(), cfg)
+    student.train()
+    return t_trg, student, opt
+
+
 def _batch(dom: Domain, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dom.x[idx], dom.y[idx]
 
@@ -165,12 +176,7 @@ def kd_target(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     """
     start = time.perf_counter()
     d = cfg.distill
-    teacher.eval()
-    t_trg = CachedTeacher(teacher, data.trg_train.x, d.cache_teacher)
-    seed_init(cfg.seed)
-    student = student_for(data.spec)
-    opt = _adam(student.parameters(), cfg)
-    student.train()
+    t_trg, student, opt = _student_with_target_teacher(cfg, data, teacher)
 
     def step(s: StepInfo) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
@@ -237,12 +243,7 @@ def mobileda(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     domains, so one backward pass over the summed loss.
     """
     start = time.perf_counter()
-    teacher.eval()
-    t_trg = CachedTeacher(teacher, data.trg_train.x, cfg.distill.cache_teacher)
-    seed_init(cfg.seed)
-    student = student_for(data.spec)
-    opt = _adam(student.parameters(), cfg)
-    student.train()
+    t_trg, student, opt = _student_with_target_teacher(cfg, data, teacher)
 
     def step(s: StepInfo) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)

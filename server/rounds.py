@@ -186,7 +186,11 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     bar = tqdm(range(first, total + 1), desc="rounds", disable=None if progress else True, dynamic_ncols=True)
     for rnd in bar:
         t0 = time.perf_counter()
-        contents = {n: cloud.down_content(rnd, with_teacher=n not in has_teacher) for n in nodes}
+        # Two payloads at most per round: nodes already holding the teacher share one.
+        plain = cloud.down_content(rnd, with_teacher=False)
+        with_teacher = (cloud.down_content(rnd, with_teacher=True)
+                        if any(n not in has_teacher for n in nodes) else plain)
+        contents = {n: plain if n in has_teacher else with_teacher for n in nodes}
         annotate(contents, dp_plan)  # DP settings for the nodes (local noise), if any
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
         replies = _send(grid, nodes, contents, "train", rnd, timeout)
