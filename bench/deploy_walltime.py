@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -26,17 +25,19 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from client.edge_node import EdgeConfig, start_edge  # noqa: E402
-from client.local_data import _simulated  # noqa: E402
-from server.certs import make_node_key  # noqa: E402
-from server.deploy import (CloudConfig, config_overrides, free_port, group_members,  # noqa: E402
-                           start_cloud, submit)
+from client.node.supernode import EdgeConfig, start_edge  # noqa: E402
+from client.node.local_data import simulated_split  # noqa: E402
+from server.deploy.certs import make_node_key  # noqa: E402
+from server.deploy.superlink import (CloudConfig, config_overrides, start_cloud,  # noqa: E402
+                                     submit)
+from shared.processes import free_port, group_members  # noqa: E402
+from shared.metrics import median
 from shared.config import load_config  # noqa: E402
 
 
 def edge_data(root: Path, client: int, clients: int, overrides: list[str]) -> Path:
     rc = load_config(overrides=overrides)
-    train, test = _simulated(rc.data.dataset, rc.data.path, rc.data.synth_shift,
+    train, test = simulated_split(rc.data.dataset, rc.data.path, rc.data.synth_shift,
                              rc.data.scenario.split("->")[1], rc.fed.partition, clients, client,
                              rc.seed)
     folder = root / f"data-{client}"
@@ -83,7 +84,7 @@ def deployed(root: Path, overrides: list[str], clients: int) -> dict:
 
 
 def simulated(overrides: list[str], engine: str, root: Path) -> dict:
-    from server.fed_run import run_inprocess, run_ray
+    from server.fed.run import run_inprocess, run_ray
 
     cfg = load_config(overrides=overrides + [f"fed.engine={engine}"])
     t0 = time.perf_counter()
@@ -99,10 +100,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy_walltime.json"))
     args = ap.parse_args()
-    os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"})
+    from shared.flower_tools import FLWR_ENV
+
+    os.environ.update(FLWR_ENV)
     torch.set_num_threads(1)
 
-    from server.teacher import save_teacher, train_teacher
+    from server.central.teacher import save_teacher, train_teacher
     from shared.data.scenario import load_scenario
 
     load_before = os.getloadavg()
@@ -123,7 +126,7 @@ def main() -> int:
 
     mf1 = {run["mf1"] for rs in runs.values() for run in rs}
     assert len(mf1) == 1, f"the three placements disagree: {mf1}"
-    med = {k: statistics.median(x["total_seconds"] for x in v) for k, v in runs.items()}
+    med = {k: median(x["total_seconds"] for x in v) for k, v in runs.items()}
     dep = runs["deployed_tls_auth"]
     report = {
         "what": f"{args.rounds}-round FedUNI-KD, {args.clients} clients, SYNTH 0->1, fixed "
@@ -136,7 +139,7 @@ def main() -> int:
         "repeats": args.repeats, "same_numbers": True, "mf1": mf1.pop(),
         "median_total_seconds": med,
         "median_deployed_breakdown": {
-            k: statistics.median(x[k] for x in dep)
+            k: median(x[k] for x in dep)
             for k in ("setup_seconds", "submit_to_finished_seconds",
                       "serverapp_federate_seconds")},
         "deployed_over_inprocess": med["deployed_tls_auth"] / med["sim_inprocess"],

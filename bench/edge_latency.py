@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from client.edge_service.models import (NormalizedStudent, OnnxPredictor,  # noqa: E402
                                         TorchPredictor)
 from client.edge_service.windows import encode_window  # noqa: E402
-from client.export import RunStudent, export_student, load_run_student, onnx_proto  # noqa: E402
+from client.edge_service.export import RunStudent, export_student, load_run_student, onnx_proto  # noqa: E402
 from protos import edge_pb2, edge_pb2_grpc  # noqa: E402
-from server.teacher import load_teacher  # noqa: E402
+from server.central.teacher import load_teacher  # noqa: E402
 from shared.data.scenario import load_split  # noqa: E402
 from shared.datasets import parse_scenario  # noqa: E402
 

@@ -22,32 +22,33 @@ from pathlib import Path
 def one(data: str, clients: int, rounds: int, teacher: str) -> dict:
     import torch
 
-    from server.harness import InProcessGrid, load_component
-    from server.rounds import federate
+    from server.fed.harness import InProcessGrid, load_component
+    from server.fed.rounds import federate
     from shared.config import load_config
+    from shared.metrics import median
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR", "data.scenario=2->11",
                              f"fed.clients={clients}", f"fed.rounds={rounds}",
                              f"teacher.checkpoint={teacher}"])
-    grid = InProcessGrid(load_component("client.client_app:app"), clients)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), clients)
     t0 = time.perf_counter()
     res = federate(grid, cfg, progress=False)
     wall = time.perf_counter() - t0
     secs = [r["seconds"] for r in res.rounds]
-    return {"clients": clients, "rounds": len(secs), "round_seconds_median": statistics.median(secs),
+    return {"clients": clients, "rounds": len(secs), "round_seconds_median": median(secs),
             "round_seconds_mean": statistics.mean(secs), "wall_seconds": wall,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "bytes_up_per_client_round": statistics.median(r["bytes_up_per_client"]
+            "bytes_up_per_client_round": median(r["bytes_up_per_client"]
                                                            for r in res.rounds),
-            "bytes_down_per_client_round": statistics.median(r["bytes_down_per_client"]
+            "bytes_down_per_client_round": median(r["bytes_down_per_client"]
                                                              for r in res.rounds)}
 
 
 def make_teacher(data: str, path: Path) -> None:
     import torch
 
-    from server.teacher import save_teacher, train_teacher
+    from server.central.teacher import save_teacher, train_teacher
     from shared.config import load_config
     from shared.data.scenario import load_scenario
 

@@ -25,8 +25,8 @@ def one(data: str, scenario: str, eps: float, mode: str, clients: int, epochs: i
         clip: float, extra: list[str]) -> dict:
     import torch
 
-    from server.harness import InProcessGrid, load_component
-    from server.rounds import federate
+    from server.fed.harness import InProcessGrid, load_component
+    from server.fed.rounds import federate
     from shared.config import load_config
 
     torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def one(data: str, scenario: str, eps: float, mode: str, clients: int, epochs: i
         sets += [f"fed.dp={mode}", f"fed.dp_epsilon={eps}", f"fed.dp_clip={clip}"]
     cfg = load_config(None, sets)
     t0 = time.perf_counter()
-    res = federate(InProcessGrid(load_component("client.client_app:app"), clients), cfg,
+    res = federate(InProcessGrid(load_component("client.node.client_app:app"), clients), cfg,
                    progress=False)
     last = res.rounds[-1] if res.rounds else {}
     return {"scenario": scenario, "epsilon": eps if math.isfinite(eps) else "inf",

@@ -28,8 +28,8 @@ SETTINGS = {
 def one(data: str, scenario: str, setting: str, clients: int, epochs: int, seed: int) -> dict:
     import torch
 
-    from server.harness import InProcessGrid, load_component
-    from server.rounds import federate
+    from server.fed.harness import InProcessGrid, load_component
+    from server.fed.rounds import federate
     from shared.config import load_config
 
     torch.set_num_threads(1)
@@ -38,7 +38,7 @@ def one(data: str, scenario: str, setting: str, clients: int, epochs: int, seed:
                              f"fed.clients={clients}", f"distill.epochs={epochs}", f"seed={seed}",
                              f"teacher.checkpoint={TEACHERS / f'{src}to{trg}_seed{seed}.pt'}",
                              *SETTINGS[setting]])
-    grid = InProcessGrid(load_component("client.client_app:app"), clients)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), clients)
     t0 = time.perf_counter()
     res = federate(grid, cfg, progress=False)
     faults: dict[str, int] = {}

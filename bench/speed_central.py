@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from server.central import distill_unikd
-from server.teacher import train_teacher
+from server.central.trainer import distill_unikd
+from server.central.teacher import train_teacher
 from shared.config import load_config
 from shared.data.scenario import load_scenario
 

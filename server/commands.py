@@ -28,21 +28,21 @@ def _config(args: argparse.Namespace):
 
 
 def teacher_cmd(args: argparse.Namespace) -> int:
-    from server.runner import run_teacher
+    from server.central.runner import run_teacher
 
     run_teacher(_config(args), progress=not args.quiet)
     return 0
 
 
 def distill_cmd(args: argparse.Namespace) -> int:
-    from server.runner import run_distill
+    from server.central.runner import run_distill
 
     run_distill(_config(args), args.method, progress=not args.quiet)
     return 0
 
 
 def federate_cmd(args: argparse.Namespace) -> int:
-    from server.fed_run import run_federate
+    from server.fed.run import run_federate
 
     if args.resume:  # the run's own resolved config, plus any --set given now
         args.config = str(Path(args.resume) / "config.yaml")
@@ -52,7 +52,7 @@ def federate_cmd(args: argparse.Namespace) -> int:
 
 
 def bench_central_cmd(args: argparse.Namespace) -> int:
-    from server.bench import run_bench
+    from server.bench.central import run_bench
 
     overrides = list(args.set) + [f"data.dataset={args.dataset}"]
     if args.data:
@@ -63,7 +63,7 @@ def bench_central_cmd(args: argparse.Namespace) -> int:
                  if args.scenarios else [f"{a}->{b}" for a, b in spec.scenarios])
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from server.runner import get_method
+    from server.central.runner import get_method
 
     for m in methods:
         get_method(m)
@@ -78,7 +78,7 @@ def bench_central_cmd(args: argparse.Namespace) -> int:
 
 
 def bench_federated_cmd(args: argparse.Namespace) -> int:
-    from server.bench_fed import run_fed_bench
+    from server.bench.federated import run_fed_bench
 
     overrides = list(args.set) + [f"data.dataset={args.dataset}", f"fed.clients={args.clients}",
                                   f"fed.partition={args.partition}"]

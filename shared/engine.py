@@ -28,6 +28,7 @@ from torch.func import functional_call
 from shared import losses
 from shared.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
 from shared.datasets import DatasetSpec
+from shared.schedules import grl_alpha, kd_beta, training_progress
 
 SOURCE_DOMAIN, TARGET_DOMAIN = 1, 0  # D_d class labels, as in the reference
 
@@ -53,6 +54,13 @@ class StepSchedule:
 
     beta: float  # KD weight; the domain loss gets (1 - beta)
     alpha: float  # GRL coefficient
+
+    @classmethod
+    def at(cls, distill, epoch: int, step: int, steps_per_epoch: int) -> StepSchedule:
+        """β and the GRL α at (1-based epoch, 0-based step) under a DistillConfig."""
+        return cls(beta=kd_beta(epoch, distill.epochs, distill.beta_natural_log),
+                   alpha=grl_alpha(training_progress(step, epoch, steps_per_epoch,
+                                                     distill.epochs, distill.grl_ramp)))
 
 
 @dataclass

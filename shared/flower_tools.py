@@ -1,12 +1,21 @@
-"""Locating Flower's console scripts; both the cloud and the edge launch them."""
+"""Flower's console scripts and environment; both the cloud and the edge launch them."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from shared.errors import UnikdError
+
+# Every Flower process we start: no telemetry, no update check, and never a per-run `uv sync`
+# (flower-notes §0.4: it pulls CUDA torch and gigabytes). A SuperNode has it off by default.
+FLWR_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
 
 
 def flwr_tool(name: str) -> str:
@@ -18,3 +27,11 @@ def flwr_tool(name: str) -> str:
     if not found:
         raise UnikdError(f"{name} not found; install flwr==1.42.0 in this environment")
     return found
+
+
+def flwr_env(flwr_home: Path | None = None, extra: dict | None = None) -> dict[str, str]:
+    env = {**os.environ, **FLWR_ENV}
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra or {})
+    return env

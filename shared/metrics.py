@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 
@@ -32,3 +34,15 @@ def macro_f1(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int | None
 
 def scores(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> dict[str, float]:
     return {"acc": accuracy(y_true, y_pred), "mf1": macro_f1(y_true, y_pred, num_classes)}
+
+
+def median(values) -> float:
+    """The one median every report uses (the mean of the two middle values for even counts)."""
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def lower_median(values) -> float:
+    """The lower middle value: an element of `values`, robust as a reference with 2 clients."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else float("nan")

@@ -27,8 +27,6 @@ import torch
 
 from shared.seeding import generator_for
 
-# ConfigRecord keys the cloud adds to the round's `config` record (RoundConfig ignores them).
-DP_MODE, DP_CLIP, DP_NOISE = "dp-mode", "dp-clip", "dp-noise"
 NOISE_PURPOSE = 7  # purpose id for seeding.generator_for: noise streams never reuse batch seeds
 
 Update = Mapping[str, Mapping[str, torch.Tensor]]  # record key -> array name -> tensor

@@ -7,8 +7,6 @@ federation reproduce it exactly.
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 
@@ -29,20 +27,3 @@ def generator_for(seed: int, stream: int, step: int, purpose: int = 0) -> torch.
     g = torch.Generator()
     g.manual_seed(seed_for(seed, stream, step, purpose))
     return g
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])

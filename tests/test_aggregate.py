@@ -1,4 +1,4 @@
-"""server.aggregate on in-memory Flower messages, with hand-computed expectations.
+"""server.fed.aggregate on in-memory Flower messages, with hand-computed expectations.
 
 No Grid and no training: every reply is built here, so each check of `parse_reply`,
 `split_replies` and `weighted_mean` is exercised in isolation.
@@ -14,9 +14,9 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-from server.aggregate import ClientUpdate, parse_reply, split_replies, weighted_mean
-from server.harness import _identity
-from shared import wire
+from server.fed.aggregate import ClientUpdate, parse_reply, split_replies, weighted_mean
+from server.fed.harness import _identity
+from shared.protocol import wire
 from shared.errors import ReplyError
 
 RND = 3
@@ -27,7 +27,7 @@ RECORDS = (wire.STUDENT_GRAD, wire.STUDENT_BN)
 
 @pytest.fixture(autouse=True, scope="module")
 def _task_identity():
-    _identity()  # Message() needs a TaskIdentity, as in server/harness.py
+    _identity()  # Message() needs a TaskIdentity, as in server/fed/harness.py
 
 
 def request(node: int, rnd: int = RND) -> Message:
@@ -183,7 +183,7 @@ def test_split_replies_drops_bad_and_duplicates_and_logs(caplog):
     replies = [reply(1002, 2, 3, w=1.0), reply(1000, 0, 1, w=2.0),
                reply(1005, 5, 4, w=float("nan")), reply(1009, 0, 9, w=3.0), _error_reply()]
     # Execute
-    with caplog.at_level(logging.WARNING, logger="server.aggregate"):
+    with caplog.at_level(logging.WARNING, logger="server.fed.aggregate"):
         updates, errors = split_replies(replies, RND, SHAPES, RECORDS)
     # Assert
     assert [u.client for u in updates] == [0, 2]

@@ -1,4 +1,4 @@
-"""Baseline students (server/baselines.py): each trains, is deterministic, and keeps its contract."""
+"""Baseline students (server/central/baselines.py): each trains, is deterministic, and keeps its contract."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.baselines import BASELINES, _coral, _kl, _mmd
+from server.central.baselines import BASELINES, _coral, _kl, _mmd
 from shared.config import load_config
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
@@ -51,7 +51,7 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_registry_names_and_runner_sees_them():
-    from server.runner import methods
+    from server.central.runner import methods
 
     assert METHODS == sorted(["source-only", "kd-target", "dann-student", "mobileda", "aad", "jku"])
     assert set(METHODS) <= set(methods())

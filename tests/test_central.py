@@ -1,4 +1,4 @@
-"""Centralized UNI-KD (server.central, server.runner) on the embedded synthetic scenario, plus
+"""Centralized UNI-KD (server.central.trainer, server.central.runner) on the embedded synthetic scenario, plus
 one short real-HAR run: reference-compat target KD (§8.1), determinism, teacher cache, run folder."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from server.baselines import BASELINES
-from server.central import build_unikd, distill_unikd, score_student
-from server.runner import run_distill
-from server.teacher import load_teacher, train_dann_teacher
+from server.central.baselines import BASELINES
+from server.central.trainer import build_unikd, distill_unikd, score_student
+from server.central.runner import run_distill
+from server.central.teacher import load_teacher, train_dann_teacher
 from shared.config import load_config
 from shared.data.scenario import load_scenario
 from shared.engine import KDHparams, StepSchedule, source_terms, target_terms, teacher_outputs

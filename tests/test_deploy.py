@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.edge_node import EdgeConfig, EdgeProcess, generate_key, node_config, start_edge, \
+from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, node_config, start_edge, \
     supernode_command, validate
-from server.certs import describe, init_all, make_ca, make_node_key
-from server.deploy import (Cloud, CloudConfig, FlwrCli, ProcessGroup, config_overrides,
-                           free_port, group_members, start_cloud, start_group, submit,
-                           superlink_command)
+from server.deploy.certs import describe, init_all, make_ca, make_node_key
+from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
+                                     start_cloud, submit, superlink_command)
+from shared.processes import ProcessGroup, free_port, group_members, start_group
 from shared.config import load_config
 from shared.errors import UnikdError
 
@@ -83,7 +83,7 @@ def test_superlink_defaults_are_secure_and_insecure_drops_auth(tmp_path):
 
 
 def test_cloud_makes_its_certificates_once_and_refuses_a_broken_folder(tmp_path):
-    from server.deploy import ensure_certs
+    from server.deploy.superlink import ensure_certs
 
     cfg = CloudConfig(tmp_path / "state", names=["cloud.lan"])
     made = ensure_certs(cfg)
@@ -151,7 +151,7 @@ def test_stopping_a_group_takes_its_children_along(tmp_path):
 def test_a_killed_launcher_takes_its_superlink_down(tmp_path):
     """SIGKILL on the process that started a group (no cleanup runs) still ends the child."""
     code = ("import os, sys, time; sys.path.insert(0, %r)\n"
-            "from server.deploy import start_group\n"
+            "from shared.processes import start_group\n"
             "p = start_group('s', ['sleep', '60'], None, dict(os.environ))\n"
             "print(p.pid, flush=True); time.sleep(60)\n" % str(REPO_ROOT))
     launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -182,7 +182,7 @@ def test_edge_side_installs_and_runs_without_cloud_code():
         "        if name.split('.')[0] in ('server', 'matplotlib', 'ray', 'sklearn'):\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import client.client_app, client.edge_commands\n"
+        "import client.node.client_app, client.node.commands\n"
         "from shared.cli import main\n"
         "sys.exit(main(['--help']))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
@@ -230,7 +230,7 @@ def test_cloud_command_insecure_warns_and_stops_cleanly(tmp_path):
 @dataclass
 class Deployment:
     root: Path
-    cloud: Cloud
+    cloud: CloudProcesses
     cli: FlwrCli
     teacher: Path
     edge_cfgs: list[EdgeConfig] = field(default_factory=list)
@@ -253,10 +253,10 @@ class Deployment:
 
 def _edge_data(root: Path, client: int, clients: int) -> Path:
     """Client `client`'s simulated windows, written as the device folder it would hold."""
-    from client.local_data import _simulated
+    from client.node.local_data import simulated_split
 
     rc = load_config(overrides=FAST)
-    train, test = _simulated(rc.data.dataset, rc.data.path, rc.data.synth_shift,
+    train, test = simulated_split(rc.data.dataset, rc.data.path, rc.data.synth_shift,
                              rc.data.scenario.split("->")[1], rc.fed.partition, clients, client,
                              rc.seed)
     folder = root / f"data-{client}"
@@ -268,7 +268,7 @@ def _edge_data(root: Path, client: int, clients: int) -> Path:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    from server.teacher import save_teacher, train_teacher
+    from server.central.teacher import save_teacher, train_teacher
     from shared.data.scenario import load_scenario
 
     root = tmp_path_factory.mktemp("deploy")
@@ -340,7 +340,7 @@ def test_node_trusting_another_ca_cannot_connect(deployment):
 
 
 def test_two_round_deployed_run_completes_with_the_simulations_numbers(deployment, tmp_path):
-    from server.fed_run import run_inprocess
+    from server.fed.run import run_inprocess
 
     overrides = FAST + [f"teacher.checkpoint={deployment.teacher}"]
     res = submit(deployment.cli, config_overrides(None, overrides), tmp_path / "runs",
@@ -359,7 +359,7 @@ def test_two_round_deployed_run_completes_with_the_simulations_numbers(deploymen
     header = rows[0].split(",")
     src = [float(r.split(",")[header.index("src_loss")]) for r in rows[1:]]
     assert src == [r["src_loss"] for r in sim.rounds]
-    from shared.records import student_state
+    from shared.protocol.records import student_state
 
     final = torch.load(res.run_dir / "checkpoints" / "final.pt", weights_only=False)
     want = student_state(sim.cloud.nets)
@@ -398,7 +398,7 @@ def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
     and it answers a later round. Then, where the ServerApp takes `resume`, the cloud is killed
     after round 3, restarted on the same state dir, and the run is continued from its last
     checkpoint to the end."""
-    from server.deploy import RESUME_KEY, app_config_keys, app_dir
+    from server.deploy.superlink import RESUME_KEY, app_config_keys, app_dir
 
     can_resume = RESUME_KEY in app_config_keys(app_dir())
     overrides = ["fed.clients=2", "fed.rounds=4", "fed.checkpoint_every=1",

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from server.deploy import DEFAULT_PORT
+from server.deploy.superlink import DEFAULT_PORT
 from shared.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_compose_wires_cloud_certs_registration_and_edges_consistently(compose):
 
 
 def test_bundle_files_are_the_ones_the_edges_mount(tmp_path):
-    from server.certs import init_all, make_bundle
+    from server.deploy.certs import init_all, make_bundle
 
     init_all(tmp_path / "certs", ["cloud"], ["edge-1"])
     out = make_bundle(tmp_path / "certs", "edge-1", tmp_path / "bundle")

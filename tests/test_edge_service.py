@@ -29,7 +29,7 @@ from client.edge_service.server import (SERVICE_NAME, ServeOptions, TlsFiles, ch
 from client.edge_service.store import (NewWindow, Retention, WindowStore, record_round,
                                        store_labelled, store_windows, window_ids)
 from client.edge_service.windows import WindowError, WindowShape, decode_window, encode_window
-from client.export import write_round_bundle
+from client.edge_service.export import write_round_bundle
 from protos import edge_pb2, edge_pb2_grpc
 from shared.data.loaders import Normalizer
 from shared.datasets import get_spec

@@ -12,13 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.central import distill_unikd
-from server.harness import InProcessGrid, load_component
-from server.rounds import federate
-from server.teacher import save_teacher, train_dann_teacher
+from server.central.trainer import distill_unikd
+from server.fed.harness import InProcessGrid, load_component
+from server.fed.rounds import federate
+from server.central.teacher import save_teacher, train_dann_teacher
 from shared.config import load_config
 from shared.data.scenario import load_scenario
-from shared.records import student_state
+from shared.protocol.records import student_state
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_one_client_one_step_equals_centralized(setup, variant):
                             step_hook=lambda g, s, t: central_losses.append((s["loss"], t["loss"])))
 
     fed_losses = []
-    grid = InProcessGrid(load_component("client.client_app:app"), 1)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
     fed = federate(grid, cfg, progress=False,
                    on_round=lambda r, cloud, row: fed_losses.append((row["src_loss"],
                                                                       row["trg_loss"])))
@@ -72,13 +72,13 @@ def test_one_client_one_step_equals_centralized(setup, variant):
 
 def test_federated_dann_teacher_equals_centralized(setup):
     """The teacher's DANN pre-training splits the same way: 1 client reproduces it exactly."""
-    from server.cloud import load_source
-    from server.fed_teacher import federated_dann_teacher
-    from server.rounds import _send
+    from server.fed.cloud import load_source
+    from server.fed.teacher import federated_dann_teacher
+    from server.fed.rounds import _send
 
     cfg, data, _ = setup
     central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
-    grid = InProcessGrid(load_component("client.client_app:app"), 1)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
     send = lambda g, n, c, t, r: _send(g, n, c, t, r, None)  # noqa: E731
     fed = federated_dann_teacher(grid, send, cfg, load_source(cfg), grid.node_ids,
                                  len(data.trg_train), progress=False)

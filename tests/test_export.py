@@ -11,13 +11,14 @@ import onnx
 import pytest
 import torch
 
-from client import export as export_mod
+from client.edge_service import export as export_mod
 from client.edge_service.models import TorchPredictor, load_predictor
 from client.edge_service.server import ServeOptions, start_service
 from client.edge_service.store import NewWindow, WindowStore
 from client.edge_service.windows import WindowShape, encode_window
-from client.export import export_student, load_run_student
+from client.edge_service.export import export_student, load_run_student
 from protos import edge_pb2, edge_pb2_grpc
+from shared.protocol import checkpoints
 from shared.cli import main as unikd
 from shared.config import load_config
 from shared.data.loaders import Normalizer
@@ -58,9 +59,10 @@ def central_run(tmp_path_factory, data_dir) -> Path:
     _config(run, data_dir)
     torch.manual_seed(0)
     student = student_for(HAR)
-    torch.save({"state_dict": student.state_dict(),
-                "meta": {"dataset": "HAR", "scenario": "0->1", "method": "unikd", "seed": 0,
-                         "config_hash": "abc"}}, run / "student.pt")
+    checkpoints.save(run / "student.pt", checkpoints.CENTRAL_STUDENT, {
+        "state_dict": student.state_dict(),
+        "meta": {"dataset": "HAR", "scenario": "0->1", "method": "unikd", "seed": 0,
+                 "config_hash": "abc"}})
     return run
 
 
@@ -73,8 +75,8 @@ def federated_run(tmp_path_factory, data_dir) -> Path:
     torch.manual_seed(1)
     state = {f"student.{k}": v for k, v in student_for(HAR).state_dict().items()}
     state["adapter.proj.weight"] = torch.zeros(128, 32)  # dropped by the export
-    torch.save({"student": state, "round": 7, "config_hash": "def"},
-               run / "checkpoints" / "final.pt")
+    checkpoints.save(run / "checkpoints" / "final.pt", checkpoints.FED_FINAL,
+                     {"student": state, "round": 7, "config_hash": "def"})
     return run
 
 

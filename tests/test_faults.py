@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.aggregate import (ClientUpdate, grad_norm, parse_aggregator, reject_outliers,
+from server.fed.aggregate import (ClientUpdate, grad_norm, parse_aggregator, reject_outliers,
                               robust_combine, trimmed_mean)
-from server.harness import CORRUPTIONS, FaultPlan, InProcessGrid, load_component
-from server.rounds import federate
-from shared import wire
+from server.fed.harness import CORRUPTIONS, FaultPlan, InProcessGrid, load_component
+from server.fed.rounds import federate
+from shared.protocol import wire
 from shared.config import load_config
 from shared.errors import ConfigError
 
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(*overrides: str, faults: FaultPlan | None = None, node_config=None):
     cfg = load_config(overrides=[*BASE, *overrides])
-    grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS, faults=faults,
+    grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS, faults=faults,
                          node_config=node_config)
     return federate(grid, cfg, progress=False), grid
 
@@ -105,7 +105,7 @@ def test_stragglers_compute_but_their_late_replies_are_dropped():
 
 
 def test_too_few_replies_skip_the_round_with_a_clear_log(caplog):
-    with caplog.at_level(logging.WARNING, logger="server.rounds"):
+    with caplog.at_level(logging.WARNING, logger="server.fed.rounds"):
         res, _ = run(f"fed.min_clients={CLIENTS}", faults=FaultPlan(dropout=0.3, seed=0))
     text = [r.getMessage() for r in caplog.records]
     skipped = [t for t in text if "round skipped" in t]
@@ -215,7 +215,7 @@ def test_node_with_nan_file_reports_an_error_naming_the_file(make_domain_file, c
 
     seen = []
     cfg = load_config(overrides=list(BASE))
-    grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS, node_config=node_config,
+    grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS, node_config=node_config,
                          tap=lambda req, rep: seen.append((req.metadata.dst_node_id, rep)))
     with caplog.at_level(logging.WARNING):
         res = federate(grid, cfg, progress=False)

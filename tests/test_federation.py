@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-import client.client_app as client_app
-from server.harness import InProcessGrid, load_component
-from server.rounds import FedResult, federate
-from shared import wire
+import client.node.client_app as client_app
+from server.fed.harness import InProcessGrid, load_component
+from server.fed.rounds import FedResult, federate
+from shared.protocol import wire
 from shared.config import load_config
 from shared.data.scenario import load_scenario, load_split, resolve_spec
 from shared.errors import DataError
-from shared.records import from_record, student_state
+from shared.protocol.records import from_record, student_state
 
 CLIENTS = 3
 ROUNDS = 3
@@ -56,7 +56,7 @@ def federation(*overrides: str) -> Run:
         run.requests.append((mtype, node, request))
         run.replies.append((mtype, node, reply))
 
-    run.grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS, tap=tap)
+    run.grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS, tap=tap)
     run.result = federate(run.grid, cfg, progress=False)
     return run
 
@@ -88,10 +88,10 @@ def cloud_state(run: Run) -> dict[str, torch.Tensor]:
 def test_failing_client_does_not_stop_the_run(monkeypatch, caplog):
     real = client_app.local_data
 
-    def broken(rc, node_config, client, norm):
+    def broken(rc, sim, node_config, client, norm):
         if client == 1:
             raise DataError("/node1/train_1.pt", "disk unreadable")
-        return real(rc, node_config, client, norm)
+        return real(rc, sim, node_config, client, norm)
 
     monkeypatch.setattr(client_app, "local_data", broken)
     with caplog.at_level(logging.WARNING):
@@ -116,7 +116,7 @@ def test_failing_client_does_not_stop_the_run(monkeypatch, caplog):
 
 def test_min_clients_skips_rounds_and_keeps_master_weights(caplog):
     key = (f"fed.min_clients={CLIENTS + 1}",)
-    with caplog.at_level(logging.WARNING, logger="server.rounds"):
+    with caplog.at_level(logging.WARNING, logger="server.fed.rounds"):
         run = _CACHE[key] = federation(*key)
     res = run.result
     assert res.rounds == [] and res.evals == []

@@ -9,21 +9,20 @@ import math
 
 import pytest
 import torch
-from flwr.app import ConfigRecord
 
-from client.privacy import privatize
-from server.aggregate import ClientUpdate
-from server.fed_run import run_federate
-from server.harness import InProcessGrid, load_component
-from server.privacy import (PrivacyPlan, calibrate_noise, epsilon_after, plan_privacy,
+
+from client.node.privacy import privatize
+from server.fed.aggregate import ClientUpdate
+from server.fed.run import run_federate
+from server.fed.harness import InProcessGrid, load_component
+from server.fed.privacy import (PrivacyPlan, calibrate_noise, epsilon_after, plan_privacy,
                             private_aggregate, uniform_mean)
-from server.rounds import federate
-from shared import wire
+from server.fed.rounds import federate
+from shared.protocol import wire
 from shared.config import load_config
 from shared.errors import ConfigError, UnikdError
-from shared.privacy import (DP_CLIP, DP_MODE, DP_NOISE, add_noise, clip_update, noise_generator,
-                            update_norm)
-from shared.records import from_record, to_record
+from shared.privacy import add_noise, clip_update, noise_generator, update_norm
+from shared.protocol.records import RoundConfig, from_record, to_record
 
 CLIENTS = 3
 ROUNDS = 3
@@ -100,21 +99,29 @@ def test_central_aggregate_is_the_uniform_mean_of_clipped_updates_plus_noise():
     assert not torch.allclose(noisy.arrays["d_f.grad"]["b"], agg.arrays["d_f.grad"]["b"])
 
 
+def _round_config(**dp) -> RoundConfig:
+    return RoundConfig(round=1, epoch=1, step=0, global_step=0, beta=0.1, alpha=0.0, lr=1e-3,
+                       local_steps=1, seed=0, batch_size=32, temperature=4.0, lam_ce=1.0,
+                       lam_dom=1.0, target_kd=True, adv_to_student=False, detach_weights=True,
+                       bn_policy="averaged", dataset="SYNTH", **dp)
+
+
 def test_local_privatize_clips_noises_and_withholds_bn():
     grads = {"student": {"w": torch.full((50,), 3.0)}, "d_f": {"b": torch.ones(5)},
              "d_d": {"c": torch.ones(2)}}
     own = {"student.bn.running_mean": torch.full((4,), 7.0)}
     received = to_record({"student.bn.running_mean": torch.zeros(4), "student.w": torch.ones(50)})
-    off = privatize(grads, own, received, ConfigRecord({}), 0, 1, 1)
+    rc = _round_config(dp_mode="off")
+    off = privatize(grads, own, received, rc, 1)
     assert off == (grads, own)
-    settings = ConfigRecord({DP_MODE: "local", DP_CLIP: 0.5, DP_NOISE: 0.0})
-    g, bn = privatize(grads, own, received, settings, 0, 1, 1)
+    rc = _round_config(dp_mode="local", dp_clip=0.5, dp_noise=0.0)
+    g, bn = privatize(grads, own, received, rc, 1)
     assert math.isclose(update_norm(g), 0.5, rel_tol=1e-5)
     assert torch.equal(bn["student.bn.running_mean"], torch.zeros(4))  # the received buffers
-    settings[DP_NOISE] = 1.0
-    g1, _ = privatize(grads, own, received, settings, 0, 1, 1)
-    g2, _ = privatize(grads, own, received, settings, 0, 1, 1)
-    g3, _ = privatize(grads, own, received, settings, 0, 2, 1)  # another client: other noise
+    rc.dp_noise = 1.0
+    g1, _ = privatize(grads, own, received, rc, 1)
+    g2, _ = privatize(grads, own, received, rc, 1)
+    g3, _ = privatize(grads, own, received, rc, 2)  # another client: other noise
     assert torch.equal(g1["student"]["w"], g2["student"]["w"])
     assert not torch.equal(g1["student"]["w"], g3["student"]["w"])
     assert float((g1["student"]["w"] - g["student"]["w"]).std()) == pytest.approx(1.0, rel=0.3)
@@ -131,7 +138,7 @@ def test_config_validates_dp_fields():
 
 def test_dp_refuses_a_federated_dann_teacher():
     cfg = load_config(overrides=[*BASE, "fed.dp=central", "fed.teacher_placement=edge"])
-    grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS)
     with pytest.raises(UnikdError, match="un-noised target gradients"):
         federate(grid, cfg, progress=False)
     assert grid.fault_log == []
@@ -158,14 +165,14 @@ def test_central_dp_run_writes_the_epsilon_ledger(tmp_path):
 
 def test_central_dp_keeps_source_only_bn_and_is_deterministic():
     cfg = load_config(overrides=[*BASE, "fed.dp=central"])
-    runs = [federate(InProcessGrid(load_component("client.client_app:app"), CLIENTS), cfg,
+    runs = [federate(InProcessGrid(load_component("client.node.client_app:app"), CLIENTS), cfg,
                      progress=False) for _ in range(2)]
     a, b = (r.cloud.nets.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded noise: same run, same numbers
     counters = {int(v) for k, v in runs[0].cloud.nets.student.named_buffers()
                 if k.endswith("num_batches_tracked")}
     assert counters == {ROUNDS}  # one source update per round, no client BN composed
-    plain = federate(InProcessGrid(load_component("client.client_app:app"), CLIENTS),
+    plain = federate(InProcessGrid(load_component("client.node.client_app:app"), CLIENTS),
                      load_config(overrides=BASE), progress=False).cloud.nets.state_dict()
     assert any(not torch.equal(a[k], plain[k]) for k in a)
 
@@ -174,9 +181,9 @@ def test_wire_manifest_holds_with_local_dp():
     """tests/test_wire.py's independent checker on every reply of a local-DP federation."""
     from test_wire import check_reply
 
-    from client.local_data import local_data
+    from client.node.local_data import local_data
     from shared.data.loaders import Normalizer
-    from shared.records import RoundConfig
+    from shared.protocol.records import RoundConfig, SimSetup
 
     cfg = load_config(overrides=[*BASE, "fed.dp=local", "fed.dp_epsilon=1"])
     seen, windows, sent_bn = [], {}, {}
@@ -186,17 +193,18 @@ def test_wire_manifest_holds_with_local_dp():
         mtype, node = request.metadata.message_type, request.metadata.dst_node_id
         if mtype == "query":
             rc = RoundConfig.from_record(request.content[wire.CONFIG])
+            sim = SimSetup.from_record(request.content[wire.SIM])
             stats = from_record(request.content[wire.NORM])
-            data = local_data(rc, dict(grid.contexts[node].node_config), node - 1000,
+            data = local_data(rc, sim, dict(grid.contexts[node].node_config), node - 1000,
                               Normalizer(stats["mean"], stats["std"]))
             windows[node] = (data.num_examples, len(data.test))
         if mtype == "train":
-            assert request.content[wire.CONFIG][DP_MODE] == "local"
+            assert request.content[wire.CONFIG]["dp_mode"] == "local"
             sent_bn[(node, request.content[wire.CONFIG]["round"])] = \
                 from_record(request.content[wire.STUDENT])
         seen.append((mtype, node, reply))
 
-    grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS, tap=tap)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS, tap=tap)
     result = federate(grid, cfg, progress=False)
     assert result.rejected == [] and len(result.rounds) == ROUNDS
     assert {m for m, _, _ in seen} == {"query", "train", "evaluate"}

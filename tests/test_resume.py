@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from server.harness import InProcessGrid, load_component
-from server.rounds import federate
+from server.fed.harness import InProcessGrid, load_component
+from server.fed.rounds import federate
 from shared.config import load_config
 
 
 def _grid(n: int) -> InProcessGrid:
-    return InProcessGrid(load_component("client.client_app:app"), n)
+    return InProcessGrid(load_component("client.node.client_app:app"), n)
 
 
 def test_kill_after_round_k_and_resume_matches_uninterrupted(tmp_path):

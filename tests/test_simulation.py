@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from server.fed_run import run_inprocess
+from server.fed.run import run_inprocess
 from shared.config import load_config
 
 SETTINGS = ["distill.epochs=1", "teacher.epochs=1", "fed.clients=2", "fed.round_timeout=120"]

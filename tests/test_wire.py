@@ -2,7 +2,7 @@
 
 A real (small) federation runs with a tap on the in-process Grid that records every client
 reply as the transport delivers it. An independent checker, written here from the models
-themselves and NOT from shared.wire, then inspects every reply. Separately, shared.wire's own
+themselves and NOT from shared.protocol.wire, then inspects every reply. Separately, shared.protocol.wire's own
 `check_outgoing` must refuse hand-made leaks, and a ClientApp whose reply would leak must answer
 with an error instead.
 """
@@ -17,17 +17,17 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-import client.client_app as client_app
-from client.local_data import local_data
-from server.harness import InProcessGrid, load_component
-from server.rounds import federate
-from shared import wire
+import client.node.client_app as client_app
+from client.node.local_data import local_data
+from server.fed.harness import InProcessGrid, load_component
+from server.fed.rounds import federate
+from shared.protocol import wire
 from shared.config import load_config
 from shared.data.loaders import Normalizer
 from shared.datasets import get_spec
 from shared.engine import UniKDNets
 from shared.models import DomainDisc, teacher_for
-from shared.records import RoundConfig, from_record, to_record
+from shared.protocol.records import RoundConfig, SimSetup, from_record, to_record
 
 CLIENTS = 3
 BASE = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", f"fed.clients={CLIENTS}",
@@ -139,14 +139,15 @@ def tapped_run():
         mtype, node = request.metadata.message_type, request.metadata.dst_node_id
         if mtype == "query":  # the node's true window counts, read straight from its data
             rc = RoundConfig.from_record(request.content[wire.CONFIG])
+            sim = SimSetup.from_record(request.content[wire.SIM])
             stats = from_record(request.content[wire.NORM])
-            data = local_data(rc, dict(grid.contexts[node].node_config),
+            data = local_data(rc, sim, dict(grid.contexts[node].node_config),
                               int(grid.contexts[node].node_config["partition-id"]),
                               Normalizer(stats["mean"], stats["std"]))
             windows[node] = (data.num_examples, len(data.test) if data.test is not None else -1)
         seen.append((mtype, node, reply))
 
-    grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS, tap=tap)
+    grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS, tap=tap)
     result = federate(grid, cfg, progress=False)
     return result, seen, windows
 
@@ -179,7 +180,7 @@ def test_every_reply_is_within_the_manifest(tapped_run):
 
 
 def _valid_train_reply(n: int = 40) -> tuple[RecordDict, dict]:
-    from shared.records import bn_buffers, group_named_params
+    from shared.protocol.records import bn_buffers, group_named_params
 
     nets = UniKDNets.for_spec(SPEC)
     g = group_named_params(nets)
@@ -306,7 +307,7 @@ def test_leaking_client_app_returns_error_not_data(monkeypatch, caplog):
     monkeypatch.setattr(client_app, "unikd_round", leaky)
     cfg = load_config(overrides=BASE + ["fed.teacher_placement=source-only"])
     train_replies = []
-    grid = InProcessGrid(load_component("client.client_app:app"), CLIENTS,
+    grid = InProcessGrid(load_component("client.node.client_app:app"), CLIENTS,
                          tap=lambda q, r: train_replies.append((q.metadata.dst_node_id, r))
                          if q.metadata.message_type == "train" else None)
     with caplog.at_level(logging.WARNING):

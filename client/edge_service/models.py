@@ -22,12 +22,13 @@ from torch import nn
 
 from client.edge_service.windows import WindowShape
 from shared.errors import UnikdError
+from shared.protocol import checkpoints
 from shared.models import CNN1d
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-BUNDLE_KIND = "unikd-edge-student/1"
+BUNDLE_KIND = checkpoints.EDGE_BUNDLE
 
 
 class NormalizedStudent(nn.Module):
@@ -90,10 +91,11 @@ def file_sha256(path: Path) -> str:
 
 class TorchPredictor:
     def __init__(self, path: Path):
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(bundle, dict) or bundle.get("kind") != BUNDLE_KIND:
-            raise UnikdError(f"{path}: not an edge student bundle (expected kind {BUNDLE_KIND}; "
-                             "write one with `unikd export --format torch`)")
+        try:
+            bundle = checkpoints.load(path, BUNDLE_KIND)
+        except checkpoints.CheckpointError as err:
+            raise UnikdError(f"{err} (write an edge bundle with `unikd export --format torch`)"
+                             ) from None
         self.meta = ModelMeta.from_props(bundle["meta"], path, file_sha256(path))
         self.model = bundle_model(bundle)
 

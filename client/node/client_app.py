@@ -1,0 +1,176 @@
+"""The edge ClientApp: decode the round, run the target side, check the reply against the wire.
+
+Handlers stay thin: no tensor math here. The node keeps in `context.state` the frozen teacher
+snapshot (by content hash) and the teacher's outputs on its windows, so neither travels twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.node.local_data import LocalData, local_data
+from client.node.privacy import privatize
+from client.node.target_side import dann_round, unikd_round
+from shared.protocol import wire
+from shared.data.loaders import Normalizer
+from shared.datasets import get_spec
+from shared.engine import TeacherOut, UniKDNets, teacher_outputs
+from shared.errors import UnikdError
+from shared.evaluation import predict
+from shared.metrics import confusion
+from shared.models import DomainDisc, teacher_for
+from shared.models.cnn1d import TEACHER_FEATURES
+from shared.protocol.checkpoints import teacher_from_arrays
+from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_record,
+                                     group_named_params, load_student_state, to_record)
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+TEACHER_META = "teacher-meta"  # ConfigRecord in context.state: hash of the cached snapshot
+TEACHER_OUT = "teacher-out"  # ArrayRecord in context.state: teacher feat/logits per window
+
+
+def client_id(context: Context) -> int:
+    return int(context.node_config.get("partition-id", 0))
+
+
+def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, LocalData]:
+    """The round's config, this node's client id and its (cached) local windows."""
+    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
+    sim = SimSetup.from_record(msg.content[wire.SIM])
+    cid = client_id(context)
+    return rc, cid, local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content))
+
+
+def decode_nets(content: RecordDict, rc: RoundConfig) -> UniKDNets:
+    nets = UniKDNets.for_spec(get_spec(rc.dataset))
+    load_student_state(nets, from_record(content[wire.STUDENT]))
+    nets.d_f.load_state_dict(from_record(content[wire.D_F]))
+    nets.d_d.load_state_dict(from_record(content[wire.D_D]))
+    return nets
+
+
+def decode_norm(content: RecordDict) -> Normalizer:
+    stats = from_record(content[wire.NORM])
+    return Normalizer(stats["mean"], stats["std"])
+
+
+def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalData
+                   ) -> TeacherOut | None:
+    """Teacher outputs on this node's windows, computed once per teacher snapshot."""
+    if not rc.teacher_hash:
+        return None  # cloud placement: the teacher never leaves the server
+    meta = context.state.get(TEACHER_META)
+    if meta is not None and meta["hash"] == rc.teacher_hash and TEACHER_OUT in context.state:
+        out = from_record(context.state[TEACHER_OUT])
+        return TeacherOut(out["feat"], out["logits"])
+    if wire.TEACHER not in msg.content:
+        raise UnikdError(f"teacher snapshot {rc.teacher_hash[:12]} is not cached on this node")
+    teacher = teacher_from_arrays(from_record(msg.content[wire.TEACHER]), rc.teacher_members,
+                                  get_spec(rc.dataset))
+    out = teacher_outputs(teacher, data.x_train)
+    context.state[TEACHER_OUT] = to_record({"feat": out.feat, "logits": out.logits})
+    context.state[TEACHER_META] = ConfigRecord({"hash": rc.teacher_hash})
+    return out
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(1)
+    rc, cid, data = node_inputs(msg, context)
+    teacher = cached_teacher(msg, context, rc, data)
+    nets = decode_nets(msg.content, rc)
+    if rc.bn_policy == "local" and "bn-local" in context.state:
+        nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
+    grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid)
+    grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid)  # local DP
+    if rc.bn_policy == "local":
+        context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))
+    reply = RecordDict({
+        wire.STUDENT_GRAD: to_record(grads["student"]),
+        wire.D_F_GRAD: to_record(grads["d_f"]),
+        wire.D_D_GRAD: to_record(grads["d_d"]),
+        wire.STUDENT_BN: to_record(buffers),
+        wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
+                                    "num-examples": data.num_examples,
+                                    "local-steps": rc.local_steps, **metrics}),
+    })
+    wire.check_outgoing(reply, up_shapes(nets))
+    return Message(reply, reply_to=msg)
+
+
+def up_shapes(nets: UniKDNets) -> dict:
+    g = group_named_params(nets)
+    return wire.expected_up_shapes(g["student"], g["d_f"], g["d_d"], bn_buffers(nets.student))
+
+
+@app.train("teacher")
+def train_teacher(msg: Message, context: Context) -> Message:
+    """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
+    torch.set_num_threads(1)
+    rc, cid, data = node_inputs(msg, context)
+    spec = get_spec(rc.dataset)
+    teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
+    teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
+    disc.load_state_dict(from_record(msg.content[wire.TEACHER_DISC]))
+    grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.lam_dom)
+    reply = RecordDict({
+        wire.TEACHER_GRAD: to_record(grads["teacher"]),
+        wire.TEACHER_DISC_GRAD: to_record(grads["disc"]),
+        wire.TEACHER_BN: to_record(buffers),
+        wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
+                                    "num-examples": data.num_examples, **metrics}),
+    })
+    wire.check_outgoing(reply, wire.expected_teacher_shapes(
+        dict(teacher.named_parameters()), dict(disc.named_parameters()),
+        dict(teacher.named_buffers())))
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received student on this node's labelled test windows: confusion counts only."""
+    torch.set_num_threads(1)
+    rc, cid, data = node_inputs(msg, context)
+    spec = get_spec(rc.dataset)
+    nets = UniKDNets.for_spec(spec)
+    load_student_state(nets, from_record(msg.content[wire.STUDENT]))
+    if rc.bn_policy == "local" and "bn-local" in context.state:
+        nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
+    elif rc.bn_policy == "reestimate":
+        reestimate_bn(nets.student, data.x_train)
+    metrics: dict = {"client-id": cid, "round": rc.round, "num-examples": 0}
+    if data.test is not None:
+        cm = confusion(data.test.y, predict(nets.student, data.test.x), spec.classes)
+        metrics.update({"num-examples": len(data.test), "confusion": cm.flatten().tolist()})
+    reply = RecordDict({wire.METRICS: MetricRecord(metrics)})
+    wire.check_outgoing(reply, {}, wire.EVAL_METRICS, spec.classes)
+    return Message(reply, reply_to=msg)
+
+
+@torch.no_grad()
+def reestimate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Recompute BN running statistics on local windows (cumulative average, eval afterwards)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, len(x), 256):
+        model(x[i:i + 256])
+    model.eval()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """How many training windows this node holds (the server sizes its clock with it)."""
+    rc, cid, data = node_inputs(msg, context)
+    reply = RecordDict({wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
+                                                    "num-examples": data.num_examples})})
+    wire.check_outgoing(reply, {}, wire.TRAIN_METRICS)
+    return Message(reply, reply_to=msg)

@@ -1,0 +1,97 @@
+"""Edge-side commands: `unikd edge` (start this device's SuperNode) and `unikd edge-keygen`.
+
+They import nothing from the cloud side, so they work on an edge-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+
+def edge_cmd(args: argparse.Namespace) -> int:
+    from client.node.supernode import EdgeConfig, start_edge, supernode_command
+
+    if args.insecure:
+        print("WARNING: --insecure: no TLS; this device's updates travel in clear text and it "
+              "cannot authenticate. Use only on a trusted lab network.", file=sys.stderr)
+    cfg = EdgeConfig(args.superlink, Path(args.data), ca=Path(args.ca) if args.ca else None,
+                     key=Path(args.key) if args.key else None, insecure=args.insecure,
+                     client_id=args.client_id, domain=args.domain, port=args.port,
+                     home=Path(args.home) if args.home else None, max_retries=args.max_retries)
+    cmd = supernode_command(cfg)  # validates data, CA and key before anything starts
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    proc = None
+    try:
+        proc = start_edge(cfg, echo=True)
+        print(f"edge node (client {cfg.client_id}) -> {cfg.superlink}: "
+              f"{'INSECURE' if cfg.insecure else 'TLS'}"
+              f"{', authenticated' if cfg.key else ''}; data {cfg.data}", file=sys.stderr)
+        code = proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc is not None:
+            proc.stop()  # the whole group: node, its SuperExec, any ClientApp process
+    why = proc.outcome() if code else ""
+    if why == "refused":
+        print(f"unikd: the cloud refused this node: its key is not registered. Ask the operator "
+              f"to run `unikd certs register {cfg.key}.pub ...`" if cfg.key else
+              "unikd: the cloud refused this node: it requires node authentication (--key)",
+              file=sys.stderr)
+    elif why == "tls":
+        print(f"unikd: the cloud's certificate does not chain to {cfg.ca}: wrong CA file, or "
+              f"not our cloud", file=sys.stderr)
+    elif code:
+        print(f"unikd: the SuperNode exited with code {code}", file=sys.stderr)
+    return code
+
+
+def keygen_cmd(args: argparse.Namespace) -> int:
+    from client.node.supernode import generate_key
+
+    pub = generate_key(Path(args.path), overwrite=args.force)
+    print(pub.read_text().strip())
+    print(f"private key {args.path} (mode 600, stays on this device); send {pub} to the "
+          f"operator, who runs: unikd certs register {pub.name} --state-dir STATE_DIR",
+          file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from client.node.supernode import DEFAULT_RUNTIME_PORT
+
+    p = sub.add_parser("edge", allow_abbrev=False,
+                       help="start this device's edge node (a Flower SuperNode)")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the cloud")
+    p.add_argument("--data", required=True,
+                   help="this device's AdaTime folder (train_<domain>.pt, optional test_*.pt)")
+    p.add_argument("--domain", help="domain file to read (default: the folder's only domain)")
+    p.add_argument("--ca", help="CA certificate (ca.crt) the cloud's certificate must chain to")
+    p.add_argument("--key", help="this node's private key (registered on the cloud)")
+    p.add_argument("--client-id", type=int, default=0,
+                   help="unique per edge: seeds and reply order (default 0)")
+    p.add_argument("--port", type=int, default=DEFAULT_RUNTIME_PORT,
+                   help="local runtime API port (loopback; one per node on a host)")
+    p.add_argument("--home", help="node state: received app bundles (default ~/.unikd/edge)")
+    p.add_argument("--max-retries", type=int,
+                   help="give up after N failed connection attempts (default: retry forever)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
+    p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
+    p.set_defaults(func=edge_cmd)
+
+    k = sub.add_parser("edge-keygen", allow_abbrev=False,
+                       help="make this device's node key (ECDSA P-384)")
+    k.add_argument("path", help="where to write the private key; PATH.pub gets the public key")
+    k.add_argument("--force", action="store_true")
+    k.set_defaults(func=keygen_cmd)
+

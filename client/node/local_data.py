@@ -1,0 +1,102 @@
+"""This node's windows: its share of the target domain (simulation) or its own folder (device).
+
+Unlabelled training windows feed the target terms. Labelled test windows, where a node has
+them, serve federated evaluation, which returns only a confusion matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from shared.config import DataConfig
+from shared.data.adatime import Domain
+from shared.data.loaders import Normalizer
+from shared.data.scenario import load_split
+from shared.datasets import get_spec
+from shared.partition import PartitionSpec, client_domains, partition_indices
+from shared.errors import UnikdError
+from shared.protocol.records import RoundConfig, SimSetup
+
+log = logging.getLogger(__name__)
+
+TRAIN_SALT, TEST_SALT = 11, 13
+
+
+@dataclass
+class LocalData:
+    x_train: torch.Tensor  # [n, C, L] normalised, unlabelled for training purposes
+    test: Domain | None  # labelled test windows for federated evaluation (optional)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.x_train)
+
+
+def _raw_split(dataset: str, path: str, shift: float, split: str, domain: str) -> Domain:
+    spec = get_spec(dataset)
+    return load_split(DataConfig(dataset=dataset, path=path, synth_shift=shift), spec, split, domain)
+
+
+@lru_cache(maxsize=8)
+def simulated_split(dataset: str, path: str, shift: float, target: str, partition: str,
+               num_clients: int, client: int, seed: int) -> tuple[Domain, Domain | None]:
+    """A simulated node's raw train and test windows, decided by the simulator's partitioner."""
+    spec = PartitionSpec.parse(partition)
+    domain = client_domains(target, num_clients, spec)[client]
+    train = _raw_split(dataset, path, shift, "train", domain)
+    test = _raw_split(dataset, path, shift, "test", domain)
+    if spec.kind == "per-domain":
+        return train, test
+    tr = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)[client]
+    train_part = Domain(train.x[tr], train.y[tr], train.file)
+    try:
+        te = partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)[client]
+    except UnikdError as err:  # e.g. 100 clients, 95 test windows: train on, skip evaluation
+        log.warning("client %d: no test windows (%s); it will not take part in evaluation",
+                    client, err)
+        return train_part, None
+    return train_part, Domain(test.x[te], test.y[te], test.file)
+
+
+@lru_cache(maxsize=4)
+def _device(dataset: str, path: str, domain: str) -> tuple[Domain, Domain | None]:
+    """A deployed node's own folder; a test file is optional there."""
+    train = _raw_split(dataset, path, 0.0, "train", domain)
+    try:
+        test = _raw_split(dataset, path, 0.0, "test", domain)
+    except Exception:  # no labelled windows on this device: it just skips evaluation
+        test = None
+    return train, test
+
+
+def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
+               norm: Normalizer) -> LocalData:
+    """Where this node's windows come from, first match wins:
+
+    * `store-path`: the windows sensor apps ingested through `unikd serve` (read fresh each
+      round, so windows ingested on the device train the next round); labelled test windows
+      may still come from `data-path`;
+    * `data-path`: a device's own AdaTime folder;
+    * otherwise the simulator's partition of the target domain.
+    """
+    if "store-path" in node_config:
+        from client.edge_service.store import store_windows
+
+        x = store_windows(str(node_config["store-path"]))  # raw [N, C, L], oldest first
+        test = (_device(rc.dataset, str(node_config["data-path"]),
+                        str(node_config.get("domain", sim.target)))[1]
+                if "data-path" in node_config else None)
+        norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
+        return LocalData(norm(x), norm_test)
+    if "data-path" in node_config:
+        train, test = _device(rc.dataset, str(node_config["data-path"]),
+                              str(node_config.get("domain", sim.target)))
+    else:
+        train, test = simulated_split(rc.dataset, sim.data_path, sim.synth_shift, sim.target,
+                                 sim.partition, sim.num_clients, client, rc.seed)
+    norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
+    return LocalData(norm(train.x), norm_test)

@@ -1,0 +1,40 @@
+"""Local differential privacy on the edge: clip the whole update, add noise, withhold BN stats.
+
+The cloud tells the node the mode, the clip bound C and the noise multiplier z in the round's
+`config` record (RoundConfig.dp_mode, dp_clip, dp_noise). Under `local` the node
+
+1. clips its student, D_f and D_d gradients together to L2 norm <= C;
+2. adds N(0, (2 z C)^2) per coordinate, seeded by (seed, client stream, round);
+3. sends back the BN buffers it *received* instead of its own, so no statistic of its windows
+   leaves the node (the cloud ignores BN statistics under DP anyway).
+
+Under `off` and `central` nothing changes here (central clipping and noise are the cloud's).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shared.privacy import add_noise, clip_update, local_noise_std, noise_generator
+from shared.protocol.records import RoundConfig, from_record
+from shared.seeding import client_stream
+
+Grads = dict[str, dict[str, torch.Tensor]]
+
+
+def privatize(grads: Grads, buffers: dict[str, torch.Tensor], received_student,
+              rc: RoundConfig, client: int) -> tuple[Grads, dict[str, torch.Tensor]]:
+    """(grads, buffers) as they may leave the node under the round's DP settings.
+
+    `received_student` is the `student` ArrayRecord the node received this round (its BN
+    buffers replace the node's own under local DP).
+    """
+    if rc.dp_mode != "local":
+        return grads, buffers
+    received = from_record(received_student)
+    clip, z = rc.dp_clip, rc.dp_noise
+    clipped, _ = clip_update(grads, clip)
+    noisy = add_noise(clipped, local_noise_std(z, clip),
+                      noise_generator(rc.seed, client_stream(client), rc.round))
+    withheld = {k: received[k].clone() if k in received else v for k, v in buffers.items()}
+    return noisy, withheld

@@ -1,0 +1,234 @@
+"""Real deployment, edge side: a Flower SuperNode pointed at this device's target windows.
+
+Imports nothing from the cloud side (server/) and needs no source data: the ClientApp code
+arrives inside the app bundle the cloud sends, and reads the windows named by the node config:
+
+    data-path  this device's AdaTime folder (train_<domain>.pt, optionally test_<domain>.pt)
+    domain     which domain file to read (default: the folder's only domain)
+    partition-id  the client id (seeds and reply order; unique per edge)
+
+TLS is on unless `insecure`: the SuperLink's certificate must chain to `ca`. With `key`, the node
+authenticates with its ECDSA key, which the operator registered (`unikd certs register`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import UnikdError
+from shared.flower_tools import flwr_env, flwr_tool
+from shared.processes import child_preexec
+
+DEFAULT_RUNTIME_PORT = 9094  # the SuperNode's local (loopback) runtime API
+
+
+@dataclass
+class EdgeConfig:
+    superlink: str
+    data: Path
+    ca: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+    client_id: int = 0
+    domain: str | None = None
+    port: int = DEFAULT_RUNTIME_PORT
+    home: Path | None = None  # FLWR_HOME of the node (app bundles); default ~/.unikd/edge
+    max_retries: int | None = None  # None: retry forever (a device waits for its cloud)
+    max_wait: float | None = None
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data).expanduser().resolve()
+        self.ca = Path(self.ca).expanduser().resolve() if self.ca else None
+        self.key = Path(self.key).expanduser().resolve() if self.key else None
+        self.home = Path(self.home).expanduser().resolve() if self.home else \
+            Path.home() / ".unikd" / "edge"
+
+
+def outcome(text: str) -> str:
+    """Why a SuperNode stopped, from its output. It prints "Exit Code: 305" both when TLS
+    verification fails and when the SuperLink refuses its key, then exits 1."""
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL/TLS handshake error" in text:
+        return "tls"
+    if "Failed to activate SuperNode" in text:
+        return "refused"
+    return "other"
+
+
+def data_domains(folder: Path) -> list[str]:
+    return sorted(p.stem[len("train_"):] for p in Path(folder).glob("train_*.pt"))
+
+
+def validate(cfg: EdgeConfig) -> str:
+    """Refuse to start with a setup that can only fail later; the domain to read."""
+    if ":" not in cfg.superlink:
+        raise UnikdError(f"--superlink {cfg.superlink!r}: give HOST:PORT")
+    if not cfg.data.is_dir():
+        raise UnikdError(f"--data {cfg.data}: not a folder")
+    domains = data_domains(cfg.data)
+    if cfg.domain is None:
+        if len(domains) != 1:
+            raise UnikdError(f"--data {cfg.data}: holds {len(domains)} domains "
+                             f"({', '.join(domains) or 'no train_<domain>.pt'}); pick one with "
+                             f"--domain")
+        domain = domains[0]
+    else:
+        domain = cfg.domain
+        if domain not in domains:
+            raise UnikdError(f"--data {cfg.data}: no train_{domain}.pt "
+                             f"(found: {', '.join(domains) or 'none'})")
+    if cfg.insecure:
+        if cfg.key is not None:
+            raise UnikdError("--key needs TLS: node authentication is refused without it")
+    else:
+        if cfg.ca is None or not cfg.ca.is_file():
+            raise UnikdError(f"--ca {cfg.ca}: the CA certificate (ca.crt) is required for TLS "
+                             f"(or pass --insecure on a trusted lab network)")
+    if cfg.key is not None and not cfg.key.is_file():
+        raise UnikdError(f"--key {cfg.key}: not found")
+    if cfg.key is not None and cfg.key.stat().st_mode & 0o077:
+        raise UnikdError(f"--key {cfg.key}: readable by others; chmod 600 it")
+    return domain
+
+
+def node_config(cfg: EdgeConfig, domain: str) -> str:
+    data = str(cfg.data).replace('"', '\\"')
+    return f'data-path="{data}" domain="{domain}" partition-id={cfg.client_id}'
+
+
+def supernode_command(cfg: EdgeConfig) -> list[str]:
+    domain = validate(cfg)
+    cmd = [flwr_tool("flower-supernode"), "--superlink", cfg.superlink,
+           "--port", str(cfg.port), "--node-config", node_config(cfg, domain)]
+    if cfg.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(cfg.ca)]
+    if cfg.key is not None:
+        cmd += ["--auth-supernode-private-key", str(cfg.key)]
+    if cfg.max_retries is not None:
+        cmd += ["--max-retries", str(cfg.max_retries)]
+    if cfg.max_wait is not None:
+        cmd += ["--max-wait-time", str(cfg.max_wait)]
+    return cmd
+
+
+def edge_env(cfg: EdgeConfig) -> dict[str, str]:
+    cfg.home.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+    return flwr_env(cfg.home)
+
+
+@dataclass
+class EdgeProcess:
+    """A SuperNode started in its own session; `stop()` signals its whole process group
+    (the node, its SuperExec and any ClientApp process)."""
+
+    popen: subprocess.Popen
+    log_path: Path | None
+    lines: deque = field(default_factory=lambda: deque(maxlen=200))
+    pump: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _pump(self) -> None:
+        for raw in self.popen.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace")
+            self.lines.append(line.rstrip("\n"))
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    def output(self) -> str:
+        if self.log_path is not None and self.log_path.is_file():
+            return self.log_path.read_text(errors="replace")
+        return "\n".join(self.lines)
+
+    def outcome(self) -> str:
+        """Why a node stopped: 'tls' (the cloud's certificate does not chain to our CA),
+        'refused' (the cloud does not know this node's key), or 'other'."""
+        return outcome(self.output())
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.popen.wait(timeout=timeout)
+        if self.pump is not None:
+            self.pump.join(5.0)  # the last lines (the reason it stopped) are read
+        return code
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-n:])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.popen.poll() is None:
+                time.sleep(0.1)
+            if self.popen.poll() is not None:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)  # stragglers in the group
+                except ProcessLookupError:
+                    pass
+                break
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def start_edge(cfg: EdgeConfig, log_path: Path | None = None, echo: bool = False) -> EdgeProcess:
+    """Start the SuperNode in its own session. Its output goes to `log_path`, or (with `echo`)
+    through this process to stdout, kept for `outcome()`."""
+    cmd = supernode_command(cfg)
+    out = open(log_path, "ab") if log_path is not None else None
+    try:
+        popen = subprocess.Popen(cmd, stdout=out if out else subprocess.PIPE if echo else None,
+                                 stderr=subprocess.STDOUT if (out or echo) else None,
+                                 env=edge_env(cfg), start_new_session=True,
+                                 stdin=subprocess.DEVNULL, cwd=str(cfg.home),
+                                 preexec_fn=child_preexec())
+    finally:
+        if out is not None:
+            out.close()
+    proc = EdgeProcess(popen, log_path)
+    if echo and popen.stdout is not None:
+        proc.pump = threading.Thread(target=proc._pump, daemon=True)
+        proc.pump.start()
+    return proc
+
+
+def generate_key(path: Path, overwrite: bool = False) -> Path:
+    """An ECDSA P-384 node key made on the device (OpenSSH format, 0600); returns the .pub path.
+
+    Only the public key leaves the device: the operator registers it on the cloud.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = Path(path).expanduser()
+    pub = path.with_name(path.name + ".pub")
+    if path.exists() and not overwrite:
+        raise UnikdError(f"{path} exists; pass --force to replace it (then register the new key)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                  serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                  serialization.PublicFormat.OpenSSH) + b"\n")
+    return pub

@@ -1,0 +1,154 @@
+"""`unikd bench central`: methods × scenarios × seeds on one dataset, with a Markdown report.
+
+Phase 1 trains one teacher per (scenario, seed) and caches it under OUT/teachers. Phase 2 runs
+every method in a fresh process, so `peak_rss_mb` is that run's own peak. Target labels are
+used for nothing but the final score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from shared.config import RunConfig, load_config
+from shared.datasets import DatasetSpec, parse_scenario
+from shared.runs import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _scenario_cfg(base: dict, scenario: str, seed: int, out: Path) -> RunConfig:
+    cfg = load_config(None, base["overrides"] + [f"data.scenario={scenario}", f"seed={seed}"]) \
+        if base["file"] is None else load_config(base["file"], base["overrides"] + [
+            f"data.scenario={scenario}", f"seed={seed}"])
+    cfg.out = str(out)
+    return cfg
+
+
+def teacher_path(out: Path, scenario: str, seed: int) -> Path:
+    src, trg = parse_scenario(scenario)
+    return out / "teachers" / f"{src}to{trg}_seed{seed}.pt"
+
+
+def _teacher_task(base: dict, scenario: str, seed: int, out: str) -> dict:
+    import torch
+
+    from server.central.runner import obtain_teacher
+    from shared.data.scenario import load_scenario
+
+    cfg = _scenario_cfg(base, scenario, seed, Path(out))
+    torch.set_num_threads(cfg.threads)
+    path = teacher_path(Path(out), scenario, seed)
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return json.loads(meta_path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = load_scenario(cfg.data)
+    _, meta = obtain_teacher(cfg, data, progress=False, save_to=path)
+    row = {"scenario": data.name, "seed": seed, "mf1": meta["trg_mf1"], "src_mf1": meta["src_mf1"],
+           "train_seconds": meta["train_seconds"], "peak_rss_mb": _peak_rss_mb()}
+    write_json(meta_path, row)
+    return row
+
+
+def _method_task(base: dict, method: str, scenario: str, seed: int, out: str) -> dict:
+    import torch
+
+    from server.central.trainer import score_student
+    from server.central.runner import get_method
+    from server.central.teacher import load_teacher
+    from shared.data.scenario import load_scenario
+
+    cfg = _scenario_cfg(base, scenario, seed, Path(out))
+    torch.set_num_threads(cfg.threads)
+    data = load_scenario(cfg.data)
+    teacher, _ = load_teacher(teacher_path(Path(out), scenario, seed), data.spec)
+    result = get_method(method)(cfg, data, teacher, False)
+    scores = score_student(result.student, data)
+    return {"method": base.get("label") or method, "scenario": data.name, "seed": seed, "mf1": scores["mf1"],
+            "acc": scores["acc"], "src_mf1": scores["src_mf1"],
+            "train_seconds": result.train_seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_bench(base: dict, spec: DatasetSpec, methods: list[str], scenarios: list[str],
+              seeds: list[int], out: Path, jobs: int = 1) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futs = [pool.submit(_teacher_task, base, sc, sd, str(out)) for sc in scenarios for sd in seeds]
+        teachers = [f.result() for f in futs]
+        log.info("teachers done: mean target MF1 %.2f", statistics.mean(t["mf1"] for t in teachers))
+        futs = [pool.submit(_method_task, base, m, sc, sd, str(out))
+                for m in methods for sc in scenarios for sd in seeds]
+        runs = []
+        for f in futs:
+            runs.append(f.result())
+            r = runs[-1]
+            log.info("%-12s %-7s seed %d: MF1 %6.2f (%.1fs)", r["method"], r["scenario"], r["seed"],
+                     r["mf1"], r["train_seconds"])
+    from shared.commands.info import model_info
+
+    runs = _merge_previous(out / "results.json", runs)
+    report = {"dataset": spec.name, "runs": runs, "teachers": teachers,
+              "compression": model_info(spec), "wall_seconds": time.perf_counter() - start,
+              "config": base}
+    write_json(out / "results.json", report)
+    (out / "results.md").write_text(markdown_report(report, spec))
+    return report
+
+
+def _merge_previous(path: Path, runs: list[dict]) -> list[dict]:
+    """Keep earlier runs of other (method, scenario, seed) keys, so methods can be added later."""
+    if not path.exists():
+        return runs
+    key = lambda r: (r["method"], r["scenario"], r["seed"])  # noqa: E731
+    fresh = {key(r) for r in runs}
+    kept = [r for r in json.loads(path.read_text()).get("runs", []) if key(r) not in fresh]
+    return kept + runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) -> str:
+    """Per-scenario mean ± std over seeds; 10-scenario and main-5 means of the scenario means."""
+    runs, teachers = report["runs"], report["teachers"]
+    scenarios = list(dict.fromkeys(r["scenario"] for r in teachers))
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    main = {f"{a}->{b}" for a, b in spec.main_scenarios}
+    rows = [("teacher (DANN)", teachers)] * with_teacher + [
+        (m, [r for r in runs if r["method"] == m]) for m in methods]
+    head = "| method | " + " | ".join(scenarios) + " | mean | main-5 mean | s/run |"
+    lines = [head, "|" + "---|" * (len(scenarios) + 4)]
+    for name, rs in rows:
+        per = {sc: [r["mf1"] for r in rs if r["scenario"] == sc] for sc in scenarios}
+        means = {sc: statistics.mean(v) for sc, v in per.items() if v}
+        main_means = [v for sc, v in means.items() if sc in main]
+        secs = statistics.mean(r["train_seconds"] for r in rs) if rs else math.nan
+        lines.append(f"| {name} | " + " | ".join(_mean_std(per[sc]) for sc in scenarios)
+                     + f" | {statistics.mean(means.values()):.2f}"
+                     + f" | {statistics.mean(main_means):.2f}" * bool(main_means)
+                     + " | –" * (not main_means) + f" | {secs:.1f} |")
+    c = report["compression"]
+    lines += ["", f"MF1 (%) on the target test split, mean ± std over seeds; final-epoch students. "
+              f"Teacher {c['teacher']['params']:,} params / {c['teacher']['macs'] / 1e6:.2f} M MACs, "
+              f"student {c['student']['params']:,} / {c['student']['macs'] / 1e6:.3f} M "
+              f"({c['compression']['params']}x params, {c['compression']['macs']}x MACs). "
+              f"Wall time {report['wall_seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"

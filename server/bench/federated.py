@@ -1,0 +1,83 @@
+"""`unikd bench federated`: the same table as `bench central`, from simulated federations.
+
+Each (scenario, seed) runs in a fresh process with the in-process Grid. `results.json` has the
+central format plus `rounds`, `bytes_up` and `bytes_down` (all clients, whole run), so the two
+benchmarks compare line by line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from server.bench.central import _merge_previous, _peak_rss_mb, _scenario_cfg, markdown_report, teacher_path
+from shared.metrics import median
+from shared.datasets import DatasetSpec
+from shared.runs import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _fed_task(base: dict, scenario: str, seed: int, out: str) -> dict:
+    import torch
+
+    from server.fed.run import run_inprocess
+
+    cfg = _scenario_cfg(base, scenario, seed, Path(out))
+    torch.set_num_threads(cfg.threads)
+    if base.get("teachers"):  # reuse teachers of a central bench (same scenario and seed)
+        cfg.teacher.checkpoint = str(teacher_path(Path(base["teachers"]), scenario, seed))
+    start = time.perf_counter()
+    result = run_inprocess(cfg, progress=False)
+    ev = result.final
+    rounds = result.rounds
+    return {"method": base.get("label") or "fedunikd", "scenario": scenario, "seed": seed,
+            "mf1": ev.get("mf1"), "acc": ev.get("acc"), "train_seconds": time.perf_counter() - start,
+            "peak_rss_mb": _peak_rss_mb(), "rounds": len(rounds),
+            "bytes_up": sum(r["bytes_up"] for r in rounds),
+            "bytes_down": sum(r["bytes_down"] for r in rounds),
+            "bytes_up_per_client_round": median(r["bytes_up_per_client"] for r in rounds),
+            "bytes_down_per_client_round": median(r["bytes_down_per_client"]
+                                                             for r in rounds),
+            "rounds_to_95pct": rounds_to_fraction(result.evals, 0.95),
+            "rejected": len(result.rejected), "clients": cfg.fed.clients,
+            "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
+            "teacher_placement": cfg.fed.teacher_placement}
+
+
+def rounds_to_fraction(evals: list[dict], fraction: float) -> int | None:
+    """First evaluated round whose MF1 reaches `fraction` of the final MF1."""
+    scored = [e for e in evals if "mf1" in e]
+    if not scored:
+        return None
+    goal = fraction * scored[-1]["mf1"]
+    return next(e["round"] for e in scored if e["mf1"] >= goal)
+
+
+def run_fed_bench(base: dict, spec: DatasetSpec, scenarios: list[str], seeds: list[int], out: Path,
+                  jobs: int = 1) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        futs = [pool.submit(_fed_task, base, sc, sd, str(out)) for sc in scenarios for sd in seeds]
+        runs = []
+        for f in futs:
+            runs.append(f.result())
+            r = runs[-1]
+            log.info("%s %s seed %d: MF1 %.2f, %d rounds, %.1f MB, %.0fs", r["method"],
+                     r["scenario"], r["seed"], r["mf1"] or float("nan"), r["rounds"],
+                     (r["bytes_up"] + r["bytes_down"]) / 1e6, r["train_seconds"])
+    from shared.commands.info import model_info
+
+    runs = _merge_previous(out / "results.json", runs)
+    teachers = [{"scenario": r["scenario"], "seed": r["seed"], "mf1": float("nan"),
+                 "train_seconds": 0.0} for r in runs if r["method"] == runs[0]["method"]]
+    report = {"dataset": spec.name, "runs": runs, "teachers": teachers,
+              "compression": model_info(spec), "wall_seconds": time.perf_counter() - start,
+              "config": base}
+    write_json(out / "results.json", report)
+    (out / "results.md").write_text(markdown_report(report, spec, with_teacher=False))
+    return report

@@ -1,0 +1,137 @@
+"""DANN teacher pre-training (spec §3.2) and teacher checkpoints.
+
+A teacher is never chosen by a target-test score: it is the final-epoch model, or the mean of
+several seeds (`teacher.ensemble`), both label-free choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shared.config import RunConfig, TeacherConfig
+from shared.data.scenario import ScenarioData
+from shared.datasets import DatasetSpec
+from shared.engine import dann_source_terms, dann_target_terms
+from shared.errors import UnikdError
+from shared.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
+from shared.protocol import checkpoints
+from shared.protocol.checkpoints import teacher_state
+from shared.schedules import grl_alpha, training_progress
+from shared.seeding import SOURCE_STREAM, client_stream, seed_for
+from shared.steps import StepInfo, run_epochs, seed_init, seed_side
+
+log = logging.getLogger(__name__)
+TEACHER_BETAS = (0.5, 0.99)
+
+
+def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfig, seed: int,
+                       progress: bool = True, history: list | None = None,
+                       grl_ramp: bool = True) -> CNN1d:
+    """One DANN teacher: source CE + domain loss through the GRL on both domains.
+
+    grl_ramp=False reproduces AdaTime's unnormalised progress (alpha ~ 1 at once, spec §8.7).
+    """
+    seed_init(seed, what=100)
+    teacher = teacher_for(spec)
+    disc = DomainDisc(teacher.features_dim, spec.d_d_hidden)
+    opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                             betas=TEACHER_BETAS) for m in (teacher, disc)]
+    teacher.train()
+    disc.train()
+
+    def step(s: StepInfo) -> dict[str, float]:
+        alpha = grl_alpha(training_progress(s.step, s.epoch, s.steps_per_epoch, s.num_epochs,
+                                            grl_ramp))
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        seed_side(seed, SOURCE_STREAM, s.global_step)
+        src = dann_source_terms(teacher, disc, data.src_train.x[s.src_idx],
+                                data.src_train.y[s.src_idx], alpha, tcfg.w_cls, tcfg.w_dom)
+        src["loss"].backward()
+        seed_side(seed, client_stream(0), s.global_step)
+        trg = dann_target_terms(teacher, disc, data.trg_train.x[s.trg_idx], alpha, tcfg.w_dom)
+        trg["loss"].backward()
+        for o in opts:
+            o.step()
+        return {"teacher_ce": src["ce"].item(),
+                "teacher_dom": src["dom"].item() + trg["dom"].item()}
+
+    rows = run_epochs(seed, len(data.src_train), len(data.trg_train), tcfg.batch_size,
+                      tcfg.epochs, step, f"teacher {data.name} seed {seed}", progress)
+    if history is not None:
+        history.extend(rows)
+    teacher.eval()
+    return teacher
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Member 0 uses the run seed itself; further members get derived seeds."""
+    return seed if member == 0 else seed_for(seed, SOURCE_STREAM, member, 7) % 2**31
+
+
+def train_teacher(cfg: RunConfig, data: ScenarioData, progress: bool = True,
+                  history: list | None = None) -> nn.Module:
+    """The configured teacher: one DANN model, or a mean over `teacher.ensemble` seeds."""
+    members = [train_dann_teacher(data.spec, data, cfg.teacher, member_seed(cfg.seed, k),
+                                  progress, history, cfg.distill.grl_ramp)
+               for k in range(cfg.teacher.ensemble)]
+    return members[0] if len(members) == 1 else TeacherEnsemble(members)
+
+
+def content_hash(teacher: nn.Module) -> str:
+    """sha256 over the members' tensors in key order: names a frozen snapshot everywhere."""
+    h = hashlib.sha256()
+    for sd in teacher_state(teacher):
+        for k in sorted(sd):
+            h.update(k.encode())
+            h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_teacher(path: str | Path, teacher: nn.Module, cfg: RunConfig, data: ScenarioData,
+                 metrics: dict | None = None) -> None:
+    checkpoints.save(path, checkpoints.TEACHER, {
+        "members": teacher_state(teacher),
+        "meta": {"dataset": data.spec.name, "scenario": data.name, "seed": cfg.seed,
+                 "config_hash": cfg.hash(), "ensemble": cfg.teacher.ensemble,
+                 "epochs": cfg.teacher.epochs, "content_hash": content_hash(teacher),
+                 "metrics": metrics or {}},
+    })
+
+
+def load_teacher(path: str | Path, spec: DatasetSpec) -> tuple[nn.Module, dict]:
+    ckpt = checkpoints.load(path, checkpoints.TEACHER)
+    try:
+        teacher = checkpoints.teacher_from_state(ckpt["members"], spec)
+    except Exception as exc:
+        raise UnikdError(f"{path}: not a teacher for {spec.name} ({exc})") from None
+    return teacher, ckpt.get("meta", {})
+
+
+def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: int,
+                         progress: bool = False) -> CNN1d:
+    """A teacher that never saw target windows: source CE only (the `source-only` placement)."""
+    from shared.data.loaders import epoch_batches
+    from shared.engine import losses
+    from shared.seeding import generator_for
+    from shared.steps import PURPOSE_BATCHES
+
+    seed_init(seed, what=101)
+    teacher = teacher_for(spec)
+    opt = torch.optim.Adam(teacher.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                           betas=TEACHER_BETAS)
+    teacher.train()
+    for epoch in range(1, tcfg.epochs + 1):
+        for i, idx in enumerate(epoch_batches(len(train), tcfg.batch_size,
+                                              generator_for(seed, SOURCE_STREAM, epoch,
+                                                            PURPOSE_BATCHES))):
+            opt.zero_grad(set_to_none=True)
+            seed_side(seed, SOURCE_STREAM, epoch * 100_000 + i)
+            losses.source_ce(teacher(train.x[idx]), train.y[idx]).backward()
+            opt.step()
+    return teacher.eval()

@@ -1,0 +1,105 @@
+"""Centralized UNI-KD: the same shared.engine terms the federation splits, on one machine.
+
+Each step runs the source terms, then the target terms (client 0's stream), accumulates both
+gradients and steps the three optimizers together; see shared/engine.py for the update order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from shared.config import RunConfig
+from shared.data.scenario import ScenarioData
+from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, make_optimizers,
+                           scalars, source_terms, step_all, target_terms, teacher_outputs,
+                           zero_all)
+from shared.evaluation import evaluate
+from shared.models import CNN1d
+from shared.seeding import SOURCE_STREAM, client_stream
+from shared.steps import StepInfo, run_epochs, seed_init, seed_side
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentResult:
+    student: CNN1d
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    train_seconds: float = 0.0
+    extras: dict[str, nn.Module] = field(default_factory=dict)  # adapter, discriminators
+
+
+class CachedTeacher:
+    """Teacher outputs per window: computed once (cache on) or on every batch (cache off)."""
+
+    def __init__(self, teacher: nn.Module, x: torch.Tensor, cache: bool):
+        self.teacher, self.x = teacher, x
+        self.table = teacher_outputs(teacher, x) if cache else None
+
+    def __call__(self, idx: torch.Tensor) -> TeacherOut:
+        if self.table is not None:
+            return self.table[idx]
+        return teacher_outputs(self.teacher, self.x[idx])
+
+
+def build_unikd(cfg: RunConfig, data: ScenarioData, teacher_features: int = 128):
+    """Nets and optimizers, constructed under the init seed (the federated server does the same)."""
+    seed_init(cfg.seed)
+    nets = UniKDNets.for_spec(data.spec, teacher_features)
+    d = cfg.distill
+    opts = make_optimizers(nets.group_params(), d.lr, d.weight_decay, (d.beta1, d.beta2))
+    return nets, opts
+
+
+def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progress: bool = True,
+                  step_hook: Callable[[int, dict, dict], None] | None = None) -> StudentResult:
+    d, hp = cfg.distill, KDHparams.from_config(cfg.distill)
+    start = time.perf_counter()
+    teacher.eval()
+    t_src = CachedTeacher(teacher, data.src_train.x, d.cache_teacher)
+    t_trg = CachedTeacher(teacher, data.trg_train.x, d.cache_teacher)
+    nets, opts = build_unikd(cfg, data, getattr(teacher, "features_dim", 128))
+    nets.train()
+
+    def step(s: StepInfo) -> dict[str, float]:
+        sched = StepSchedule.at(cfg.distill, s.epoch, s.step, s.steps_per_epoch)
+        zero_all(opts)
+        seed_side(cfg.seed, SOURCE_STREAM, s.global_step)
+        src_teacher = t_src(s.src_idx)
+        src = source_terms(nets, data.src_train.x[s.src_idx], data.src_train.y[s.src_idx],
+                           src_teacher, sched, hp)
+        seed_side(cfg.seed, client_stream(0), s.global_step)
+        compat = (src_teacher, src) if not hp.target_kd else None
+        trg = target_terms(nets, data.trg_train.x[s.trg_idx], t_trg(s.trg_idx), sched, hp,
+                           compat_source=compat)
+        if compat is None:  # two backward passes: exactly what the federated split sums
+            src["loss"].backward()
+            trg["loss"].backward()
+        else:  # the reference's cross-domain KD shares the source graph
+            (src["loss"] + trg["loss"]).backward()
+        step_all(opts)
+        src_s, trg_s = scalars(src), scalars(trg)
+        if step_hook is not None:
+            step_hook(s.global_step, src_s, trg_s)
+        return {**{f"src_{k}": v for k, v in src_s.items()},
+                **{f"trg_{k}": v for k, v in trg_s.items()},
+                "beta": sched.beta, "alpha": sched.alpha}
+
+    history = run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
+                         d.epochs, step, f"unikd {data.name}", progress)
+    nets.eval()
+    return StudentResult(nets.student, history, time.perf_counter() - start,
+                         {"adapter": nets.adapter, "d_f": nets.d_f, "d_d": nets.d_d})
+
+
+def score_student(student: nn.Module, data: ScenarioData) -> dict[str, float]:
+    """Final-epoch student on the target test split; source test for reference."""
+    trg = evaluate(student, data.trg_test, data.spec.classes)
+    src = evaluate(student, data.src_test, data.spec.classes)
+    return {"mf1": trg["mf1"], "acc": trg["acc"], "src_mf1": src["mf1"], "src_acc": src["acc"]}

@@ -1,0 +1,173 @@
+"""A Flower Grid that runs the ClientApp in this process: no Ray, no network.
+
+Messages still go through Flower's protobuf serialisation both ways, so what the harness
+measures and checks is what a real transport would carry. The ClientApp is passed in (loaded by
+its component reference, as Flower's runtime does), so the cloud package imports no edge code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, Context, Error, Message, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+
+log = logging.getLogger(__name__)
+
+ErrorCode = 0  # flwr's generic client-app exception code
+CORRUPTIONS = ("nan", "shape", "huge", "stale")
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Seeded faults: each (round, node) draws from a generator of (seed, round, node) alone,
+    so a run, or a resumed run, sees the same faults every time.
+
+    dropout: a node is offline for the round (no reply). straggler: it computes but its reply
+    misses the round's timeout (dropped, as Flower's `send_and_receive(timeout=...)` would).
+    corrupt: its reply is damaged in transit by one of `kinds` (see `corrupt_reply`).
+    Only `message_types` are affected (training by default; evaluation stays comparable).
+    """
+
+    dropout: float = 0.0
+    straggler: float = 0.0
+    corrupt: float = 0.0
+    seed: int = 0
+    kinds: tuple[str, ...] = CORRUPTIONS
+    message_types: tuple[str, ...] = ("train",)
+
+    def draw(self, rnd: int, node: int) -> str | None:
+        u = np.random.default_rng([self.seed, rnd, node, 0xFA17]).random(3)
+        if u[0] < self.dropout:
+            return "dropout"
+        if u[1] < self.straggler:
+            return "straggler"
+        if u[2] < self.corrupt and self.kinds:
+            pick = np.random.default_rng([self.seed, rnd, node, 0xBAD]).integers(len(self.kinds))
+            return self.kinds[int(pick)]
+        return None
+
+    @classmethod
+    def from_config(cls, fed, seed: int) -> FaultPlan | None:
+        """The plan of `fed.dropout`, `fed.straggler_fraction`, `fed.corrupt_fraction`."""
+        if not (fed.dropout or fed.straggler_fraction or fed.corrupt_fraction):
+            return None
+        return cls(fed.dropout, fed.straggler_fraction, fed.corrupt_fraction, seed)
+
+
+def _round_of(msg: Message) -> int:
+    """The round a message belongs to (the cloud sends it as the group id)."""
+    try:
+        return int(msg.metadata.group_id)
+    except (TypeError, ValueError):
+        return 0
+
+
+def corrupt_reply(reply: Message, kind: str, rnd: int) -> None:
+    """Damage a train reply in place: NaN, a wrong shape, a huge norm, or a stale round."""
+    from shared.protocol import wire
+
+    content = reply.content
+    if kind == "stale":
+        content[wire.METRICS]["round"] = rnd - 1
+        return
+    if kind == "huge":
+        for key in wire.GRAD_RECORDS:
+            rec = content[key]
+            for name in list(rec.keys()):
+                rec[name] = Array(rec[name].numpy() * np.float32(1e4))
+        return
+    rec = content[wire.STUDENT_GRAD]
+    name = next(iter(rec.keys()))
+    arr = np.array(rec[name].numpy(), copy=True)
+    if kind == "nan":
+        arr.flat[0] = np.nan
+    elif kind == "shape":
+        arr = np.zeros((arr.shape[0] + 1, *arr.shape[1:]), dtype=arr.dtype)
+    else:
+        raise ValueError(f"unknown corruption {kind!r}; known: {', '.join(CORRUPTIONS)}")
+    rec[name] = Array(arr)
+
+
+def load_component(ref: str):
+    """'package.module:attr' -> the object (e.g. the ClientApp)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _identity() -> None:
+    from flwr.supercore.task_identity import TaskIdentity  # internal; see flower-notes §4.4
+
+    if getattr(TaskIdentity, "_run_id", None) is None:
+        TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+
+
+class InProcessGrid:
+    """Implements the parts of `flwr.serverapp.Grid` the cloud uses."""
+
+    def __init__(self, client_app, num_nodes: int, node_config: Callable[[int], dict] | None = None,
+                 tap: Callable[[Message, Message], None] | None = None,
+                 faults: FaultPlan | None = None):
+        _identity()
+        self.faults = faults  # seeded dropout / stragglers / corrupted replies (None: none)
+        self.fault_log: list[dict] = []  # {"round", "node", "type", "fault"} per injected fault
+        self.client_app = client_app
+        self.tap = tap  # sees every (request, reply) pair: used by the wire-manifest test
+        self.node_ids = [1000 + i for i in range(num_nodes)]
+        self.contexts = {
+            nid: Context(run_id=1, node_id=nid,
+                         node_config=(node_config(i) if node_config else
+                                      {"partition-id": i, "num-partitions": num_nodes}),
+                         state=RecordDict(), run_config={})
+            for i, nid in enumerate(self.node_ids)}
+        self.online = set(self.node_ids)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.node_ids if n in self.online]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
+                         ) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            nid = msg.metadata.dst_node_id
+            fault = self._fault(msg)
+            if fault == "dropout":  # the node is offline this round: it never sees the message
+                continue
+            wire_msg = message_from_proto(message_to_proto(msg))  # what a transport would deliver
+            try:
+                reply = self.client_app(wire_msg, self.contexts[nid])
+            except Exception as exc:  # the client's failure becomes an error reply, as in Flower
+                log.debug("node %s raised", nid, exc_info=True)
+                reply = Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
+                                reply_to=wire_msg)
+            reply = message_from_proto(message_to_proto(reply))
+            if fault == "straggler":  # it computed, but its reply came after the round's timeout
+                continue
+            if fault is not None and not reply.has_error():
+                corrupt_reply(reply, fault, _round_of(msg))
+            if self.tap is not None:
+                self.tap(msg, reply)
+            replies.append(reply)
+        return replies
+
+    def _fault(self, msg: Message) -> str | None:
+        """The fault injected for this message (None: delivered and answered as is)."""
+        f = self.faults
+        if f is None or msg.metadata.message_type not in f.message_types:
+            return None
+        rnd, node = _round_of(msg), msg.metadata.dst_node_id
+        fault = f.draw(rnd, node)
+        if fault is not None:
+            self.fault_log.append({"round": rnd, "node": node, "type": msg.metadata.message_type,
+                                   "fault": fault})
+            log.info("round %d: node %s %s (simulated)", rnd, node, fault)
+        return fault
+
+    def use_config_faults(self, fed, seed: int) -> None:
+        """Take the config's fault plan unless one was given to the constructor."""
+        if self.faults is None:
+            self.faults = FaultPlan.from_config(fed, seed)

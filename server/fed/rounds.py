@@ -1,0 +1,287 @@
+"""The federated run: query counts, (optionally) federated DANN teacher, UNI-KD rounds, eval.
+
+Works against any Flower `Grid`: the real one (simulation or deployment) or the in-process
+harness in server/fed/harness.py. Every round is logged with its number, losses and bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import Message, RecordDict
+from tqdm import tqdm
+
+from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
+                              split_replies)
+from server.fed.cloud import Clock, Cloud, SourceData, load_source
+from server.fed.ledger import Ledger
+from server.fed.teacher import setup_content, teacher_round_config
+from server.fed.privacy import (check_teacher_source, plan_privacy, private_aggregate,
+                            releases)
+from server.central.teacher import content_hash, load_teacher
+from shared.protocol import wire
+from shared.config import RunConfig
+from shared.errors import UnikdError
+from shared.metrics import macro_f1
+from shared.protocol.records import bn_buffers
+from shared.protocol import checkpoints
+from shared.protocol.checkpoints import capture_rng, restore_rng, teacher_state
+from shared.steps import steps_per_epoch
+
+log = logging.getLogger(__name__)
+TRAIN_RECORDS = (wire.STUDENT_GRAD, wire.D_F_GRAD, wire.D_D_GRAD, wire.STUDENT_BN)
+
+
+@dataclass
+class FedResult:
+    cloud: Cloud
+    rounds: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)
+    wall_seconds: float = 0.0
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+
+def wait_for_nodes(grid, want: int, timeout: float = 300.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < want:
+        if time.monotonic() > deadline:
+            raise UnikdError(f"only {len(nodes)} of {want} clients connected within {timeout:.0f}s")
+        time.sleep(0.5)
+    return nodes
+
+
+def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, rnd: int,
+          timeout: float | None) -> list[Message]:
+    msgs = [Message(contents[n], dst_node_id=n, message_type=mtype, group_id=str(rnd))
+            for n in nodes]
+    return list(grid.send_and_receive(msgs, timeout=timeout))
+
+
+def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
+                       counts: dict[int, int], progress: bool, timeout: float | None):
+    """The teacher to distil from, obtained without target windows ever reaching the cloud.
+
+    A given checkpoint wins. Otherwise `source-only` trains on source data alone, and `edge` /
+    `cloud` pre-train a DANN teacher federatedly (target halves computed on the edges).
+    """
+    if cfg.teacher.checkpoint:
+        teacher, _ = load_teacher(cfg.teacher.checkpoint, source.spec)
+        return teacher
+    if cfg.fed.teacher_placement == "source-only":
+        from server.central.teacher import train_source_teacher
+
+        return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
+    from server.fed.teacher import federated_dann_teacher
+
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout)  # noqa: E731
+    return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress)
+
+
+def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
+                 timeout: float | None) -> dict[int, int]:
+    """How many training windows each client holds (round 0; nothing but counts comes back)."""
+    content = setup_content(cfg, source, teacher_round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0,
+                                                             phase="query"))
+    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout)
+    counts = {}
+    for r in replies:
+        if r.has_error():
+            log.warning("node %s failed the count query: %s", r.metadata.src_node_id, r.error.reason)
+            continue
+        m = r.content[wire.METRICS]
+        counts[int(m["client-id"])] = int(m["num-examples"])
+    if not counts:
+        raise UnikdError("no client answered the count query; see the client logs above")
+    return counts
+
+
+def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: float | None) -> dict:
+    """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
+    content = cloud.down_content(rnd, with_teacher=False)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout)
+    k = cloud.source.spec.classes
+    total = torch.zeros(k, k, dtype=torch.long)
+    clients = 0
+    for r in replies:
+        if r.has_error():
+            log.warning("round %d: node %s evaluation failed: %s", rnd, r.metadata.src_node_id,
+                        r.error.reason)
+            continue
+        m = r.content[wire.METRICS]
+        if "confusion" in m:
+            counts = list(m["confusion"])
+            if len(counts) != k * k or any(not isinstance(c, int) or c < 0 for c in counts):
+                log.warning("round %d: client %s sent a malformed confusion matrix (%d values, "
+                            "expected %d counts); ignored", rnd, m.get("client-id"), len(counts),
+                            k * k)
+                continue
+            total += torch.tensor(counts, dtype=torch.long).reshape(k, k)
+            clients += 1
+    if clients == 0:
+        return {"round": rnd, "clients": 0}
+    y_true = torch.arange(k).repeat_interleave(total.sum(1))
+    y_pred = torch.cat([torch.arange(k).repeat_interleave(row) for row in total])
+    acc = 100.0 * float(total.diag().sum()) / max(int(total.sum()), 1)
+    return {"round": rnd, "clients": clients, "mf1": macro_f1(y_true, y_pred, k), "acc": acc,
+            "num-examples": int(total.sum())}
+
+
+def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = None,
+             on_round=None, run_dir: Path | None = None, resume: Path | None = None,
+             stop_after: int | None = None) -> FedResult:
+    """Run the federation; with `run_dir`, checkpoint the full cloud state as it goes.
+
+    `resume` continues from a checkpoint: every random draw is a function of (seed, stream,
+    step), so the resumed run ends with the same numbers as an uninterrupted one.
+    `stop_after` ends the loop after that round (used to test kill-and-resume).
+    """
+    start = time.perf_counter()
+    timeout = timeout if timeout is not None else cfg.fed.round_timeout
+    torch.set_num_threads(cfg.threads)
+    source = load_source(cfg)
+    check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
+    if not cfg.distill.target_kd:
+        log.warning("distill.target_kd=false: the reference's 'target' KD pairs source sample i "
+                    "with target sample i and cannot be split between cloud and edge; the "
+                    "federation drops the target KD term instead (spec §9.2)")
+    nodes = wait_for_nodes(grid, cfg.fed.clients)
+    counts = query_counts(grid, cfg, source, nodes, timeout)
+    ckpt = load_checkpoint(resume, cfg) if resume else None
+    teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
+               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout))
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
+    n_trg = sum(counts.values())
+    cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
+                        cfg.distill.epochs)
+    total = cfg.fed.rounds or cloud.clock.total
+    parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
+    dp_plan = plan_privacy(cfg, total)  # None when fed.dp=off
+    if hasattr(grid, "use_config_faults"):  # the in-process harness simulates the config's faults
+        grid.use_config_faults(cfg.fed, cfg.seed)
+    elif cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction:
+        log.warning("fed.dropout/straggler_fraction/corrupt_fraction are simulated by the "
+                    "in-process engine only; this Grid runs without injected faults")
+    result = FedResult(cloud)
+    first = 1
+    if ckpt:
+        first = restore(cloud, result, ckpt) + 1
+        log.info("resuming from %s after round %d", resume, first - 1)
+    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",
+             len(nodes), n_trg, total, cloud.clock.steps_per_epoch, cloud.teacher_hash[:12],
+             cfg.fed.teacher_placement)
+    eval_every = cloud.clock.steps_per_epoch
+    ckpt_every = cfg.fed.checkpoint_every or cloud.clock.steps_per_epoch
+    has_teacher: set[int] = set()
+    bar = tqdm(range(first, total + 1), desc="rounds", disable=None if progress else True, dynamic_ncols=True)
+    for rnd in bar:
+        t0 = time.perf_counter()
+        # Two payloads at most per round: nodes already holding the teacher share one.
+        plain = cloud.down_content(rnd, with_teacher=False, privacy=dp_plan)
+        with_teacher = (cloud.down_content(rnd, with_teacher=True, privacy=dp_plan)
+                        if any(n not in has_teacher for n in nodes) else plain)
+        contents = {n: plain if n in has_teacher else with_teacher for n in nodes}
+        bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
+        replies = _send(grid, nodes, contents, "train", rnd, timeout)
+        if len(replies) < len(nodes):
+            log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
+                        len(nodes))
+        updates, errors = split_replies(replies, rnd, cloud.up_shapes(), TRAIN_RECORDS)
+        recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
+        updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
+        errors = [*errors, *outliers]
+        result.rejected += [str(e) for e in errors]
+        # A node that failed (e.g. restarted and lost its cache) gets the teacher again next round.
+        has_teacher = {r.metadata.src_node_id for r in replies if not r.has_error()}
+        if len(updates) < cfg.fed.min_clients:  # nothing moves: not even BN statistics
+            log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
+                        len(updates), cfg.fed.min_clients)
+            if rnd == total and result.rounds:  # the last round was skipped: still score the model
+                ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
+                ev["mb_total"] = result.ledger.total_mb()
+                result.evals.append(ev)
+            continue
+        src = cloud.source_step(rnd)  # at the weights the clients received
+        dp_row: dict = {}
+        if dp_plan is not None:  # clipped, noised uniform mean; source-only BN statistics
+            agg, dp_row = private_aggregate(updates, dp_plan, cfg.seed, rnd)
+            dp_row["dp_epsilon"] = dp_plan.spent(releases(dp_plan, rnd, len(result.rounds)))
+            dp_row["dp_noise_multiplier"] = dp_plan.noise_multiplier
+            cloud.apply([agg], bn_before)
+        else:
+            cloud.apply(robust_combine(updates, cfg.fed.aggregator), bn_before)
+        row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
+        row.update(dp_row)
+        row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
+        result.ledger.add_round(rnd, contents, replies)
+        row.update(result.ledger.round_totals(rnd))
+        result.rounds.append(row)
+        if on_round is not None:
+            on_round(rnd, cloud, row)
+        if rnd % eval_every == 0 or rnd == total:
+            ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
+            ev["mb_total"] = result.ledger.total_mb()
+            result.evals.append(ev)
+            log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
+                     rnd, total, cloud.clock.at(rnd - 1)[0], row["src_loss"], row.get("trg_loss",
+                     float("nan")), f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
+        if run_dir is not None and (rnd % ckpt_every == 0 or rnd == total):
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", cloud, result, rnd)
+        if stop_after is not None and rnd >= stop_after:
+            break
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int) -> None:
+    """Everything needed to continue: weights, all optimizer moments, round, logs, teacher."""
+    checkpoints.save(path, checkpoints.FED_RESUME, {
+        "round": rnd, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
+        "teacher": teacher_state(cloud.teacher), "teacher_hash": cloud.teacher_hash,
+        "rounds": result.rounds, "evals": result.evals, "rejected": result.rejected,
+        "ledger": result.ledger.rows, "rng": capture_rng()})
+
+
+def load_checkpoint(path: Path, cfg: RunConfig) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    ckpt = checkpoints.load(path, checkpoints.FED_RESUME)  # weights_only: no code runs
+    if ckpt.get("config_hash") != cfg.hash():
+        raise UnikdError(f"{path}: written by config {ckpt.get('config_hash')}, this run's config "
+                         f"is {cfg.hash()}; resume with the run's own config.yaml")
+    return ckpt
+
+
+def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
+    cloud.nets.load_state_dict(ckpt["nets"])
+    for k, o in cloud.opts.items():
+        o.load_state_dict(ckpt["optimizers"][k])
+    result.rounds, result.evals = list(ckpt["rounds"]), list(ckpt["evals"])
+    result.rejected, result.ledger.rows = list(ckpt["rejected"]), list(ckpt["ledger"])
+    restore_rng(ckpt["rng"])
+    return int(ckpt["round"])
+
+
+def round_row(rnd: int, cloud: Cloud, src: dict, updates, seconds: float) -> dict:
+    row: dict = {"round": rnd, "seconds": seconds, "clients": len(updates)}
+    for k in ("loss", "ce", "kd", "hint", "dom", "adv", "d_f", "w_mean"):
+        if k in src:
+            row[f"src_{k}"] = src[k].item()
+    total = sum(u.num_examples for u in updates) or 1
+    for k in ("loss", "kd", "hint", "dom", "adv", "d_f", "w_mean"):
+        vals = [(u.metrics[k], u.num_examples) for u in updates if k in u.metrics]
+        if vals:
+            row[f"trg_{k}"] = sum(v * n for v, n in vals) / total
+    for u in updates:
+        row[f"w_mean_client{u.client}"] = u.metrics.get("w_mean")
+    return row

@@ -1,0 +1,103 @@
+"""Federated DANN pre-training of the teacher (spec §9.2): the same split as UNI-KD.
+
+The cloud runs source CE and the source half of the domain loss; each edge returns the gradient
+of the target half for the teacher and its discriminator. With one client this reproduces
+`server.central.teacher.train_dann_teacher` step for step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import RecordDict
+from tqdm import tqdm
+
+from server.fed.aggregate import add_grads, compose_bn, split_replies, weighted_mean
+from server.fed.cloud import SourceData, sim_setup
+from server.central.teacher import TEACHER_BETAS, member_seed
+from shared.protocol import wire
+from shared.config import RunConfig
+from shared.engine import dann_source_terms
+from shared.models import DomainDisc, TeacherEnsemble, teacher_for
+from shared.protocol.records import RoundConfig, bn_buffers, to_record
+from shared.schedules import grl_alpha, training_progress
+from shared.seeding import SOURCE_STREAM
+from shared.steps import batch_plan, seed_init, seed_side, steps_per_epoch
+
+log = logging.getLogger(__name__)
+RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
+
+
+def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int, epoch: int,
+                         step: int, alpha: float, phase: str = "teacher") -> RoundConfig:
+    """A teacher pre-training round (or, with phase "query", the round-0 count query)."""
+    t = cfg.teacher
+    return RoundConfig(
+        round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
+        local_steps=1, seed=seed, batch_size=t.batch_size, temperature=1.0, lam_ce=t.w_cls,
+        lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
+        bn_policy="averaged", dataset=source.spec.name, phase=phase)
+
+
+def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> RecordDict:
+    """The records every node needs to find and normalise its windows, plus the round config."""
+    return RecordDict({
+        wire.NORM: to_record({"mean": source.normalizer.mean, "std": source.normalizer.std}),
+        wire.SIM: sim_setup(cfg, source).to_record(), wire.CONFIG: rc.to_record()})
+
+
+def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
+                          n_trg: int, seed: int, progress: bool):
+    tcfg, spec = cfg.teacher, source.spec
+    seed_init(seed, what=100)  # as train_dann_teacher
+    teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
+    opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                             betas=TEACHER_BETAS) for m in (teacher, disc)]
+    teacher.train()
+    disc.train()
+    spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_size)
+    total = spe * tcfg.epochs
+    shapes = wire.expected_teacher_shapes(dict(teacher.named_parameters()),
+                                          dict(disc.named_parameters()),
+                                          dict(teacher.named_buffers()))
+    for rnd in tqdm(range(1, total + 1), desc=f"federated DANN teacher (seed {seed})",
+                    disable=None if progress else True, dynamic_ncols=True):
+        epoch, step = (rnd - 1) // spe + 1, (rnd - 1) % spe
+        alpha = grl_alpha(training_progress(step, epoch, spe, tcfg.epochs, cfg.distill.grl_ramp))
+        content = setup_content(cfg, source, teacher_round_config(cfg, source, seed, rnd, epoch,
+                                                                 step, alpha))
+        content[wire.TEACHER_TRAIN] = to_record(teacher.state_dict())
+        content[wire.TEACHER_DISC] = to_record(disc.state_dict())
+        before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
+        replies = send(grid, nodes, {n: content for n in nodes}, "train.teacher", rnd)
+        updates, _ = split_replies(replies, rnd, shapes, RECORDS)
+        if len(updates) < cfg.fed.min_clients:  # nothing moves, BN statistics included
+            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
+                        len(updates))
+            continue
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_size)
+        idx = plan[step % len(plan)]
+        seed_side(seed, SOURCE_STREAM, rnd - 1)
+        terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx], alpha,
+                                  tcfg.w_cls, tcfg.w_dom)
+        terms["loss"].backward()
+        for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
+            add_grads(dict(module.named_parameters()), weighted_mean(updates, key))
+        compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))
+        for o in opts:
+            o.step()
+        if step == spe - 1 and (epoch % 10 == 0 or epoch == tcfg.epochs):
+            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %.3f  domain %.3f", rnd, total, epoch,
+                     tcfg.epochs, terms["ce"].item(), terms["dom"].item())
+    return teacher.eval()
+
+
+def federated_dann_teacher(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
+                           n_trg: int, progress: bool = True):
+    members = [federated_dann_member(grid, send, cfg, source, nodes, n_trg,
+                                     member_seed(cfg.seed, k), progress)
+               for k in range(cfg.teacher.ensemble)]
+    return members[0] if len(members) == 1 else TeacherEnsemble(members)

@@ -1,0 +1,108 @@
+"""THE wire manifest: every record that may cross the network, in each direction.
+
+Down (cloud -> edge): model weights, the round's schedule and settings, normalisation stats and,
+once, the frozen teacher. Up (edge -> cloud): gradients shaped exactly like parameters, BN
+running statistics, and scalar metrics from a fixed list. Nothing with a per-sample dimension and
+no label ever goes up: `check_outgoing` enforces it on every client reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from shared.errors import UnikdError
+
+# ---- down: cloud -> edge
+STUDENT = "student"  # student + adapter state dict (parameters and BN buffers)
+D_F = "d_f"  # feature-domain discriminator weights
+D_D = "d_d"  # data-domain discriminator weights
+CONFIG = "config"  # RoundConfig: clock, schedule values, hyperparameters, DP settings
+SIM = "sim"  # SimSetup: where a simulated node finds its windows (deployed nodes ignore it)
+NORM = "norm"  # per-channel mean/std of the source training split
+TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placement);
+#   arrays "<member>.<name>" (shared.protocol.checkpoints.teacher_to_arrays), count in
+#   RoundConfig.teacher_members
+TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
+TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
+
+# ---- up: edge -> cloud
+STUDENT_GRAD = "student.grad"  # (pseudo-)gradient for student + adapter parameters
+D_F_GRAD = "d_f.grad"
+D_D_GRAD = "d_d.grad"
+STUDENT_BN = "student.bn"  # BN running statistics after the local steps
+TEACHER_GRAD = "teacher.grad"  # federated DANN: target-domain gradient for the teacher
+TEACHER_DISC_GRAD = "teacher-disc.grad"
+TEACHER_BN = "teacher.bn"
+METRICS = "metrics"
+
+GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
+GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records together
+
+# Scalars a client may report. Each is a count or a mean over its batches, never per sample.
+TRAIN_METRICS = frozenset({
+    "client-id", "round", "num-examples", "local-steps",
+    "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
+    "teacher-dann-dom",
+})
+# Federated evaluation: the confusion matrix (C*C counts, summed over the client's test windows).
+EVAL_METRICS = frozenset({"client-id", "round", "num-examples", "confusion"})
+
+
+class WireViolation(UnikdError):
+    """Something not in the manifest was about to leave a client."""
+
+
+def expected_up_shapes(student_state: Mapping, d_f_state: Mapping, d_d_state: Mapping,
+                       student_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Exact shapes allowed per upward ArrayRecord, taken from the models themselves."""
+    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in sd.items()}
+
+    return {STUDENT_GRAD: shapes(student_state), D_F_GRAD: shapes(d_f_state),
+            D_D_GRAD: shapes(d_d_state), STUDENT_BN: shapes(student_buffers)}
+
+
+def expected_teacher_shapes(teacher_params: Mapping, disc_params: Mapping,
+                            teacher_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Upward shapes during federated DANN pre-training of the teacher."""
+    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in sd.items()}
+
+    return {TEACHER_GRAD: shapes(teacher_params), TEACHER_DISC_GRAD: shapes(disc_params),
+            TEACHER_BN: shapes(teacher_buffers)}
+
+
+def check_outgoing(content: RecordDict, shapes: dict[str, dict[str, tuple[int, ...]]],
+                   metric_keys: frozenset[str] = TRAIN_METRICS, num_classes: int = 0) -> None:
+    """Raise WireViolation unless every record of a client reply is declared here."""
+    for key, record in content.items():
+        if isinstance(record, ConfigRecord):
+            raise WireViolation(f"record '{key}': clients send no ConfigRecord")
+        if isinstance(record, MetricRecord):
+            if key != METRICS:
+                raise WireViolation(f"metric record '{key}' is not in the manifest")
+            for name, value in record.items():
+                if name not in metric_keys:
+                    raise WireViolation(f"metric '{name}' is not in the manifest")
+                if isinstance(value, list) and not (name == "confusion"
+                                                    and len(value) == num_classes**2):
+                    raise WireViolation(f"metric '{name}' is a list of {len(value)} values; "
+                                        f"only the {num_classes}x{num_classes} confusion counts may be")
+            continue
+        if not isinstance(record, ArrayRecord):
+            raise WireViolation(f"record '{key}' has unknown type {type(record).__name__}")
+        if key not in shapes:
+            raise WireViolation(f"array record '{key}' is not in the manifest")
+        allowed = shapes[key]
+        for name, arr in record.items():
+            if name not in allowed:
+                raise WireViolation(f"array '{key}/{name}' is not in the manifest")
+            if tuple(arr.shape) != allowed[name]:
+                raise WireViolation(f"array '{key}/{name}' has shape {list(arr.shape)}, "
+                                    f"the manifest allows {list(allowed[name])}")
+            counter = name.endswith("num_batches_tracked")
+            if arr.dtype != ("int64" if counter else "float32"):
+                raise WireViolation(f"array '{key}/{name}' has dtype {arr.dtype}; only BN "
+                                    f"counters are int64, everything else float32")
