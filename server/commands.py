@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from shared.config import load_config
+from shared.config import METHODS, load_config
 from shared.datasets import get_spec, parse_scenario
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ def teacher_cmd(args: argparse.Namespace) -> int:
 def distill_cmd(args: argparse.Namespace) -> int:
     from server.central.runner import run_distill
 
-    run_distill(_config(args), args.method, progress=not args.quiet)
+    cfg = _config(args)
+    if args.method:  # an explicit flag wins over the file; otherwise the file's distill.method
+        cfg = load_config(args.config, [*args.set, f"distill.method={args.method}"])
+    run_distill(cfg, cfg.distill.method, progress=not args.quiet)
     return 0
 
 
@@ -103,8 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("distill", help="distill a student centrally (UNI-KD or a baseline)")
     _add_config_args(p)
-    p.add_argument("--method", default="unikd",
-                   help="unikd, source-only, kd-target, dann-student, mobileda, aad, jku")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="what to train (default: the config's distill.method, itself "
+                        "unikd by default)")
     p.set_defaults(func=distill_cmd)
 
     p = sub.add_parser("federate", help="simulate a federation (default: 3 edges, synthetic data)")

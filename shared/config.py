@@ -25,10 +25,17 @@ def rng(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[str
     return {"range": (lo, hi), **kw}
 
 
+PATH = {"path": True}  # field metadata: an input path, resolved against the config file's folder
+
+METHODS = ("unikd", "source-only", "kd-target", "dann-student", "mobileda", "aad", "jku")
+
+
 @dataclass
 class DataConfig:
     dataset: str = "SYNTH"  # HAR, HHAR, FD, SSC, SYNTH or GENERIC (shape read from the files)
-    path: str = ""  # AdaTime folder; "" = the embedded synthetic data (generated on first use)
+    # AdaTime folder; "" = the embedded synthetic data (generated on first use). Relative to the
+    # config file's folder when set in a file, to the working directory when set with --set.
+    path: str = field(default="", metadata=PATH)
     scenario: str = "0->1"  # source->target
     normalize: bool = True  # per-channel z-score with source-train statistics
     synth_shift: float = field(default=1.0, metadata=rng(0.0, 3.0))  # synthetic domain-gap strength
@@ -45,14 +52,14 @@ class TeacherConfig:
     w_cls: float = field(default=1.0, metadata=rng(0.0, None))
     w_dom: float = field(default=1.0, metadata=rng(0.0, None))
     ensemble: int = field(default=1, metadata=rng(1, 16))  # seeds averaged into one teacher
-    checkpoint: str = ""  # reuse a trained teacher instead of training one
+    checkpoint: str = field(default="", metadata=PATH)  # reuse a trained teacher instead
 
 
 @dataclass
 class DistillConfig:
     """Student distillation (spec §3.3, §4). Each reference-code fix is its own switch (spec §8)."""
 
-    method: str = "unikd"
+    method: Literal[METHODS] = "unikd"  # what `unikd distill` trains unless --method is given
     epochs: int = field(default=30, metadata=rng(1, 10_000))
     batch_size: int = field(default=32, metadata=rng(1, 65_536))
     lr: float = field(default=1e-2, metadata=rng(0.0, 1.0))
@@ -113,11 +120,9 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """Apply presets: `reference_compat` forces the official code's behaviour (spec §8.1-8.7)."""
-        d = self.distill
-        if d.reference_compat:
-            d.target_kd = d.adv_to_student = d.beta_natural_log = d.detach_weights = False
-            d.grl_ramp = False
-            d.double_target_forward = True
+        if self.distill.reference_compat:
+            for name, value in REFERENCE_SWITCHES.items():
+                setattr(self.distill, name, value)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +134,11 @@ class RunConfig:
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# What `distill.reference_compat: true` sets: the official code's behaviour (spec §8.1-8.7, §8.14).
+REFERENCE_SWITCHES = {"target_kd": False, "adv_to_student": False, "beta_natural_log": False,
+                      "detach_weights": False, "grl_ramp": False, "double_target_forward": True}
 
 
 # ---------------------------------------------------------------- strict loading
@@ -232,7 +242,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- YAML file <- `--set` overrides, validated at every layer, then presets applied."""
+    """Defaults <- YAML file <- `--set` overrides, validated at every layer, then presets applied.
+
+    Relative input paths (fields marked PATH) are made absolute: against the config file's
+    folder for values from the file, against the working directory for `--set` values, so a
+    dumped config.yaml means the same thing wherever it is read.
+    """
     tree: dict[str, Any] = {}
     file = str(path) if path else None
     if path:
@@ -247,6 +262,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError("<root>", "the file must hold a mapping", file)
         tree = loaded or {}
         from_dict(RunConfig, tree, file)  # validate the file alone, so errors name it
+        check_reference_compat(tree, file)
+        _absolute_paths(tree, RunConfig, p.resolve().parent)
     for ov in overrides:
         key, value = parse_override(ov)
         _set_path(tree, key, value)
@@ -256,4 +273,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if err.key == key or err.key.startswith(key):
                 raise ConfigError(err.key, err.problem, "--set") from None
             raise
+        check_reference_compat(tree, "--set" if key.startswith("distill.") else file)
+    _absolute_paths(tree, RunConfig, Path.cwd())
     return from_dict(RunConfig, tree, file).resolved()
+
+
+def check_reference_compat(tree: dict[str, Any], source: str | None) -> None:
+    """`reference_compat: true` beside a switch it would change is a contradiction: refuse it."""
+    given = tree.get("distill") or {}
+    d = from_dict(RunConfig, tree, source).distill  # typed values (--set ones are still text)
+    if not d.reference_compat:
+        return
+    for name, forced in REFERENCE_SWITCHES.items():
+        if name in given and getattr(d, name) != forced:
+            raise ConfigError(f"distill.{name}", f"is {getattr(d, name)} but "
+                              f"distill.reference_compat sets it to {forced}; remove one of the "
+                              f"two", source)
+
+
+def _absolute_paths(tree: dict[str, Any], cls: type, base: Path) -> None:
+    """Rewrite relative PATH fields of `tree` (validated already) as absolute, against `base`."""
+    for f in dataclasses.fields(cls):
+        if f.name not in tree:
+            continue
+        value = tree[f.name]
+        if f.metadata.get("path") and isinstance(value, str) and value \
+                and not isinstance(value, Raw) and not Path(value).expanduser().is_absolute():
+            tree[f.name] = str((base / Path(value).expanduser()).resolve())
+        elif f.metadata.get("path") and isinstance(value, Raw) and value:
+            tree[f.name] = Raw(str((base / Path(str(value)).expanduser()).resolve()))
+        elif dataclasses.is_dataclass(f.default_factory if f.default_factory is not
+                                      dataclasses.MISSING else None) and isinstance(value, dict):
+            _absolute_paths(value, f.default_factory, base)

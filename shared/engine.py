@@ -231,17 +231,6 @@ def make_optimizers(groups: dict[str, list[nn.Parameter]], lr: float, weight_dec
             for name, ps in groups.items()}
 
 
-def named_grads(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Current .grad of every parameter (zeros where a term did not reach it)."""
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in module.named_parameters()}
-
-
-def set_grads(module: nn.Module, grads: dict[str, torch.Tensor]) -> None:
-    for n, p in module.named_parameters():
-        p.grad = grads[n].to(p.dtype).clone()
-
-
 def step_all(optimizers: dict[str, torch.optim.Optimizer]) -> None:
     for opt in optimizers.values():
         opt.step()

@@ -104,3 +104,107 @@ def test_checker_allows_legal_imports(tmp_path):
     (tmp_path / "server" / "a.py").write_text("import shared.config\nfrom protos import wire_pb2\n")
     (tmp_path / "shared" / "a.py").write_text("from .models import CNN1d\nimport torch\n")
     assert violations(tmp_path) == []
+
+
+# ---------------------------------------------------------------- cycles and private names
+
+SOURCE_DIRS = ("shared", "client", "server", "protos", "bench")
+
+
+def module_name(root: Path, file: Path) -> str:
+    parts = list(file.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    return {module_name(root, f): f for d in SOURCE_DIRS if (root / d).is_dir()
+            for f in sorted((root / d).rglob("*.py"))}
+
+
+def owning_module(name: str, modules: dict[str, Path]) -> str | None:
+    """The project module an imported name lives in (`a.b.c` -> `a.b` if c is not a module)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> project modules it imports, at module level or inside functions alike."""
+    modules = project_modules(root)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, file in modules.items():
+        is_pkg = file.name == "__init__.py"
+        for _, name in imported_modules(file.read_text(encoding="utf-8"),
+                                        mod + ".__init__" if is_pkg else mod):
+            target = owning_module(name, modules)
+            # a package's __init__ importing its own submodules is not a cycle through them
+            if target and target != mod and not (is_pkg and target.startswith(mod + ".")):
+                graph[mod].add(target)
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan's algorithm)."""
+    graph, index, low, stack, on, out = import_graph(root), {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def private_imports(root: Path) -> list[str]:
+    """'file:line imports _name from module' for every underscore name taken across modules."""
+    modules = project_modules(root)
+    found = []
+    for mod, file in modules.items():
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                if node.module.split(".")[0] not in SOURCE_DIRS + ("tests",):
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{file.relative_to(root)}:{node.lineno} imports "
+                                     f"{alias.name} from {node.module}")
+    return found
+
+
+def test_no_import_cycles():
+    cycles = import_cycles(REPO_ROOT)
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_no_private_names_cross_modules():
+    found = private_imports(REPO_ROOT)
+    assert not found, "private names imported across modules:\n" + "\n".join(found)
+
+
+def test_cycle_and_private_name_checkers_catch_offenders(tmp_path):
+    (tmp_path / "server").mkdir()
+    (tmp_path / "server" / "a.py").write_text("from server.b import f\n")
+    (tmp_path / "server" / "b.py").write_text("def f():\n    from server.a import _g\n")
+    assert import_cycles(tmp_path) == [["server.a", "server.b"]]
+    assert private_imports(tmp_path) == ["server/b.py:2 imports _g from server.a"]

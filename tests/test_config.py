@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.config import RunConfig, load_config
@@ -80,7 +82,8 @@ def test_bad_override_names_set_and_key(override, key):
 def test_set_keeps_string_fields_verbatim():
     # YAML 1.1 would read 2:11 as the base-60 integer 131 and 0123 as the octal 83
     cfg = load_config(None, ["data.scenario=2:11", "data.path=0123"])
-    assert (cfg.data.scenario, cfg.data.path) == ("2:11", "0123")
+    assert cfg.data.scenario == "2:11"
+    assert Path(cfg.data.path).name == "0123"  # a folder named 0123, made absolute
 
 
 @pytest.mark.parametrize("text, meant", [("data:\n  scenario: 2:11\n", "2:11"),
@@ -91,10 +94,62 @@ def test_yaml_unquoted_string_is_refused_with_a_hint(tmp_path, text, meant):
 
 
 def test_reference_compat_turns_every_fix_off():
-    cfg = load_config(None, ["distill.reference_compat=true", "distill.adv_to_student=true"])
+    cfg = load_config(None, ["distill.reference_compat=true"])
     d = cfg.distill
     assert not (d.target_kd or d.adv_to_student or d.beta_natural_log or d.detach_weights or d.grl_ramp)
     assert d.double_target_forward
+
+
+def test_reference_compat_refuses_a_switch_it_would_override(tmp_path):
+    with pytest.raises(ConfigError, match=r"distill.adv_to_student.*--set.*reference_compat"):
+        load_config(None, ["distill.reference_compat=true", "distill.adv_to_student=true"])
+    file = _yaml(tmp_path, "distill:\n  reference_compat: true\n  grl_ramp: true\n")
+    with pytest.raises(ConfigError, match="grl_ramp") as err:
+        load_config(file)
+    assert str(file) in str(err.value)
+    # the same value the preset sets is no contradiction (a dumped resolved config has both)
+    ok = _yaml(tmp_path, "distill:\n  reference_compat: true\n  grl_ramp: false\n")
+    assert load_config(ok).distill.double_target_forward
+
+
+def test_input_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    file = sub / "run.yaml"
+    file.write_text("data:\n  path: ../data/HAR\nteacher:\n  checkpoint: t.pt\n")
+    monkeypatch.chdir(tmp_path.parent)  # somewhere else entirely
+    cfg = load_config(file)
+    assert cfg.data.path == str((tmp_path / "data" / "HAR").resolve())
+    assert cfg.teacher.checkpoint == str((sub / "t.pt").resolve())
+    # --set values are relative to where the command runs
+    cfg = load_config(file, ["data.path=elsewhere"])
+    assert cfg.data.path == str((tmp_path.parent / "elsewhere").resolve())
+    # "" keeps meaning "the embedded synthetic data"
+    assert load_config(None, ["data.path="]).data.path == ""
+
+
+def test_distill_method_is_read_and_validated(tmp_path):
+    assert load_config(_yaml(tmp_path, "distill:\n  method: aad\n")).distill.method == "aad"
+    with pytest.raises(ConfigError, match="distill.method"):
+        load_config(None, ["distill.method=nope"])
+
+
+def test_config_show_lists_every_key_with_its_default_and_value(tmp_path, capsys):
+    from shared.cli import main
+    from shared.commands.config import rows
+    from shared.config import RunConfig
+
+    file = _yaml(tmp_path, "seed: 5\nfed:\n  clients: 7\n")
+    assert main(["config", "show", "--config", str(file), "--json"]) == 0
+    shown = {r["key"]: r for r in __import__("json").loads(capsys.readouterr().out)}
+    assert len(shown) == len(rows(RunConfig, RunConfig()))
+    assert shown["seed"]["value"] == 5 and shown["seed"]["default"] == 0
+    assert shown["fed.clients"]["value"] == 7 and shown["fed.clients"]["type"] == "int"
+    assert shown["fed.dp"]["type"] == "off|central|local"
+    assert shown["distill.lr"]["range"] == [0.0, 1.0]
+    leaves = {f"{s}.{f}" for s in ("data", "teacher", "distill", "fed")
+              for f in RunConfig.__dataclass_fields__[s].default_factory.__dataclass_fields__}
+    assert leaves <= set(shown)
 
 
 def test_dump_then_load_round_trips(tmp_path):

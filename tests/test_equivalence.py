@@ -21,30 +21,32 @@ from shared.data.scenario import load_scenario
 from shared.protocol.records import student_state
 
 
+BASE = ["distill.epochs=2", "teacher.epochs=1", "fed.clients=1", "fed.local_steps=1",
+        "fed.partition=iid", "seed=3", "distill.adv_to_student=false",
+        "distill.double_target_forward=false", "distill.detach_weights=true"]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = load_config(overrides=["distill.epochs=2", "teacher.epochs=1", "fed.clients=1",
-                                 "fed.local_steps=1", "fed.partition=iid", "seed=3"])
+    """The data and a saved teacher; each test builds its own config (nothing shared mutates)."""
+    cfg = load_config(overrides=BASE)
     data = load_scenario(cfg.data)
     teacher = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     save_teacher(path, teacher, cfg, data)
-    cfg.teacher.checkpoint = str(path)
-    return cfg, data, teacher
+    return path, data, teacher
+
+
+def config(teacher_path, *variant: str):
+    return load_config(overrides=[*BASE, f"teacher.checkpoint={teacher_path}", *variant])
 
 
 @pytest.mark.parametrize("variant", [[], ["distill.adv_to_student=true",
                                           "distill.detach_weights=false"],
                                      ["distill.double_target_forward=true"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
-    cfg, data, teacher = setup
-    for name in ("adv_to_student", "double_target_forward"):
-        setattr(cfg.distill, name, False)
-    cfg.distill.detach_weights = True
-    for ov in variant:
-        key, val = ov.split("=")
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, val == "true")
+    path, data, teacher = setup
+    cfg = config(path, *variant)
     central_losses = []
     central = distill_unikd(cfg, data, teacher, progress=False,
                             step_hook=lambda g, s, t: central_losses.append((s["loss"], t["loss"])))
@@ -76,7 +78,8 @@ def test_federated_dann_teacher_equals_centralized(setup):
     from server.fed.teacher import federated_dann_teacher
     from server.fed.rounds import _send
 
-    cfg, data, _ = setup
+    path, data, _ = setup
+    cfg = config(path)
     central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
     grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
     send = lambda g, n, c, t, r: _send(g, n, c, t, r, None)  # noqa: E731

@@ -15,7 +15,7 @@ import torch
 from shared.config import DataConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
-from shared.data.scenario import load_split
+from shared.data.scenario import load_split, subset
 from shared.datasets import get_spec
 from shared.partition import PartitionSpec, client_domains, partition_indices
 from shared.errors import UnikdError
@@ -52,14 +52,14 @@ def simulated_split(dataset: str, path: str, shift: float, target: str, partitio
     if spec.kind == "per-domain":
         return train, test
     tr = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)[client]
-    train_part = Domain(train.x[tr], train.y[tr], train.file)
+    train_part = subset(train, tr)
     try:
         te = partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)[client]
     except UnikdError as err:  # e.g. 100 clients, 95 test windows: train on, skip evaluation
         log.warning("client %d: no test windows (%s); it will not take part in evaluation",
                     client, err)
         return train_part, None
-    return train_part, Domain(test.x[te], test.y[te], test.file)
+    return train_part, subset(test, te)
 
 
 @lru_cache(maxsize=4)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000  # Flower 1.42: Fleet + Control + Runtime APIs share one HTTP(S) port
 CONNECTION = "unikd"  # connection name in the private flwr CLI config
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # server/deploy/ -> the repo
 FINISHED = "finished:"
 
 

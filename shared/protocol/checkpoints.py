@@ -79,16 +79,6 @@ def load(path: str | Path, kinds: str | Iterable[str]) -> dict[str, Any]:
     return check(obj, wanted, str(path))
 
 
-def from_bytes(data: bytes, kinds: str | Iterable[str], name: str) -> dict[str, Any]:
-    wanted = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{name}: not a readable checkpoint ({exc.__class__.__name__})"
-                              ) from None
-    return check(obj, wanted, name)
-
-
 def check(obj: Any, wanted: tuple[str, ...], name: str) -> dict[str, Any]:
     if not isinstance(obj, dict) or "kind" not in obj:
         raise CheckpointError(f"{name}: a file without a checkpoint kind (expected "
