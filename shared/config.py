@@ -72,6 +72,11 @@ class DistillConfig:
     # --- fixes of spec §8; `reference_compat: true` turns every one off (items 1-7) ---
     reference_compat: bool = False
     target_kd: bool = True  # §8.1: target KD on the *target* logits of teacher and student
+    # With target_kd false, how the reference's cross-domain KD pairs samples: "paired" is the
+    # official code (source window i with target window i of two shuffled batches; centralized
+    # only), "expected" its expectation over that random pairing, mean_t(w) * KD_source, which
+    # the federation can split exactly (engine.py `cross_kd`).
+    cross_kd: Literal["paired", "expected"] = "paired"
     adv_to_student: bool = False  # §8.2: adversarial feature loss reaches student and adapter
     beta_natural_log: bool = True  # §8.3: beta rises 0.1 -> 0.9
     # §8.6: w = 1-|p0-p1| as a constant sample weight. Off by default: letting the KD reach D_d

@@ -39,6 +39,7 @@ class KDHparams:
     lam_ce: float = 1.0
     lam_dom: float = 1.0
     target_kd: bool = True  # False: the reference's "target" KD on source tensors (§8.1)
+    cross_kd: str = "paired"  # with target_kd False: "paired" (reference) or "expected"
     adv_to_student: bool = False  # False: the generator loss is detached, as in the reference (§8.2)
     detach_weights: bool = True  # w is a constant sample weight (§8.6)
     double_target_forward: bool = False  # the reference's second target pass for D_d (§8.14)
@@ -154,18 +155,39 @@ def source_terms(nets: UniKDNets, x: torch.Tensor, y: torch.Tensor, teacher: Tea
     t["loss"] = _total(t, sched, hp)
     t["student_logits"] = logits  # kept for the reference-compat target KD (§8.1)
     t["w"] = w_kd
+    if expected_cross_kd(hp):  # T^2 mean_i KL_i on source, unweighted: the cloud's factor
+        t["cross_kd"] = losses.weighted_kd(teacher.logits, logits, torch.ones_like(w),
+                                           hp.temperature)
     return t
+
+
+def expected_cross_kd(hp: KDHparams) -> bool:
+    return not hp.target_kd and hp.cross_kd == "expected"
+
+
+def cross_kd_source_grad(src: dict[str, torch.Tensor], w_mean_target: float,
+                         sched: StepSchedule) -> None:
+    """The cloud's half of beta * mean_t(w) * KD_s: backprop KD_s scaled by the target mean w.
+
+    The reference's cross-domain KD is (1/B) sum_i w_i^t KL_i^s over source/target pairs that
+    only random shuffles match, so its expectation is mean_t(w) * mean_s(KL). By the product
+    rule its gradient splits into mean_t(w) * grad KL_s (here, on the cloud, with the clients'
+    mean w from their replies) and mean_s(KL) * grad mean_t(w) (on the edges, with the scalar
+    the round config carries): no per-sample value crosses the wire.
+    """
+    (sched.beta * w_mean_target * src["cross_kd"]).backward()
 
 
 def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                  sched: StepSchedule, hp: KDHparams,
                  compat_source: tuple[TeacherOut, dict[str, torch.Tensor]] | None = None,
-                 ) -> dict[str, torch.Tensor]:
+                 source_kd: float = 0.0) -> dict[str, torch.Tensor]:
     """Target-side UNI-KD terms (edge): hint, D_f halves, target domain loss, weighted target KD.
 
     `teacher=None` is the cloud-placed teacher: hint, D_f-real and target KD are dropped.
     `compat_source` reproduces bug §8.1 (centralized only): the "target" KD is the source KL
-    again, weighted by the target samples' weights.
+    again, weighted by the target samples' weights. With `cross_kd="expected"` that term is
+    `source_kd` (the cloud's T^2 mean source KL, a constant here) times the mean target w.
     """
     h = nets.student.forward_features(x)  # [B, 32]  forward #1
     t = _domain_side(nets, h, teacher, sched, hp)
@@ -179,6 +201,8 @@ def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
         src_teacher, src_terms = compat_source
         t["kd"] = losses.weighted_kd(src_teacher.logits, src_terms["student_logits"], w_kd,
                                      hp.temperature)
+    elif expected_cross_kd(hp):
+        t["kd"] = source_kd * w_kd.mean()
     elif teacher is not None and hp.target_kd:
         t["kd"] = losses.weighted_kd(teacher.logits, nets.student.forward_head(h), w_kd,
                                      hp.temperature)

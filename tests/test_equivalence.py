@@ -22,8 +22,9 @@ from shared.protocol.records import student_state
 
 
 BASE = ["distill.epochs=2", "teacher.epochs=1", "fed.clients=1", "fed.local_steps=1",
-        "fed.partition=iid", "seed=3", "distill.adv_to_student=false",
-        "distill.double_target_forward=false", "distill.detach_weights=true"]
+        "fed.partition=iid", "seed=3"]
+SWITCHES = ["distill.adv_to_student=false", "distill.double_target_forward=false",
+            "distill.detach_weights=true"]  # the variants below override these
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,17 @@ def setup(tmp_path_factory):
 
 
 def config(teacher_path, *variant: str):
-    return load_config(overrides=[*BASE, f"teacher.checkpoint={teacher_path}", *variant])
+    preset = any(v.startswith("distill.reference_compat") for v in variant)
+    return load_config(overrides=[*BASE, *([] if preset else SWITCHES),
+                                  f"teacher.checkpoint={teacher_path}", *variant])
 
 
 @pytest.mark.parametrize("variant", [[], ["distill.adv_to_student=true",
                                           "distill.detach_weights=false"],
-                                     ["distill.double_target_forward=true"]])
+                                     ["distill.double_target_forward=true"],
+                                     # the reference's recipe in its federable form
+                                     ["distill.reference_compat=true",
+                                      "distill.cross_kd=expected"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
     path, data, teacher = setup
     cfg = config(path, *variant)

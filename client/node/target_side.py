@@ -46,7 +46,7 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
                 p.grad = None
         seed_side(rc.seed, client_stream(client), rc.global_step, sub=j)
         terms = target_terms(nets, x[idx], teacher[idx] if teacher is not None else None,
-                             rc.schedule, rc.hparams)
+                             rc.schedule, rc.hparams, source_kd=rc.source_kd)
         terms["loss"].backward()
         log.add(scalars(terms))
         with torch.no_grad():

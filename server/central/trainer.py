@@ -16,9 +16,9 @@ from torch import nn
 
 from shared.config import RunConfig
 from shared.data.scenario import ScenarioData
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, make_optimizers,
-                           scalars, source_terms, step_all, target_terms, teacher_outputs,
-                           zero_all)
+from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
+                           expected_cross_kd, make_optimizers, scalars, source_terms, step_all,
+                           target_terms, teacher_outputs, zero_all)
 from shared.evaluation import evaluate
 from shared.models import CNN1d
 from shared.seeding import SOURCE_STREAM, client_stream
@@ -75,12 +75,16 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
         src = source_terms(nets, data.src_train.x[s.src_idx], data.src_train.y[s.src_idx],
                            src_teacher, sched, hp)
         seed_side(cfg.seed, client_stream(0), s.global_step)
-        compat = (src_teacher, src) if not hp.target_kd else None
+        expected = expected_cross_kd(hp)
+        compat = (src_teacher, src) if not hp.target_kd and not expected else None
         trg = target_terms(nets, data.trg_train.x[s.trg_idx], t_trg(s.trg_idx), sched, hp,
-                           compat_source=compat)
+                           compat_source=compat,
+                           source_kd=src["cross_kd"].item() if expected else 0.0)
         if compat is None:  # two backward passes: exactly what the federated split sums
-            src["loss"].backward()
+            src["loss"].backward(retain_graph=expected)
             trg["loss"].backward()
+            if expected:  # the cloud's half of the cross KD, after the clients' gradients
+                cross_kd_source_grad(src, trg["w_mean"].item(), sched)
         else:  # the reference's cross-domain KD shares the source graph
             (src["loss"] + trg["loss"]).backward()
         step_all(opts)

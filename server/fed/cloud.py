@@ -28,8 +28,8 @@ from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
 from shared.datasets import DatasetSpec, parse_scenario
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, make_optimizers,
-                           source_terms, step_all, teacher_outputs, zero_all)
+from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
+                           make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
                                      student_state, to_record)
@@ -57,6 +57,16 @@ def load_source(cfg: RunConfig) -> SourceData:
     norm = Normalizer.fit(train.x) if cfg.data.normalize else Normalizer.identity(spec.channels)
     train.x, test.x = norm(train.x), norm(test.x)
     return SourceData(spec, src, trg, train, test, norm)
+
+
+def target_w_mean(updates: list[ClientUpdate]) -> float:
+    """The clients' mean confusion weight, each weighted by its share n_i/N of the windows.
+
+    n/N is exactly 1.0 for one client, so a 1-client federation reproduces the centralized
+    value to the bit.
+    """
+    total = sum(u.num_examples for u in updates)
+    return sum((u.num_examples / total) * float(u.metrics["w_mean"]) for u in updates)
 
 
 def sim_setup(cfg: RunConfig, source: SourceData) -> SimSetup:
@@ -118,7 +128,7 @@ class Cloud:
             alpha=sched.alpha, lr=d.lr, local_steps=f.local_steps, seed=self.cfg.seed,
             batch_size=d.batch_size, temperature=d.temperature, lam_ce=d.lam_ce,
             lam_dom=d.lam_dom, target_kd=d.target_kd, adv_to_student=d.adv_to_student,
-            detach_weights=d.detach_weights, bn_policy=f.bn_policy,
+            detach_weights=d.detach_weights, cross_kd=d.cross_kd, bn_policy=f.bn_policy,
             teacher_hash=self.teacher_hash if f.teacher_placement != "cloud" else "",
             dataset=self.source.spec.name, double_target_forward=d.double_target_forward)
 
@@ -163,15 +173,38 @@ class Cloud:
         seed_side(self.cfg.seed, SOURCE_STREAM, rnd - 1)
         terms = source_terms(self.nets, self.source.train.x[idx], self.source.train.y[idx],
                              self.t_src[idx], self.schedule(epoch, step), self.hp)
-        terms["loss"].backward()
+        terms["loss"].backward(retain_graph="cross_kd" in terms)  # cross KD: once more later
         return terms
 
-    def apply(self, updates: list[ClientUpdate], bn_before: dict[str, torch.Tensor]) -> None:
-        """Add the clients' mean target gradient to the source one, compose BN, step."""
+    def announce_source_kd(self, contents: dict, src: dict[str, torch.Tensor]) -> None:
+        """Expected cross KD: tell the edges this round's T^2 mean source KL (one scalar)."""
+        if "cross_kd" in src:
+            value = src["cross_kd"].item()
+            for content in {id(c): c for c in contents.values()}.values():
+                content[wire.CONFIG]["source_kd"] = value
+
+    def undo_source_step(self, bn_before: dict[str, torch.Tensor]) -> None:
+        """A skipped round moves nothing: drop the source gradient and its BN update."""
+        zero_all(self.opts)
+        with torch.no_grad():
+            for name, buf in self.nets.student.named_buffers():
+                buf.copy_(bn_before[f"student.{name}"])
+
+    def apply(self, updates: list[ClientUpdate], bn_before: dict[str, torch.Tensor],
+              rnd: int = 0, src: dict[str, torch.Tensor] | None = None,
+              target_w: float | None = None) -> None:
+        """Add the clients' mean target gradient to the source one, compose BN, step.
+
+        With the expected cross KD, `src` (this round's source terms) gets its second backward
+        pass here, scaled by `target_w`, the clients' mean w (`target_w_mean`), in the order
+        the centralized step sums its gradients.
+        """
         named = group_named_params(self.nets)
         for group, key in (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
                            ("d_d", wire.D_D_GRAD)):
             add_grads(named[group], weighted_mean(updates, key) if updates else {})
+        if src is not None and "cross_kd" in src and target_w is not None:
+            cross_kd_source_grad(src, target_w, self.schedule(*self.clock.at(rnd - 1)))
         if updates and self.cfg.fed.bn_policy != "local":
             compose_bn(self.nets.student, bn_before, weighted_mean(updates, wire.STUDENT_BN),
                        prefix="student.",

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
                               split_replies)
-from server.fed.cloud import Clock, Cloud, SourceData, load_source
+from server.fed.cloud import Clock, Cloud, SourceData, load_source, target_w_mean
 from server.fed.ledger import Ledger
 from server.fed.teacher import setup_content, teacher_round_config
 from server.fed.privacy import (check_teacher_source, plan_privacy, private_aggregate,
@@ -149,7 +149,13 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     torch.set_num_threads(cfg.threads)
     source = load_source(cfg)
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
-    if not cfg.distill.target_kd:
+    if not cfg.distill.target_kd and cfg.distill.cross_kd == "expected":
+        if cfg.fed.dp != "off":
+            raise UnikdError("distill.cross_kd=expected needs each client's mean w, which DP "
+                             "withholds; use distill.target_kd=true with fed.dp")
+        log.info("distill.cross_kd=expected: the reference's cross-domain KD in expectation, "
+                 "split between cloud and edges")
+    elif not cfg.distill.target_kd:
         log.warning("distill.target_kd=false: the reference's 'target' KD pairs source sample i "
                     "with target sample i and cannot be split between cloud and edge; the "
                     "federation drops the target KD term instead (spec §9.2)")
@@ -190,6 +196,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                         if any(n not in has_teacher for n in nodes) else plain)
         contents = {n: plain if n in has_teacher else with_teacher for n in nodes}
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
+        src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
+        cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
         replies = _send(grid, nodes, contents, "train", rnd, timeout)
         if len(replies) < len(nodes):
             log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
@@ -204,12 +212,12 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         if len(updates) < cfg.fed.min_clients:  # nothing moves: not even BN statistics
             log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
                         len(updates), cfg.fed.min_clients)
+            cloud.undo_source_step(bn_before)
             if rnd == total and result.rounds:  # the last round was skipped: still score the model
                 ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
                 ev["mb_total"] = result.ledger.total_mb()
                 result.evals.append(ev)
             continue
-        src = cloud.source_step(rnd)  # at the weights the clients received
         dp_row: dict = {}
         if dp_plan is not None:  # clipped, noised uniform mean; source-only BN statistics
             agg, dp_row = private_aggregate(updates, dp_plan, cfg.seed, rnd)
@@ -217,7 +225,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
             dp_row["dp_noise_multiplier"] = dp_plan.noise_multiplier
             cloud.apply([agg], bn_before)
         else:
-            cloud.apply(robust_combine(updates, cfg.fed.aggregator), bn_before)
+            cloud.apply(robust_combine(updates, cfg.fed.aggregator), bn_before, rnd, src,
+                        target_w_mean(updates) if "cross_kd" in src else None)
         row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
         row.update(dp_row)
         row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference

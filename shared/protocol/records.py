@@ -82,6 +82,8 @@ class RoundConfig:
     teacher_members: int = 0  # members in the `teacher` snapshot, when one is attached
     phase: str = "unikd"  # "unikd", "teacher" (federated DANN pre-training) or "query"
     double_target_forward: bool = False  # the reference's second target pass (spec §8.14)
+    cross_kd: str = "paired"  # with target_kd False: "expected" splits the reference's KD
+    source_kd: float = 0.0  # "expected" cross KD: the cloud's T^2 mean source KL this round
     dp_mode: str = "off"  # client-level DP: off | central | local (local: the node noises)
     dp_clip: float = 0.0
     dp_noise: float = 0.0  # noise multiplier z
@@ -102,7 +104,8 @@ class RoundConfig:
         return KDHparams(temperature=self.temperature, lam_ce=self.lam_ce, lam_dom=self.lam_dom,
                          target_kd=self.target_kd, adv_to_student=self.adv_to_student,
                          detach_weights=self.detach_weights,
-                         double_target_forward=self.double_target_forward)
+                         double_target_forward=self.double_target_forward,
+                         cross_kd=self.cross_kd)
 
 
 @dataclass
