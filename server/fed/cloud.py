@@ -131,6 +131,7 @@ class Cloud:
         if privacy is not None:
             rc.dp_mode, rc.dp_clip, rc.dp_noise = (privacy.mode, privacy.clip,
                                                    privacy.noise_multiplier)
+            rc.dp_count_std = getattr(privacy, "count_std", 0.0)
         teacher = (with_teacher and bool(self.teacher_hash)
                    and self.cfg.fed.teacher_placement != "cloud")
         if teacher:

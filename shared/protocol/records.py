@@ -85,6 +85,7 @@ class RoundConfig:
     dp_mode: str = "off"  # client-level DP: off | central | local (local: the node noises)
     dp_clip: float = 0.0
     dp_noise: float = 0.0  # noise multiplier z
+    dp_count_std: float = 0.0  # record DP: std of the noise on the node's released window count
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(dataclasses.asdict(self))
