@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node.local_data import LocalData, local_data
+from client.node import secagg
 from client.node.privacy import privatize
 from client.node.record_dp import (node_secret, record_dann_round, record_unikd_round,
                                    released_count)
@@ -100,6 +101,12 @@ def train(msg: Message, context: Context) -> Message:
         count = data.num_examples
     if rc.bn_policy == "local":
         context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))
+    if rc.secagg:  # secure aggregation: keep the update, send public keys only (stage 0)
+        reply = secagg.advertise(context.state, rc, cid, grads)
+        reply[wire.METRICS] = MetricRecord({"client-id": cid, "round": rc.round})
+        wire.check_outgoing(reply, wire.expected_secagg_shapes(wire.SECAGG_KEYS),
+                            wire.SECAGG_METRICS)
+        return Message(reply, reply_to=msg)
     reply = RecordDict({
         wire.STUDENT_GRAD: to_record(grads["student"]),
         wire.D_F_GRAD: to_record(grads["d_f"]),
@@ -196,3 +203,22 @@ def query(msg: Message, context: Context) -> Message:
                                                     "num-examples": count})})
     wire.check_outgoing(reply, {}, wire.TRAIN_METRICS)
     return Message(reply, reply_to=msg)
+
+
+# ---- secure aggregation stages 1-3 (client/node/secagg.py): keys, shares and masks only
+
+
+@app.train("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    return secagg.handle_shares(msg, context.state, context.node_id)
+
+
+@app.train("secagg_mask")
+def secagg_mask(msg: Message, context: Context) -> Message:
+    secret = node_secret(dict(context.node_config), context.state)
+    return secagg.handle_mask(msg, context.state, context.node_id, secret)
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return secagg.handle_unmask(msg, context.state, context.node_id)

@@ -435,8 +435,17 @@ def train_records(plan) -> tuple[str, ...]:
 
 
 def dp_aggregate(updates: list[ClientUpdate], plan, ledger: RecordLedger | None, seed: int,
-                 rnd: int, applied_before: int) -> tuple[list[ClientUpdate], dict]:
-    """What the cloud applies this round under DP, plus the round's DP columns."""
+                 rnd: int, applied_before: int, secure: bool = False
+                 ) -> tuple[list[ClientUpdate], dict]:
+    """What the cloud applies this round under DP, plus the round's DP columns.
+
+    `secure`: `updates` is the securely aggregated mean; under `central` the nodes clipped it and
+    added their noise shares themselves (distributed DP), so the cloud adds nothing.
+    """
+    if secure and plan.mode == "central":
+        return updates, {"dp_epsilon": plan.spent(releases(plan, rnd, applied_before)),
+                         "dp_noise_multiplier": plan.noise_multiplier,
+                         "dp_noise": "distributed (node shares)"}
     if plan.mode == "record":
         row = {"dp_epsilon": ledger.max_spent() if ledger else None,
                "dp_noise_multiplier": plan.noise_multiplier}

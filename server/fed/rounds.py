@@ -20,6 +20,7 @@ from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outlier
 from server.fed.cloud import Clock, Cloud, SourceData, load_source
 from server.fed.ledger import Ledger
 from server.fed.teacher import setup_content, teacher_round_config
+from server.fed.secagg import secure_updates
 from server.fed.privacy import (charge_round, check_teacher_source, dp_aggregate,
                                 federated_teacher_rounds, plan_run_privacy, replay_ledger,
                                 train_records)
@@ -198,12 +199,20 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                         if any(n not in has_teacher for n in nodes) else plain)
         contents = {n: plain if n in has_teacher else with_teacher for n in nodes}
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
-        replies = _send(grid, nodes, contents, "train", rnd, timeout)
+        if cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
+            send = lambda ns, cs, t: _send(grid, ns, cs, t, rnd, timeout)  # noqa: E731
+            updates, replies, sa_row = secure_updates(send, nodes, contents, rnd, cfg.fed,
+                                                      cloud.up_shapes())
+            errors = []
+        else:
+            replies = _send(grid, nodes, contents, "train", rnd, timeout)
+            updates, errors = split_replies(replies, rnd, cloud.up_shapes(),
+                                            train_records(dp_plan))
+            sa_row = {}
         charge_round(dp_ledger, rnd, counts, cfg.fed.local_steps)  # record DP: every node asked
         if len(replies) < len(nodes):
             log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
                         len(nodes))
-        updates, errors = split_replies(replies, rnd, cloud.up_shapes(), train_records(dp_plan))
         recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
         updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
         errors = [*errors, *outliers]
@@ -221,12 +230,13 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         src = cloud.source_step(rnd)  # at the weights the clients received
         if dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
             combined, dp_row = dp_aggregate(updates, dp_plan, dp_ledger, cfg.seed, rnd,
-                                            len(result.rounds))
+                                            len(result.rounds), cfg.fed.secure_aggregation)
         else:
             combined, dp_row = robust_combine(updates, cfg.fed.aggregator), {}
         cloud.apply(combined, bn_before)
         row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
         row.update(dp_row)
+        row.update(sa_row)
         row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
         result.ledger.add_round(rnd, contents, replies)
         row.update(result.ledger.round_totals(rnd))
