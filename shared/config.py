@@ -102,10 +102,18 @@ class FedConfig:
     # client-level differential privacy (server/fed/privacy.py): the whole update of a client
     # (student, D_f and D_d gradients together) is clipped to dp_clip and Gaussian noise is added
     # by the cloud to the mean (central) or by each client to its own update (local)
-    dp: Literal["off", "central", "local"] = "off"
+    # `record`: per-window DP-SGD on every edge (client/node/record_dp.py): dp_clip bounds one
+    # window's gradient, dp_epsilon/dp_delta cover one window over the teacher and student rounds
+    dp: Literal["off", "central", "local", "record"] = "off"
     dp_clip: float = field(default=1.0, metadata=rng(1e-6, 1e6))  # L2 bound C of one update
     dp_epsilon: float = field(default=8.0, metadata=rng(1e-3, 1e6))  # target over the rounds
     dp_delta: float = field(default=1e-5, metadata=rng(1e-12, 0.1))
+    # --- record-level DP and secure aggregation (issue 13) ---
+    dp_count_std: float = field(default=20.0, metadata=rng(0.0, 1e6))  # noise on a node's count
+    secure_aggregation: bool = False  # the cloud learns only each round's sum (server/fed/secagg.py)
+    secagg_threshold: float = field(default=0.6, metadata=rng(0.0, 1.0))  # fraction for unmasking
+    secagg_clip: float = field(default=8.0, metadata=rng(1e-6, 1e6))  # L2 bound before masking
+    secagg_bits: int = field(default=24, metadata=rng(8, 48))  # quantisation levels (2^bits)
     # faults, simulated and seeded by (seed, round, node) in the in-process Grid only
     dropout: float = field(default=0.0, metadata=rng(0.0, 1.0))  # nodes offline per round
     straggler_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # late: dropped

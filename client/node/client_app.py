@@ -13,7 +13,10 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node.local_data import LocalData, local_data
+from client.node import secagg
 from client.node.privacy import privatize
+from client.node.record_dp import (node_secret, record_dann_round, record_unikd_round,
+                                   released_count)
 from client.node.target_side import dann_round, unikd_round
 from shared.protocol import wire
 from shared.data.loaders import Normalizer
@@ -87,19 +90,33 @@ def train(msg: Message, context: Context) -> Message:
     nets = decode_nets(msg.content, rc)
     if rc.bn_policy == "local" and "bn-local" in context.state:
         nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
-    grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid)
-    grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid)  # local DP
+    if rc.dp_mode == "record":  # per-window DP-SGD: no BN statistics, no losses leave the node
+        secret = node_secret(dict(context.node_config), context.state)
+        count = released_count(data.num_examples, rc, cid, secret, context.state)
+        grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count)
+        buffers, metrics = None, {}
+    else:
+        grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid)
+        grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid)  # local DP
+        count = data.num_examples
     if rc.bn_policy == "local":
         context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))
+    if rc.secagg:  # secure aggregation: keep the update, send public keys only (stage 0)
+        reply = secagg.advertise(context.state, rc, cid, grads)
+        reply[wire.METRICS] = MetricRecord({"client-id": cid, "round": rc.round})
+        wire.check_outgoing(reply, wire.expected_secagg_shapes(wire.SECAGG_KEYS),
+                            wire.SECAGG_METRICS)
+        return Message(reply, reply_to=msg)
     reply = RecordDict({
         wire.STUDENT_GRAD: to_record(grads["student"]),
         wire.D_F_GRAD: to_record(grads["d_f"]),
         wire.D_D_GRAD: to_record(grads["d_d"]),
-        wire.STUDENT_BN: to_record(buffers),
         wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
-                                    "num-examples": data.num_examples,
+                                    "num-examples": count,
                                     "local-steps": rc.local_steps, **metrics}),
     })
+    if buffers is not None:
+        reply[wire.STUDENT_BN] = to_record(buffers)
     wire.check_outgoing(reply, up_shapes(nets))
     return Message(reply, reply_to=msg)
 
@@ -118,14 +135,22 @@ def train_teacher(msg: Message, context: Context) -> Message:
     teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
     teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
     disc.load_state_dict(from_record(msg.content[wire.TEACHER_DISC]))
-    grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.lam_dom)
+    if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
+        secret = node_secret(dict(context.node_config), context.state)
+        count = released_count(data.num_examples, rc, cid, secret, context.state)
+        grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.lam_dom)
+        buffers, metrics = None, {}
+    else:
+        grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.lam_dom)
+        count = data.num_examples
     reply = RecordDict({
         wire.TEACHER_GRAD: to_record(grads["teacher"]),
         wire.TEACHER_DISC_GRAD: to_record(grads["disc"]),
-        wire.TEACHER_BN: to_record(buffers),
         wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
-                                    "num-examples": data.num_examples, **metrics}),
+                                    "num-examples": count, **metrics}),
     })
+    if buffers is not None:
+        reply[wire.TEACHER_BN] = to_record(buffers)
     wire.check_outgoing(reply, wire.expected_teacher_shapes(
         dict(teacher.named_parameters()), dict(disc.named_parameters()),
         dict(teacher.named_buffers())))
@@ -170,7 +195,30 @@ def reestimate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
 def query(msg: Message, context: Context) -> Message:
     """How many training windows this node holds (the server sizes its clock with it)."""
     rc, cid, data = node_inputs(msg, context)
+    count = data.num_examples
+    if rc.dp_mode == "record":  # the count is released once, with Gaussian noise (accounted)
+        count = released_count(count, rc, cid, node_secret(dict(context.node_config),
+                                                           context.state), context.state)
     reply = RecordDict({wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
-                                                    "num-examples": data.num_examples})})
+                                                    "num-examples": count})})
     wire.check_outgoing(reply, {}, wire.TRAIN_METRICS)
     return Message(reply, reply_to=msg)
+
+
+# ---- secure aggregation stages 1-3 (client/node/secagg.py): keys, shares and masks only
+
+
+@app.train("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    return secagg.handle_shares(msg, context.state, context.node_id)
+
+
+@app.train("secagg_mask")
+def secagg_mask(msg: Message, context: Context) -> Message:
+    secret = node_secret(dict(context.node_config), context.state)
+    return secagg.handle_mask(msg, context.state, context.node_id, secret)
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return secagg.handle_unmask(msg, context.state, context.node_id)

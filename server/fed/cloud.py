@@ -141,6 +141,11 @@ class Cloud:
         if privacy is not None:
             rc.dp_mode, rc.dp_clip, rc.dp_noise = (privacy.mode, privacy.clip,
                                                    privacy.noise_multiplier)
+            rc.dp_count_std = getattr(privacy, "count_std", 0.0)
+        f = self.cfg.fed
+        if f.secure_aggregation:  # clip bound: the DP clip under client-level DP, else its own
+            rc.secagg, rc.secagg_bits = True, f.secagg_bits
+            rc.secagg_clip = f.dp_clip if f.dp in ("central", "local") else f.secagg_clip
         teacher = (with_teacher and bool(self.teacher_hash)
                    and self.cfg.fed.teacher_placement != "cloud")
         if teacher:

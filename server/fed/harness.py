@@ -121,7 +121,10 @@ class InProcessGrid:
         self.contexts = {
             nid: Context(run_id=1, node_id=nid,
                          node_config=(node_config(i) if node_config else
-                                      {"partition-id": i, "num-partitions": num_nodes}),
+                                      {"partition-id": i, "num-partitions": num_nodes,
+                                       # cloud and nodes share this process: reproducible DP
+                                       # draws (a deployed node keys them with its own secret)
+                                       "dp-reproducible": True}),
                          state=RecordDict(), run_config={})
             for i, nid in enumerate(self.node_ids)}
         self.online = set(self.node_ids)

@@ -90,9 +90,10 @@ class PrivacyPlan:
 
 
 def check_teacher_source(cfg: RunConfig) -> None:
-    """DP covers the UNI-KD rounds. A federated DANN teacher would send raw target gradients
-    first, so under DP the teacher must come from a checkpoint or from source data only."""
-    if cfg.fed.dp != "off" and not cfg.teacher.checkpoint \
+    """Client-level DP covers the UNI-KD rounds only. A federated DANN teacher would send raw
+    target gradients first, so there the teacher must come from a checkpoint or source data.
+    Record-level DP (`record`) covers the federated teacher too: one ledger spans both."""
+    if cfg.fed.dp in ("central", "local") and not cfg.teacher.checkpoint \
             and cfg.fed.teacher_placement != "source-only":
         raise UnikdError(f"fed.dp={cfg.fed.dp} covers the distillation rounds only: the federated "
                          f"DANN teacher pre-training ({cfg.fed.teacher_placement} placement) sends "
@@ -169,6 +170,8 @@ def write_privacy_ledger(run_dir: Path, cfg: RunConfig, result) -> dict:
     f = cfg.fed
     if f.dp == "off":
         return {"dp": "off"}
+    if f.dp == "record":
+        return write_record_ledger(run_dir, cfg, result.privacy)
     rows = [{"round": r["round"], "epsilon": r.get("dp_epsilon"), "delta": f.dp_delta,
              "noise_multiplier": r.get("dp_noise_multiplier"), "clip": f.dp_clip,
              "clients": r.get("clients"), "clipped": r.get("dp_clipped"),
@@ -182,4 +185,272 @@ def write_privacy_ledger(run_dir: Path, cfg: RunConfig, result) -> dict:
         "accountant": "dp_accounting.rdp.RdpAccountant (Gaussian, sampling rate 1)",
         "bn_statistics": "not released (cloud keeps source-only BN statistics)"})
     return {"dp": f.dp, "dp_epsilon_spent": spent, "dp_delta": f.dp_delta,
-            "dp_noise_multiplier": z}
+            "dp_noise_multiplier": z, "epsilon": spent, "delta": f.dp_delta}
+
+
+def write_record_ledger(run_dir: Path, cfg: RunConfig, ledger: RecordLedger | None) -> dict:
+    """privacy_ledger.csv (epsilon per client per round, teacher then student phase) and
+    privacy.json; the results.json keys (`epsilon` is the largest any node spent)."""
+    f = cfg.fed
+    rows = ledger.rows if ledger is not None else []
+    write_csv(run_dir / "privacy_ledger.csv", rows)
+    spent = ledger.max_spent() if ledger is not None else 0.0
+    plan = ledger.plan if ledger is not None else None
+    per_client = {}
+    for r in rows:
+        per_client[r["client"]] = r["epsilon"]
+    write_json(run_dir / "privacy.json", {
+        "mode": "record", "unit": "one window (add/remove) on one node",
+        "clip": f.dp_clip, "target_epsilon": f.dp_epsilon, "delta": f.dp_delta,
+        "noise_multiplier": plan.noise_multiplier if plan else None,
+        "count_noise_std": f.dp_count_std, "released_counts": plan.counts if plan else {},
+        "planned_steps": {"teacher": plan.teacher_steps, "student": plan.student_steps}
+        if plan else {},
+        "epsilon_spent": spent, "epsilon_per_client": per_client,
+        "accountant": "dp_accounting RDP: Poisson-subsampled Gaussian per DP-SGD step + "
+                      "Gaussian count release, composed per node",
+        "withheld": "BN statistics, losses, w_mean; counts released once with noise",
+        "evaluation": "confusion matrices on labelled test windows, disjoint from the "
+                      "training windows, outside the accounting (docs/privacy.md)"})
+    return {"dp": "record", "epsilon": spent, "delta": f.dp_delta,
+            "dp_noise_multiplier": plan.noise_multiplier if plan else None}
+
+
+# ---------------------------------------------------------------- record-level DP (fed.dp=record)
+
+RDP_ORDERS = tuple([*range(2, 65), 80, 96, 128, 160, 192, 256])  # integer orders: exact, fast
+
+
+def _poisson_gaussian(q: float, z: float):
+    from dp_accounting import dp_event
+
+    return dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z))
+
+
+def record_event(z: float, count_std: float, steps: tuple[tuple[float, int], ...]):
+    """The whole run for one node: its released count, then every DP-SGD step (q, count)."""
+    from dp_accounting import dp_event
+
+    events = [dp_event.GaussianDpEvent(count_std)] if count_std > 0 else []
+    events += [dp_event.SelfComposedDpEvent(_poisson_gaussian(q, z), s) for q, s in steps if s]
+    return dp_event.ComposedDpEvent(events)
+
+
+@lru_cache(maxsize=256)
+def _unit_rdp(kind: str, a: float, b: float) -> tuple[float, ...]:
+    """RDP curve (at RDP_ORDERS) of one Gaussian count release or one Poisson-Gaussian step."""
+    from dp_accounting import dp_event, rdp
+
+    acc = rdp.RdpAccountant(list(RDP_ORDERS))
+    acc.compose(dp_event.GaussianDpEvent(a) if kind == "count" else _poisson_gaussian(a, b))
+    return tuple(float(v) for v in acc.rdp)
+
+
+def record_epsilon(z: float, count_std: float, delta: float,
+                   steps: tuple[tuple[float, int], ...]) -> float:
+    """Epsilon of one node after `steps` ((q, number of steps) per phase), plus its count.
+
+    RDP adds up under composition, so each phase's one-step curve is computed once by
+    dp-accounting's RdpAccountant and scaled; dp-accounting converts the sum to (eps, delta).
+    """
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    if z <= 0 and any(s for _, s in steps):
+        return math.inf
+    total = [0.0] * len(RDP_ORDERS)
+    if count_std > 0:
+        total = list(_unit_rdp("count", count_std, 0.0))
+    for q, s in steps:
+        if s:
+            unit = _unit_rdp("step", q, z)
+            total = [t + s * u for t, u in zip(total, unit)]
+    if not any(total):
+        return 0.0
+    return float(compute_epsilon(list(RDP_ORDERS), total, delta)[0])
+
+
+@lru_cache(maxsize=64)
+def calibrate_record_noise(epsilon: float, delta: float, count_std: float,
+                           steps: tuple[tuple[float, int], ...]) -> float:
+    """The smallest multiplier z whose composition over `steps` meets (epsilon, delta)."""
+    from dp_accounting import mechanism_calibration as mc
+    from dp_accounting import rdp
+
+    if not any(s for _, s in steps):
+        return 0.0
+    if count_std > 0 and record_epsilon(1.0, count_std, delta, ()) >= epsilon:
+        raise UnikdError(f"fed.dp_count_std={count_std} alone spends epsilon >= {epsilon}; "
+                         f"raise it or the target epsilon")
+    try:
+        return float(mc.calibrate_dp_mechanism(
+            lambda: rdp.RdpAccountant(list(RDP_ORDERS)),
+            lambda z: record_event(z, count_std, steps), epsilon, delta,
+            mc.LowerEndpointAndGuess(0.3, 1.0), tol=1e-3))
+    except Exception as err:  # dp-accounting raises plain ValueErrors on an impossible target
+        raise UnikdError(f"cannot calibrate record-level DP noise for epsilon {epsilon}, delta "
+                         f"{delta} over {steps}: {err}") from None
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    """Record-level DP of a run: one multiplier z for every node, each node accounted alone.
+
+    z is calibrated for the largest sampling rate (the smallest released count), so every node
+    meets the target; `spent` reports each node's own epsilon with its own rates.
+    """
+
+    clip: float
+    epsilon: float
+    delta: float
+    count_std: float
+    noise_multiplier: float
+    counts: dict[int, int]  # released (noisy) window count per client id
+    teacher_batch: int
+    student_batch: int
+    teacher_steps: int  # planned DP-SGD steps per node
+    student_steps: int
+    mode: str = "record"
+
+    def rates(self, client: int) -> tuple[float, float]:
+        from shared.dp_sgd import sampling_rate
+
+        n = self.counts[client]
+        return sampling_rate(self.teacher_batch, n), sampling_rate(self.student_batch, n)
+
+    def spent(self, client: int, teacher_steps: int, student_steps: int) -> float:
+        qt, qs = self.rates(client)
+        return record_epsilon(self.noise_multiplier, self.count_std, self.delta,
+                              ((qt, teacher_steps), (qs, student_steps)))
+
+
+def plan_record_privacy(cfg: RunConfig, counts: dict[int, int], teacher_steps: int,
+                        student_steps: int) -> RecordPlan:
+    """Calibrate z for (eps, delta) over the planned teacher and student steps of every node."""
+    f = cfg.fed
+    from shared.dp_sgd import sampling_rate
+
+    n_min = min(counts.values())
+    steps = ((sampling_rate(cfg.teacher.batch_size, n_min), teacher_steps),
+             (sampling_rate(cfg.distill.batch_size, n_min), student_steps))
+    z = calibrate_record_noise(f.dp_epsilon, f.dp_delta, f.dp_count_std, steps)
+    plan = RecordPlan(f.dp_clip, f.dp_epsilon, f.dp_delta, f.dp_count_std, z, dict(counts),
+                      cfg.teacher.batch_size, cfg.distill.batch_size, teacher_steps,
+                      student_steps)
+    log.info("DP record: clip %.3g, noise multiplier %.4f for (eps %.3g, delta %.1e) over %d "
+             "teacher + %d student steps per node (q <= %.4f / %.4f)", f.dp_clip, z,
+             f.dp_epsilon, f.dp_delta, teacher_steps, student_steps, steps[0][0], steps[1][0])
+    if f.dp_count_std <= 0:
+        log.warning("fed.dp_count_std=0: window counts are released exactly and are outside "
+                    "the accounting (treated as public)")
+    if f.aggregator != "mean":
+        log.warning("DP with aggregator %s: fine for record DP (post-processing of noisy "
+                    "updates), but the filter sees individual noisy updates", f.aggregator)
+    return plan
+
+
+def record_aggregate(updates: list[ClientUpdate], plan: RecordPlan) -> list[ClientUpdate]:
+    """Updates weighted by the released counts, without BN statistics (source-only BN)."""
+    return [ClientUpdate(u.client, plan.counts.get(u.client, 1),
+                         {**{k: u.arrays[k] for k in wire.GRAD_KEYS}, wire.STUDENT_BN: {}},
+                         u.metrics) for u in updates]
+
+
+class RecordLedger:
+    """Epsilon per client per round, over the teacher phase and then the student phase.
+
+    A node is charged for every round it was asked to train (it may have computed and replied
+    even if its reply was then lost): an upper bound on what it spent.
+    """
+
+    def __init__(self, plan: RecordPlan):
+        self.plan = plan
+        self.steps = {c: [0, 0] for c in plan.counts}
+        self.rows: list[dict] = []
+
+    def charge(self, phase: str, rnd: int, clients: list[int], steps: int) -> dict[int, float]:
+        i = 0 if phase == "teacher" else 1
+        spent = {}
+        for c in clients:
+            self.steps.setdefault(c, [0, 0])[i] += steps
+            eps = self.plan.spent(c, *self.steps[c])
+            qt, qs = self.plan.rates(c)
+            self.rows.append({"phase": phase, "round": rnd, "client": c, "epsilon": eps,
+                              "delta": self.plan.delta, "q": qt if i == 0 else qs,
+                              "noise_multiplier": self.plan.noise_multiplier,
+                              "teacher_steps": self.steps[c][0],
+                              "student_steps": self.steps[c][1]})
+            spent[c] = eps
+        return spent
+
+    def max_spent(self) -> float:
+        return max((r["epsilon"] for r in self.rows), default=0.0)
+
+
+# ---------------------------------------------------------------- the round loop's entry points
+
+
+def federated_teacher_rounds(cfg: RunConfig, n_src: int, n_trg: int) -> int:
+    """DANN teacher rounds the edges will train (0 with a checkpoint or a source-only teacher)."""
+    from shared.steps import steps_per_epoch
+
+    if cfg.teacher.checkpoint or cfg.fed.teacher_placement == "source-only":
+        return 0
+    t = cfg.teacher
+    return steps_per_epoch(n_src, n_trg, t.batch_size) * t.epochs * t.ensemble
+
+
+def plan_run_privacy(cfg: RunConfig, rounds: int, counts: dict[int, int], n_src: int
+                     ) -> tuple[PrivacyPlan | RecordPlan | None, RecordLedger | None]:
+    """The run's DP plan (None when fed.dp=off) and, for record DP, its epsilon ledger."""
+    if cfg.fed.dp != "record":
+        return plan_privacy(cfg, rounds), None
+    teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()))
+    plan = plan_record_privacy(cfg, counts, teacher, rounds * cfg.fed.local_steps)
+    return plan, RecordLedger(plan)
+
+
+def charge_round(ledger: RecordLedger | None, rnd: int, counts: dict[int, int],
+                 local_steps: int, phase: str = "unikd") -> None:
+    """Record DP: every node asked to train this round spent `local_steps` DP-SGD steps."""
+    if ledger is not None:
+        ledger.charge(phase, rnd, sorted(counts), local_steps)
+
+
+def replay_ledger(ledger: RecordLedger | None, teacher_rounds: int, student_rounds: int,
+                  local_steps: int) -> None:
+    """A resumed run's ledger: the teacher phase and the rounds before the checkpoint."""
+    if ledger is None:
+        return
+    clients = {c: 1 for c in ledger.plan.counts}
+    for r in range(1, teacher_rounds + 1):
+        charge_round(ledger, r, clients, 1, "teacher")
+    for r in range(1, student_rounds + 1):
+        charge_round(ledger, r, clients, local_steps)
+
+
+def train_records(plan) -> tuple[str, ...]:
+    """Records a train reply must carry: record DP sends no BN statistics at all."""
+    grads = (wire.STUDENT_GRAD, wire.D_F_GRAD, wire.D_D_GRAD)
+    return grads if getattr(plan, "mode", "") == "record" else (*grads, wire.STUDENT_BN)
+
+
+def dp_aggregate(updates: list[ClientUpdate], plan, ledger: RecordLedger | None, seed: int,
+                 rnd: int, applied_before: int, secure: bool = False
+                 ) -> tuple[list[ClientUpdate], dict]:
+    """What the cloud applies this round under DP, plus the round's DP columns.
+
+    `secure`: `updates` is the securely aggregated mean; under `central` the nodes clipped it and
+    added their noise shares themselves (distributed DP), so the cloud adds nothing.
+    """
+    if secure and plan.mode == "central":
+        return updates, {"dp_epsilon": plan.spent(releases(plan, rnd, applied_before)),
+                         "dp_noise_multiplier": plan.noise_multiplier,
+                         "dp_noise": "distributed (node shares)"}
+    if plan.mode == "record":
+        row = {"dp_epsilon": ledger.max_spent() if ledger else None,
+               "dp_noise_multiplier": plan.noise_multiplier}
+        return record_aggregate(updates, plan), row
+    agg, row = private_aggregate(updates, plan, seed, rnd)
+    row["dp_epsilon"] = plan.spent(releases(plan, rnd, applied_before))
+    row["dp_noise_multiplier"] = plan.noise_multiplier
+    return [agg], row

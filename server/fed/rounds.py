@@ -20,8 +20,10 @@ from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outlier
 from server.fed.cloud import Clock, Cloud, SourceData, load_source, target_w_mean
 from server.fed.ledger import Ledger
 from server.fed.teacher import setup_content, teacher_round_config
-from server.fed.privacy import (check_teacher_source, plan_privacy, private_aggregate,
-                            releases)
+from server.fed.secagg import secure_updates
+from server.fed.privacy import (charge_round, check_teacher_source, dp_aggregate,
+                                federated_teacher_rounds, plan_run_privacy, replay_ledger,
+                                train_records)
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
@@ -44,6 +46,7 @@ class FedResult:
     rejected: list[str] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
     wall_seconds: float = 0.0
+    privacy: object | None = None  # record DP: the per-client epsilon ledger (RecordLedger)
 
     @property
     def final(self) -> dict:
@@ -67,7 +70,8 @@ def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, r
 
 
 def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
-                       counts: dict[int, int], progress: bool, timeout: float | None):
+                       counts: dict[int, int], progress: bool, timeout: float | None,
+                       privacy=None):
     """The teacher to distil from, obtained without target windows ever reaching the cloud.
 
     A given checkpoint wins. Otherwise `source-only` trains on source data alone, and `edge` /
@@ -83,7 +87,8 @@ def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int
     from server.fed.teacher import federated_dann_teacher
 
     send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout)  # noqa: E731
-    return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress)
+    return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress,
+                                  privacy)
 
 
 def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -150,9 +155,9 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     source = load_source(cfg)
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     if not cfg.distill.target_kd and cfg.distill.cross_kd == "expected":
-        if cfg.fed.dp != "off":
+        if cfg.fed.dp != "off" or cfg.fed.secure_aggregation:
             raise UnikdError("distill.cross_kd=expected needs each client's mean w, which DP "
-                             "withholds; use distill.target_kd=true with fed.dp")
+                             "and secure aggregation withhold; use distill.target_kd=true there")
         log.info("distill.cross_kd=expected: the reference's cross-domain KD in expectation, "
                  "split between cloud and edges")
     elif not cfg.distill.target_kd:
@@ -162,24 +167,28 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     counts = query_counts(grid, cfg, source, nodes, timeout)
     ckpt = load_checkpoint(resume, cfg) if resume else None
-    teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
-               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout))
-    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
     n_trg = sum(counts.values())
-    cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
-                        cfg.distill.epochs)
-    total = cfg.fed.rounds or cloud.clock.total
+    clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
+                  cfg.distill.epochs)
+    total = cfg.fed.rounds or clock.total
     parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
-    dp_plan = plan_privacy(cfg, total)  # None when fed.dp=off
+    dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train))  # None: off
+    teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
+               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout,
+                                  dp_ledger))
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
+    cloud.clock = clock
     if hasattr(grid, "use_config_faults"):  # the in-process harness simulates the config's faults
         grid.use_config_faults(cfg.fed, cfg.seed)
     elif cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction:
         log.warning("fed.dropout/straggler_fraction/corrupt_fraction are simulated by the "
                     "in-process engine only; this Grid runs without injected faults")
-    result = FedResult(cloud)
+    result = FedResult(cloud, privacy=dp_ledger)
     first = 1
     if ckpt:
         first = restore(cloud, result, ckpt) + 1
+        replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg),
+                      first - 1, cfg.fed.local_steps)
         log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",
              len(nodes), n_trg, total, cloud.clock.steps_per_epoch, cloud.teacher_hash[:12],
@@ -198,11 +207,20 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
         src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
         cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
-        replies = _send(grid, nodes, contents, "train", rnd, timeout)
+        if cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
+            send = lambda ns, cs, t: _send(grid, ns, cs, t, rnd, timeout)  # noqa: E731
+            updates, replies, sa_row = secure_updates(send, nodes, contents, rnd, cfg.fed,
+                                                      cloud.up_shapes())
+            errors = []
+        else:
+            replies = _send(grid, nodes, contents, "train", rnd, timeout)
+            updates, errors = split_replies(replies, rnd, cloud.up_shapes(),
+                                            train_records(dp_plan))
+            sa_row = {}
+        charge_round(dp_ledger, rnd, counts, cfg.fed.local_steps)  # record DP: every node asked
         if len(replies) < len(nodes):
             log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
                         len(nodes))
-        updates, errors = split_replies(replies, rnd, cloud.up_shapes(), TRAIN_RECORDS)
         recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
         updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
         errors = [*errors, *outliers]
@@ -218,17 +236,17 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                 ev["mb_total"] = result.ledger.total_mb()
                 result.evals.append(ev)
             continue
-        dp_row: dict = {}
-        if dp_plan is not None:  # clipped, noised uniform mean; source-only BN statistics
-            agg, dp_row = private_aggregate(updates, dp_plan, cfg.seed, rnd)
-            dp_row["dp_epsilon"] = dp_plan.spent(releases(dp_plan, rnd, len(result.rounds)))
-            dp_row["dp_noise_multiplier"] = dp_plan.noise_multiplier
-            cloud.apply([agg], bn_before)
+        if dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
+            combined, dp_row = dp_aggregate(updates, dp_plan, dp_ledger, cfg.seed, rnd,
+                                            len(result.rounds), cfg.fed.secure_aggregation)
+            cloud.apply(combined, bn_before)
         else:
-            cloud.apply(robust_combine(updates, cfg.fed.aggregator), bn_before, rnd, src,
+            combined, dp_row = robust_combine(updates, cfg.fed.aggregator), {}
+            cloud.apply(combined, bn_before, rnd, src,
                         target_w_mean(updates) if "cross_kd" in src else None)
         row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
         row.update(dp_row)
+        row.update(sa_row)
         row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
         result.ledger.add_round(rnd, contents, replies)
         row.update(result.ledger.round_totals(rnd))

@@ -13,7 +13,8 @@ import torch
 from flwr.app import RecordDict
 from tqdm import tqdm
 
-from server.fed.aggregate import add_grads, compose_bn, split_replies, weighted_mean
+from server.fed.aggregate import (ClientUpdate, add_grads, compose_bn, split_replies,
+                                  weighted_mean)
 from server.fed.cloud import SourceData, sim_setup
 from server.central.teacher import TEACHER_BETAS, member_seed
 from shared.protocol import wire
@@ -32,12 +33,15 @@ RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
 def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int, epoch: int,
                          step: int, alpha: float, phase: str = "teacher") -> RoundConfig:
     """A teacher pre-training round (or, with phase "query", the round-0 count query)."""
-    t = cfg.teacher
+    t, f = cfg.teacher, cfg.fed
+    record = f.dp == "record"  # record DP: the query releases a noisy count, rounds run DP-SGD
     return RoundConfig(
         round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
         local_steps=1, seed=seed, batch_size=t.batch_size, temperature=1.0, lam_ce=t.w_cls,
         lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
-        bn_policy="averaged", dataset=source.spec.name, phase=phase)
+        bn_policy="averaged", dataset=source.spec.name, phase=phase,
+        dp_mode="record" if record else "off", dp_clip=f.dp_clip if record else 0.0,
+        dp_count_std=f.dp_count_std if record else 0.0)
 
 
 def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> RecordDict:
@@ -48,7 +52,11 @@ def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> Record
 
 
 def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
-                          n_trg: int, seed: int, progress: bool):
+                          n_trg: int, seed: int, progress: bool, privacy=None,
+                          first_round: int = 1):
+    """One DANN teacher. `privacy` (a RecordLedger, record DP only): the nodes run per-window
+    DP-SGD, send no BN statistics, are weighted by their released counts and charged per round;
+    `first_round` numbers the rounds of this member in that ledger."""
     tcfg, spec = cfg.teacher, source.spec
     seed_init(seed, what=100)  # as train_dann_teacher
     teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
@@ -65,13 +73,21 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
                     disable=None if progress else True, dynamic_ncols=True):
         epoch, step = (rnd - 1) // spe + 1, (rnd - 1) % spe
         alpha = grl_alpha(training_progress(step, epoch, spe, tcfg.epochs, cfg.distill.grl_ramp))
-        content = setup_content(cfg, source, teacher_round_config(cfg, source, seed, rnd, epoch,
-                                                                 step, alpha))
+        rc = teacher_round_config(cfg, source, seed, rnd, epoch, step, alpha)
+        if privacy is not None:
+            rc.dp_noise = privacy.plan.noise_multiplier
+        content = setup_content(cfg, source, rc)
         content[wire.TEACHER_TRAIN] = to_record(teacher.state_dict())
         content[wire.TEACHER_DISC] = to_record(disc.state_dict())
         before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
         replies = send(grid, nodes, {n: content for n in nodes}, "train.teacher", rnd)
-        updates, _ = split_replies(replies, rnd, shapes, RECORDS)
+        if privacy is not None:  # every node asked may have spent a step
+            privacy.charge("teacher", first_round + rnd - 1, sorted(privacy.plan.counts), 1)
+        updates, _ = split_replies(replies, rnd, shapes,
+                                   RECORDS[:2] if privacy is not None else RECORDS)
+        if privacy is not None:  # weights: the released counts; no BN statistics from nodes
+            updates = [ClientUpdate(u.client, privacy.plan.counts.get(u.client, 1),
+                                    {**u.arrays, wire.TEACHER_BN: {}}, {}) for u in updates]
         if len(updates) < cfg.fed.min_clients:  # nothing moves, BN statistics included
             log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
                         len(updates))
@@ -96,8 +112,11 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
 
 
 def federated_dann_teacher(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
-                           n_trg: int, progress: bool = True):
+                           n_trg: int, progress: bool = True, privacy=None):
+    per_member = steps_per_epoch(len(source.train), n_trg, cfg.teacher.batch_size) \
+        * cfg.teacher.epochs
     members = [federated_dann_member(grid, send, cfg, source, nodes, n_trg,
-                                     member_seed(cfg.seed, k), progress)
+                                     member_seed(cfg.seed, k), progress, privacy,
+                                     1 + k * per_member)
                for k in range(cfg.teacher.ensemble)]
     return members[0] if len(members) == 1 else TeacherEnsemble(members)

@@ -9,10 +9,15 @@ from torch import nn
 class GradReverse(torch.autograd.Function):
     """Identity going forward; multiplies the incoming gradient by -alpha going backward."""
 
+    generate_vmap_rule = True  # per-window gradients (torch.func.vmap) pass through it
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.alpha = alpha
+    def forward(x: torch.Tensor, alpha: float) -> torch.Tensor:  # type: ignore[override]
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.alpha = inputs[1]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]

@@ -87,6 +87,10 @@ class RoundConfig:
     dp_mode: str = "off"  # client-level DP: off | central | local (local: the node noises)
     dp_clip: float = 0.0
     dp_noise: float = 0.0  # noise multiplier z
+    dp_count_std: float = 0.0  # record DP: std of the noise on the node's released window count
+    secagg: bool = False  # secure aggregation: the train reply carries public keys only
+    secagg_clip: float = 0.0  # L2 bound the node clips its update to before masking
+    secagg_bits: int = 24  # fixed-point bits per clip unit in Z_{2^64}
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(dataclasses.asdict(self))

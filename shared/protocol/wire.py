@@ -37,6 +37,26 @@ TEACHER_DISC_GRAD = "teacher-disc.grad"
 TEACHER_BN = "teacher.bn"
 METRICS = "metrics"
 
+# ---- secure aggregation (fed.secure_aggregation; server/fed/secagg.py, client/node/secagg.py)
+# Stage 0 is the `train` message itself: the node computes its update, keeps it, and replies
+# with two X25519 public keys instead of any gradient. Then three more exchanges:
+SECAGG_SHARES_TYPE = "train.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
+SECAGG_MASK_TYPE = "train.secagg_mask"  # down: the shares addressed to the node; up: masked vector
+SECAGG_UNMASK_TYPE = "train.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
+SECAGG_CONFIG = "secagg.config"  # down ConfigRecord: round, threshold, participant/survivor sets
+SECAGG_PEERS = "secagg.peers"  # down: "<node>.c_pk" / "<node>.s_pk" (uint8[32]) per participant
+SECAGG_INBOX = "secagg.inbox"  # down: "from.<node>" ciphertexts addressed to this node
+SECAGG_KEYS = "secagg.keys"  # up: "c_pk", "s_pk" (uint8[32]): share-encryption and mask keys
+SECAGG_SHARES = "secagg.shares"  # up: "to.<node>" (uint8[SHARE_CIPHER_BYTES]) per peer
+SECAGG_MASKED = "secagg.masked"  # up: "y" (uint64[d]): the masked, quantised update
+SECAGG_UNMASK = "secagg.unmask"  # up: "b.<node>" (survivor's self-mask share) or "sk.<node>"
+#   (dropped node's mask-key share), uint8[32], never both for one node
+KEY_BYTES, SHARE_BYTES = 32, 32  # X25519 key; one Shamir share of a 32-byte secret
+SHARE_CIPHER_BYTES = 12 + 2 * SHARE_BYTES + 16  # AES-GCM nonce + (b share, sk share) + tag
+SECAGG_DTYPES = {SECAGG_KEYS: "uint8", SECAGG_SHARES: "uint8", SECAGG_MASKED: "uint64",
+                 SECAGG_UNMASK: "uint8"}
+SECAGG_METRICS = frozenset({"client-id", "round"})
+
 GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
 GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records together
 
@@ -102,7 +122,28 @@ def check_outgoing(content: RecordDict, shapes: dict[str, dict[str, tuple[int, .
             if tuple(arr.shape) != allowed[name]:
                 raise WireViolation(f"array '{key}/{name}' has shape {list(arr.shape)}, "
                                     f"the manifest allows {list(allowed[name])}")
+            if key in SECAGG_DTYPES:
+                if arr.dtype != SECAGG_DTYPES[key]:
+                    raise WireViolation(f"array '{key}/{name}' has dtype {arr.dtype}; the "
+                                        f"protocol sends {SECAGG_DTYPES[key]}")
+                continue
             counter = name.endswith("num_batches_tracked")
             if arr.dtype != ("int64" if counter else "float32"):
                 raise WireViolation(f"array '{key}/{name}' has dtype {arr.dtype}; only BN "
                                     f"counters are int64, everything else float32")
+
+
+def expected_secagg_shapes(record: str, peers: list[int] = (), length: int = 0
+                           ) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Exact upward shapes of one secure-aggregation stage: nothing sized by the data."""
+    if record == SECAGG_KEYS:
+        names = {"c_pk": (KEY_BYTES,), "s_pk": (KEY_BYTES,)}
+    elif record == SECAGG_SHARES:
+        names = {f"to.{p}": (SHARE_CIPHER_BYTES,) for p in peers}
+    elif record == SECAGG_MASKED:
+        names = {"y": (length,)}
+    elif record == SECAGG_UNMASK:
+        names = {f"{kind}.{p}": (SHARE_BYTES,) for p in peers for kind in ("b", "sk")}
+    else:
+        raise WireViolation(f"'{record}' is not a secure-aggregation record")
+    return {record: names}

@@ -1,0 +1,149 @@
+"""Record-level DP on the edge (`fed.dp: record`): per-window DP-SGD for UNI-KD and DANN rounds.
+
+Every local step is one DP-SGD step of shared/dp_sgd.py over the node's private windows:
+Poisson batch with rate q = B / ñ, per-window gradients of the target-side loss over student,
+adapter, D_f and D_d together (one clipping bound C), BatchNorm frozen at the statistics the
+cloud sent, N(0, (z C)^2) on the sum, divided by the expected batch size. The federated DANN
+teacher's target half gets the same treatment over teacher + discriminator parameters.
+
+What leaves the node under record DP: the noisy gradients (post-processing of the DP-SGD
+steps), the released window count ñ (noised once, accounted) and the round's bookkeeping
+(client id, round, local steps). No BN statistics, no losses, no w_mean.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from shared.dp_sgd import (PHASE_TEACHER, PHASE_UNIKD, PURPOSE_COUNT, PURPOSE_DP_NOISE,
+                           PURPOSE_POISSON, dp_generator, dp_sgd_gradient, frozen_bn,
+                           noisy_count, sampling_rate)
+from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
+                           target_terms)
+from shared.models import CNN1d, DomainDisc
+from shared.protocol.records import RoundConfig
+from shared.seeding import client_stream
+from shared.steps import seed_side
+
+Grads = dict[str, dict[str, torch.Tensor]]
+SECRET_KEY = "dp-secret"  # context.state ConfigRecord key of the node's noise secret
+COUNT_KEY = "dp-count"  # context.state ConfigRecord key of the node's released window count
+
+
+def node_secret(node_config: dict, state) -> bytes | None:
+    """The node's private randomness key; None (reproducible draws) only if the node config
+    says `dp-reproducible` (the in-process simulation, where cloud and nodes share a process)."""
+    if node_config.get("dp-reproducible"):
+        return None
+    if SECRET_KEY not in state:
+        from flwr.app import ConfigRecord
+
+        state[SECRET_KEY] = ConfigRecord({"hex": os.urandom(32).hex()})
+    return bytes.fromhex(str(state[SECRET_KEY]["hex"]))
+
+
+def released_count(n: int, rc: RoundConfig, client: int, secret: bytes | None,
+                   state=None) -> int:
+    """ñ = n + round(N(0, s^2)): the only form of the window count that leaves the node.
+
+    Drawn once (the round-0 query) and kept in `state`, so every later round and phase reuses
+    the same released value: repeating it releases nothing new, and the node's Poisson rate
+    B / ñ is the one the cloud accounts for.
+    """
+    if state is not None and COUNT_KEY in state:
+        return int(state[COUNT_KEY]["count"])
+    gen = dp_generator(rc.seed, client_stream(client), 0, PURPOSE_COUNT, secret)
+    count = noisy_count(n, rc.dp_count_std, gen)
+    if state is not None:
+        from flwr.app import ConfigRecord
+
+        state[COUNT_KEY] = ConfigRecord({"count": count})
+    return count
+
+
+class TargetLoss(nn.Module):
+    """The UNI-KD target-side loss of a batch, as a module (torch.func needs one)."""
+
+    def __init__(self, nets: UniKDNets, sched: StepSchedule, hp: KDHparams):
+        super().__init__()
+        self.nets, self.sched, self.hp = nets, sched, hp
+
+    def forward(self, x: torch.Tensor, feat: torch.Tensor | None = None,
+                logits: torch.Tensor | None = None) -> torch.Tensor:
+        teacher = TeacherOut(feat, logits) if feat is not None else None
+        return target_terms(self.nets, x, teacher, self.sched, self.hp)["loss"]
+
+
+class DannTargetLoss(nn.Module):
+    """The target half of the DANN domain loss, as a module."""
+
+    def __init__(self, teacher: CNN1d, disc: DomainDisc, alpha: float, w_dom: float):
+        super().__init__()
+        self.teacher, self.disc, self.alpha, self.w_dom = teacher, disc, alpha, w_dom
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dann_target_terms(self.teacher, self.disc, x, self.alpha, self.w_dom)["loss"]
+
+
+def _wire_groups(flat: dict[str, torch.Tensor]) -> Grads:
+    """'nets.student.X' -> student/'student.X', 'nets.d_f.X' -> d_f/'X' (wire names)."""
+    out: Grads = {"student": {}, "d_f": {}, "d_d": {}}
+    for name, g in flat.items():
+        _, member, rest = name.split(".", 2)
+        if member in ("student", "adapter"):
+            out["student"][f"{member}.{rest}"] = g
+        else:
+            out[member][rest] = g
+    return out
+
+
+def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, client: int,
+             secret: bytes | None, released: int, phase: int, sub: int
+             ) -> dict[str, torch.Tensor]:
+    q = sampling_rate(rc.batch_size, released)
+    stream, purpose = client_stream(client), 16 * (2 * sub + phase)
+    grads, _ = dp_sgd_gradient(
+        loss, data, q, rc.dp_clip, rc.dp_noise, q * released,
+        dp_generator(rc.seed, stream, rc.global_step, PURPOSE_POISSON + purpose, secret),
+        dp_generator(rc.seed, stream, rc.global_step, PURPOSE_DP_NOISE + purpose, secret),
+        before_forward=lambda: seed_side(rc.seed, stream, rc.global_step, sub=sub))
+    return grads
+
+
+def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
+                       rc: RoundConfig, client: int, secret: bytes | None, released: int
+                       ) -> Grads:
+    """K DP-SGD steps on the target terms; returns the mean noisy gradient (pseudo-gradient)."""
+    loss = TargetLoss(nets, rc.schedule, rc.hparams)
+    data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
+    params = dict(loss.named_parameters())
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    nets.train()
+    with frozen_bn(nets):
+        for j in range(rc.local_steps):
+            g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
+            with torch.no_grad():
+                for k, p in params.items():
+                    total[k] += g[k]
+                    if j < rc.local_steps - 1:
+                        p -= rc.lr * g[k]  # local SGD on the noisy gradient (post-processing)
+    return _wire_groups({k: v / rc.local_steps for k, v in total.items()})
+
+
+def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: RoundConfig,
+                      client: int, secret: bytes | None, released: int,
+                      w_dom: float = 1.0) -> Grads:
+    """One DP-SGD step on the DANN target half; gradients for `teacher` and `disc`."""
+    loss = DannTargetLoss(teacher, disc, rc.alpha, w_dom)
+    teacher.train()
+    disc.train()
+    with frozen_bn(teacher):
+        g = _dp_step(loss, (x,), rc, client, secret, released, PHASE_TEACHER, 0)
+    out: Grads = {"teacher": {}, "disc": {}}
+    for name, t in g.items():
+        member, rest = name.split(".", 1)
+        out[member][rest] = t
+    return out

@@ -1,0 +1,144 @@
+"""Record-level DP-SGD maths (one *window* is the protected unit), used by the edge trainers.
+
+One DP-SGD step on a node holding n windows, with released (noisy) count ñ and expected batch B:
+
+1. Poisson sampling: every window joins the batch independently with rate q = min(1, B / ñ),
+   drawn from a generator the cloud cannot reproduce (see `dp_generator`);
+2. per-window gradients of the node's loss over *every* trained parameter at once (student,
+   adapter, D_f and D_d; or the DANN teacher and its discriminator), with BatchNorm frozen in
+   eval mode at the statistics the cloud sent, so no window influences another's gradient;
+3. each window's gradient is clipped to L2 norm <= C (one bound over all parameters together);
+4. the clipped gradients are summed, N(0, (z C)^2) is added to every coordinate, and the sum is
+   divided by the *expected* batch size q ñ (a public constant, not the realised batch size).
+
+The accountant (server/fed/privacy.py) composes a Poisson-subsampled Gaussian with rate q and
+multiplier z for every such step. The count ñ = n + round(N(0, s^2)) is released once and is
+itself a Gaussian mechanism of sensitivity 1 in the same ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from shared.seeding import seed_for
+
+# Purposes for seeding: DP draws never share a stream with batches, dropout or init.
+PURPOSE_POISSON, PURPOSE_DP_NOISE, PURPOSE_COUNT = 40, 41, 42
+PHASE_UNIKD, PHASE_TEACHER = 0, 1  # mixed into the purpose: the two phases never share draws
+
+
+def dp_generator(seed: int, stream: int, step: int, purpose: int, secret: bytes | None
+                 ) -> torch.Generator:
+    """A generator per (seed, stream, step, purpose), keyed by the node's secret when it has one.
+
+    Without a secret the draws are a function of the run seed, which the cloud knows: fine for
+    reproducible simulations, worthless as privacy against the cloud. A deployed node mixes in
+    a secret the cloud never sees, so neither the sampled windows nor the noise can be
+    recomputed and subtracted.
+    """
+    base = seed_for(seed, stream, step, purpose)
+    if secret:
+        digest = hashlib.sha256(secret + base.to_bytes(8, "little")).digest()
+        base = int.from_bytes(digest[:8], "little") >> 1
+    g = torch.Generator()
+    g.manual_seed(base)
+    return g
+
+
+def sampling_rate(expected_batch: int, released_count: int) -> float:
+    """Poisson rate q = B / ñ (capped at 1): a function of public values only."""
+    return min(1.0, expected_batch / max(released_count, 1))
+
+
+def noisy_count(n: int, std: float, gen: torch.Generator) -> int:
+    """n + round(N(0, std^2)), at least 1 (rounding and the floor are post-processing)."""
+    if std <= 0:
+        return max(n, 1)
+    return max(1, int(round(n + float(torch.randn((), generator=gen, dtype=torch.float64)) * std)))
+
+
+def poisson_batch(n: int, q: float, gen: torch.Generator) -> torch.Tensor:
+    """Indices of the windows that join this step's batch, each independently with rate q."""
+    return torch.nonzero(torch.rand(n, generator=gen, dtype=torch.float64) < q).flatten()
+
+
+@contextmanager
+def frozen_bn(module: nn.Module) -> Iterator[None]:
+    """BatchNorm in eval mode (running statistics as received, never updated); dropout as is."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in bns]
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was in zip(bns, modes):
+            m.train(was)
+
+
+def per_sample_grads(loss_module: nn.Module, batch: tuple[torch.Tensor, ...]
+                     ) -> dict[str, torch.Tensor]:
+    """{parameter name: [B, *shape]}: the gradient of `loss_module(*one_window)` per window.
+
+    `loss_module.forward` takes one-window batches (leading dim 1) and returns a scalar loss.
+    Dropout masks differ per window (`randomness="different"`), drawn from the global torch RNG.
+    """
+    params = {k: p.detach() for k, p in loss_module.named_parameters()}
+    buffers = dict(loss_module.named_buffers())
+
+    def one(p: dict[str, torch.Tensor], *sample: torch.Tensor) -> torch.Tensor:
+        return functional_call(loss_module, (p, buffers), tuple(s.unsqueeze(0) for s in sample))
+
+    dims = (None, *([0] * len(batch)))
+    return vmap(grad(one), in_dims=dims, randomness="different")(params, *batch)
+
+
+def per_sample_norms(per_sample: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[B]: each window's gradient norm over all parameters together."""
+    sq = sum(g.flatten(1).double().pow(2).sum(1) for g in per_sample.values())
+    return torch.as_tensor(sq).sqrt()
+
+
+def clipped_sum(per_sample: Mapping[str, torch.Tensor], clip: float
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(sum_i g_i * min(1, C / ||g_i||), the norms before clipping)."""
+    norms = per_sample_norms(per_sample)
+    factor = (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
+    out = {k: torch.einsum("b,b...->...", factor.to(g.dtype), g) for k, g in per_sample.items()}
+    return out, norms
+
+
+def noisy_mean(summed: Mapping[str, torch.Tensor], std: float, expected_batch: float,
+               gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """(sum + N(0, std^2)) / expected batch, noise drawn in sorted-name order."""
+    out = {}
+    for k in sorted(summed):
+        t = summed[k]
+        noise = torch.randn(t.shape, generator=gen, dtype=torch.float64) * std if std > 0 else 0.0
+        out[k] = ((t.double() + noise) / expected_batch).to(t.dtype)
+    return out
+
+
+def dp_sgd_gradient(loss_module: nn.Module, data: tuple[torch.Tensor, ...], q: float,
+                    clip: float, z: float, expected_batch: float,
+                    sample_gen: torch.Generator, noise_gen: torch.Generator,
+                    before_forward: Callable[[], None] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], int]:
+    """One DP-SGD gradient over `data` (tensors indexed by window): (gradient by name, batch size).
+
+    An empty Poisson batch still releases noise: the output's distribution must not reveal it.
+    """
+    idx = poisson_batch(len(data[0]), q, sample_gen)
+    if before_forward is not None:
+        before_forward()
+    if len(idx):
+        summed, _ = clipped_sum(per_sample_grads(loss_module, tuple(d[idx] for d in data)), clip)
+    else:
+        summed = {k: torch.zeros_like(p) for k, p in loss_module.named_parameters()}
+    return noisy_mean(summed, z * clip, expected_batch, noise_gen), len(idx)
