@@ -145,7 +145,7 @@ def test_config_show_lists_every_key_with_its_default_and_value(tmp_path, capsys
     assert len(shown) == len(rows(RunConfig, RunConfig()))
     assert shown["seed"]["value"] == 5 and shown["seed"]["default"] == 0
     assert shown["fed.clients"]["value"] == 7 and shown["fed.clients"]["type"] == "int"
-    assert shown["fed.dp"]["type"] == "off|central|local"
+    assert shown["fed.dp"]["type"] == "off|central|local|record"
     assert shown["distill.lr"]["range"] == [0.0, 1.0]
     leaves = {f"{s}.{f}" for s in ("data", "teacher", "distill", "fed")
               for f in RunConfig.__dataclass_fields__[s].default_factory.__dataclass_fields__}

@@ -48,9 +48,9 @@ def test_pseudo_gradient_is_the_mean_gradient_along_the_sgd_path(k, monkeypatch)
     rc = round_config(k)
     calls = []  # (state at the call, batch, teacher batch, RNG state) for each local step
 
-    def recording(n, xb, tb, schedule, hparams):
+    def recording(n, xb, tb, schedule, hparams, **kw):
         calls.append((copy.deepcopy(n.state_dict()), xb.clone(), tb, torch.get_rng_state()))
-        return target_terms(n, xb, tb, schedule, hparams)
+        return target_terms(n, xb, tb, schedule, hparams, **kw)
 
     monkeypatch.setattr(target_side, "target_terms", recording)
     start = copy.deepcopy(nets.state_dict())
