@@ -90,14 +90,18 @@ def warm_up() -> None:
 def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check) -> int:
     """In the forked child: Flower's ClientApp runner for this one task; never returns."""
     code = 1
+
+    def check_and_say(*bundle) -> str | None:
+        why = bundle_check(*bundle)
+        if why is not None:  # Flower then logs the refusal as a ClientApp exception, too
+            log.error("task %d of run %d refused: %s", task_id, run_id, why)
+        return why
+
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # run_clientapp installs its own handlers
-        flower_internals.run_clientapp_checked(address, token, os.getppid(), bundle_check)
+        flower_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say)
         code = 0
-    except flower_internals.AppRefused as why:
-        log.error("task %d of run %d refused: %s", task_id, run_id, why)
-        code = 3
     except SystemExit as done:  # Flower ends its task process with sys.exit
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except BaseException:  # a crash: the SuperNode sends an error reply when the token expires
@@ -121,8 +125,8 @@ class Executor:
             if done:
                 task = self.children.pop(pid)
                 code = os.waitstatus_to_exitcode(status)
-                if code not in (0, 3):
-                    log.warning("task %d ended with exit code %d", task, code)
+                if code != 0:  # a refusal or a ClientApp error: its reason is logged above
+                    log.info("task %d ended with exit code %d", task, code)
 
     def launch(self, token: str, task_id: int, run_id: int) -> None:
         sys.stdout.flush()

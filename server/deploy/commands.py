@@ -219,6 +219,9 @@ def app_keygen_cmd(args: argparse.Namespace) -> int:
     from shared.app_signing import generate_key
 
     pub = generate_key(Path(args.path), overwrite=args.force)
+    if args.pub_out:  # a second copy where the edges' public files are collected
+        Path(args.pub_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.pub_out).write_bytes(pub.read_bytes())
     print(f"app signing key {args.path} (mode 600: keep it on your machine, off the cloud)\n"
           f"public key {pub}: copy it to every edge (`unikd edge --app-key {pub.name}`)")
     return 0
@@ -301,6 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = asub.add_parser("keygen", allow_abbrev=False, help="an Ed25519 app-signing key pair")
     k.add_argument("path", help="private key file (0600); PATH.pub gets the public key")
     k.add_argument("--force", action="store_true")
+    k.add_argument("--pub-out", metavar="FILE", help="also write the public key here")
     k.set_defaults(func=app_keygen_cmd)
     g = asub.add_parser("sign", allow_abbrev=False,
                         help="sign the bundle `flwr run` builds from an app folder")
