@@ -146,9 +146,10 @@ def test_unsigned_and_foreign_signed_bundles_are_refused_on_the_edges(secure, tm
     overrides = config_overrides(None, ONE_ROUND + [f"teacher.checkpoint={secure.teacher}"])
     home = secure.cloud.cfg.state_dir / "cli-home"
     installs = [e.output().count("Successfully installed") for e in secure.edges]
+    mallory = FlwrCli(secure.cloud.cfg.control_address, secure.cloud.cfg.ca, home,
+                      sign_key=tmp_path / "mallory.key")  # signs with a key edges do not trust
     for cli, why in ((secure.cli, "the run carries no app signature"),
-                     (FlwrCli(secure.cloud.cfg.control_address, secure.cloud.cfg.ca, home,
-                              sign_key=tmp_path / "mallory.key"), "the app signature does not verify")):
+                     (mallory, "the app signature does not verify")):
         res = submit(cli, overrides, tmp_path / "runs", timeout=300)
         assert res.status == "finished:failed", res
         server_log = (res.run_dir / "server.log").read_text()
