@@ -30,6 +30,7 @@ from client.node.local_data import simulated_split  # noqa: E402
 from server.deploy.certs import make_node_key  # noqa: E402
 from server.deploy.superlink import (CloudConfig, config_overrides, start_cloud,  # noqa: E402
                                      submit)
+from shared.app_signing import generate_key as generate_app_key  # noqa: E402
 from shared.processes import free_port, group_members  # noqa: E402
 from shared.metrics import median
 from shared.config import load_config  # noqa: E402
@@ -50,16 +51,19 @@ def edge_data(root: Path, client: int, clients: int, overrides: list[str]) -> Pa
 def deployed(root: Path, overrides: list[str], clients: int) -> dict:
     t0 = time.perf_counter()
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                    names=["localhost", "127.0.0.1"]))
-    edges, groups = [], [cloud.superlink.pid]
+                                    link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                    dev_certs=True))
+    edges, groups = [], list(cloud.groups)
+    app_pub = generate_app_key(root / "app.key")
     try:
-        cli = cloud.cli()
+        cli = cloud.cli(sign_key=root / "app.key")
         for i in range(clients):
             priv, pub = make_node_key(cloud.cfg.certs, f"edge-{i}")
             cli.register(pub, f"edge-{i}")
             e = start_edge(EdgeConfig(cloud.address, edge_data(root, i, clients, overrides),
                                       ca=cloud.cfg.paths.ca_crt, key=priv, client_id=i,
-                                      port=free_port(), home=root / f"edge-{i}"),
+                                      port=free_port(), home=root / f"edge-{i}",
+                                      app_key=app_pub),
                            root / f"edge-{i}.log")
             edges.append(e)
             groups.append(e.pid)

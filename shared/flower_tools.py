@@ -35,3 +35,21 @@ def flwr_env(flwr_home: Path | None = None, extra: dict | None = None) -> dict[s
         env["FLWR_HOME"] = str(flwr_home)
     env.update(extra or {})
     return env
+
+
+# What a cloud process inherits from the operator's shell; nothing else (no tokens, no proxies,
+# no cloud credentials that happen to be exported there).
+MINIMAL_ENV_KEYS = ("HOME", "LANG", "LC_ALL", "PYTHONPATH")
+
+
+def minimal_env(flwr_home: Path | None = None, extra: dict | None = None) -> dict[str, str]:
+    """PATH (this Python's bin/ first, so Flower finds flower-superexec), HOME, LANG,
+    PYTHONPATH if set, and our FLWR_* settings; not the caller's whole environment."""
+    env = {k: os.environ[k] for k in MINIMAL_ENV_KEYS if k in os.environ}
+    path = [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
+    env["PATH"] = os.pathsep.join(path)
+    env.update(FLWR_ENV)
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra or {})
+    return env

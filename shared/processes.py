@@ -125,22 +125,35 @@ def die_with_parent() -> None:
         pass
 
 
-def child_preexec():
-    """The preexec_fn for children that must die with us, where that is safe (else None)."""
-    return die_with_parent if pdeathsig_ok() else None
+def child_preexec(umask: int | None = None):
+    """The preexec_fn for children that must die with us, where that is safe (else None);
+    with `umask`, the child (and everything it starts) also creates files with that mask."""
+    dies = pdeathsig_ok()
+    if umask is None:
+        return die_with_parent if dies else None
+
+    def _pre() -> None:
+        os.umask(umask)
+        if dies:
+            die_with_parent()
+
+    return _pre
 
 
 def start_group(name: str, cmd: list[str], log_path: Path | None, env: dict[str, str],
-                cwd: Path | None = None) -> ProcessGroup:
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+                cwd: Path | None = None, umask: int | None = None) -> ProcessGroup:
+    out: int | object = subprocess.DEVNULL
+    if log_path is not None:  # created owner-only when a umask is asked for
+        out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                      0o600 if umask is not None else 0o644)
     try:
         popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                  cwd=str(cwd) if cwd else None, start_new_session=True,
                                  stdin=subprocess.DEVNULL,
-                                 preexec_fn=child_preexec())
+                                 preexec_fn=child_preexec(umask))
     finally:
         if log_path is not None:
-            out.close()  # the child holds its own descriptor
+            os.close(out)  # type: ignore[arg-type]  # the child holds its own descriptor
     log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
     return ProcessGroup(name, popen, log_path)
 

@@ -26,6 +26,7 @@ from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, node_co
 from server.deploy.certs import describe, init_all, make_ca, make_node_key
 from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
                                      start_cloud, submit, superlink_command)
+from shared.app_signing import generate_key as generate_app_key
 from shared.processes import ProcessGroup, free_port, group_members, start_group
 from shared.config import load_config
 from shared.errors import UnikdError
@@ -85,7 +86,7 @@ def test_superlink_defaults_are_secure_and_insecure_drops_auth(tmp_path):
 def test_cloud_makes_its_certificates_once_and_refuses_a_broken_folder(tmp_path):
     from server.deploy.superlink import ensure_certs
 
-    cfg = CloudConfig(tmp_path / "state", names=["cloud.lan"])
+    cfg = CloudConfig(tmp_path / "state", names=["cloud.lan"], dev_certs=True)
     made = ensure_certs(cfg)
     assert made == [str(cfg.paths.ca_crt), str(cfg.paths.server_crt)]
     assert {"cloud.lan", "localhost", "127.0.0.1"} <= set(describe(cfg.certs)["server"]["names"])
@@ -113,7 +114,8 @@ def test_edge_refuses_a_setup_that_can_only_fail_later(tmp_path, make_domain_fil
     generate_key(key)
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
-    ok = EdgeConfig("cloud:8000", tmp_path / "one", ca=ca, key=key, client_id=2)
+    ok = EdgeConfig("cloud:8000", tmp_path / "one", ca=ca, key=key, client_id=2,
+                    app_key=generate_app_key(tmp_path / "op.key"))
     assert validate(ok) == "3"
     assert node_config(ok, "3") == f'data-path="{tmp_path / "one"}" domain="3" partition-id=2'
     cmd = supernode_command(ok)
@@ -205,7 +207,8 @@ def test_cloud_command_insecure_warns_and_stops_cleanly(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "cloud", "--insecure", "--host", "127.0.0.1",
-         "--port", str(port), "--state-dir", str(tmp_path / "state")],
+         "--port", str(port), "--link-port", str(free_port()), "--state-dir",
+         str(tmp_path / "state")],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     try:
@@ -282,14 +285,17 @@ def deployment(tmp_path_factory):
     dep = None
     try:
         cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                        names=["localhost", "127.0.0.1"]))
-        groups.append(cloud.superlink.pid)
-        dep = Deployment(root, cloud, cloud.cli(), teacher, groups=groups)
+                                        link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                        dev_certs=True))
+        groups.extend(cloud.groups)
+        app_pub = generate_app_key(root / "app.key")  # edges run only bundles it signed
+        dep = Deployment(root, cloud, cloud.cli(sign_key=root / "app.key"), teacher, groups=groups)
         for i in range(2):
             priv, pub = make_node_key(cloud.cfg.certs, f"edge-{i}")
             dep.cli.register(pub, f"edge-{i}")
             cfg = EdgeConfig(cloud.address, _edge_data(root, i, 2), ca=cloud.cfg.paths.ca_crt,
-                             key=priv, client_id=i, port=free_port(), home=root / f"edge-{i}")
+                             key=priv, client_id=i, port=free_port(), home=root / f"edge-{i}",
+                             app_key=app_pub)
             dep.edge_cfgs.append(cfg)
             dep.edges.append(dep.start(cfg, f"edge-{i}"))
         dep.wait_online(2)
@@ -300,7 +306,7 @@ def deployment(tmp_path_factory):
         clouds = {id(x): x for x in (cloud, dep.cloud if dep else None) if x}.values()
         for c in clouds:
             c.stop()  # the first cloud, and the restarted one
-        every = set(groups).union(*(c.superlink.groups for c in clouds))
+        every = set(groups).union(*(c.groups for c in clouds))
         left = {pg: group_members(pg) for pg in every}
         assert not any(left.values()), f"processes left behind: {left}"
 
@@ -311,7 +317,8 @@ def test_unregistered_node_is_refused(deployment):
     before = {n["node-id"] for n in deployment.cli.nodes()}
     cfg = EdgeConfig(deployment.cloud.address, deployment.edge_cfgs[0].data,
                      ca=deployment.cloud.cfg.paths.ca_crt, key=key, port=free_port(),
-                     home=deployment.root / "rogue", max_retries=0)
+                     home=deployment.root / "rogue", max_retries=0,
+                     app_key=deployment.edge_cfgs[0].app_key)
     proc = deployment.start(cfg, "rogue")
     try:
         assert proc.wait(60) != 0
@@ -328,7 +335,8 @@ def test_node_trusting_another_ca_cannot_connect(deployment):
     node_id = str(deployment.cli.register(pub, "edge-x"))  # registered: only TLS can stop it
     cfg = EdgeConfig(deployment.cloud.address, deployment.edge_cfgs[0].data,
                      ca=other / "ca.crt", key=priv, port=free_port(),
-                     home=deployment.root / "edge-x", max_retries=0)
+                     home=deployment.root / "edge-x", max_retries=0,
+                     app_key=deployment.edge_cfgs[0].app_key)
     proc = deployment.start(cfg, "edge-x")
     try:
         assert proc.wait(60) != 0
@@ -435,7 +443,7 @@ def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
         assert rows[-1]["clients"] == 2, rows  # edge 1 is back by round 3
         deployment.cloud.stop()  # the cloud dies (SuperLink, SuperExec, ServerApp)
         deployment.cloud = start_cloud(deployment.cloud.cfg)  # same state dir, same port
-        deployment.groups.append(deployment.cloud.superlink.pid)
+        deployment.groups.extend(deployment.cloud.groups)
         th.join(420)
         deployment.wait_online(2)  # registrations survived; the edges reconnected by themselves
         res = submit(deployment.cli, [], tmp_path / "resumed", timeout=400,

@@ -23,7 +23,7 @@ from shared.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-DEPLOY_COMMANDS = {"cloud", "certs", "submit", "edge", "edge-keygen"}
+DEPLOY_COMMANDS = {"cloud", "certs", "app", "submit", "edge", "edge-keygen"}
 
 
 def parse(argv: list[str]):
@@ -184,63 +184,89 @@ def test_compose_builds_from_the_dockerfiles_and_every_command_parses(compose):
     assert built["fedunikd-edge:0.1.0"] == "deploy/Dockerfile.edge"
 
 
-def test_compose_wires_cloud_certs_registration_and_edges_consistently(compose):
+def _target(svc: dict, volume: str) -> str:
+    (target,) = [t for t, (v, _, _) in mounts(svc).items() if v == volume]
+    return target
+
+
+def _in(svc: dict, path: str) -> tuple[str, bool]:
+    """(volume, read_only) that holds `path` inside this service."""
+    (hit,) = [(v, ro) for t, (v, _, ro) in mounts(svc).items() if under(path, [t])]
+    return hit
+
+
+def test_compose_publishes_only_the_proxy_and_keeps_private_keys_apart(compose):
     s = compose["services"]
     cloud = s["cloud"]["command"]
     port = int(opt(cloud, "--port"))
-    published = [p.split(":") for p in s["cloud"]["ports"]]
-    assert [int(c) for _, c in published] == [port] == [DEFAULT_PORT]
-    assert "--insecure" not in cloud
+    assert [int(p.split(":")[-1]) for p in s["cloud"]["ports"]] == [port] == [DEFAULT_PORT]
+    assert "--insecure" not in cloud and "--dev-certs" not in cloud
+    assert all("ports" not in svc for n, svc in s.items() if n != "cloud")
+    state = _target(s["cloud"], "cloud-state")
+    assert opt(cloud, "--state-dir") == state
 
+    # The CA and the app key live in `pki`, mounted by the operator's setup services only.
+    pki_users = {n for n, svc in s.items() if "pki" in {v for v, _, _ in mounts(svc).values()}}
+    assert pki_users == {"certs", "app-key", "sign"}
+    assert all(svc.get("profiles") == ["setup"] for n, svc in s.items() if n in pki_users)
     certs = s["certs"]["command"]
-    cert_dir = opt(certs, "--dir")
-    names, nodes, bundles = opts(certs, "--name"), opts(certs, "--node"), opt(certs, "--bundle-dir")
-    state_target = [t for t, (v, _, _) in mounts(s["cloud"]).items() if v == "cloud-state"][0]
-    assert opt(cloud, "--state-dir") == state_target
-    assert cert_dir == f"{state_target}/certs"  # where `unikd cloud` looks for its certs
-    assert under(bundles, list(mounts(s["certs"])))
+    assert _in(s["certs"], opt(certs, "--dir"))[0] == "pki"
+    assert opt(certs, "--cloud-dir") == f"{state}/certs"  # ca.crt, server.pem, server.key only
+    trust = opt(certs, "--edge-dir")
+    assert _in(s["certs"], trust)[0] == "trust"
+    app_pub = opt(s["app-key"]["command"], "--pub-out")
+    assert _in(s["app-key"], app_pub)[0] == "trust"
+    sign = s["sign"]["command"]
+    assert _in(s["sign"], opt(sign, "--key")) == ("pki", True)
+    assert _in(s["sign"], opt(sign, "--out"))[0] == "cloud-state"
 
-    reg = s["register"]["command"]
-    host, reg_port = opt(reg, "--superlink").split(":")
-    assert host == "cloud" and host in names and int(reg_port) == port
-    assert opt(reg, "--ca") == f"{cert_dir}/ca.crt"
-    pubs = [a for a in reg[2:] if a.endswith(".pub")]
-    assert sorted(pubs) == sorted(f"{cert_dir}/nodes/{n}.pub" for n in nodes)
-    assert s["register"]["depends_on"]["cloud"]["condition"] == "service_healthy"
-
+    # Each edge's node key is made in that edge's own volume; only its .pub is shared.
+    keygens = {n: svc for n, svc in s.items() if svc["command"][0] == "edge-keygen"}
     edges = {n: svc for n, svc in s.items() if svc["command"][0] == "edge"}
-    assert sorted(edges) == sorted(nodes), "one edge service per node key"
+    assert sorted(keygens) == sorted(f"{e}-key" for e in edges)
+    pubs = []
+    for name, svc in keygens.items():
+        cmd = svc["command"]
+        key_vol = _in(svc, cmd[1])[0]
+        assert key_vol == f"{name[:-4]}-keys"
+        users = {n for n, x in s.items() if key_vol in {v for v, _, _ in mounts(x).values()}}
+        assert users == {name, name[:-4]}, f"{key_vol} is mounted by {users}"
+        assert _in(svc, opt(cmd, "--pub-out"))[0] == "trust"
+        pubs.append(opt(cmd, "--pub-out"))
+
+    reg = s["register"]
+    assert reg["network_mode"] == "service:cloud"  # the Control API is on the cloud's loopback
+    assert opt(reg["command"], "--state-dir") == _target(reg, "cloud-state") == state
+    assert sorted(a for a in reg["command"] if a.endswith(".pub")) == sorted(pubs)
+    assert reg["depends_on"]["cloud"]["condition"] == "service_healthy"
+
     ids = []
     for name, svc in edges.items():
-        cmd = svc["command"]
-        ns = parse(cmd)
+        ns = parse(svc["command"])
         ids.append(ns.client_id)
         h, p = ns.superlink.split(":")
-        assert h == "cloud" and h in names and int(p) == port
-        m = mounts(svc)
-        ((target, (vol, sub, ro)),) = [(t, v) for t, v in m.items() if v[1] is not None]
-        assert sub == name and ro, f"{name} mounts only its own bundle, read-only"
-        assert mounts(s["certs"])[bundles][0] == vol
-        assert ns.ca == f"{target}/ca.crt" and ns.key == f"{target}/node.key"
-        assert ns.data in m and m[ns.data][2]
-        assert not ns.insecure
+        assert h == "cloud" and h in opts(certs, "--name") and int(p) == port
+        assert _in(svc, ns.ca) == ("trust", True) and Path(ns.ca).name == "ca.crt"
+        assert _in(svc, ns.app_key) == ("trust", True)
+        assert Path(ns.app_key).name == Path(app_pub).name
+        assert _in(svc, ns.key) == (f"{name}-keys", True)
+        assert ns.data in mounts(svc) and mounts(svc)[ns.data][2]
+        assert not ns.insecure and not ns.allow_unsigned_apps
         assert svc["depends_on"]["register"]["condition"] == "service_completed_successfully"
-        data_svc = [x for x in s.values()
-                    if x["command"][:2] == ["data", "synth"] and m[ns.data][0] in
-                    {v for v, _, _ in mounts(x).values()}]
-        assert data_svc, f"{name}: nothing writes its data volume"
-        synth = parse(data_svc[0]["command"])
+        synth = parse(s["edge-data"]["command"])
         assert 0 < int(ns.domain) < synth.domains  # a target domain the synth data holds
     assert len(set(ids)) == len(ids), "client ids must be unique"
 
 
-def test_bundle_files_are_the_ones_the_edges_mount(tmp_path):
-    from server.deploy.certs import init_all, make_bundle
+def test_the_cloud_and_the_edges_get_no_private_key_of_the_ca(tmp_path):
+    from server.deploy.certs import cloud_files, init_all
 
-    init_all(tmp_path / "certs", ["cloud"], ["edge-1"])
-    out = make_bundle(tmp_path / "certs", "edge-1", tmp_path / "bundle")
-    assert {p.name for p in out.iterdir()} >= {"ca.crt", "node.key"}
-    assert (out / "node.key").stat().st_mode & 0o777 == 0o600
+    init_all(tmp_path / "pki", ["cloud"])
+    cloud = cloud_files(tmp_path / "pki", tmp_path / "cloud")
+    edge = cloud_files(tmp_path / "pki", tmp_path / "edge", edge=True)
+    assert sorted(p.name for p in cloud.iterdir()) == ["ca.crt", "server.key", "server.pem"]
+    assert sorted(p.name for p in edge.iterdir()) == ["ca.crt"]
+    assert (cloud / "server.key").stat().st_mode & 0o777 == 0o600
 
 
 # ---------------------------------------------------------------- systemd

@@ -17,10 +17,16 @@ def edge_cmd(args: argparse.Namespace) -> int:
     if args.insecure:
         print("WARNING: --insecure: no TLS; this device's updates travel in clear text and it "
               "cannot authenticate. Use only on a trusted lab network.", file=sys.stderr)
+    if args.allow_unsigned_apps:
+        print("WARNING: --allow-unsigned-apps: this device runs ANY app bundle its cloud sends, "
+              "i.e. code from whoever can submit a run there. Development only.",
+              file=sys.stderr)
     cfg = EdgeConfig(args.superlink, Path(args.data), ca=Path(args.ca) if args.ca else None,
                      key=Path(args.key) if args.key else None, insecure=args.insecure,
                      client_id=args.client_id, domain=args.domain, port=args.port,
-                     home=Path(args.home) if args.home else None, max_retries=args.max_retries)
+                     home=Path(args.home) if args.home else None, max_retries=args.max_retries,
+                     app_key=Path(args.app_key) if args.app_key else None,
+                     allow_unsigned=args.allow_unsigned_apps)
     cmd = supernode_command(cfg)  # validates data, CA and key before anything starts
     if args.dry_run:
         print(" ".join(cmd))
@@ -60,6 +66,10 @@ def keygen_cmd(args: argparse.Namespace) -> int:
     from client.node.supernode import generate_key
 
     pub = generate_key(Path(args.path), overwrite=args.force)
+    if args.pub_out:  # a second copy where the operator collects public keys
+        out = Path(args.pub_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(pub.read_bytes())
     print(pub.read_text().strip())
     print(f"private key {args.path} (mode 600, stays on this device); send {pub} to the "
           f"operator, who runs: unikd certs register {pub.name} --state-dir STATE_DIR",
@@ -78,6 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain", help="domain file to read (default: the folder's only domain)")
     p.add_argument("--ca", help="CA certificate (ca.crt) the cloud's certificate must chain to")
     p.add_argument("--key", help="this node's private key (registered on the cloud)")
+    p.add_argument("--app-key", metavar="OPERATOR.pub",
+                   help="the operator's app-signing public key: run only bundles it signed")
+    p.add_argument("--allow-unsigned-apps", action="store_true",
+                   help="development only: run any app bundle the cloud sends (warns)")
     p.add_argument("--client-id", type=int, default=0,
                    help="unique per edge: seeds and reply order (default 0)")
     p.add_argument("--port", type=int, default=DEFAULT_RUNTIME_PORT,
@@ -93,5 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="make this device's node key (ECDSA P-384)")
     k.add_argument("path", help="where to write the private key; PATH.pub gets the public key")
     k.add_argument("--force", action="store_true")
+    k.add_argument("--pub-out", metavar="FILE",
+                   help="also write the public key here (where the operator collects them)")
     k.set_defaults(func=keygen_cmd)
 

@@ -9,6 +9,9 @@ arrives inside the app bundle the cloud sends, and reads the windows named by th
 
 TLS is on unless `insecure`: the SuperLink's certificate must chain to `ca`. With `key`, the node
 authenticates with its ECDSA key, which the operator registered (`unikd certs register`).
+With `app_key` (the operator's Ed25519 public key), the node runs only app bundles the operator
+signed: the SuperNode starts through client/node/launcher.py, which runs our executor
+(client/node/executor.py) in place of Flower's SuperExec.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import UnikdError
-from shared.flower_tools import flwr_env, flwr_tool
+from shared.flower_tools import flwr_env
 from shared.processes import child_preexec
 
 DEFAULT_RUNTIME_PORT = 9094  # the SuperNode's local (loopback) runtime API
@@ -43,8 +46,13 @@ class EdgeConfig:
     home: Path | None = None  # FLWR_HOME of the node (app bundles); default ~/.unikd/edge
     max_retries: int | None = None  # None: retry forever (a device waits for its cloud)
     max_wait: float | None = None
+    app_key: Path | None = None  # the operator's app-signing public key
+    allow_unsigned: bool = False  # dev only: run any bundle the cloud sends
+    task_poll: float = 0.05  # executor: seconds between task polls on the local runtime API
+    node_poll: float = 0.1  # SuperNode: idle poll of the cloud (Flower's default is 3 s)
 
     def __post_init__(self) -> None:
+        self.app_key = Path(self.app_key).expanduser().resolve() if self.app_key else None
         self.data = Path(self.data).expanduser().resolve()
         self.ca = Path(self.ca).expanduser().resolve() if self.ca else None
         self.key = Path(self.key).expanduser().resolve() if self.key else None
@@ -95,6 +103,16 @@ def validate(cfg: EdgeConfig) -> str:
         raise UnikdError(f"--key {cfg.key}: not found")
     if cfg.key is not None and cfg.key.stat().st_mode & 0o077:
         raise UnikdError(f"--key {cfg.key}: readable by others; chmod 600 it")
+    if cfg.app_key is not None:
+        from shared.app_signing import load_public_key
+
+        try:
+            load_public_key(cfg.app_key)
+        except UnikdError as err:
+            raise UnikdError(f"--app-key: {err}") from None
+    elif not cfg.allow_unsigned:
+        raise UnikdError("--app-key OPERATOR.pub is required: the edge runs only app bundles "
+                         "the operator signed (dev only: --allow-unsigned-apps)")
     return domain
 
 
@@ -103,9 +121,21 @@ def node_config(cfg: EdgeConfig, domain: str) -> str:
     return f'data-path="{data}" domain="{domain}" partition-id={cfg.client_id}'
 
 
+def launcher_args(cfg: EdgeConfig) -> list[str]:
+    """Our node launcher: short polls, then the executor and Flower's SuperNode."""
+    cmd = [sys.executable, "-m", "client.node.launcher",
+           "--runtime-api-address", f"127.0.0.1:{cfg.port}",
+           "--task-poll", str(cfg.task_poll), "--node-poll", str(cfg.node_poll)]
+    if cfg.app_key is not None:
+        cmd += ["--app-key", str(cfg.app_key)]
+    if cfg.allow_unsigned:
+        cmd.append("--allow-unsigned-apps")
+    return [*cmd, "--"]
+
+
 def supernode_command(cfg: EdgeConfig) -> list[str]:
     domain = validate(cfg)
-    cmd = [flwr_tool("flower-supernode"), "--superlink", cfg.superlink,
+    cmd = [*launcher_args(cfg), "--superlink", cfg.superlink,
            "--port", str(cfg.port), "--node-config", node_config(cfg, domain)]
     if cfg.insecure:
         cmd.append("--insecure")

@@ -1,15 +1,17 @@
 """TLS material for a deployment, made with `cryptography` (no hand-rolled crypto).
 
-`unikd certs init` writes a CA, a server certificate whose subjectAltNames list every name and
-address the edges dial, and `unikd certs node NAME` writes one ECDSA key per SuperNode:
+`unikd certs init` runs on the operator's machine and writes a CA and a server certificate
+whose subjectAltNames list every name and address the edges dial (127.0.0.1 always: the proxy
+verifies the SuperLink on loopback by it):
 
-    <dir>/ca.crt  ca.key            the federation's root (ca.key stays offline / on the cloud)
-    <dir>/server.pem server.key     the SuperLink's certificate, signed by the CA
-    <dir>/nodes/<name>  <name>.pub  a SuperNode's authentication key (OpenSSH, NIST P-384)
+    <dir>/ca.crt  ca.key            the federation's root: ca.key never leaves this machine
+    <dir>/server.pem server.key     the SuperLink's (and its proxy's) certificate
 
-Only `ca.crt` and the node's own private key go to a device. The node key is not a TLS client
-certificate: the SuperLink authenticates nodes by the public keys registered with
-`flwr supernode register` (see `unikd certs register`).
+The cloud receives ca.crt, server.pem and server.key (`--cloud-dir`); a device receives ca.crt.
+Node keys are made on the devices (`unikd edge-keygen`), and only their public halves are
+registered (`unikd certs register`): the SuperLink authenticates nodes by those, not by TLS
+client certificates. `make_node_key` / `make_bundle` below make node keys centrally for tests
+and development only; no command exposes them.
 """
 
 from __future__ import annotations
@@ -184,8 +186,9 @@ def check_node_name(name: str) -> str:
 
 
 def make_node_key(out: Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
-    """A SuperNode's auth key pair in OpenSSH format (what flower-supernode and
-    `flwr supernode register` read). Returns (private key, public key)."""
+    """Tests and development only: a SuperNode's auth key pair in OpenSSH format (what
+    flower-supernode and `flwr supernode register` read), made away from its device.
+    Returns (private key, public key)."""
     paths = CertPaths(Path(out))
     check_node_name(name)
     priv, pub = paths.node_key(name), paths.node_pub(name)
@@ -210,8 +213,23 @@ def init_all(out: Path, names: list[str] | tuple[str, ...] = DEFAULT_NAMES,
     return paths
 
 
+def cloud_files(out: Path, dest: Path, edge: bool = False) -> Path:
+    """Copy what the cloud needs (ca.crt, server.pem, server.key 0600) into `dest`, or with
+    `edge` only ca.crt: never ca.key."""
+    paths = CertPaths(Path(out))
+    if not (paths.ca_crt.is_file() and paths.server_crt.is_file() and paths.server_key.is_file()):
+        raise UnikdError(f"{paths.dir}: no CA and server certificate; run `unikd certs init`")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_public(dest / "ca.crt", paths.ca_crt.read_bytes())
+    if not edge:
+        _write_public(dest / "server.pem", paths.server_crt.read_bytes())
+        _write_private(dest / "server.key", paths.server_key.read_bytes())
+    return dest
+
+
 def make_bundle(out: Path, name: str, dest: Path) -> Path:
-    """What one device needs, in one folder: `ca.crt` and its own `node.key` (0600).
+    """Tests and development only: `ca.crt` and a centrally made `node.key` (0600).
 
     Copy this folder to the device (or mount it into its container); nothing else leaves.
     """

@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 from shared.errors import UnikdError
@@ -28,20 +29,21 @@ def _cloud_info(state_dir: Path) -> dict:
 def cloud_cmd(args: argparse.Namespace) -> int:
     from server.deploy.superlink import CloudConfig, health, start_cloud
 
-    if args.health_check:
+    if args.health_check:  # through the proxy: what the edges see
         info = _cloud_info(args.state_dir)
-        ok = health(info["address"], Path(info["ca"]) if info.get("ca") else None)
-        print(f"{info['address']}: {'healthy' if ok else 'NOT healthy'}")
+        address = info.get("public") or info["address"]
+        ok = health(address, Path(info["ca"]) if info.get("ca") else None)
+        print(f"{address}: {'healthy' if ok else 'NOT healthy'}")
         return 0 if ok else 1
     if args.insecure:
         print("WARNING: --insecure: no TLS and no node authentication. Model weights, gradients "
               "and metrics travel in clear text and any device can join. Use only on a trusted "
               "lab network.", file=sys.stderr)
     cfg = CloudConfig(Path(args.state_dir), host=args.host, port=args.port,
-                      certs=Path(args.certs) if args.certs else None, names=args.name or [],
-                      insecure=args.insecure)
+                      link_port=args.link_port, certs=Path(args.certs) if args.certs else None,
+                      names=args.name or [], insecure=args.insecure, dev_certs=args.dev_certs)
 
-    def _term(signum, frame):  # systemd / docker stop: take the whole group down
+    def _term(signum, frame):  # systemd / docker stop: take both process groups down
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)  # before anything starts: start_cloud cleans up too
@@ -49,30 +51,41 @@ def cloud_cmd(args: argparse.Namespace) -> int:
     try:
         cloud = start_cloud(cfg)
         _print_cloud(cloud, cfg, args)
-        code = cloud.superlink.popen.wait()
-        print(f"SuperLink exited with code {code}:\n{cloud.superlink.log_tail()}", file=sys.stderr)
-        return 1
+        return _supervise(cloud)
     except KeyboardInterrupt:
-        print("stopping the SuperLink", file=sys.stderr)
+        print("stopping the proxy and the SuperLink", file=sys.stderr)
         return 0
     finally:
         if cloud is not None:
             cloud.stop()
 
 
+def _supervise(cloud) -> int:
+    """Wait until either process exits; then say which, and (in `finally`) stop the other."""
+    while cloud.alive():
+        time.sleep(0.5)
+    for proc in (cloud.superlink, cloud.proxy):
+        if proc is not None and not proc.alive():
+            print(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}",
+                  file=sys.stderr)
+    return 1
+
+
 def _print_cloud(cloud, cfg, args: argparse.Namespace) -> None:
     public = args.public_address or f"{(args.name or ['<this-host>'])[0]}:{cfg.port}"
     print(f"SuperLink up in {cloud.ready_seconds:.1f}s: "
           f"{'INSECURE (no TLS, no node auth)' if cfg.insecure else 'TLS on, node auth on'}, "
-          f"listening on {cfg.host}:{cfg.port}, state in {cfg.state_dir}")
+          f"public proxy on {cfg.host}:{cfg.port} (Fleet API + /health only), Control API on "
+          f"{cfg.control_address} (loopback), state in {cfg.state_dir}")
     if not cfg.insecure:
         print(f"  edges connect with: unikd edge --superlink {public} --ca ca.crt --key NODE_KEY "
-              f"--data DIR --client-id N")
-        print(f"  copy to each edge:  {cfg.paths.ca_crt} (and that node's private key only)")
+              f"--app-key OPERATOR_APP.pub --data DIR --client-id N")
         print(f"  register a node:    unikd certs register NODE_KEY.pub "
               f"--state-dir {cfg.state_dir}")
     print(f"  run FedUNI-KD:      unikd submit --state-dir {cfg.state_dir} "
-          f"[--config F] [--set k=v]")
+          f"--app-signature app.sig [--config F] [--set k=v]")
+    print(f"  remote operator:    ssh -N -L {cfg.link_port}:127.0.0.1:{cfg.link_port} CLOUD, then "
+          f"unikd submit --superlink 127.0.0.1:{cfg.link_port} --ca ca.crt --sign-key app.key")
     sys.stdout.flush()
 
 
@@ -80,29 +93,19 @@ def _print_cloud(cloud, cfg, args: argparse.Namespace) -> None:
 
 
 def certs_init_cmd(args: argparse.Namespace) -> int:
-    from server.deploy.certs import DEFAULT_NAMES, describe, init_all
+    from server.deploy.certs import DEFAULT_NAMES, cloud_files, describe, init_all
 
     names = list(dict.fromkeys((args.name or []) + list(DEFAULT_NAMES)))
-    init_all(Path(args.dir), names, args.node or [], overwrite=args.force)
-    if args.bundle_dir:
-        from server.deploy.certs import make_bundle
-
-        for node in args.node or []:
-            make_bundle(Path(args.dir), node, Path(args.bundle_dir) / node)
+    init_all(Path(args.dir), names, overwrite=args.force)
+    if args.cloud_dir:
+        cloud_files(Path(args.dir), Path(args.cloud_dir))
+    if args.edge_dir:
+        cloud_files(Path(args.dir), Path(args.edge_dir), edge=True)
     print(json.dumps(describe(Path(args.dir)), indent=2))
-    print(f"copy {Path(args.dir) / 'ca.crt'} to every edge; keep ca.key off the network",
-          file=sys.stderr)
-    return 0
-
-
-def certs_node_cmd(args: argparse.Namespace) -> int:
-    from server.deploy.certs import make_node_key
-
-    priv, pub = make_node_key(Path(args.dir), args.name, overwrite=args.force)
-    print(f"node key {priv} (copy to the device, mode 600)\npublic key {pub}")
-    if args.register:
-        return certs_register_cmd(argparse.Namespace(**{**vars(args), "public_key": [str(pub)],
-                                                        "node_name": args.name}))
+    where = f"{args.cloud_dir} (ca.crt, server.pem, server.key)" if args.cloud_dir else \
+        "ca.crt, server.pem and server.key"
+    print(f"copy {where} to the cloud's STATE_DIR/certs and ca.crt to every edge; ca.key "
+          f"stays here, off the network", file=sys.stderr)
     return 0
 
 
@@ -114,21 +117,48 @@ def _cli_from(args: argparse.Namespace):
         if not args.insecure and not args.ca:
             raise UnikdError("--superlink needs --ca CA.crt (or --insecure)")
         home = Path.home() / ".unikd" / "flwr-cli" / re.sub(r"[^A-Za-z0-9_.-]", "_", args.superlink)
-        return FlwrCli(args.superlink, None if args.insecure else Path(args.ca), home)
+        return FlwrCli(args.superlink, None if args.insecure else Path(args.ca), home,
+                       **_signing(args))
     if getattr(args, "state_dir", None):
         info = _cloud_info(Path(args.state_dir))
         return FlwrCli(info["address"], Path(info["ca"]) if info.get("ca") else None,
-                       Path(args.state_dir) / "cli-home")
+                       Path(args.state_dir) / "cli-home", **_signing(args))
     raise UnikdError("say which cloud: --state-dir DIR (on the cloud) or --superlink HOST:PORT "
                      "--ca ca.crt")
 
 
+def _signing(args: argparse.Namespace) -> dict:
+    key, sig = getattr(args, "sign_key", None), getattr(args, "app_signature", None)
+    if key and sig:
+        raise UnikdError("give --sign-key or --app-signature, not both")
+    return {"sign_key": Path(key) if key else None, "signature": Path(sig) if sig else None}
+
+
+def check_node_public_key(path: Path) -> None:
+    """Registration takes a node's PUBLIC key (OpenSSH ECDSA); never a private one."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if not path.is_file():
+        raise UnikdError(f"{path}: public key not found")
+    data = path.read_bytes()
+    if b"PRIVATE KEY" in data:
+        raise UnikdError(f"{path} is a PRIVATE key: register the .pub file; the private key "
+                         f"stays on its device")
+    try:
+        key = load_ssh_public_key(data.strip())
+    except (ValueError, TypeError) as err:
+        raise UnikdError(f"{path}: not an OpenSSH public key ({err})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise UnikdError(f"{path}: Flower node keys are ECDSA (NIST curve); make one with "
+                         f"`unikd edge-keygen` on the device")
+
+
 def certs_register_cmd(args: argparse.Namespace) -> int:
-    cli = _cli_from(args)
     keys = [Path(p) for p in args.public_key]
     for pub in keys:
-        if not pub.is_file():
-            raise UnikdError(f"{pub}: public key not found")
+        check_node_public_key(pub)
+    cli = _cli_from(args)
     for pub in keys:
         name = args.node_name if args.node_name and len(keys) == 1 else pub.stem
         try:
@@ -138,15 +168,6 @@ def certs_register_cmd(args: argparse.Namespace) -> int:
             if "already" not in str(err).lower():
                 raise
             print(f"already registered: {pub}")
-    return 0
-
-
-def certs_bundle_cmd(args: argparse.Namespace) -> int:
-    from server.deploy.certs import make_bundle
-
-    dest = make_bundle(Path(args.dir), args.name, Path(args.out))
-    print(f"{dest}: ca.crt + node.key for {args.name}; copy it to the device "
-          f"(e.g. /etc/unikd) and keep node.key mode 600")
     return 0
 
 
@@ -164,6 +185,9 @@ def submit_cmd(args: argparse.Namespace) -> int:
     from server.deploy.superlink import config_overrides, submit
 
     cli = _cli_from(args)
+    if cli.sign_key is None and cli.signature is None:
+        print("WARNING: submitting an UNSIGNED app: edges started with --app-key refuse it "
+              "(sign with --sign-key KEY or --app-signature FILE)", file=sys.stderr)
     overrides = [] if args.resume and not (args.config or args.set) else \
         config_overrides(args.config, args.set)
     state_dir = Path(args.state_dir) if args.state_dir else None
@@ -188,67 +212,107 @@ def submit_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- unikd app
+
+
+def app_keygen_cmd(args: argparse.Namespace) -> int:
+    from shared.app_signing import generate_key
+
+    pub = generate_key(Path(args.path), overwrite=args.force)
+    if args.pub_out:  # a second copy where the edges' public files are collected
+        Path(args.pub_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.pub_out).write_bytes(pub.read_bytes())
+    print(f"app signing key {args.path} (mode 600: keep it on your machine, off the cloud)\n"
+          f"public key {pub}: copy it to every edge (`unikd edge --app-key {pub.name}`)")
+    return 0
+
+
+def app_sign_cmd(args: argparse.Namespace) -> int:
+    from server.deploy.superlink import app_dir
+    from shared import app_signing, flower_internals
+
+    flower_internals.check()
+    app = app_dir(Path(args.app) if args.app else None)
+    fab_hash = flower_internals.fab_hash(app)
+    signature = app_signing.sign(app_signing.load_private_key(Path(args.key)), fab_hash)
+    out = Path(args.out)
+    out.write_text(json.dumps({"fab_hash": fab_hash, "signature": signature,
+                               "app": str(app)}, indent=2) + "\n")
+    print(f"signed bundle {fab_hash} of {app} -> {out}; on the cloud: unikd submit "
+          f"--app-signature {out.name} ... (the cloud's app folder must be the same files)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from server.deploy.superlink import DEFAULT_PORT
+    from server.deploy.superlink import DEFAULT_LINK_PORT, DEFAULT_PORT
 
     p = sub.add_parser("cloud", allow_abbrev=False,
                        help="start the cloud SuperLink (TLS + node auth by default)")
     p.add_argument("--state-dir", default="cloud-state",
                    help="certs, state.db, run folders, logs (persists across restarts)")
-    p.add_argument("--host", default="0.0.0.0", help="listen address (default all interfaces)")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="the proxy's public listen address (default all interfaces)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--certs", help="certificate folder (default STATE_DIR/certs; made if absent)")
+    p.add_argument("--link-port", type=int, default=DEFAULT_LINK_PORT,
+                   help="the SuperLink's port on 127.0.0.1 (Control API for operators; "
+                        f"default {DEFAULT_LINK_PORT}); never exposed")
+    p.add_argument("--certs", help="certificate folder (default STATE_DIR/certs): ca.crt, "
+                                   "server.pem, server.key made with `unikd certs init`")
+    p.add_argument("--dev-certs", action="store_true",
+                   help="development only: make a CA in the state dir when none is there "
+                        "(its key then sits on the cloud; warns)")
     p.add_argument("--name", action="append", metavar="HOST_OR_IP",
-                   help="name or IP the edges dial; goes into a new server certificate "
-                        "(repeatable)")
+                   help="name or IP the edges dial (for --dev-certs and the printed hints)")
     p.add_argument("--public-address", metavar="HOST:PORT", help="the address to print for edges")
     p.add_argument("--insecure", action="store_true",
                    help="no TLS and no node authentication (prints a warning; lab use only)")
     p.add_argument("--health-check", action="store_true",
-                   help="only check that the cloud recorded in STATE_DIR answers /health")
+                   help="only check that the cloud recorded in STATE_DIR answers /health "
+                        "through its proxy")
     p.set_defaults(func=cloud_cmd)
 
     c = sub.add_parser("certs", allow_abbrev=False,
-                       help="CA, server certificate, node keys; register nodes")
+                       help="CA and server certificate (operator's machine); register nodes")
     csub = c.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
     i = csub.add_parser("init", allow_abbrev=False,
-                        help="a CA, a server certificate and (optionally) node keys")
-    i.add_argument("--dir", required=True)
+                        help="a CA and a server certificate, on the operator's machine")
+    i.add_argument("--dir", required=True, help="where the CA lives (stays on this machine)")
     i.add_argument("--name", action="append", metavar="HOST_OR_IP",
                    help="server name or IP for the certificate (repeatable; localhost and "
                         "127.0.0.1 are always added)")
-    i.add_argument("--node", action="append", metavar="NAME", help="also make this node's key")
-    i.add_argument("--bundle-dir", help="also write BUNDLE_DIR/<node>/{ca.crt,node.key}: "
-                                       "what each device needs, nothing more")
+    i.add_argument("--cloud-dir", help="also copy what the cloud needs (ca.crt, server.pem, "
+                                       "server.key) here, nothing more")
+    i.add_argument("--edge-dir", help="also copy what every edge needs (ca.crt) here")
     i.add_argument("--force", action="store_true", help="replace existing files")
     i.set_defaults(func=certs_init_cmd)
 
-    n = csub.add_parser("node", allow_abbrev=False,
-                        help="a node's ECDSA key pair (optionally register it)")
-    n.add_argument("name")
-    n.add_argument("--dir", required=True)
-    n.add_argument("--force", action="store_true")
-    n.add_argument("--register", action="store_true", help="register the new key on the cloud")
-    _add_cloud_args(n)
-    n.set_defaults(func=certs_node_cmd)
-
     r = csub.add_parser("register", allow_abbrev=False,
-                        help="register node public keys on a running cloud")
-    r.add_argument("public_key", nargs="+", help="NODE.pub file(s) (OpenSSH ECDSA)")
+                        help="register node public keys (made on the devices) on a running cloud")
+    r.add_argument("public_key", nargs="+", help="NODE.pub file(s) (OpenSSH ECDSA, from "
+                                                 "`unikd edge-keygen`)")
     r.add_argument("--node-name", help="name to show in `flwr supernode ls` (one key)")
     _add_cloud_args(r)
     r.set_defaults(func=certs_register_cmd)
 
-    b = csub.add_parser("bundle", allow_abbrev=False,
-                        help="one device's files (ca.crt + node.key) in one folder")
-    b.add_argument("name")
-    b.add_argument("--dir", required=True)
-    b.add_argument("--out", required=True)
-    b.set_defaults(func=certs_bundle_cmd)
-
     s = csub.add_parser("show", allow_abbrev=False, help="what a certificate folder holds")
     s.add_argument("--dir", required=True)
     s.set_defaults(func=certs_show_cmd)
+
+    a = sub.add_parser("app", allow_abbrev=False,
+                       help="the operator's app-signing key; sign the app bundle")
+    asub = a.add_subparsers(dest="app_command", metavar="ACTION", required=True)
+    k = asub.add_parser("keygen", allow_abbrev=False, help="an Ed25519 app-signing key pair")
+    k.add_argument("path", help="private key file (0600); PATH.pub gets the public key")
+    k.add_argument("--force", action="store_true")
+    k.add_argument("--pub-out", metavar="FILE", help="also write the public key here")
+    k.set_defaults(func=app_keygen_cmd)
+    g = asub.add_parser("sign", allow_abbrev=False,
+                        help="sign the bundle `flwr run` builds from an app folder")
+    g.add_argument("--key", required=True, help="the operator's private app key")
+    g.add_argument("--app", help="Flower app folder (default: this project)")
+    g.add_argument("--out", default="app.sig", help="signature file for `unikd submit "
+                                                    "--app-signature` (default app.sig)")
+    g.set_defaults(func=app_sign_cmd)
 
     m = sub.add_parser("submit", allow_abbrev=False,
                        help="run FedUNI-KD on a running cloud, wait, fetch the results")
@@ -261,11 +325,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait")
     m.add_argument("--resume", metavar="CLOUD_RUN_DIR",
                    help="continue a run folder on the cloud from its last checkpoint")
+    m.add_argument("--sign-key", metavar="APP_KEY",
+                   help="sign the app bundle with the operator's key (from your machine, "
+                        "through an SSH tunnel)")
+    m.add_argument("--app-signature", metavar="FILE",
+                   help="a signature made offline with `unikd app sign` (on the cloud)")
     m.set_defaults(func=submit_cmd)
 
 
 def _add_cloud_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="the cloud's state dir (on the cloud machine)")
-    p.add_argument("--superlink", metavar="HOST:PORT", help="a remote cloud")
+    p.add_argument("--superlink", metavar="HOST:PORT",
+                   help="the cloud's Control API: 127.0.0.1:9093 on the cloud, or the local "
+                        "end of an SSH tunnel to it")
     p.add_argument("--ca", help="CA certificate for --superlink")
     p.add_argument("--insecure", action="store_true", help="the cloud runs without TLS")

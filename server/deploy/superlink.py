@@ -1,17 +1,25 @@
-"""Real deployment, cloud side: a Flower SuperLink with our defaults, the `flwr` CLI, `submit`.
+"""Real deployment, cloud side: a Flower SuperLink behind a Caddy proxy, the `flwr` CLI, `submit`.
 
 Secure by default (flower-notes §5.3): TLS on, SuperNode authentication on (a node must present
 a key registered with `unikd certs register`), runtime dependency installation off, state in a
 SQLite database under the state directory so registrations and runs survive a restart.
 
-State directory layout (`unikd cloud --state-dir D`):
+The SuperLink binds 127.0.0.1 only: its port carries the Control API (submit runs, register
+nodes) and the Runtime API, neither authenticated in open-source Flower 1.42. The public port
+is a Caddy proxy (server/deploy/proxy.py) that forwards the Fleet API and /health, nothing else.
+Operators reach the Control API on the cloud itself, or through an SSH tunnel.
 
-    D/certs/             CA, server certificate, node keys (made on first start if absent)
+The CA is offline: the state dir receives ca.crt, server.pem and server.key, made on the
+operator's machine with `unikd certs init`; `--dev-certs` keeps the old make-it-here shortcut.
+
+State directory layout (`unikd cloud --state-dir D`, 0700, files written with umask 077):
+
+    D/certs/             ca.crt, server.pem, server.key (copied from the operator's machine)
     D/state.db           the SuperLink's state: registered nodes, runs
     D/flwr-home/         FLWR_HOME of the SuperLink (installed app bundles)
     D/runs/              run folders written by the ServerApp (its working directory is D)
-    D/superlink.log      process logs
-    D/cloud.json         address, CA path, port: what `unikd submit --state-dir D` reads
+    D/superlink.log      process logs; D/proxy.log, D/proxy.json: the proxy's
+    D/cloud.json         addresses, CA path, ports: what `unikd submit --state-dir D` reads
 
 Every process is started in its own session (`start_new_session=True`) and stopped by signalling
 its whole process group, so the SuperExec and ServerApp children go with it.
@@ -35,16 +43,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.deploy.certs import CertPaths, init_all
+from server.deploy.proxy import ProxyConfig, start_proxy
 from shared.errors import UnikdError
-from shared.flower_tools import flwr_env, flwr_tool
+from shared.flower_tools import flwr_env, flwr_tool, minimal_env
 from shared.processes import ProcessGroup, start_group
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8000  # Flower 1.42: Fleet + Control + Runtime APIs share one HTTP(S) port
+DEFAULT_PORT = 8000  # the public port: the proxy (Fleet API + /health only)
+DEFAULT_LINK_PORT = 9093  # the SuperLink on 127.0.0.1: Fleet + Control + Runtime APIs
 CONNECTION = "unikd"  # connection name in the private flwr CLI config
 REPO_ROOT = Path(__file__).resolve().parents[2]  # server/deploy/ -> the repo
 FINISHED = "finished:"
+STATE_UMASK = 0o077  # everything the cloud writes is owner-only
+# The cloud's SuperExec looks for a ServerApp task every 1 s by default; on loopback a short
+# poll costs little and takes up to a second off every run start.
+CLOUD_TASK_POLL = "0.1"
 
 
 # ---------------------------------------------------------------- health
@@ -74,35 +88,44 @@ def wait_healthy(address: str, ca: Path | None, proc: ProcessGroup | None,
         if time.monotonic() - start > timeout:
             raise UnikdError(f"{address} not healthy after {timeout:.0f}s"
                              + (f":\n{proc.log_tail()}" if proc else ""))
-        time.sleep(0.2)
+        time.sleep(0.1)
     return time.monotonic() - start
 
 
-# ---------------------------------------------------------------- cloud (SuperLink)
+# ---------------------------------------------------------------- cloud (SuperLink + proxy)
 
 
 def local_address(host: str, port: int) -> str:
-    """How processes on the cloud machine itself reach the SuperLink."""
+    """How processes on the cloud machine itself reach a listener on `host`."""
     if host in ("0.0.0.0", "", "::", "[::]"):
         return f"127.0.0.1:{port}"
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 @dataclass
 class CloudConfig:
     state_dir: Path
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # the proxy's (public) address
     port: int = DEFAULT_PORT
+    link_port: int = DEFAULT_LINK_PORT  # the SuperLink, always on 127.0.0.1
     certs: Path | None = None  # default: <state_dir>/certs
-    names: list[str] = field(default_factory=list)  # SANs if certs are made here
+    names: list[str] = field(default_factory=list)  # SANs if certs are made here (dev)
     insecure: bool = False
     auth: bool = True
+    dev_certs: bool = False  # make a CA in the state dir when none is there (warns)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
         self.certs = Path(self.certs).resolve() if self.certs else self.state_dir / "certs"
         if self.insecure and self.auth:
             self.auth = False  # Flower refuses node auth without TLS (flower-notes §5.3)
+        if self.port == self.link_port:
+            raise UnikdError(f"--port {self.port} and --link-port {self.link_port} must differ: "
+                             f"the proxy and the SuperLink each need their own port")
 
     @property
     def paths(self) -> CertPaths:
@@ -110,7 +133,13 @@ class CloudConfig:
 
     @property
     def address(self) -> str:
+        """The public (proxy) address as seen from this machine: what edges dial."""
         return local_address(self.host, self.port)
+
+    @property
+    def control_address(self) -> str:
+        """The SuperLink itself, loopback only: the Control API for operators."""
+        return f"127.0.0.1:{self.link_port}"
 
     @property
     def ca(self) -> Path | None:
@@ -122,14 +151,33 @@ def default_names() -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def ensure_certs(cfg: CloudConfig) -> list[str]:
-    """Make the CA and server certificate on first start; returns what was created.
+def offline_ca_hint(cfg: CloudConfig) -> str:
+    names = " ".join(f"--name {n}" for n in (cfg.names or ["CLOUD_HOST_OR_IP"]))
+    return (f"on your own machine (the CA stays there): `unikd certs init --dir pki {names} "
+            f"--cloud-dir cloud-certs`, then copy cloud-certs/ (ca.crt, server.pem, server.key) "
+            f"to {cfg.paths.dir} on the cloud; or pass --dev-certs to make a throw-away CA here")
 
-    A folder with ca.crt + server.pem + server.key is used as is (ca.key may live offline).
+
+def ensure_certs(cfg: CloudConfig) -> list[str]:
+    """Check the cloud's TLS files; returns what was created (only with `dev_certs`).
+
+    The cloud needs ca.crt + server.pem + server.key and nothing else: the CA key stays on
+    the operator's machine.
     """
     p = cfg.paths
     if p.ca_crt.is_file() and p.server_crt.is_file() and p.server_key.is_file():
+        if p.server_key.stat().st_mode & 0o077:
+            raise UnikdError(f"{p.server_key}: readable by others; chmod 600 it")
+        if p.ca_key.is_file():
+            log.warning("%s is on the cloud: move it to the operator's machine; the cloud "
+                        "needs only ca.crt, server.pem and server.key", p.ca_key)
         return []
+    missing = [f.name for f in (p.ca_crt, p.server_crt, p.server_key) if not f.is_file()]
+    if not cfg.dev_certs:
+        raise UnikdError(f"{p.dir}: missing {', '.join(missing)}. Make them {offline_ca_hint(cfg)}")
+    log.warning("--dev-certs: making a CA in %s; its key sits on the cloud, so whoever reads "
+                "the state dir can impersonate this cloud. Use an offline CA for real devices.",
+                p.dir)
     names = list(dict.fromkeys(cfg.names + ["localhost", "127.0.0.1"])) if cfg.names \
         else default_names()
     if p.ca_crt.is_file() and p.ca_key.is_file():
@@ -145,19 +193,18 @@ def ensure_certs(cfg: CloudConfig) -> list[str]:
 
 
 def check_server_names(cfg: CloudConfig) -> None:
-    """Local tools dial `cfg.address`: warn when the certificate does not name that host."""
+    """The proxy and the local tools dial 127.0.0.1: the certificate must name it."""
     from server.deploy.certs import describe
 
     names = describe(cfg.paths.dir).get("server", {}).get("names", [])
-    host = cfg.address.rsplit(":", 1)[0].strip("[]")
-    if host not in names:
-        log.warning("%s names %s, not %s: `unikd cloud --health-check` and `--state-dir` "
-                    "tools on this machine cannot verify it; reissue it with "
-                    "`unikd certs init --name ...`", cfg.paths.server_crt, names, host)
+    if "127.0.0.1" not in names:
+        raise UnikdError(f"{cfg.paths.server_crt} names {names}, not 127.0.0.1: the proxy "
+                         f"verifies the SuperLink on loopback by that name; reissue it with "
+                         f"`unikd certs init` (it always adds 127.0.0.1)")
 
 
 def superlink_command(cfg: CloudConfig) -> list[str]:
-    cmd = [flwr_tool("flower-superlink"), "--host", cfg.host, "--port", str(cfg.port),
+    cmd = [flwr_tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(cfg.link_port),
            "--database", str(cfg.state_dir / "state.db"),
            "--disable-runtime-dependency-installation"]
     if cfg.insecure:
@@ -171,21 +218,54 @@ def superlink_command(cfg: CloudConfig) -> list[str]:
     return cmd
 
 
+def proxy_config(cfg: CloudConfig) -> ProxyConfig:
+    p = cfg.paths
+    return ProxyConfig(listen=listen_address(cfg.host, cfg.port), upstream=cfg.control_address,
+                       cert=None if cfg.insecure else p.server_crt,
+                       key=None if cfg.insecure else p.server_key, ca=cfg.ca,
+                       storage=cfg.state_dir / "proxy-data")
+
+
+def cloud_env(cfg: CloudConfig) -> dict[str, str]:
+    """A minimal environment for the SuperLink (and so its SuperExec and ServerApps)."""
+    return minimal_env(cfg.state_dir / "flwr-home",
+                       {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": CLOUD_TASK_POLL})
+
+
+def proxy_env(cfg: CloudConfig) -> dict[str, str]:
+    env = minimal_env()
+    env["HOME"] = env["XDG_CONFIG_HOME"] = env["XDG_DATA_HOME"] = str(cfg.state_dir / "proxy-data")
+    return env
+
+
 @dataclass
 class CloudProcesses:
     cfg: CloudConfig
     superlink: ProcessGroup
+    proxy: ProcessGroup | None = None
     ready_seconds: float = 0.0
 
     @property
     def address(self) -> str:
+        """The public (proxy) address: what edges dial."""
         return self.cfg.address
 
+    @property
+    def groups(self) -> set[int]:
+        return self.superlink.groups | (self.proxy.groups if self.proxy else set())
+
+    def alive(self) -> bool:
+        return self.superlink.alive() and (self.proxy is None or self.proxy.alive())
+
     def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
         self.superlink.stop()
 
-    def cli(self, home: Path | None = None) -> FlwrCli:
-        return FlwrCli(self.address, self.cfg.ca, home or self.cfg.state_dir / "cli-home")
+    def cli(self, home: Path | None = None, sign_key: Path | None = None) -> FlwrCli:
+        """The flwr CLI on the SuperLink's loopback (Control API) address."""
+        return FlwrCli(self.cfg.control_address, self.cfg.ca,
+                       home or self.cfg.state_dir / "cli-home", sign_key=sign_key)
 
     def __enter__(self) -> CloudProcesses:
         return self
@@ -194,29 +274,60 @@ class CloudProcesses:
         self.stop()
 
 
+def prepare_state_dir(state_dir: Path) -> None:
+    """The state dir exists and is owner-only (0700), whatever it was before."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if state_dir.stat().st_mode & 0o077:
+        log.warning("%s was readable by others; made it 0700", state_dir)
+    state_dir.chmod(0o700)
+
+
 def start_cloud(cfg: CloudConfig, timeout: float = 60.0) -> CloudProcesses:
-    """Start the SuperLink (cwd = state dir, so run folders land in <state>/runs) and wait
-    until it answers /health over TLS."""
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.insecure:
-        for made in ensure_certs(cfg):
-            log.info("made %s", made)
-        check_server_names(cfg)
-    home = cfg.state_dir / "flwr-home"
-    home.mkdir(exist_ok=True)
-    proc = start_group("flower-superlink", superlink_command(cfg),
-                       cfg.state_dir / "superlink.log", flwr_env(home), cwd=cfg.state_dir)
+    """Start the SuperLink on loopback (cwd = state dir, so run folders land in <state>/runs),
+    then the proxy on the public address; return once /health answers through the proxy."""
+    prepare_state_dir(cfg.state_dir)
+    old = os.umask(STATE_UMASK)  # our own writes; the children get it through preexec
     try:
-        ready = wait_healthy(cfg.address, cfg.ca, proc, timeout)
+        if not cfg.insecure:
+            for made in ensure_certs(cfg):
+                log.info("made %s", made)
+            check_server_names(cfg)
+        home = cfg.state_dir / "flwr-home"
+        home.mkdir(exist_ok=True)
+        return _start_both(cfg, timeout)
+    finally:
+        os.umask(old)
+
+
+def _start_both(cfg: CloudConfig, timeout: float) -> CloudProcesses:
+    start = time.monotonic()
+    link = start_group("flower-superlink", superlink_command(cfg),
+                       cfg.state_dir / "superlink.log", cloud_env(cfg), cwd=cfg.state_dir,
+                       umask=STATE_UMASK)
+    proxy = None
+    try:
+        wait_healthy(cfg.control_address, cfg.ca, link, timeout)
+        (cfg.state_dir / "proxy-data").mkdir(exist_ok=True)
+        proxy = start_proxy(proxy_config(cfg), cfg.state_dir, proxy_env(cfg))
+        try:
+            wait_healthy(cfg.address, cfg.ca, proxy, timeout)
+        except UnikdError as err:
+            raise UnikdError(f"the proxy on {listen_address(cfg.host, cfg.port)} did not come "
+                             f"up (port taken? see {cfg.state_dir / 'proxy.log'}): {err}"
+                             ) from None
     except BaseException:
-        proc.stop()
+        if proxy is not None:
+            proxy.stop()
+        link.stop()
         raise
-    proc.refresh()  # its SuperExec runs in a session of its own: remember that group too
-    info = {"address": cfg.address, "host": cfg.host, "port": cfg.port,
+    link.refresh()  # its SuperExec runs in a session of its own: remember that group too
+    info = {"address": cfg.control_address, "public": cfg.address, "host": cfg.host,
+            "port": cfg.port, "link_port": cfg.link_port,
             "ca": str(cfg.ca) if cfg.ca else None, "auth": cfg.auth, "insecure": cfg.insecure,
-            "pid": proc.pid, "runs": str(cfg.state_dir / "runs"), "started": time.time()}
+            "pid": link.pid, "proxy_pid": proxy.pid, "runs": str(cfg.state_dir / "runs"),
+            "started": time.time()}
     (cfg.state_dir / "cloud.json").write_text(json.dumps(info, indent=2) + "\n")
-    return CloudProcesses(cfg, proc, ready)
+    return CloudProcesses(cfg, link, proxy, time.monotonic() - start)
 
 
 # ---------------------------------------------------------------- the flwr CLI
@@ -225,8 +336,10 @@ def start_cloud(cfg: CloudConfig, timeout: float = 60.0) -> CloudProcesses:
 class FlwrCli:
     """The `flwr` CLI against one SuperLink, with a private FLWR_HOME holding its connection."""
 
-    def __init__(self, address: str, ca: Path | None, home: Path | None = None):
+    def __init__(self, address: str, ca: Path | None, home: Path | None = None,
+                 sign_key: Path | None = None, signature: Path | None = None):
         self.address, self.ca = address, Path(ca).resolve() if ca else None
+        self.sign_key, self.signature = sign_key, signature  # how start_run signs the bundle
         self.home = Path(home) if home else Path(tempfile.mkdtemp(prefix="unikd-flwr-cli-"))
         self.home.mkdir(parents=True, exist_ok=True)
         conn = [f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]",
@@ -272,7 +385,25 @@ class FlwrCli:
         return [n for n in self.nodes() if str(n.get("status", "")).lower() == "online"]
 
     # -- runs
+    def app_signature(self, app: Path) -> str | None:
+        """The operator's signature over the bundle `flwr run APP` sends: made here with
+        `sign_key`, or read from a `unikd app sign` file (checked against this bundle)."""
+        from shared import app_signing, flower_internals
+
+        if self.sign_key is None and self.signature is None:
+            return None
+        flower_internals.check()
+        fab_hash = flower_internals.fab_hash(app)
+        if self.sign_key is not None:
+            return app_signing.sign(app_signing.load_private_key(self.sign_key), fab_hash)
+        return read_signature_file(Path(self.signature), fab_hash, app)  # type: ignore[arg-type]
+
     def start_run(self, app: Path, run_config: dict) -> int:
+        from shared.app_signing import RUN_CONFIG_KEY
+
+        signature = self.app_signature(app)
+        if signature is not None:
+            run_config = {**run_config, RUN_CONFIG_KEY: signature}
         cfg_file = self.home / f"run-config-{os.getpid()}-{time.monotonic_ns()}.toml"
         cfg_file.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()))
         try:
@@ -290,6 +421,13 @@ class FlwrCli:
 
     def status(self, run_id: int) -> str:
         return str(self.run_info(run_id).get("status", ""))
+
+    def follow(self, run_id: int, timeout: float) -> None:
+        """One `flwr log RUN --stream`: returns when the run has finished (the SuperLink ends
+        the stream then) or the connection broke; raises TimeoutExpired after `timeout`."""
+        subprocess.run([flwr_tool("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+                       env=flwr_env(self.home), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=timeout)
 
     def logs(self, run_id: int) -> str:
         proc = self.run(["log", str(run_id), CONNECTION, "--show"], check=False)
@@ -373,18 +511,26 @@ class SubmitResult:
 
 def wait_for_run(cli: FlwrCli, run_id: int, timeout: float, poll: float = 1.0,
                  on_status=None, unreachable: float = 120.0) -> str:
-    """Poll `flwr ls --run-id` until the run is finished:*; the status string.
+    """Follow the run with one streaming `flwr log` call until it is finished:*, then read
+    its status once; the status string.
 
-    Gives up after `timeout`, or when the cloud has not answered for `unreachable` seconds.
+    A broken stream (the cloud restarting) is followed again every `poll` seconds. Gives up
+    after `timeout`, or when the cloud has not answered for `unreachable` seconds.
     """
     deadline = time.monotonic() + timeout
     last, last_contact = "", time.monotonic()
     while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining > 0:
+                cli.follow(run_id, remaining)
+        except subprocess.TimeoutExpired:
+            pass
         try:
             status = cli.status(run_id)
             last_contact = time.monotonic()
         except UnikdError as err:  # a transient CLI/network hiccup: retry for a while
-            log.debug("status poll failed: %s", err)
+            log.debug("status check failed: %s", err)
             if time.monotonic() - last_contact > unreachable:
                 raise UnikdError(f"lost contact with the cloud at {cli.address} for "
                                  f"{unreachable:.0f}s while run {run_id} was '{last}': {err}"
@@ -399,6 +545,21 @@ def wait_for_run(cli: FlwrCli, run_id: int, timeout: float, poll: float = 1.0,
             raise UnikdError(f"run {run_id} still '{status}' after {timeout:.0f}s; it keeps "
                              f"running on the cloud (stop it with `flwr stop {run_id}`)")
         time.sleep(poll)
+
+
+def read_signature_file(path: Path, fab_hash: str, app: Path) -> str:
+    """The signature in a `unikd app sign` file, if it was made for exactly this bundle."""
+    try:
+        data = json.loads(Path(path).read_text())
+        signed, signature = str(data["fab_hash"]), str(data["signature"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UnikdError(f"--app-signature {path}: not a `unikd app sign` file ({err})"
+                         ) from None
+    if signed != fab_hash:
+        raise UnikdError(f"--app-signature {path} signs bundle {signed[:12]}, but {app} builds "
+                         f"{fab_hash[:12]}: the app folder differs from the one the operator "
+                         f"signed; nothing was submitted")
+    return signature
 
 
 RESUME_KEY = "resume"  # run-config key: a run folder on the cloud to continue

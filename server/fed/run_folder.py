@@ -11,6 +11,7 @@ from pathlib import Path
 from server.fed.privacy import write_privacy_ledger
 from server.fed.rounds import FedResult
 from shared.config import RunConfig, load_config
+from shared.errors import UnikdError
 from shared.metrics import median
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import teacher_state
@@ -25,6 +26,20 @@ def open_run_dir(cfg: RunConfig, resume: Path | None) -> Path:
     run_dir = make_run_dir(cfg.out, f"federate-{cfg.data.dataset}-{cfg.fed.clients}clients")
     cfg.dump(run_dir / "config.yaml")
     return run_dir
+
+
+def resume_dir(resume: str, runs_root: Path) -> Path:
+    """The run folder a deployed run may continue: inside the cloud's own runs folder only,
+    so a submitted run config cannot make the ServerApp read files elsewhere on the host."""
+    root = Path(runs_root).resolve()
+    path = Path(resume)
+    target = (path if path.is_absolute() else root.parent / path).resolve()
+    if target != root and root not in target.parents:
+        raise UnikdError(f"resume: {resume} is outside the cloud's runs folder {root}; "
+                         f"a resumed run must be one of this cloud's run folders")
+    if not (target / "config.yaml").is_file():
+        raise UnikdError(f"resume: {target} holds no config.yaml; not a run folder")
+    return target
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

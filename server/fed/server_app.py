@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.fed.rounds import federate
-from server.fed.run_folder import open_run_dir, resume_config, write_fed_run
+from server.fed.run_folder import open_run_dir, resume_config, resume_dir, write_fed_run
 from shared.config import RunConfig, load_config
 
 app = ServerApp()
@@ -33,6 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     overrides = [o for o in str(rc.get("overrides", "")).split() if o]
     resume = str(rc.get("resume", "")) or None
     if resume:  # continue an interrupted run in its own folder, with its own resolved config
+        resume = str(resume_dir(resume, Path.cwd() / "runs"))  # cwd: the cloud's state dir
         cfg = resume_config(Path(resume), overrides)
     else:
         cfg = load_config(str(rc.get("config-path", "")) or None, overrides)

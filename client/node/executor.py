@@ -1,0 +1,214 @@
+"""The edge's task executor: runs only operator-signed app bundles, from a warm process.
+
+It replaces Flower's SuperExec on the edge (the SuperNode runs with `--isolation process`, so
+it starts none). One long-lived process imports torch and Flower once, polls the SuperNode's
+local Runtime API for ClientApp tasks every ~0.05 s, and forks per task into Flower's own
+`run_clientapp` (what `flwr-clientapp` runs), instead of spawning a fresh `flwr-clientapp`
+that re-imports torch for every message.
+
+Before the bundle is installed, the forked task checks it (`check_bundle`):
+  - the bundle's bytes hash to the hash the run names,
+  - the run's `app-signature` is the operator's Ed25519 signature over that hash.
+A refused task answers the server with an error reply ("app refused: ...") and is logged here;
+the bundle's code is never installed or imported.
+
+The warm parent has imported our own packages (this module is one), so the forked task drops
+every module the bundle provides before Flower imports the ClientApp: the code that runs is
+the bundle's, the one that was signed, never a copy already loaded here.
+
+    python -m client.node.executor --runtime-api-address 127.0.0.1:9094 --app-key op.pub
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import os
+import signal
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from shared import app_signing, flower_internals
+from shared.errors import UnikdError
+
+log = logging.getLogger("unikd.executor")
+
+DEFAULT_TASK_POLL = 0.05  # seconds between AcquireTask calls (loopback, a few ms each)
+
+
+def bundle_modules(fab_content: bytes) -> set[str]:
+    """Top-level module and package names an app bundle provides."""
+    names = set()
+    with zipfile.ZipFile(io.BytesIO(fab_content)) as z:
+        for name in z.namelist():
+            top, _, rest = name.partition("/")
+            if rest and rest.endswith(".py") and not top.startswith("."):
+                names.add(top)
+            elif not rest and top.endswith(".py"):
+                names.add(top[:-3])
+    return names
+
+
+def forget_modules(names: set[str]) -> list[str]:
+    """Drop these packages (and their submodules) from sys.modules; the dropped names."""
+    gone = [m for m in sys.modules if m.split(".")[0] in names]
+    for m in gone:
+        del sys.modules[m]
+    return gone
+
+
+def check_bundle(public, allow_unsigned: bool):
+    """The check each task runs on its bundle (see flower_internals.run_clientapp_checked)."""
+
+    def _check(run_fab_hash: str, fab_hash: str, content: bytes, run_config: dict) -> str | None:
+        actual = hashlib.sha256(content).hexdigest()
+        if not (actual == fab_hash == run_fab_hash):
+            return (f"bundle bytes hash to {actual[:12]}, the run names {run_fab_hash[:12]}: "
+                    f"not the bundle that was submitted")
+        if not allow_unsigned:
+            why = app_signing.check(public, actual,
+                                    str(run_config.get(app_signing.RUN_CONFIG_KEY, "")))
+            if why is not None:
+                return why
+        forget_modules(bundle_modules(content))  # import the bundle's code, not ours
+        return None
+
+    return _check
+
+
+def warm_up() -> None:
+    """Import what every task needs, once: torch (seconds) and Flower's ClientApp runtime."""
+    import torch  # noqa: F401
+    import flwr.clientapp  # noqa: F401
+    import flwr.supernode.runtime.run_clientapp  # noqa: F401
+
+
+def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check) -> int:
+    """In the forked child: Flower's ClientApp runner for this one task; never returns."""
+    code = 1
+
+    def check_and_say(*bundle) -> str | None:
+        why = bundle_check(*bundle)
+        if why is not None:  # Flower then logs the refusal as a ClientApp exception, too
+            log.error("task %d of run %d refused: %s", task_id, run_id, why)
+        return why
+
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # run_clientapp installs its own handlers
+        flower_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say)
+        code = 0
+    except SystemExit as done:  # Flower ends its task process with sys.exit
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except BaseException:  # a crash: the SuperNode sends an error reply when the token expires
+        log.exception("task %d of run %d crashed", task_id, run_id)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # never run the warm parent's cleanup in a child
+    return code
+
+
+class Executor:
+    def __init__(self, address: str, bundle_check, poll: float = DEFAULT_TASK_POLL):
+        self.address, self.check, self.poll = address, bundle_check, poll
+        self.children: dict[int, int] = {}  # pid -> task id
+        self.stopping = False
+
+    def reap(self) -> None:
+        for pid in list(self.children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                task = self.children.pop(pid)
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:  # a refusal or a ClientApp error: its reason is logged above
+                    log.info("task %d ended with exit code %d", task, code)
+
+    def launch(self, token: str, task_id: int, run_id: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            run_task(self.address, token, task_id, run_id, self.check)
+        self.children[pid] = task_id
+        log.info("task %d of run %d: started in process %d", task_id, run_id, pid)
+
+    def loop(self) -> None:
+        client = flower_internals.runtime_client(self.address)
+        waiting_since = None
+        try:
+            while not self.stopping:
+                self.reap()
+                try:
+                    task = flower_internals.acquire_clientapp_task(client)
+                    waiting_since = None
+                except Exception as err:  # the SuperNode is (re)starting: keep polling
+                    waiting_since = waiting_since or time.monotonic()
+                    if time.monotonic() - waiting_since > 30:
+                        log.warning("SuperNode runtime API at %s unreachable for 30 s: %s",
+                                    self.address, err)
+                        waiting_since = time.monotonic()
+                    task = None
+                if task is not None:
+                    self.launch(*task)
+                    continue  # more may be waiting
+                time.sleep(self.poll)
+        finally:
+            client.close()
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m client.node.executor",
+                                description="run operator-signed ClientApp tasks")
+    p.add_argument("--runtime-api-address", required=True, help="the SuperNode's runtime API")
+    p.add_argument("--app-key", help="the operator's Ed25519 public key (PEM)")
+    p.add_argument("--allow-unsigned-apps", action="store_true",
+                   help="dev only: run any bundle the cloud sends")
+    p.add_argument("--poll", type=float, default=DEFAULT_TASK_POLL)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    handler = logging.StreamHandler()  # our lines only: Flower logs through its own handler
+    handler.setFormatter(logging.Formatter("%(levelname)s unikd-executor: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    args = parse_args(argv)
+    try:
+        flower_internals.check()
+        if args.allow_unsigned_apps:
+            public = None
+            log.warning("--allow-unsigned-apps: this edge runs ANY app bundle its cloud sends")
+        elif args.app_key:
+            public = app_signing.load_public_key(Path(args.app_key))
+        else:
+            raise UnikdError("--app-key OPERATOR.pub is required (or --allow-unsigned-apps)")
+    except UnikdError as err:
+        print(f"unikd-executor: {err}", file=sys.stderr)
+        return 2
+    warm_up()
+    ex = Executor(args.runtime_api_address, check_bundle(public, args.allow_unsigned_apps),
+                  args.poll)
+    signal.signal(signal.SIGTERM, ex.stop)
+    signal.signal(signal.SIGINT, ex.stop)
+    log.info("ready: polling %s every %.2fs; %s", args.runtime_api_address, args.poll,
+             "ANY app" if public is None else f"apps signed by {args.app_key}")
+    ex.loop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Every use of Flower internals (not its public API) in FedUNI-KD, in one module.
+
+Written against flwr 1.42.0 and checked at start-up (`check()`): a different version, or a
+missing attribute or parameter, stops the edge executor, the node launcher and
+`unikd submit --sign-key` with a message naming what changed, instead of silently running
+slower or unverified. What an upgrade of flwr must re-check is listed in README "Upgrading flwr".
+
+What we use, and why:
+  flwr.cli.build.build_fab_from_disk      the exact bytes `flwr run` sends, to sign their hash
+  flwr.supernode.cli.flower_supernode      Flower's own SuperNode entry point (our launcher
+                                           patches, then calls it)
+  flwr.supernode.start_client_internal     its module-level `time`: the idle poll (3 s) and the
+                                           reply waits (0.5 s) are `time.sleep` calls there
+  flwr.supercore.inflatable.inflatable_utils.pull_objects / pull_and_inflate_object_from_tree
+                                           keyword defaults initial_backoff=1, backoff_cap=10
+  flwr.supernode.runtime.run_clientapp     run_clientapp (what `flwr-clientapp` runs per task),
+                                           pull_task_input (we check the bundle's signature
+                                           right after it), push_message (the refusal reply)
+  flwr.supercore.runtime.RuntimeHttpClient, flwr.supercore.interceptors
+                                           .RuntimeVersionHttpInterceptor, flwr.proto.runtime_pb2
+                                           .AcquireTaskRequest, flwr.supercore.constant.TaskType
+                                           the SuperNode's Runtime API, as flower-superexec calls it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.errors import UnikdError
+
+FLWR_VERSION = "1.42.0"
+
+# (module, attribute, parameters it must take); parameters None: only the attribute must exist
+REQUIRED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("flwr.cli.build", "build_fab_from_disk", ("app",)),
+    ("flwr.supernode.cli.flower_supernode", "flower_supernode", ()),
+    ("flwr.supernode.start_client_internal", "start_client_internal", ("isolation",)),
+    ("flwr.supernode.start_client_internal", "time", None),
+    ("flwr.supercore.inflatable.inflatable_utils", "pull_objects",
+     ("initial_backoff", "backoff_cap")),
+    ("flwr.supercore.inflatable.inflatable_utils", "pull_and_inflate_object_from_tree",
+     ("initial_backoff", "backoff_cap")),
+    ("flwr.supernode.runtime.run_clientapp", "run_clientapp",
+     ("runtime_api_address", "token", "insecure", "certificates", "parent_pid",
+      "runtime_dependency_install")),
+    ("flwr.supernode.runtime.run_clientapp", "pull_task_input", ("client",)),
+    ("flwr.supernode.runtime.run_clientapp", "push_message", ("client", "message", "context")),
+    ("flwr.supercore.runtime", "RuntimeHttpClient", None),
+    ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor", ("component_name",)),
+    ("flwr.proto.runtime_pb2", "AcquireTaskRequest", None),
+    ("flwr.supercore.constant", "TaskType", None),
+    ("flwr.common.constant", "ErrorCode", None),
+)
+
+
+class FlowerChanged(UnikdError):
+    """The installed flwr is not the one our internals use was written for."""
+
+
+def check() -> None:
+    """Fail loudly unless flwr is 1.42.0 with every attribute and parameter we use."""
+    import flwr
+
+    version = getattr(flwr, "__version__", "?")
+    problems = [] if version == FLWR_VERSION else [f"flwr {version} is installed, not "
+                                                    f"{FLWR_VERSION}"]
+    for module, attr, params in REQUIRED:
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            problems.append(f"{module}.{attr}: {err}")
+            continue
+        if params:
+            have = inspect.signature(obj).parameters
+            missing = [p for p in params if p not in have]
+            if missing:
+                problems.append(f"{module}.{attr} no longer takes {', '.join(missing)}")
+    if not problems:
+        import flwr.supernode.start_client_internal as sci
+
+        if sci.time is not time and not isinstance(sci.time, ShortSleeps):
+            problems.append("flwr.supernode.start_client_internal.time is not the time module")
+    if problems:
+        raise FlowerChanged("FedUNI-KD's edge executor, node launcher and app signing use "
+                            f"flwr {FLWR_VERSION} internals (shared/flower_internals.py); "
+                            + "; ".join(problems)
+                            + ". Re-check them as README 'Upgrading flwr' lists, or install "
+                            f"flwr=={FLWR_VERSION}.")
+
+
+# ---------------------------------------------------------------- app bundles
+
+
+def fab_bytes(app: Path) -> bytes:
+    """The app bundle `flwr run APP` builds (deterministic: sorted files, fixed dates)."""
+    from flwr.cli.build import build_fab_from_disk
+
+    try:
+        return build_fab_from_disk(Path(app))
+    except (ValueError, OSError) as err:
+        raise UnikdError(f"{app}: cannot build the app bundle: {err}") from None
+
+
+def fab_hash(app: Path) -> str:
+    """The hash Flower names the bundle by (cli/run/run.py: sha256 of the bundle's bytes)."""
+    return hashlib.sha256(fab_bytes(app)).hexdigest()
+
+
+# ---------------------------------------------------------------- SuperNode speed-ups
+
+
+class ShortSleeps:
+    """Stands in for `time` inside flwr.supernode.start_client_internal only, where every
+    sleep is a poll wait (3 s when idle, 0.5 s while a reply is pending): cap them."""
+
+    def __init__(self, cap: float):
+        self.cap = cap
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def shorten_object_backoff(initial: float = 0.05, cap: float = 0.5) -> None:
+    """Object pulls retry after 1, 2, 4..10 s by default; a missing object on loopback or a
+    LAN is usually there within milliseconds."""
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    for fn in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
+        fn.__kwdefaults__["initial_backoff"] = initial  # type: ignore[index]
+        fn.__kwdefaults__["backoff_cap"] = cap  # type: ignore[index]
+
+
+def patch_supernode(node_poll: float) -> None:
+    """Apply the speed-ups in this (the SuperNode's) process; `check()` first."""
+    import flwr.supernode.start_client_internal as sci
+
+    sci.time = ShortSleeps(node_poll)  # type: ignore[assignment]
+    shorten_object_backoff()
+
+
+def run_supernode(argv: list[str]) -> None:
+    """Flower's own `flower-supernode` entry point, with `argv` as its arguments."""
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+# ---------------------------------------------------------------- the edge executor
+
+
+def runtime_client(address: str):
+    """A client of the SuperNode's local Runtime API (plain HTTP on loopback), without
+    Flower's retry-forever invoker: the executor's own loop retries on its short poll."""
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(
+        server_address=address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+
+
+def acquire_clientapp_task(client) -> tuple[str, int, int] | None:
+    """(token, task id, run id) of a pending ClientApp task, or None."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+
+    res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    if res.HasField("task") and res.token:
+        return res.token, int(res.task.task_id), int(res.task.run_id)
+    return None
+
+
+# check(run_fab_hash, fab_hash, fab_content, override_config) -> None, or why it is refused
+BundleCheck = Callable[[str, str, bytes, dict], "str | None"]
+
+
+class AppRefused(Exception):
+    """The task's app bundle failed our check; the ClientApp was never installed or loaded."""
+
+
+def run_clientapp_checked(address: str, token: str, parent_pid: int,
+                          bundle_check: BundleCheck) -> None:
+    """Flower's own per-task ClientApp runner (what `flwr-clientapp` calls), with
+    `bundle_check` run right after the task's input arrives and before the bundle is
+    installed. A refusal answers the server with an error reply (so its round goes on
+    without this node) and ends the task as failed. Call in a fresh (forked) process."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    pull = rc.pull_task_input
+
+    def pull_checked(client):
+        message, context, run, fab = pull(client)
+        why = bundle_check(run.fab_hash, fab.hash_str, fab.content, dict(run.override_config))
+        if why is not None:
+            reply = Message(Error(code=ErrorCode.INVALID_FAB, reason=f"app refused: {why}"),
+                            reply_to=message)
+            rc.push_message(client, reply, context)
+            raise AppRefused(why)
+        return message, context, run, fab
+
+    rc.pull_task_input = pull_checked
+    rc.run_clientapp(runtime_api_address=address, token=token, insecure=True,
+                     certificates=None, parent_pid=parent_pid,
+                     runtime_dependency_install=False)

@@ -1,0 +1,90 @@
+"""The edge executor and node launcher: the flwr internals they use are pinned and checked,
+the SuperNode's polls are shortened only inside the process we start, and bad setups stop
+with a clear message. The executor running real tasks is in test_secure_deploy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.node.executor import main as executor_main
+from client.node.launcher import executor_command, parse_args
+from shared import flower_internals
+from shared.errors import UnikdError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_installed_flower_is_the_one_our_internals_were_written_for():
+    flower_internals.check()  # flwr 1.42.0 with every attribute and parameter we use
+
+
+def test_another_flower_version_or_a_missing_internal_fails_loudly(monkeypatch):
+    import flwr
+    import flwr.supernode.runtime.run_clientapp as rc
+
+    monkeypatch.setattr(flwr, "__version__", "1.43.0")
+    with pytest.raises(flower_internals.FlowerChanged, match="flwr 1.43.0 is installed"):
+        flower_internals.check()
+    monkeypatch.setattr(flwr, "__version__", flower_internals.FLWR_VERSION)
+    monkeypatch.delattr(rc, "pull_task_input")
+    with pytest.raises(flower_internals.FlowerChanged,
+                       match="run_clientapp.pull_task_input.*Upgrading flwr"):
+        flower_internals.check()
+
+
+def test_supernode_patch_shortens_polls_in_that_process_only():
+    code = ("import time\n"
+            "from shared import flower_internals as fi\n"
+            "import flwr.supernode.start_client_internal as sci\n"
+            "from flwr.supercore.inflatable import inflatable_utils as iu\n"
+            "fi.check(); fi.patch_supernode(0.1); fi.check()\n"
+            "t = time.monotonic(); sci.time.sleep(3); d = time.monotonic() - t\n"
+            "print(round(d, 2) < 1.0, sci.time.monotonic() > 0,\n"
+            "      iu.pull_objects.__kwdefaults__['initial_backoff'],\n"
+            "      iu.pull_and_inflate_object_from_tree.__kwdefaults__['backoff_cap'],\n"
+            "      time.sleep is not sci.time.sleep)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "0.05", "0.5", "True"]
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    assert iu.pull_objects.__kwdefaults__["initial_backoff"] == 1  # untouched here
+
+
+def test_launcher_needs_the_supernode_arguments_and_passes_the_key_on():
+    with pytest.raises(UnikdError, match="usage"):
+        parse_args(["--runtime-api-address", "127.0.0.1:9"])
+    args, rest = parse_args(["--runtime-api-address", "127.0.0.1:9", "--app-key", "op.pub",
+                             "--", "--superlink", "x:1"])
+    assert rest == ["--superlink", "x:1"]
+    cmd = executor_command(args)
+    assert cmd[cmd.index("--app-key") + 1] == "op.pub" and "--allow-unsigned-apps" not in cmd
+    assert cmd[cmd.index("--poll") + 1] == "0.05"
+
+
+def test_executor_refuses_to_start_without_a_valid_operator_key(tmp_path, capsys):
+    assert executor_main(["--runtime-api-address", "127.0.0.1:9"]) == 2
+    assert "--app-key OPERATOR.pub is required" in capsys.readouterr().err
+    (tmp_path / "bad.pub").write_text("not a key")
+    assert executor_main(["--runtime-api-address", "127.0.0.1:9", "--app-key",
+                          str(tmp_path / "bad.pub")]) == 2
+    assert "not a PEM public key" in capsys.readouterr().err
+
+
+def test_edge_with_a_broken_operator_key_stops_before_starting(tmp_path, make_domain_file):
+    make_domain_file(domain="1", folder=tmp_path / "d")
+    (tmp_path / "ca.crt").write_text("x")
+    (tmp_path / "op.pub").write_text("-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n")
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "edge", "--superlink", "c:1",
+                          "--data", str(tmp_path / "d"), "--ca", str(tmp_path / "ca.crt"),
+                          "--app-key", str(tmp_path / "op.pub"), "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--app-key" in out.stderr, out.stderr
+    assert time.monotonic() - start < 60
