@@ -160,8 +160,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout))
     cloud = Cloud(cfg, source, teacher, content_hash(teacher))
     n_trg = sum(counts.values())
-    cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
-                        cfg.distill.epochs)
+    batch = cfg.distill.batch_for(source.spec)
+    cloud.clock = Clock(steps_per_epoch(len(source.train), n_trg, batch), cfg.distill.epochs)
     total = cfg.fed.rounds or cloud.clock.total
     parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
     dp_plan = plan_privacy(cfg, total)  # None when fed.dp=off

@@ -20,7 +20,7 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.engine import dann_source_terms
 from shared.models import DomainDisc, TeacherEnsemble, teacher_for
-from shared.protocol.records import RoundConfig, bn_buffers, to_record
+from shared.protocol.records import RoundConfig, bn_buffers, spec_to_record, to_record
 from shared.schedules import grl_alpha, training_progress
 from shared.seeding import SOURCE_STREAM
 from shared.steps import batch_plan, seed_init, seed_side, steps_per_epoch
@@ -35,7 +35,7 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
     t = cfg.teacher
     return RoundConfig(
         round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
-        local_steps=1, seed=seed, batch_size=t.batch_size, temperature=1.0, lam_ce=t.w_cls,
+        local_steps=1, seed=seed, batch_size=t.batch_for(source.spec), temperature=1.0, lam_ce=t.w_cls,
         lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
         bn_policy="averaged", dataset=source.spec.name, phase=phase)
 
@@ -44,7 +44,8 @@ def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> Record
     """The records every node needs to find and normalise its windows, plus the round config."""
     return RecordDict({
         wire.NORM: to_record({"mean": source.normalizer.mean, "std": source.normalizer.std}),
-        wire.SIM: sim_setup(cfg, source).to_record(), wire.CONFIG: rc.to_record()})
+        wire.SIM: sim_setup(cfg, source).to_record(), wire.CONFIG: rc.to_record(),
+        wire.SPEC: spec_to_record(source.spec)})
 
 
 def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -56,7 +57,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
                              betas=TEACHER_BETAS) for m in (teacher, disc)]
     teacher.train()
     disc.train()
-    spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_size)
+    spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_for(spec))
     total = spe * tcfg.epochs
     shapes = wire.expected_teacher_shapes(dict(teacher.named_parameters()),
                                           dict(disc.named_parameters()),
@@ -78,7 +79,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
             continue
         for o in opts:
             o.zero_grad(set_to_none=True)
-        plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_size)
+        plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_for(spec))
         idx = plan[step % len(plan)]
         seed_side(seed, SOURCE_STREAM, rnd - 1)
         terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx], alpha,
