@@ -32,7 +32,7 @@ def rng(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[str
 class DataConfig:
     dataset: str = "SYNTH"  # HAR, HHAR, FD, SSC, SYNTH or GENERIC (shape read from the files)
     path: str = ""  # AdaTime folder; "" = the embedded synthetic data (generated on first use)
-    scenario: str = "0->1"  # source->target
+    scenario: str = "0->1"  # source->target; per-domain federations: 2->11+13+16 (one per edge)
     normalize: bool = True  # per-channel z-score with source-train statistics
     synth_shift: float = field(default=1.0, metadata=rng(0.0, 3.0))  # synthetic domain-gap strength
 

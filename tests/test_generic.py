@@ -73,6 +73,40 @@ def test_spec_survives_the_wire_record():
         DatasetSpec.from_dict({**generic_spec(1, 64, 2).to_dict(), "kernel": "5"})
 
 
+# ---------------------------------------------------------------- scenario syntax
+
+
+def test_scenario_syntax_is_parsed_in_one_place():
+    from shared.datasets import format_scenario, parse_scenario, parse_scenario_list
+    from shared.errors import UnikdError
+    from shared.partition import PartitionSpec, client_domains
+
+    assert parse_scenario("2->11") == parse_scenario("2:11") == ("2", "11")
+    assert parse_scenario("2->11+13+16") == parse_scenario("2->11,13,16") == ("2", "11,13,16")
+    assert format_scenario(("2", "11,13,16")) == "2->11+13+16"
+    assert parse_scenario_list("2:11,7->13") == [("2", "11"), ("7", "13")]
+    assert parse_scenario_list("2->11+13+16;7->13+18") == [("2", "11,13,16"), ("7", "13,18")]
+    assert parse_scenario_list("2->11,13,16;7->13") == [("2", "11,13,16"), ("7", "13")]
+    with pytest.raises(UnikdError, match=r"join them with '\+', e.g. 2->11\+13"):
+        parse_scenario_list("2->11,13,16")
+    for bad in ("2->", "->11", "2->11+", "2->11->13", "211"):
+        with pytest.raises(UnikdError, match="bad scenario"):
+            parse_scenario(bad)
+    per_domain = PartitionSpec.parse("per-domain")
+    assert client_domains("11+13+16", 3, per_domain) == ["11", "13", "16"]
+    with pytest.raises(UnikdError, match="lists several"):
+        client_domains("11+13", 2, PartitionSpec.parse("iid"))
+
+
+def test_per_domain_bench_gives_each_target_its_own_edge():
+    from server.bench.federated import clients_per_scenario
+
+    assert clients_per_scenario(["2->11+13+16", "7->13"], "per-domain", None) == {
+        "2->11+13+16": 3, "7->13": 1}
+    assert clients_per_scenario(["2->11"], "dirichlet:0.5", None) == {"2->11": 5}
+    assert clients_per_scenario(["2->11"], "iid", 3) == {"2->11": 3}
+
+
 # ---------------------------------------------------------------- batch size
 
 
@@ -322,3 +356,15 @@ def test_markdown_report_without_main_scenarios():
                               "compression": {"params": 10, "macs": 10}}}
     md = markdown_report(report, get_spec("HAR"))
     assert "| unikd | 50.50 ± 0.71 | 50.50 | – | 1.0 |" in md
+
+
+def test_a_node_whose_windows_do_not_fit_the_round_says_so(generic_dir):
+    from client.node.local_data import LocalData, check_shape
+    from shared.errors import UnikdError
+
+    spec = generic_spec(CHANNELS, LENGTH, CLASSES)
+    fits = LocalData(torch.zeros(4, CHANNELS, LENGTH), None)
+    assert check_shape(fits, spec, {}) is fits
+    with pytest.raises(UnikdError, match=r"/dev/edge: this node's windows are 9 channels x 128 "
+                                         r"samples; the round's model \(GENERIC\) takes 1 x 1024"):
+        check_shape(LocalData(torch.zeros(4, 9, 128), None), spec, {"data-path": "/dev/edge"})

@@ -12,7 +12,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node.local_data import LocalData, local_data
+from client.node.local_data import LocalData, check_shape, local_data
 from client.node.privacy import privatize
 from client.node.target_side import dann_round, unikd_round
 from shared.protocol import wire
@@ -45,8 +45,8 @@ def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, Local
     rc = RoundConfig.from_record(msg.content[wire.CONFIG])
     sim = SimSetup.from_record(msg.content[wire.SIM])
     cid = client_id(context)
-    return rc, cid, local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content),
-                               decode_spec(msg.content))
+    data = local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content))
+    return rc, cid, check_shape(data, decode_spec(msg.content), dict(context.node_config))
 
 
 def decode_spec(content: RecordDict) -> DatasetSpec:

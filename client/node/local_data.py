@@ -36,14 +36,14 @@ class LocalData:
         return len(self.x_train)
 
 
-def _raw_split(dataset: DatasetSpec, path: str, shift: float, split: str, domain: str) -> Domain:
-    """One file, checked against the shape the round's `spec` record gave."""
-    return load_split(DataConfig(dataset=dataset.name, path=path, synth_shift=shift), dataset,
-                      split, domain)
+def _raw_split(dataset: str, path: str, shift: float, split: str, domain: str) -> Domain:
+    """One validated file; its shape is checked against the round's spec by `check_shape`."""
+    return load_split(DataConfig(dataset=dataset, path=path, synth_shift=shift), None, split,
+                      domain)
 
 
 @lru_cache(maxsize=8)
-def simulated_split(dataset: DatasetSpec, path: str, shift: float, target: str, partition: str,
+def simulated_split(dataset: str, path: str, shift: float, target: str, partition: str,
                num_clients: int, client: int, seed: int) -> tuple[Domain, Domain | None]:
     """A simulated node's raw train and test windows, decided by the simulator's partitioner."""
     spec = PartitionSpec.parse(partition)
@@ -64,7 +64,7 @@ def simulated_split(dataset: DatasetSpec, path: str, shift: float, target: str, 
 
 
 @lru_cache(maxsize=4)
-def _device(dataset: DatasetSpec, path: str, domain: str) -> tuple[Domain, Domain | None]:
+def _device(dataset: str, path: str, domain: str) -> tuple[Domain, Domain | None]:
     """A deployed node's own folder; a test file is optional there."""
     train = _raw_split(dataset, path, 0.0, "train", domain)
     try:
@@ -75,7 +75,7 @@ def _device(dataset: DatasetSpec, path: str, domain: str) -> tuple[Domain, Domai
 
 
 def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
-               norm: Normalizer, spec: DatasetSpec) -> LocalData:
+               norm: Normalizer) -> LocalData:
     """Where this node's windows come from, first match wins:
 
     * `store-path`: the windows sensor apps ingested through `unikd serve` (read fresh each
@@ -83,23 +83,40 @@ def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
       may still come from `data-path`;
     * `data-path`: a device's own AdaTime folder;
     * otherwise the simulator's partition of the target domain.
-
-    `spec` is the round's `spec` record: the files are checked against that shape.
     """
     if "store-path" in node_config:
         from client.edge_service.store import store_windows
 
         x = store_windows(str(node_config["store-path"]))  # raw [N, C, L], oldest first
-        test = (_device(spec, str(node_config["data-path"]),
+        test = (_device(rc.dataset, str(node_config["data-path"]),
                         str(node_config.get("domain", sim.target)))[1]
                 if "data-path" in node_config else None)
         norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
         return LocalData(norm(x), norm_test)
     if "data-path" in node_config:
-        train, test = _device(spec, str(node_config["data-path"]),
+        train, test = _device(rc.dataset, str(node_config["data-path"]),
                               str(node_config.get("domain", sim.target)))
     else:
-        train, test = simulated_split(spec, sim.data_path, sim.synth_shift, sim.target,
+        train, test = simulated_split(rc.dataset, sim.data_path, sim.synth_shift, sim.target,
                                  sim.partition, sim.num_clients, client, rc.seed)
     norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
     return LocalData(norm(train.x), norm_test)
+
+
+def check_shape(data: LocalData, spec: DatasetSpec, node_config: dict) -> LocalData:
+    """This node's windows against the model shape the round's `spec` record gives."""
+    where = str(node_config.get("store-path") or node_config.get("data-path") or "simulated data")
+    got = tuple(data.x_train.shape[1:])
+    if got != (spec.channels, spec.length):
+        raise UnikdError(f"{where}: this node's windows are {got[0]} channels x {got[1]} samples; "
+                         f"the round's model ({spec.name}) takes {spec.channels} x {spec.length}")
+    if data.test is not None:
+        test_shape = tuple(data.test.x.shape[1:])
+        if test_shape != got:
+            raise UnikdError(f"{data.test.file}: test windows are {test_shape[0]} x "
+                             f"{test_shape[1]}, the training windows {got[0]} x {got[1]}")
+        top = int(data.test.y.max()) if len(data.test) else -1
+        if top >= spec.classes:
+            raise UnikdError(f"{data.test.file}: label {top} is out of range for the round's "
+                             f"model ({spec.name}, {spec.classes} classes)")
+    return data

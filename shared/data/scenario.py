@@ -34,8 +34,10 @@ def resolve_spec(cfg: DataConfig) -> DatasetSpec:
     return dataset_spec(cfg.dataset, cfg.path)
 
 
-def load_split(cfg: DataConfig, spec: DatasetSpec, split: str, domain: str) -> Domain:
-    """One split from the configured folder, or from the embedded generator when path is ''."""
+def load_split(cfg: DataConfig, spec: DatasetSpec | None, split: str, domain: str) -> Domain:
+    """One split from the configured folder, or from the embedded generator when path is ''.
+
+    With `spec`, channels, length and label range are checked against it."""
     if cfg.path:
         return load_domain(cfg.path, split, domain, spec)
     from shared.data.synth import SynthConfig, generate_domain
