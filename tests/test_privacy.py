@@ -183,7 +183,7 @@ def test_wire_manifest_holds_with_local_dp():
 
     from client.node.local_data import local_data
     from shared.data.loaders import Normalizer
-    from shared.protocol.records import RoundConfig, SimSetup, spec_from_record
+    from shared.protocol.records import RoundConfig, SimSetup
 
     cfg = load_config(overrides=[*BASE, "fed.dp=local", "fed.dp_epsilon=1"])
     seen, windows, sent_bn = [], {}, {}
@@ -196,8 +196,7 @@ def test_wire_manifest_holds_with_local_dp():
             sim = SimSetup.from_record(request.content[wire.SIM])
             stats = from_record(request.content[wire.NORM])
             data = local_data(rc, sim, dict(grid.contexts[node].node_config), node - 1000,
-                              Normalizer(stats["mean"], stats["std"]),
-                              spec_from_record(request.content[wire.SPEC]))
+                              Normalizer(stats["mean"], stats["std"]))
             windows[node] = (data.num_examples, len(data.test))
         if mtype == "train":
             assert request.content[wire.CONFIG]["dp_mode"] == "local"

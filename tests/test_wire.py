@@ -27,7 +27,7 @@ from shared.data.loaders import Normalizer
 from shared.datasets import get_spec
 from shared.engine import UniKDNets
 from shared.models import DomainDisc, teacher_for
-from shared.protocol.records import RoundConfig, SimSetup, from_record, spec_from_record, to_record
+from shared.protocol.records import RoundConfig, SimSetup, from_record, to_record
 
 CLIENTS = 3
 BASE = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", f"fed.clients={CLIENTS}",
@@ -143,8 +143,7 @@ def tapped_run():
             stats = from_record(request.content[wire.NORM])
             data = local_data(rc, sim, dict(grid.contexts[node].node_config),
                               int(grid.contexts[node].node_config["partition-id"]),
-                              Normalizer(stats["mean"], stats["std"]),
-                              spec_from_record(request.content[wire.SPEC]))
+                              Normalizer(stats["mean"], stats["std"]))
             windows[node] = (data.num_examples, len(data.test) if data.test is not None else -1)
         seen.append((mtype, node, reply))
 

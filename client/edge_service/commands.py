@@ -28,7 +28,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)  # the PyTorch format answers on this many threads
     serve(ServeOptions(
         store=Path(args.store).expanduser(), model=Path(args.model) if args.model else None,
-        dataset=args.dataset, data=Path(args.data) if args.data else None, address=args.address, max_windows=args.max_windows,
+        dataset=args.dataset, data=Path(args.data) if args.data else None,
+        address=args.address, max_windows=args.max_windows,
         max_mb=args.max_mb, max_age_days=args.max_age_days, threads=args.threads,
         watch_s=args.watch, tls=tls, insecure_remote=args.insecure_remote))
     return 0

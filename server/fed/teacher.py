@@ -35,8 +35,8 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
     t = cfg.teacher
     return RoundConfig(
         round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
-        local_steps=1, seed=seed, batch_size=t.batch_for(source.spec), temperature=1.0, lam_ce=t.w_cls,
-        lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
+        local_steps=1, seed=seed, batch_size=t.batch_for(source.spec), temperature=1.0,
+        lam_ce=t.w_cls, lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
         bn_policy="averaged", dataset=source.spec.name, phase=phase)
 
 

@@ -57,7 +57,8 @@ def import_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-IMPORT_HELP = """Turn labelled windows into the AdaTime layout (train_<domain>.pt / test_<domain>.pt with
+IMPORT_HELP = """\
+Turn labelled windows into the AdaTime layout (train_<domain>.pt / test_<domain>.pt with
 `samples` [N, C, L] float32 and `labels` int64), checked like every AdaTime folder.
 
 Inputs (every window has a label and a domain id; a train/test split is optional):

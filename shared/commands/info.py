@@ -1,4 +1,4 @@
-"""`unikd info [--dataset NAME | --data DIR] [--json]`: model sizes, MACs per window, compression."""
+"""`unikd info [--dataset NAME | --data DIR] [--json]`: model sizes, MACs, compression."""
 
 from __future__ import annotations
 

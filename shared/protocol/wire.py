@@ -1,9 +1,10 @@
 """THE wire manifest: every record that may cross the network, in each direction.
 
 Down (cloud -> edge): model weights, the round's schedule and settings, the dataset's model
-shape, normalisation stats and, once, the frozen teacher. Up (edge -> cloud): gradients shaped exactly like parameters, BN
-running statistics, and scalar metrics from a fixed list. Nothing with a per-sample dimension and
-no label ever goes up: `check_outgoing` enforces it on every client reply.
+shape, normalisation stats and, once, the frozen teacher. Up (edge -> cloud): gradients shaped
+exactly like parameters, BN running statistics, and scalar metrics from a fixed list. Nothing
+with a per-sample dimension and no label ever goes up: `check_outgoing` enforces it on every
+client reply.
 """
 
 from __future__ import annotations
