@@ -1,4 +1,4 @@
-"""Cloud-side subcommands: `unikd teacher`, `unikd distill`, `unikd bench central`."""
+"""Cloud-side subcommands: `unikd teacher | distill | federate | bench central | bench federated`."""
 
 from __future__ import annotations
 
