@@ -1,15 +1,17 @@
-"""Cloud-side subcommands: `unikd teacher`, `unikd distill`, `unikd bench central`."""
+"""Cloud-side subcommands: `unikd teacher | distill | federate | bench central | bench federated`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from shared.config import METHODS, load_config
-from shared.datasets import get_spec, parse_scenario
+from shared.datasets import DatasetSpec, format_scenario, parse_scenario_list
+from shared.errors import UnikdError
 
 log = logging.getLogger(__name__)
 
@@ -54,49 +56,88 @@ def federate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_central_cmd(args: argparse.Namespace) -> int:
-    from server.bench.central import run_bench
+@dataclass
+class BenchPlan:
+    """What both benchmarks need from their common arguments, checked before any work starts."""
 
-    overrides = list(args.set) + [f"data.dataset={args.dataset}"]
+    spec: DatasetSpec
+    scenarios: list[str]  # as written in the reports: 2->11, or 2->11+13+16 (one per edge)
+    seeds: list[int]
+    base: dict  # config file, overrides and label: each worker process rebuilds its config
+
+
+def _bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
+    """Config, dataset spec (GENERIC: from the files), scenarios and seeds of `unikd bench`."""
+    from shared.data.scenario import resolve_spec
+
+    overrides = list(args.set) + [f"data.dataset={args.dataset}", *extra]
     if args.data:
         overrides.append(f"data.path={Path(args.data).resolve()}")
     cfg = load_config(args.config, overrides)  # validate early, in this process
-    spec = get_spec(cfg.data.dataset)
-    scenarios = ([f"{a}->{b}" for a, b in map(parse_scenario, args.scenarios.split(","))]
-                 if args.scenarios else [f"{a}->{b}" for a, b in spec.scenarios])
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    spec = resolve_spec(cfg.data)
+    if args.scenarios:
+        pairs = parse_scenario_list(args.scenarios)
+    elif spec.scenarios:
+        pairs = list(spec.scenarios)
+    else:
+        raise UnikdError(f"dataset {spec.name} has no scenario list of its own: give "
+                         f"--scenarios, e.g. --scenarios 0->1,0->2")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UnikdError(f"--seeds {args.seeds!r}: give a comma list of integers") from None
+    return BenchPlan(spec, [format_scenario(p) for p in pairs], seeds,
+                     {"file": args.config, "overrides": overrides, "label": args.label})
+
+
+def bench_central_cmd(args: argparse.Namespace) -> int:
+    from server.bench.central import run_bench
     from server.central.runner import get_method
 
+    plan = _bench_plan(args, [])
+    several = [sc for sc in plan.scenarios if "+" in sc]
+    if several:
+        raise UnikdError(f"bench central trains on one target domain per scenario; "
+                         f"{', '.join(several)} list several (that is `bench federated "
+                         f"--partition per-domain`)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         get_method(m)
     if args.label and len(methods) != 1:
-        from shared.errors import UnikdError
-
         raise UnikdError("--label names one variant: give exactly one method with it")
-    base = {"file": args.config, "overrides": overrides, "label": args.label}
-    report = run_bench(base, spec, methods, scenarios, seeds, Path(args.out), args.jobs)
+    report = run_bench(plan.base, plan.spec, methods, plan.scenarios, plan.seeds,
+                       Path(args.out), args.jobs)
     print((Path(args.out) / "results.md").read_text())
     return 0 if report["runs"] else 1
 
 
 def bench_federated_cmd(args: argparse.Namespace) -> int:
-    from server.bench.federated import run_fed_bench
+    from server.bench.federated import clients_per_scenario, run_fed_bench
 
-    overrides = list(args.set) + [f"data.dataset={args.dataset}", f"fed.clients={args.clients}",
-                                  f"fed.partition={args.partition}"]
-    if args.data:
-        overrides.append(f"data.path={Path(args.data).resolve()}")
-    cfg = load_config(args.config, overrides)
-    spec = get_spec(cfg.data.dataset)
-    scenarios = ([f"{a}->{b}" for a, b in map(parse_scenario, args.scenarios.split(","))]
-                 if args.scenarios else [f"{a}->{b}" for a, b in spec.scenarios])
-    seeds = [int(s) for s in args.seeds.split(",")]
-    base = {"file": args.config, "overrides": overrides, "label": args.label,
-            "teachers": str(Path(args.teachers).resolve()) if args.teachers else None}
-    report = run_fed_bench(base, spec, scenarios, seeds, Path(args.out), args.jobs)
+    plan = _bench_plan(args, [f"fed.partition={args.partition}"])
+    clients = clients_per_scenario(plan.scenarios, args.partition, args.clients)
+    plan.base["teachers"] = str(Path(args.teachers).resolve()) if args.teachers else None
+    report = run_fed_bench(plan.base, plan.spec, plan.scenarios, plan.seeds, Path(args.out),
+                           args.jobs, clients)
     print((Path(args.out) / "results.md").read_text())
     return 0 if report["runs"] else 1
+
+
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    """The arguments `bench central` and `bench federated` share."""
+    _add_config_args(p)
+    p.add_argument("--data", help="AdaTime folder (default: embedded synthetic data)")
+    p.add_argument("--dataset", default="SYNTH",
+                   help="HAR, HHAR, FD, SSC, SYNTH, or GENERIC (shape read from --data)")
+    p.add_argument("--scenarios", help=SCENARIOS_HELP)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", required=True)
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+
+
+SCENARIOS_HELP = ("scenarios separated by ',' or ';', e.g. 2:11,7:13 or 2->11;7->13; several "
+                  "target domains of one scenario are joined by '+' (2->11+13+16, one per edge "
+                  "with --partition per-domain). Default: the dataset's 10")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,28 +161,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that write results.json and a Markdown table")
     bsub = p.add_subparsers(dest="bench_command", metavar="KIND", required=True)
     b = bsub.add_parser("central", help="centralized methods x scenarios x seeds")
-    _add_config_args(b)
-    b.add_argument("--data", help="AdaTime folder (default: embedded synthetic data)")
-    b.add_argument("--dataset", default="SYNTH")
+    _add_bench_args(b)
     b.add_argument("--methods", default="unikd,source-only")
-    b.add_argument("--scenarios", help="comma list like 2:11,7:13 (default: the dataset's 10)")
-    b.add_argument("--seeds", default="0,1,2")
-    b.add_argument("--out", required=True)
-    b.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     b.add_argument("--label", help="name this variant in the tables (e.g. unikd+adv); it shares "
                                    "the cached teachers of the same --out")
     b.set_defaults(func=bench_central_cmd)
 
     f = bsub.add_parser("federated", help="simulated federations x scenarios x seeds")
-    _add_config_args(f)
-    f.add_argument("--data", help="AdaTime folder (default: embedded synthetic data)")
-    f.add_argument("--dataset", default="SYNTH")
-    f.add_argument("--clients", type=int, default=5)
+    _add_bench_args(f)
+    f.add_argument("--clients", type=int,
+                   help="edges per federation (default 5; per-domain: one per target domain)")
     f.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | per-domain")
-    f.add_argument("--scenarios", help="comma list like 2:11,7:13 (default: the dataset's 10)")
-    f.add_argument("--seeds", default="0,1,2")
-    f.add_argument("--out", required=True)
-    f.add_argument("--jobs", type=int, default=1)
     f.add_argument("--label", help="name of this variant in the tables (default fedunikd)")
     f.add_argument("--teachers", metavar="CENTRAL_BENCH_DIR",
                    help="reuse the DANN teachers cached by `bench central --out DIR` instead of "

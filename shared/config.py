@@ -13,11 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.datasets import DatasetSpec
 
 
 def rng(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[str, Any]:
@@ -36,7 +39,7 @@ class DataConfig:
     # AdaTime folder; "" = the embedded synthetic data (generated on first use). Relative to the
     # config file's folder when set in a file, to the working directory when set with --set.
     path: str = field(default="", metadata=PATH)
-    scenario: str = "0->1"  # source->target
+    scenario: str = "0->1"  # source->target; per-domain federations: 2->11+13+16 (one per edge)
     normalize: bool = True  # per-channel z-score with source-train statistics
     synth_shift: float = field(default=1.0, metadata=rng(0.0, 3.0))  # synthetic domain-gap strength
 
@@ -48,11 +51,15 @@ class TeacherConfig:
     epochs: int = field(default=40, metadata=rng(1, 10_000))
     lr: float = field(default=1e-3, metadata=rng(0.0, 1.0))
     weight_decay: float = field(default=1e-4, metadata=rng(0.0, 1.0))
-    batch_size: int = field(default=32, metadata=rng(1, 65_536))
+    batch_size: int = field(default=0, metadata=rng(0, 65_536))  # 0 = the dataset's (batch_for)
     w_cls: float = field(default=1.0, metadata=rng(0.0, None))
     w_dom: float = field(default=1.0, metadata=rng(0.0, None))
     ensemble: int = field(default=1, metadata=rng(1, 16))  # seeds averaged into one teacher
     checkpoint: str = field(default="", metadata=PATH)  # reuse a trained teacher instead
+
+    def batch_for(self, spec: DatasetSpec) -> int:
+        """The batch size to train with: the value set here, or the dataset's when 0."""
+        return self.batch_size or spec.batch_size
 
 
 @dataclass
@@ -61,7 +68,9 @@ class DistillConfig:
 
     method: Literal[METHODS] = "unikd"  # what `unikd distill` trains unless --method is given
     epochs: int = field(default=30, metadata=rng(1, 10_000))
-    batch_size: int = field(default=32, metadata=rng(1, 65_536))
+    # 0 (the default) = the dataset's batch size (DatasetSpec.batch_size: 32, SSC 128); any value
+    # set in the file or with --set wins, so a user's choice is never overridden
+    batch_size: int = field(default=0, metadata=rng(0, 65_536))
     lr: float = field(default=1e-2, metadata=rng(0.0, 1.0))
     weight_decay: float = field(default=1e-4, metadata=rng(0.0, 1.0))
     beta1: float = field(default=0.5, metadata=rng(0.0, 0.999999))
@@ -85,6 +94,10 @@ class DistillConfig:
     grl_ramp: bool = True  # §8.7: GRL alpha ramps from 0 over progress in [0, 1]
     double_target_forward: bool = False  # §8.14: the reference's second student pass on target
     cache_teacher: bool = True  # frozen teacher run once per window, not every step
+
+    def batch_for(self, spec: DatasetSpec) -> int:
+        """The batch size to train with: the value set here, or the dataset's when 0."""
+        return self.batch_size or spec.batch_size
 
 
 @dataclass

@@ -7,7 +7,7 @@ Three kinds (`PartitionSpec.parse`):
   gets is drawn from Dir(ALPHA, ..., ALPHA). Small ALPHA (0.1) gives each client a few dominant
   classes; large ALPHA (1000) is close to IID.
 * ``per-domain`` — multi-target: every client holds a whole target domain of its own
-  (`client_domains` maps clients to domains; the target is a comma list such as ``11,13,16``).
+  (`client_domains` maps clients to domains; the target lists them: ``11+13+16`` or ``11,13,16``).
 
 Labels are read here ONLY by the simulator, to decide who holds which windows (the label skew of a
 real deployment is something the simulator has to make up). Clients never see a label during
@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from shared.datasets import scenario_targets
 from shared.errors import UnikdError
 
 Kind = Literal["iid", "dirichlet", "per-domain"]
@@ -202,7 +203,7 @@ def client_domains(target: str, num_clients: int, spec: PartitionSpec) -> list[s
         raise UnikdError(f"spec must be a PartitionSpec, got {type(spec).__name__}")
     text = str(target).strip()
     if spec.kind == "per-domain":
-        ids = [d.strip() for d in text.split(",")]
+        ids = scenario_targets(text)
         if not text or any(not d for d in ids):
             raise UnikdError(f"partition 'per-domain' needs target as a comma list of domain ids, "
                              f"one per client (e.g. '11,13,16'), got '{target}'")
@@ -216,7 +217,7 @@ def client_domains(target: str, num_clients: int, spec: PartitionSpec) -> list[s
         return ids
     if not text:
         raise UnikdError(f"partition '{spec}' needs a target domain id, got '{target}'")
-    if "," in text:
+    if len(scenario_targets(text)) > 1:
         raise UnikdError(f"partition '{spec}' splits ONE target domain over the clients, but "
                          f"target '{target}' lists several; use partition 'per-domain' for "
                          f"one domain per client")

@@ -18,7 +18,7 @@ from server.deploy.superlink import (CloudConfig, cloud_env, ensure_certs, proxy
 from server.fed.run_folder import resume_dir
 from shared.cli import main
 from shared.errors import UnikdError
-from shared.processes import free_port, group_members
+from shared.processes import free_port
 
 
 def test_the_fleet_prefix_is_flowers_own():

@@ -28,7 +28,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)  # the PyTorch format answers on this many threads
     serve(ServeOptions(
         store=Path(args.store).expanduser(), model=Path(args.model) if args.model else None,
-        dataset=args.dataset, address=args.address, max_windows=args.max_windows,
+        dataset=args.dataset, data=Path(args.data) if args.data else None,
+        address=args.address, max_windows=args.max_windows,
         max_mb=args.max_mb, max_age_days=args.max_age_days, threads=args.threads,
         watch_s=args.watch, tls=tls, insecure_remote=args.insecure_remote))
     return 0
@@ -103,7 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="window store, SQLite (created; default ~/.unikd/edge/store.db)")
     p.add_argument("--model", help="student to serve: .onnx or .pt bundle from unikd export; "
                                    "watched and hot-swapped when the file changes")
-    p.add_argument("--dataset", help="window shape when no model is given (HAR, HHAR, FD, SSC)")
+    p.add_argument("--dataset", help="window shape when no model is given (HAR, HHAR, FD, SSC, "
+                                     "or GENERIC with --data)")
+    p.add_argument("--data", help="window shape when no model is given, read from this AdaTime "
+                                  "folder's files (GENERIC)")
     p.add_argument("--address", default="127.0.0.1:50071",
                    help="host:port (port 0 picks one) or unix:PATH; default loopback only")
     p.add_argument("--max-windows", type=int, help="keep at most this many windows")

@@ -112,6 +112,14 @@ def source_normalizer(ckpt: dict, cfg: RunConfig | None, spec: DatasetSpec) -> N
                          ) from None
 
 
+def run_spec(ckpt: dict, cfg: RunConfig | None, meta: dict) -> DatasetSpec:
+    """The student's dataset shape: stored in the checkpoint (GENERIC needs no data files),
+    else from the run's config, else the registry name of older checkpoints."""
+    if "spec" in ckpt:
+        return DatasetSpec.from_dict(ckpt["spec"], "the checkpoint's spec")
+    return resolve_spec(cfg.data) if cfg else get_spec(str(meta.get("dataset", "")))
+
+
 def student_arch(spec: DatasetSpec) -> dict[str, Any]:
     return {"in_channels": spec.channels, "num_classes": spec.classes, "width": STUDENT_WIDTH,
             "features": STUDENT_FEATURES, "kernel": spec.kernel, "stride": spec.stride,
@@ -124,7 +132,7 @@ def load_run_student(run: str | Path) -> RunStudent:
     state, round_, meta = student_weights(ckpt)
     run_dir = run_dir_of(path)
     cfg = run_config(run_dir)
-    spec = resolve_spec(cfg.data) if cfg else get_spec(str(meta.get("dataset", "")))
+    spec = run_spec(ckpt, cfg, meta)
     arch = student_arch(spec)
     student = CNN1d(**arch)
     student.load_state_dict(state)

@@ -26,7 +26,7 @@ from client.edge_service.servicer import EdgeServicer
 from client.edge_service.store import Retention, WindowStore
 from client.edge_service.windows import WindowShape
 from protos import edge_pb2, edge_pb2_grpc
-from shared.datasets import get_spec
+from shared.data.adatime import dataset_spec
 from shared.errors import UnikdError
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class ServeOptions:
     store: Path
     model: Path | None = None
     dataset: str | None = None  # gives the window shape when no model is loaded
+    data: Path | None = None  # an AdaTime folder: GENERIC's window shape, read from its files
     address: str = DEFAULT_ADDRESS
     max_windows: int | None = None
     max_mb: float | None = None
@@ -165,10 +166,11 @@ class ServeOptions:
 def window_shape(opts: ServeOptions) -> WindowShape:
     if opts.model is not None:
         return load_predictor(opts.model, opts.threads).meta.shape
-    if opts.dataset:
-        spec = get_spec(opts.dataset)
+    if opts.dataset or opts.data:
+        spec = dataset_spec(opts.dataset or "GENERIC", opts.data)
         return WindowShape(spec.channels, spec.length)
-    raise UnikdError("give --model FILE or --dataset NAME: the service must know the window shape")
+    raise UnikdError("give --model FILE, --dataset NAME or --data DIR: the service must know "
+                     "the window shape")
 
 
 @dataclass

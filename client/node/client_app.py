@@ -12,15 +12,15 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node.local_data import LocalData, local_data
 from client.node import secagg
+from client.node.local_data import LocalData, check_shape, local_data
 from client.node.privacy import privatize
 from client.node.record_dp import (node_secret, record_dann_round, record_unikd_round,
                                    released_count)
 from client.node.target_side import dann_round, unikd_round
 from shared.protocol import wire
 from shared.data.loaders import Normalizer
-from shared.datasets import get_spec
+from shared.datasets import DatasetSpec
 from shared.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import UnikdError
 from shared.evaluation import predict
@@ -29,7 +29,8 @@ from shared.models import DomainDisc, teacher_for
 from shared.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_record,
-                                     group_named_params, load_student_state, to_record)
+                                     group_named_params, load_student_state, spec_from_record,
+                                     to_record)
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -47,11 +48,17 @@ def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, Local
     rc = RoundConfig.from_record(msg.content[wire.CONFIG])
     sim = SimSetup.from_record(msg.content[wire.SIM])
     cid = client_id(context)
-    return rc, cid, local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content))
+    data = local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content))
+    return rc, cid, check_shape(data, decode_spec(msg.content), dict(context.node_config))
+
+
+def decode_spec(content: RecordDict) -> DatasetSpec:
+    """The models' shape as the cloud sent it: the node needs no registry and no cloud files."""
+    return spec_from_record(content[wire.SPEC])
 
 
 def decode_nets(content: RecordDict, rc: RoundConfig) -> UniKDNets:
-    nets = UniKDNets.for_spec(get_spec(rc.dataset))
+    nets = UniKDNets.for_spec(decode_spec(content))
     load_student_state(nets, from_record(content[wire.STUDENT]))
     nets.d_f.load_state_dict(from_record(content[wire.D_F]))
     nets.d_d.load_state_dict(from_record(content[wire.D_D]))
@@ -75,7 +82,7 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
     if wire.TEACHER not in msg.content:
         raise UnikdError(f"teacher snapshot {rc.teacher_hash[:12]} is not cached on this node")
     teacher = teacher_from_arrays(from_record(msg.content[wire.TEACHER]), rc.teacher_members,
-                                  get_spec(rc.dataset))
+                                  decode_spec(msg.content))
     out = teacher_outputs(teacher, data.x_train)
     context.state[TEACHER_OUT] = to_record({"feat": out.feat, "logits": out.logits})
     context.state[TEACHER_META] = ConfigRecord({"hash": rc.teacher_hash})
@@ -131,7 +138,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
     """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context)
-    spec = get_spec(rc.dataset)
+    spec = decode_spec(msg.content)
     teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
     teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
     disc.load_state_dict(from_record(msg.content[wire.TEACHER_DISC]))
@@ -162,7 +169,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received student on this node's labelled test windows: confusion counts only."""
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context)
-    spec = get_spec(rc.dataset)
+    spec = decode_spec(msg.content)
     nets = UniKDNets.for_spec(spec)
     load_student_state(nets, from_record(msg.content[wire.STUDENT]))
     if rc.bn_policy == "local" and "bn-local" in context.state:

@@ -16,7 +16,7 @@ from shared.config import DataConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, subset
-from shared.datasets import get_spec
+from shared.datasets import DatasetSpec
 from shared.partition import PartitionSpec, client_domains, partition_indices
 from shared.errors import UnikdError
 from shared.protocol.records import RoundConfig, SimSetup
@@ -37,8 +37,9 @@ class LocalData:
 
 
 def _raw_split(dataset: str, path: str, shift: float, split: str, domain: str) -> Domain:
-    spec = get_spec(dataset)
-    return load_split(DataConfig(dataset=dataset, path=path, synth_shift=shift), spec, split, domain)
+    """One validated file; its shape is checked against the round's spec by `check_shape`."""
+    return load_split(DataConfig(dataset=dataset, path=path, synth_shift=shift), None, split,
+                      domain)
 
 
 @lru_cache(maxsize=8)
@@ -100,3 +101,22 @@ def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
                                  sim.partition, sim.num_clients, client, rc.seed)
     norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
     return LocalData(norm(train.x), norm_test)
+
+
+def check_shape(data: LocalData, spec: DatasetSpec, node_config: dict) -> LocalData:
+    """This node's windows against the model shape the round's `spec` record gives."""
+    where = str(node_config.get("store-path") or node_config.get("data-path") or "simulated data")
+    got = tuple(data.x_train.shape[1:])
+    if got != (spec.channels, spec.length):
+        raise UnikdError(f"{where}: this node's windows are {got[0]} channels x {got[1]} samples; "
+                         f"the round's model ({spec.name}) takes {spec.channels} x {spec.length}")
+    if data.test is not None:
+        test_shape = tuple(data.test.x.shape[1:])
+        if test_shape != got:
+            raise UnikdError(f"{data.test.file}: test windows are {test_shape[0]} x "
+                             f"{test_shape[1]}, the training windows {got[0]} x {got[1]}")
+        top = int(data.test.y.max()) if len(data.test) else -1
+        if top >= spec.classes:
+            raise UnikdError(f"{data.test.file}: label {top} is out of range for the round's "
+                             f"model ({spec.name}, {spec.classes} classes)")
+    return data

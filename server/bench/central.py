@@ -24,21 +24,22 @@ from shared.runs import write_json
 log = logging.getLogger(__name__)
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _scenario_cfg(base: dict, scenario: str, seed: int, out: Path) -> RunConfig:
-    cfg = load_config(None, base["overrides"] + [f"data.scenario={scenario}", f"seed={seed}"]) \
-        if base["file"] is None else load_config(base["file"], base["overrides"] + [
-            f"data.scenario={scenario}", f"seed={seed}"])
+def scenario_cfg(base: dict, scenario: str, seed: int, out: Path,
+                 extra: tuple[str, ...] = ()) -> RunConfig:
+    """One worker's config: the bench's file and overrides, then this scenario and seed."""
+    cfg = load_config(base["file"], [*base["overrides"], f"data.scenario={scenario}",
+                                     f"seed={seed}", *extra])
     cfg.out = str(out)
     return cfg
 
 
 def teacher_path(out: Path, scenario: str, seed: int) -> Path:
     src, trg = parse_scenario(scenario)
-    return out / "teachers" / f"{src}to{trg}_seed{seed}.pt"
+    return out / "teachers" / f"{src}to{trg.replace(',', '+')}_seed{seed}.pt"
 
 
 def _teacher_task(base: dict, scenario: str, seed: int, out: str) -> dict:
@@ -47,7 +48,7 @@ def _teacher_task(base: dict, scenario: str, seed: int, out: str) -> dict:
     from server.central.runner import obtain_teacher
     from shared.data.scenario import load_scenario
 
-    cfg = _scenario_cfg(base, scenario, seed, Path(out))
+    cfg = scenario_cfg(base, scenario, seed, Path(out))
     torch.set_num_threads(cfg.threads)
     path = teacher_path(Path(out), scenario, seed)
     meta_path = path.with_suffix(".json")
@@ -57,7 +58,7 @@ def _teacher_task(base: dict, scenario: str, seed: int, out: str) -> dict:
     data = load_scenario(cfg.data)
     _, meta = obtain_teacher(cfg, data, progress=False, save_to=path)
     row = {"scenario": data.name, "seed": seed, "mf1": meta["trg_mf1"], "src_mf1": meta["src_mf1"],
-           "train_seconds": meta["train_seconds"], "peak_rss_mb": _peak_rss_mb()}
+           "train_seconds": meta["train_seconds"], "peak_rss_mb": peak_rss_mb()}
     write_json(meta_path, row)
     return row
 
@@ -70,7 +71,7 @@ def _method_task(base: dict, method: str, scenario: str, seed: int, out: str) ->
     from server.central.teacher import load_teacher
     from shared.data.scenario import load_scenario
 
-    cfg = _scenario_cfg(base, scenario, seed, Path(out))
+    cfg = scenario_cfg(base, scenario, seed, Path(out))
     torch.set_num_threads(cfg.threads)
     data = load_scenario(cfg.data)
     teacher, _ = load_teacher(teacher_path(Path(out), scenario, seed), data.spec)
@@ -78,7 +79,7 @@ def _method_task(base: dict, method: str, scenario: str, seed: int, out: str) ->
     scores = score_student(result.student, data)
     return {"method": base.get("label") or method, "scenario": data.name, "seed": seed, "mf1": scores["mf1"],
             "acc": scores["acc"], "src_mf1": scores["src_mf1"],
-            "train_seconds": result.train_seconds, "peak_rss_mb": _peak_rss_mb()}
+            "train_seconds": result.train_seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_bench(base: dict, spec: DatasetSpec, methods: list[str], scenarios: list[str],
@@ -100,7 +101,7 @@ def run_bench(base: dict, spec: DatasetSpec, methods: list[str], scenarios: list
                      r["mf1"], r["train_seconds"])
     from shared.commands.info import model_info
 
-    runs = _merge_previous(out / "results.json", runs)
+    runs = merge_previous(out / "results.json", runs)
     report = {"dataset": spec.name, "runs": runs, "teachers": teachers,
               "compression": model_info(spec), "wall_seconds": time.perf_counter() - start,
               "config": base}
@@ -109,7 +110,7 @@ def run_bench(base: dict, spec: DatasetSpec, methods: list[str], scenarios: list
     return report
 
 
-def _merge_previous(path: Path, runs: list[dict]) -> list[dict]:
+def merge_previous(path: Path, runs: list[dict]) -> list[dict]:
     """Keep earlier runs of other (method, scenario, seed) keys, so methods can be added later."""
     if not path.exists():
         return runs
@@ -124,6 +125,12 @@ def _mean_std(values: list[float]) -> str:
         return "–"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def _mean(values: list[float]) -> str:
+    """A table cell: the mean, or '–' when there is nothing to average (e.g. a scenario list
+    holding none of the dataset's main scenarios)."""
+    return f"{statistics.mean(values):.2f}" if values else "–"
 
 
 def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) -> str:
@@ -142,9 +149,7 @@ def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) 
         main_means = [v for sc, v in means.items() if sc in main]
         secs = statistics.mean(r["train_seconds"] for r in rs) if rs else math.nan
         lines.append(f"| {name} | " + " | ".join(_mean_std(per[sc]) for sc in scenarios)
-                     + f" | {statistics.mean(means.values()):.2f}"
-                     + f" | {statistics.mean(main_means):.2f}" * bool(main_means)
-                     + " | –" * (not main_means) + f" | {secs:.1f} |")
+                     + f" | {_mean(list(means.values()))} | {_mean(main_means)} | {secs:.1f} |")
     c = report["compression"]
     lines += ["", f"MF1 (%) on the target test split, mean ± std over seeds; final-epoch students. "
               f"Teacher {c['teacher']['params']:,} params / {c['teacher']['macs'] / 1e6:.2f} M MACs, "

@@ -13,20 +13,47 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from server.bench.central import _merge_previous, _peak_rss_mb, _scenario_cfg, markdown_report, teacher_path
+from server.bench.central import (markdown_report, merge_previous, peak_rss_mb, scenario_cfg,
+                                  teacher_path)
+from shared.datasets import DatasetSpec, parse_scenario, scenario_targets
+from shared.errors import UnikdError
 from shared.metrics import median
-from shared.datasets import DatasetSpec
+from shared.partition import PartitionSpec
 from shared.runs import write_json
+
+DEFAULT_CLIENTS = 5
 
 log = logging.getLogger(__name__)
 
 
-def _fed_task(base: dict, scenario: str, seed: int, out: str) -> dict:
+def clients_per_scenario(scenarios: list[str], partition: str, clients: int | None
+                         ) -> dict[str, int]:
+    """Edges per scenario. `per-domain` gives each target domain of a scenario its own edge
+    (2->11+13+16: three edges), so the count follows the scenario; `--clients`, if given, must
+    agree. iid and dirichlet split one target domain over `clients` (default 5) edges."""
+    kind = PartitionSpec.parse(partition).kind
+    out: dict[str, int] = {}
+    for sc in scenarios:
+        targets = scenario_targets(parse_scenario(sc)[1])
+        if kind == "per-domain":
+            if clients is not None and clients != len(targets):
+                raise UnikdError(f"--partition per-domain: scenario {sc} has {len(targets)} "
+                                 f"target domain(s), one per edge, but --clients is {clients}")
+            out[sc] = len(targets)
+        elif len(targets) > 1:
+            raise UnikdError(f"--partition {partition} splits ONE target domain over the edges; "
+                             f"scenario {sc} lists {len(targets)} (use --partition per-domain)")
+        else:
+            out[sc] = DEFAULT_CLIENTS if clients is None else clients
+    return out
+
+
+def _fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> dict:
     import torch
 
     from server.fed.run import run_inprocess
 
-    cfg = _scenario_cfg(base, scenario, seed, Path(out))
+    cfg = scenario_cfg(base, scenario, seed, Path(out), (f"fed.clients={clients}",))
     torch.set_num_threads(cfg.threads)
     if base.get("teachers"):  # reuse teachers of a central bench (same scenario and seed)
         cfg.teacher.checkpoint = str(teacher_path(Path(base["teachers"]), scenario, seed))
@@ -36,7 +63,7 @@ def _fed_task(base: dict, scenario: str, seed: int, out: str) -> dict:
     rounds = result.rounds
     return {"method": base.get("label") or "fedunikd", "scenario": scenario, "seed": seed,
             "mf1": ev.get("mf1"), "acc": ev.get("acc"), "train_seconds": time.perf_counter() - start,
-            "peak_rss_mb": _peak_rss_mb(), "rounds": len(rounds),
+            "peak_rss_mb": peak_rss_mb(), "rounds": len(rounds),
             "bytes_up": sum(r["bytes_up"] for r in rounds),
             "bytes_down": sum(r["bytes_down"] for r in rounds),
             "bytes_up_per_client_round": median(r["bytes_up_per_client"] for r in rounds),
@@ -58,11 +85,14 @@ def rounds_to_fraction(evals: list[dict], fraction: float) -> int | None:
 
 
 def run_fed_bench(base: dict, spec: DatasetSpec, scenarios: list[str], seeds: list[int], out: Path,
-                  jobs: int = 1) -> dict:
+                  jobs: int = 1, clients: dict[str, int] | None = None) -> dict:
+    """`clients`: edges per scenario (`clients_per_scenario`); default 5 each."""
+    clients = clients or {sc: DEFAULT_CLIENTS for sc in scenarios}
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futs = [pool.submit(_fed_task, base, sc, sd, str(out)) for sc in scenarios for sd in seeds]
+        futs = [pool.submit(_fed_task, base, sc, sd, str(out), clients[sc])
+                for sc in scenarios for sd in seeds]
         runs = []
         for f in futs:
             runs.append(f.result())
@@ -72,7 +102,7 @@ def run_fed_bench(base: dict, spec: DatasetSpec, scenarios: list[str], seeds: li
                      (r["bytes_up"] + r["bytes_down"]) / 1e6, r["train_seconds"])
     from shared.commands.info import model_info
 
-    runs = _merge_previous(out / "results.json", runs)
+    runs = merge_previous(out / "results.json", runs)
     teachers = [{"scenario": r["scenario"], "seed": r["seed"], "mf1": float("nan"),
                  "train_seconds": 0.0} for r in runs if r["method"] == runs[0]["method"]]
     report = {"dataset": spec.name, "runs": runs, "teachers": teachers,

@@ -109,7 +109,7 @@ def _train(cfg: RunConfig, data: ScenarioData, name: str, progress: bool,
            step: Callable[[StepInfo], dict[str, float]]) -> list[dict]:
     """Run `step` over UNI-KD's step clock; returns one averaged history row per epoch."""
     d = cfg.distill
-    return run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
+    return run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_for(data.spec),
                       d.epochs, step, f"{name} {data.name}", progress)
 
 

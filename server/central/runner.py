@@ -95,6 +95,7 @@ def run_distill(cfg: RunConfig, method: str, progress: bool = True) -> Path:
                                         "state_dict": result.student.state_dict(),
                                         "norm": {"mean": data.normalizer.mean,
                                                  "std": data.normalizer.std},
+                                        "spec": data.spec.to_dict(),
                                         "meta": {"dataset": data.spec.name, "scenario": data.name,
                                                  "method": method, "seed": cfg.seed,
                                                  "config_hash": cfg.hash()}})

@@ -61,7 +61,7 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
         return {"teacher_ce": src["ce"].item(),
                 "teacher_dom": src["dom"].item() + trg["dom"].item()}
 
-    rows = run_epochs(seed, len(data.src_train), len(data.trg_train), tcfg.batch_size,
+    rows = run_epochs(seed, len(data.src_train), len(data.trg_train), tcfg.batch_for(data.spec),
                       tcfg.epochs, step, f"teacher {data.name} seed {seed}", progress)
     if history is not None:
         history.extend(rows)
@@ -127,7 +127,7 @@ def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: in
                            betas=TEACHER_BETAS)
     teacher.train()
     for epoch in range(1, tcfg.epochs + 1):
-        for i, idx in enumerate(epoch_batches(len(train), tcfg.batch_size,
+        for i, idx in enumerate(epoch_batches(len(train), tcfg.batch_for(spec),
                                               generator_for(seed, SOURCE_STREAM, epoch,
                                                             PURPOSE_BATCHES))):
             opt.zero_grad(set_to_none=True)

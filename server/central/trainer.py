@@ -95,7 +95,7 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
                 **{f"trg_{k}": v for k, v in trg_s.items()},
                 "beta": sched.beta, "alpha": sched.alpha}
 
-    history = run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_size,
+    history = run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_for(data.spec),
                          d.epochs, step, f"unikd {data.name}", progress)
     nets.eval()
     return StudentResult(nets.student, history, time.perf_counter() - start,

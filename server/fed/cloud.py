@@ -32,7 +32,7 @@ from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross
                            make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
-                                     student_state, to_record)
+                                     spec_to_record, student_state, to_record)
 from shared.seeding import SOURCE_STREAM
 from shared.steps import batch_plan, seed_init, seed_side
 
@@ -126,7 +126,7 @@ class Cloud:
         return RoundConfig(
             round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=sched.beta,
             alpha=sched.alpha, lr=d.lr, local_steps=f.local_steps, seed=self.cfg.seed,
-            batch_size=d.batch_size, temperature=d.temperature, lam_ce=d.lam_ce,
+            batch_size=d.batch_for(self.source.spec), temperature=d.temperature, lam_ce=d.lam_ce,
             lam_dom=d.lam_dom, target_kd=d.target_kd, adv_to_student=d.adv_to_student,
             detach_weights=d.detach_weights, cross_kd=d.cross_kd, bn_policy=f.bn_policy,
             teacher_hash=self.teacher_hash if f.teacher_placement != "cloud" else "",
@@ -157,6 +157,7 @@ class Cloud:
             wire.NORM: to_record({"mean": self.source.normalizer.mean,
                                   "std": self.source.normalizer.std}),
             wire.CONFIG: rc.to_record(),
+            wire.SPEC: spec_to_record(self.source.spec),
             wire.SIM: sim_setup(self.cfg, self.source).to_record(),
         })
         if teacher:
@@ -172,7 +173,7 @@ class Cloud:
         """Source-side terms at the current weights; leaves their gradient in .grad."""
         epoch, step = self.clock.at(rnd - 1)
         idx = batch_plan(self.cfg.seed, SOURCE_STREAM, epoch, len(self.source.train),
-                         self.cfg.distill.batch_size)
+                         self.cfg.distill.batch_for(self.source.spec))
         idx = idx[step % len(idx)]
         zero_all(self.opts)
         seed_side(self.cfg.seed, SOURCE_STREAM, rnd - 1)

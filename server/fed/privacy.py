@@ -324,17 +324,18 @@ class RecordPlan:
 
 
 def plan_record_privacy(cfg: RunConfig, counts: dict[int, int], teacher_steps: int,
-                        student_steps: int) -> RecordPlan:
+                        student_steps: int, spec) -> RecordPlan:
     """Calibrate z for (eps, delta) over the planned teacher and student steps of every node."""
     f = cfg.fed
     from shared.dp_sgd import sampling_rate
 
     n_min = min(counts.values())
-    steps = ((sampling_rate(cfg.teacher.batch_size, n_min), teacher_steps),
-             (sampling_rate(cfg.distill.batch_size, n_min), student_steps))
+    t_batch, s_batch = cfg.teacher.batch_for(spec), cfg.distill.batch_for(spec)
+    steps = ((sampling_rate(t_batch, n_min), teacher_steps),
+             (sampling_rate(s_batch, n_min), student_steps))
     z = calibrate_record_noise(f.dp_epsilon, f.dp_delta, f.dp_count_std, steps)
     plan = RecordPlan(f.dp_clip, f.dp_epsilon, f.dp_delta, f.dp_count_std, z, dict(counts),
-                      cfg.teacher.batch_size, cfg.distill.batch_size, teacher_steps,
+                      t_batch, s_batch, teacher_steps,
                       student_steps)
     log.info("DP record: clip %.3g, noise multiplier %.4f for (eps %.3g, delta %.1e) over %d "
              "teacher + %d student steps per node (q <= %.4f / %.4f)", f.dp_clip, z,
@@ -389,23 +390,23 @@ class RecordLedger:
 # ---------------------------------------------------------------- the round loop's entry points
 
 
-def federated_teacher_rounds(cfg: RunConfig, n_src: int, n_trg: int) -> int:
+def federated_teacher_rounds(cfg: RunConfig, n_src: int, n_trg: int, spec) -> int:
     """DANN teacher rounds the edges will train (0 with a checkpoint or a source-only teacher)."""
     from shared.steps import steps_per_epoch
 
     if cfg.teacher.checkpoint or cfg.fed.teacher_placement == "source-only":
         return 0
     t = cfg.teacher
-    return steps_per_epoch(n_src, n_trg, t.batch_size) * t.epochs * t.ensemble
+    return steps_per_epoch(n_src, n_trg, t.batch_for(spec)) * t.epochs * t.ensemble
 
 
-def plan_run_privacy(cfg: RunConfig, rounds: int, counts: dict[int, int], n_src: int
+def plan_run_privacy(cfg: RunConfig, rounds: int, counts: dict[int, int], n_src: int, spec
                      ) -> tuple[PrivacyPlan | RecordPlan | None, RecordLedger | None]:
     """The run's DP plan (None when fed.dp=off) and, for record DP, its epsilon ledger."""
     if cfg.fed.dp != "record":
         return plan_privacy(cfg, rounds), None
-    teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()))
-    plan = plan_record_privacy(cfg, counts, teacher, rounds * cfg.fed.local_steps)
+    teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()), spec)
+    plan = plan_record_privacy(cfg, counts, teacher, rounds * cfg.fed.local_steps, spec)
     return plan, RecordLedger(plan)
 
 

@@ -168,11 +168,12 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     counts = query_counts(grid, cfg, source, nodes, timeout)
     ckpt = load_checkpoint(resume, cfg) if resume else None
     n_trg = sum(counts.values())
-    clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_size),
+    clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_for(source.spec)),
                   cfg.distill.epochs)
     total = cfg.fed.rounds or clock.total
     parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
-    dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train))  # None: off
+    dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train),
+                                             source.spec)  # None: off
     teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
                obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout,
                                   dp_ledger))
@@ -187,7 +188,7 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     first = 1
     if ckpt:
         first = restore(cloud, result, ckpt) + 1
-        replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg),
+        replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
                       first - 1, cfg.fed.local_steps)
         log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",

@@ -68,7 +68,8 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
         "d_d": cloud.nets.d_d.state_dict(),
         "norm": {"mean": cloud.source.normalizer.mean, "std": cloud.source.normalizer.std},
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
-        "round": len(result.rounds), "config_hash": cfg.hash(), "teacher_hash": cloud.teacher_hash})
+        "round": len(result.rounds), "config_hash": cfg.hash(), "teacher_hash": cloud.teacher_hash,
+        "spec": cloud.source.spec.to_dict()})
     rounds = len(result.rounds)
     up = [r["bytes_up_per_client"] for r in result.rounds]
     down = [r["bytes_down_per_client"] for r in result.rounds]

@@ -21,7 +21,7 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.engine import dann_source_terms
 from shared.models import DomainDisc, TeacherEnsemble, teacher_for
-from shared.protocol.records import RoundConfig, bn_buffers, to_record
+from shared.protocol.records import RoundConfig, bn_buffers, spec_to_record, to_record
 from shared.schedules import grl_alpha, training_progress
 from shared.seeding import SOURCE_STREAM
 from shared.steps import batch_plan, seed_init, seed_side, steps_per_epoch
@@ -37,9 +37,9 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
     record = f.dp == "record"  # record DP: the query releases a noisy count, rounds run DP-SGD
     return RoundConfig(
         round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
-        local_steps=1, seed=seed, batch_size=t.batch_size, temperature=1.0, lam_ce=t.w_cls,
-        lam_dom=t.w_dom, target_kd=False, adv_to_student=False, detach_weights=True,
-        bn_policy="averaged", dataset=source.spec.name, phase=phase,
+        local_steps=1, seed=seed, batch_size=t.batch_for(source.spec), temperature=1.0,
+        lam_ce=t.w_cls, lam_dom=t.w_dom, target_kd=False, adv_to_student=False,
+        detach_weights=True, bn_policy="averaged", dataset=source.spec.name, phase=phase,
         dp_mode="record" if record else "off", dp_clip=f.dp_clip if record else 0.0,
         dp_count_std=f.dp_count_std if record else 0.0)
 
@@ -48,7 +48,8 @@ def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> Record
     """The records every node needs to find and normalise its windows, plus the round config."""
     return RecordDict({
         wire.NORM: to_record({"mean": source.normalizer.mean, "std": source.normalizer.std}),
-        wire.SIM: sim_setup(cfg, source).to_record(), wire.CONFIG: rc.to_record()})
+        wire.SIM: sim_setup(cfg, source).to_record(), wire.CONFIG: rc.to_record(),
+        wire.SPEC: spec_to_record(source.spec)})
 
 
 def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -64,7 +65,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
                              betas=TEACHER_BETAS) for m in (teacher, disc)]
     teacher.train()
     disc.train()
-    spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_size)
+    spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_for(spec))
     total = spe * tcfg.epochs
     shapes = wire.expected_teacher_shapes(dict(teacher.named_parameters()),
                                           dict(disc.named_parameters()),
@@ -94,7 +95,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
             continue
         for o in opts:
             o.zero_grad(set_to_none=True)
-        plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_size)
+        plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_for(spec))
         idx = plan[step % len(plan)]
         seed_side(seed, SOURCE_STREAM, rnd - 1)
         terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx], alpha,
@@ -113,8 +114,8 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
 
 def federated_dann_teacher(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
                            n_trg: int, progress: bool = True, privacy=None):
-    per_member = steps_per_epoch(len(source.train), n_trg, cfg.teacher.batch_size) \
-        * cfg.teacher.epochs
+    per_member = steps_per_epoch(len(source.train), n_trg,
+                                 cfg.teacher.batch_for(source.spec)) * cfg.teacher.epochs
     members = [federated_dann_member(grid, send, cfg, source, nodes, n_trg,
                                      member_seed(cfg.seed, k), progress, privacy,
                                      1 + k * per_member)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.datasets import DatasetSpec, generic_spec
-from shared.errors import DataError
+from shared.datasets import DatasetSpec, generic_spec, get_spec
+from shared.errors import DataError, UnikdError
 
 SPLITS = ("train", "test")
 
@@ -147,3 +147,13 @@ def spec_from_files(data_dir: str | Path, domain: str | None = None) -> DatasetS
     first = load_domain(data_dir, "train", domains[0])
     classes = max(int(load_domain(data_dir, "train", d).y.max()) for d in domains) + 1
     return generic_spec(first.x.shape[1], first.x.shape[2], classes)
+
+
+def dataset_spec(name: str, data_dir: str | Path | None = None) -> DatasetSpec:
+    """A registry dataset by name, or GENERIC: the shape read from the files of `data_dir`."""
+    if name.upper() == "GENERIC":
+        if not data_dir:
+            raise UnikdError("dataset GENERIC reads its shape from the files: give the data "
+                             "folder (--data DIR, or data.path)")
+        return spec_from_files(data_dir)
+    return get_spec(name)

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from shared.config import DataConfig
-from shared.data.adatime import Domain, load_domain, spec_from_files
+from shared.data.adatime import Domain, dataset_spec, load_domain
 from shared.data.loaders import Normalizer
-from shared.datasets import DatasetSpec, get_spec, parse_scenario
+from shared.datasets import DatasetSpec, format_scenario, parse_scenario
 
 
 @dataclass
@@ -26,17 +26,18 @@ class ScenarioData:
 
     @property
     def name(self) -> str:
-        return f"{self.source}->{self.target}"
+        return format_scenario((self.source, self.target))
 
 
 def resolve_spec(cfg: DataConfig) -> DatasetSpec:
-    if cfg.dataset.upper() == "GENERIC":
-        return spec_from_files(cfg.path)
-    return get_spec(cfg.dataset)
+    """The configured dataset's spec; GENERIC reads its shape from `cfg.path`."""
+    return dataset_spec(cfg.dataset, cfg.path)
 
 
-def load_split(cfg: DataConfig, spec: DatasetSpec, split: str, domain: str) -> Domain:
-    """One split from the configured folder, or from the embedded generator when path is ''."""
+def load_split(cfg: DataConfig, spec: DatasetSpec | None, split: str, domain: str) -> Domain:
+    """One split from the configured folder, or from the embedded generator when path is ''.
+
+    With `spec`, channels, length and label range are checked against it."""
     if cfg.path:
         return load_domain(cfg.path, split, domain, spec)
     from shared.data.synth import SynthConfig, generate_domain

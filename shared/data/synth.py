@@ -75,6 +75,15 @@ class SynthConfig:
     windows_per_class: int = 80  # train windows per class per domain (before class-prior shift)
     shift: float = 1.0  # domain-gap strength, 0 = no shift (all domains same distribution)
     seed: int = 0
+    # Any other shape than HAR's 9 x 128, 6 classes uses the generic waveform generator
+    # (shared/data/synth_generic.py); the default output is the HAR-like data, unchanged.
+    channels: int = CHANNELS
+    length: int = LENGTH
+    classes: int = CLASSES
+
+    @property
+    def har_shape(self) -> bool:
+        return (self.channels, self.length, self.classes) == (CHANNELS, LENGTH, CLASSES)
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,7 @@ def class_counts(split: str, cfg: SynthConfig, priors: np.ndarray) -> np.ndarray
     """Windows per class: the unshifted count redistributed by the domain's class priors."""
     per_class = cfg.windows_per_class if split == "train" else (cfg.windows_per_class + 1) // 2
     floor = max(1, round(MIN_CLASS_FRACTION * per_class))
-    return np.maximum(floor, np.round(priors * per_class * CLASSES)).astype(np.int64)
+    return np.maximum(floor, np.round(priors * per_class * len(priors))).astype(np.int64)
 
 
 def _gait_motion(
@@ -286,19 +295,25 @@ def _windows(
 def validate(cfg: SynthConfig) -> None:
     """Reject settings the generator cannot honour (a ConfigError reads well on the CLI)."""
     limits = (("domains", cfg.domains, 1), ("windows_per_class", cfg.windows_per_class, 1),
-              ("shift", cfg.shift, 0), ("seed", cfg.seed, 0))
+              ("shift", cfg.shift, 0), ("seed", cfg.seed, 0), ("channels", cfg.channels, 1),
+              ("length", cfg.length, 16), ("classes", cfg.classes, 2))
     for key, value, least in limits:
         if not value >= least:  # also catches NaN shift
             raise ConfigError(key, f"must be >= {least}, got {value}")
 
 
 def generate_domain(domain: int, split: str, cfg: SynthConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split of one domain: x [N, 9, 128] float32, y [N] int64, bit-identical per input."""
+    """One split of one domain: x [N, 9, 128] float32, y [N] int64, bit-identical per input
+    (x [N, C, L] from the generic generator when the config asks for another shape)."""
     validate(cfg)
     if split not in _SPLIT_CODES:
         raise ValueError(f"split must be one of {tuple(_SPLIT_CODES)}, got '{split}'")
     if domain < 0:
         raise ValueError(f"domain must be >= 0, got {domain}")
+    if not cfg.har_shape:
+        from shared.data.synth_generic import generate_generic
+
+        return generate_generic(domain, _SPLIT_CODES[split], cfg)
     shift = domain_shift(domain, cfg)
     rng = np.random.default_rng([cfg.seed, domain, _TAG_SPLIT, _SPLIT_CODES[split]])
     labels = np.repeat(np.arange(CLASSES), class_counts(split, cfg, shift.priors))

@@ -10,6 +10,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from torch import nn
 
+from shared.datasets import DatasetSpec
 from shared.engine import KDHparams, StepSchedule, UniKDNets
 
 
@@ -77,7 +78,7 @@ class RoundConfig:
     adv_to_student: bool
     detach_weights: bool
     bn_policy: str
-    dataset: str
+    dataset: str  # a name for logs; the models' shape travels in the `spec` record
     teacher_hash: str = ""  # "" when the teacher stays in the cloud
     teacher_members: int = 0  # members in the `teacher` snapshot, when one is attached
     phase: str = "unikd"  # "unikd", "teacher" (federated DANN pre-training) or "query"
@@ -110,6 +111,15 @@ class RoundConfig:
                          detach_weights=self.detach_weights,
                          double_target_forward=self.double_target_forward,
                          cross_kd=self.cross_kd)
+
+
+def spec_to_record(spec: DatasetSpec) -> ConfigRecord:
+    """The `spec` record: everything a node needs to build the models for this dataset."""
+    return ConfigRecord(spec.to_dict())
+
+
+def spec_from_record(record: ConfigRecord) -> DatasetSpec:
+    return DatasetSpec.from_dict(dict(record), "the round's 'spec' record")
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """THE wire manifest: every record that may cross the network, in each direction.
 
-Down (cloud -> edge): model weights, the round's schedule and settings, normalisation stats and,
-once, the frozen teacher. Up (edge -> cloud): gradients shaped exactly like parameters, BN
-running statistics, and scalar metrics from a fixed list. Nothing with a per-sample dimension and
-no label ever goes up: `check_outgoing` enforces it on every client reply.
+Down (cloud -> edge): model weights, the round's schedule and settings, the dataset's model
+shape, normalisation stats and, once, the frozen teacher. Up (edge -> cloud): gradients shaped
+exactly like parameters, BN running statistics, and scalar metrics from a fixed list. Nothing
+with a per-sample dimension and no label ever goes up: `check_outgoing` enforces it on every
+client reply.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ STUDENT = "student"  # student + adapter state dict (parameters and BN buffers)
 D_F = "d_f"  # feature-domain discriminator weights
 D_D = "d_d"  # data-domain discriminator weights
 CONFIG = "config"  # RoundConfig: clock, schedule values, hyperparameters, DP settings
+SPEC = "spec"  # the dataset's model shape (shared.protocol.records.spec_to_record): name,
+#   channels, length, classes, first-conv kernel and stride, dropout, d_d_hidden, batch_size,
+#   class_names. Nodes build every model from it: no registry lookup, no cloud files needed
 SIM = "sim"  # SimSetup: where a simulated node finds its windows (deployed nodes ignore it)
 NORM = "norm"  # per-channel mean/std of the source training split
 TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placement);
