@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node.local_data import LocalData, local_data
+from client.node.packing import packing_mod
 from client.node.privacy import privatize
 from client.node.target_side import dann_round, unikd_round
 from shared.protocol import wire
@@ -29,7 +30,7 @@ from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_rec
                                      group_named_params, load_student_state, to_record)
 
 log = logging.getLogger(__name__)
-app = ClientApp()
+app = ClientApp(mods=[packing_mod])  # packed messages in, packed replies out
 
 TEACHER_META = "teacher-meta"  # ConfigRecord in context.state: hash of the cached snapshot
 TEACHER_OUT = "teacher-out"  # ArrayRecord in context.state: teacher feat/logits per window

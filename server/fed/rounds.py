@@ -18,7 +18,9 @@ from tqdm import tqdm
 from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
                               split_replies)
 from server.fed.cloud import Clock, Cloud, SourceData, load_source
+from server.fed import transport
 from server.fed.ledger import Ledger
+from server.fed.transport import TransportOptions
 from server.fed.teacher import setup_content, teacher_round_config
 from server.fed.privacy import (check_teacher_source, plan_privacy, private_aggregate,
                             releases)
@@ -60,10 +62,9 @@ def wait_for_nodes(grid, want: int, timeout: float = 300.0) -> list[int]:
 
 
 def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, rnd: int,
-          timeout: float | None) -> list[Message]:
-    msgs = [Message(contents[n], dst_node_id=n, message_type=mtype, group_id=str(rnd))
-            for n in nodes]
-    return list(grid.send_and_receive(msgs, timeout=timeout))
+          timeout: float | None, opts: TransportOptions = TransportOptions()) -> list[Message]:
+    """Replies (unpacked, sorted by node id) of the nodes that answered within `timeout`."""
+    return transport.send(grid, {n: contents[n] for n in nodes}, mtype, rnd, timeout, opts)
 
 
 def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -82,7 +83,8 @@ def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int
         return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
     from server.fed.teacher import federated_dann_teacher
 
-    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout)  # noqa: E731
+    opts = TransportOptions.from_fed(cfg.fed)
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
     return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress)
 
 
@@ -91,7 +93,8 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
     """How many training windows each client holds (round 0; nothing but counts comes back)."""
     content = setup_content(cfg, source, teacher_round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0,
                                                              phase="query"))
-    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout,
+                    TransportOptions.from_fed(cfg.fed))
     counts = {}
     for r in replies:
         if r.has_error():
@@ -107,7 +110,8 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
 def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: float | None) -> dict:
     """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
     content = cloud.down_content(rnd, with_teacher=False)
-    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout,
+                    TransportOptions.from_fed(cloud.cfg.fed))
     k = cloud.source.spec.classes
     total = torch.zeros(k, k, dtype=torch.long)
     clients = 0
@@ -181,6 +185,7 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     eval_every = cloud.clock.steps_per_epoch
     ckpt_every = cfg.fed.checkpoint_every or cloud.clock.steps_per_epoch
     has_teacher: set[int] = set()
+    opts = TransportOptions.from_fed(cfg.fed)
     bar = tqdm(range(first, total + 1), desc="rounds", disable=None if progress else True, dynamic_ncols=True)
     for rnd in bar:
         t0 = time.perf_counter()
@@ -190,7 +195,7 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                         if any(n not in has_teacher for n in nodes) else plain)
         contents = {n: plain if n in has_teacher else with_teacher for n in nodes}
         bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
-        replies = _send(grid, nodes, contents, "train", rnd, timeout)
+        replies = _send(grid, nodes, contents, "train", rnd, timeout, opts)
         if len(replies) < len(nodes):
             log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
                         len(nodes))

@@ -37,6 +37,11 @@ TEACHER_DISC_GRAD = "teacher-disc.grad"
 TEACHER_BN = "teacher.bn"
 METRICS = "metrics"
 
+# ---- both directions: shared.protocol.packing folds every ArrayRecord of a message into one
+# Array under this key (one Flower object instead of one per array). It is unpacked before any
+# check below, and `check_outgoing` runs on the unpacked reply before the node packs it.
+PACKED = "packed"
+
 GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
 GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records together
 
