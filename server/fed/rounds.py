@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
                               split_replies)
-from server.fed.cloud import Clock, Cloud, SourceData, load_source
+from server.fed import delivery
+from server.fed.cloud import Clock, Cloud, SourceData, load_source, sim_setup
 from server.fed import transport
 from server.fed.ledger import Ledger
 from server.fed.transport import TransportOptions
@@ -29,7 +30,7 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.metrics import macro_f1
-from shared.protocol.records import bn_buffers
+from shared.protocol.records import bn_buffers, student_state
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import capture_rng, restore_rng, teacher_state
 from shared.steps import steps_per_epoch
@@ -46,6 +47,7 @@ class FedResult:
     rejected: list[str] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
     wall_seconds: float = 0.0
+    delivered: dict[int, int] = field(default_factory=dict)  # client id -> installed version
 
     @property
     def final(self) -> dict:
@@ -89,8 +91,12 @@ def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int
 
 
 def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
-                 timeout: float | None) -> dict[int, int]:
-    """How many training windows each client holds (round 0; nothing but counts comes back)."""
+                 timeout: float | None, model_tags: dict[int, int] | None = None
+                 ) -> dict[int, int]:
+    """How many training windows each client holds (round 0; nothing but counts comes back).
+
+    `model_tags` (when given) collects, per node, the delivery tag of the student its edge
+    service runs, for nodes that have one (wire.tag_number)."""
     content = setup_content(cfg, source, teacher_round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0,
                                                              phase="query"))
     replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout,
@@ -102,6 +108,8 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
             continue
         m = r.content[wire.METRICS]
         counts[int(m["client-id"])] = int(m["num-examples"])
+        if model_tags is not None and "model-tag" in m:
+            model_tags[r.metadata.src_node_id] = int(m["model-tag"])
     if not counts:
         raise UnikdError("no client answered the count query; see the client logs above")
     return counts
@@ -141,12 +149,15 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: floa
 
 def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = None,
              on_round=None, run_dir: Path | None = None, resume: Path | None = None,
-             stop_after: int | None = None) -> FedResult:
+             stop_after: int | None = None, delivery_dir: Path | None = None) -> FedResult:
     """Run the federation; with `run_dir`, checkpoint the full cloud state as it goes.
 
     `resume` continues from a checkpoint: every random draw is a function of (seed, stream,
     step), so the resumed run ends with the same numbers as an uninterrupted one.
     `stop_after` ends the loop after that round (used to test kill-and-resume).
+    When the rounds end, every node gets the final student (server/fed/delivery.py); with
+    `delivery_dir` it is kept there, and a node that missed the last one gets it at the next
+    run's count query.
     """
     start = time.perf_counter()
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
@@ -158,7 +169,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                     "with target sample i and cannot be split between cloud and edge; the "
                     "federation drops the target KD term instead (spec §9.2)")
     nodes = wait_for_nodes(grid, cfg.fed.clients)
-    counts = query_counts(grid, cfg, source, nodes, timeout)
+    opts = TransportOptions.from_fed(cfg.fed)
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
+    model_tags: dict[int, int] = {}
+    counts = query_counts(grid, cfg, source, nodes, timeout, model_tags)
+    latest = delivery.load_latest(delivery_dir)
+    if latest is not None and (missed := delivery.needs_delivery(model_tags, latest)):
+        log.info("%d node(s) missed the last delivery (%s): sending it first", len(missed),
+                 latest.tag[:12])
+        delivery.deliver(send, grid, missed, latest, teacher_round_config(
+            cfg, source, cfg.seed, 0, 1, 0, 0.0, phase="deliver"), sim_setup(cfg, source))
     ckpt = load_checkpoint(resume, cfg) if resume else None
     teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
                obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout))
@@ -179,13 +199,13 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     if ckpt:
         first = restore(cloud, result, ckpt) + 1
         log.info("resuming from %s after round %d", resume, first - 1)
-    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",
-             len(nodes), n_trg, total, cloud.clock.steps_per_epoch, cloud.teacher_hash[:12],
-             cfg.fed.teacher_placement)
+    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
+             "windows per client: %s", len(nodes), n_trg, total, cloud.clock.steps_per_epoch,
+             cloud.teacher_hash[:12], cfg.fed.teacher_placement,
+             " ".join(f"{c}={n}" for c, n in sorted(counts.items())))
     eval_every = cloud.clock.steps_per_epoch
     ckpt_every = cfg.fed.checkpoint_every or cloud.clock.steps_per_epoch
     has_teacher: set[int] = set()
-    opts = TransportOptions.from_fed(cfg.fed)
     bar = tqdm(range(first, total + 1), desc="rounds", disable=None if progress else True, dynamic_ncols=True)
     for rnd in bar:
         t0 = time.perf_counter()
@@ -242,6 +262,14 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
             save_checkpoint(run_dir / "checkpoints" / "last.pt", cloud, result, rnd)
         if stop_after is not None and rnd >= stop_after:
             break
+    else:  # the run is over: every node installs the final student
+        final = delivery.Delivery(student_state(cloud.nets), cloud.source.normalizer.mean,
+                                  cloud.source.normalizer.std, source.spec.name, total,
+                                  run_dir.name if run_dir is not None else "")
+        result.delivered = delivery.deliver(send, grid, nodes, final, cloud.round_config(total),
+                                            sim_setup(cfg, source))
+        if delivery_dir is not None:
+            delivery.save_latest(delivery_dir, final)
     result.wall_seconds = time.perf_counter() - start
     return result
 

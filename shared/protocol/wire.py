@@ -26,6 +26,14 @@ TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placeme
 #   RoundConfig.teacher_members
 TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
 TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
+DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash), run, round
+
+# The final delivery (message type DELIVER, after the last round, and again at a node's next
+# contact when it reports another model-tag): STUDENT, NORM, CONFIG, SIM and DELIVERY go down;
+# the node installs the student as its edge service's next version and answers with
+# DELIVER_METRICS only. Nothing else comes up.
+DELIVER = "train.deliver"
+DELIVER_RECORDS = (STUDENT, NORM, CONFIG, SIM, DELIVERY)
 
 # ---- up: edge -> cloud
 STUDENT_GRAD = "student.grad"  # (pseudo-)gradient for student + adapter parameters
@@ -50,9 +58,17 @@ TRAIN_METRICS = frozenset({
     "client-id", "round", "num-examples", "local-steps",
     "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
     "teacher-dann-dom",
+    "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
 })
 # Federated evaluation: the confusion matrix (C*C counts, summed over the client's test windows).
 EVAL_METRICS = frozenset({"client-id", "round", "num-examples", "confusion"})
+# The final delivery's reply: which version the node's service now runs (0: none installed).
+DELIVER_METRICS = frozenset({"client-id", "round", "model-version"})
+
+
+def tag_number(tag: str) -> int:
+    """A delivery tag (hex content hash) as a MetricRecord integer: its first 60 bits."""
+    return int(tag[:15], 16) if tag else 0
 
 
 class WireViolation(UnikdError):
