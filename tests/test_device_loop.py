@@ -83,6 +83,7 @@ def test_versions_install_atomically_keep_the_previous_and_roll_back(tmp_path):
     two = install_delivered(folder, random_student(1), norm, SPEC, 5, "bbbb", "run-b")
     assert two.version == 2 and versions.versions(folder) == [1, 2]
     assert (folder / "current.pt").resolve() == two.path and installed_tag(folder) == "bbbb"
+    assert wire.tag_number("bbbb") != wire.tag_number("pull-1") > 0 == wire.tag_number("")
     assert versions.rollback(folder) == (2, 1)
     assert versions.current_version(folder) == 1 and (folder / "v0002.pt").is_file()
     with pytest.raises(versions.VersionError, match="oldest"):

@@ -67,8 +67,11 @@ DELIVER_METRICS = frozenset({"client-id", "round", "model-version"})
 
 
 def tag_number(tag: str) -> int:
-    """A delivery tag (hex content hash) as a MetricRecord integer: its first 60 bits."""
-    return int(tag[:15], 16) if tag else 0
+    """A model tag (any string: a delivery's content hash, an edge-pull's) as a MetricRecord
+    integer: 60 bits of its SHA-256; 0 for none."""
+    import hashlib
+
+    return int(hashlib.sha256(tag.encode()).hexdigest()[:15], 16) if tag else 0
 
 
 class WireViolation(UnikdError):
