@@ -106,9 +106,17 @@ def store_run(tmp_path_factory):
     queries: dict[int, int] = {}
 
     def tap(request, reply):
-        if request.metadata.message_type == "query" and not reply.has_error():
+        mtype = request.metadata.message_type
+        if mtype == "query" and not reply.has_error():
             m = reply.content[wire.METRICS]
             queries[int(m["client-id"])] = int(m["num-examples"])
+        if mtype == wire.DELIVER:  # the delivery's reply: three integers, nothing else
+            assert set(request.content.keys()) == set(wire.DELIVER_RECORDS)
+            assert list(reply.content.keys()) == [wire.METRICS]
+            m = reply.content[wire.METRICS]
+            assert set(m.keys()) == {"client-id", "round", "model-version"}
+            assert all(type(v) is int for v in m.values())
+            queries[f"deliver-{m['client-id']}"] = m["model-version"]
 
     cfg = load_config(overrides=[*BASE, "fed.teacher_placement=edge"])
     grid = device_grid(tmp, [23, 31], tap=tap)
@@ -118,10 +126,12 @@ def store_run(tmp_path_factory):
 
 def test_nodes_train_on_exactly_the_stored_windows(store_run):
     tmp, result, queries = store_run
-    assert queries == {0: 23, 1: 31}  # what each store held, nothing else
+    counts = {k: v for k, v in queries.items() if isinstance(k, int)}
+    assert counts == {0: 23, 1: 31}  # what each store held, nothing else
+    assert queries["deliver-0"] == queries["deliver-1"] == 1
     assert [r["clients"] for r in result.rounds] == [2, 2] and result.rejected == []
     for i in range(2):
-        assert len(store_windows(tmp / f"store-{i}.db")) == queries[i]
+        assert len(store_windows(tmp / f"store-{i}.db")) == counts[i]
 
 
 def test_final_student_is_installed_and_served_with_its_version(store_run):
@@ -196,7 +206,9 @@ def test_bad_stores_are_errors_naming_store_round_and_client(tmp_path, caplog):
         for rnd in (0, 1, 2):  # the count query, then every round
             assert any(store in t and problem in t and f"client {client}, round {rnd}" in t
                        for t in logs), (client, rnd, problem)
-    assert result.delivered == {1: 1, 2: 1, 3: 1, 4: 1}  # node 0's service takes [3, 128]
+    # nodes 1-4 failed the count query (no model tag: they get it at their next contact), and
+    # node 0's service takes [3, 128]
+    assert result.delivered == {}
     assert any("did not install" in t and "client 0, round 2" in t and "[3, 128]" in t
                for t in logs)
     assert versions.versions(tmp_path / "models-0") == []

@@ -41,7 +41,6 @@ UP_RECORDS = {
     "train": {"student.grad", "d_f.grad", "d_d.grad", "student.bn", "metrics"},
     "train.teacher": {"teacher.grad", "teacher-disc.grad", "teacher.bn", "metrics"},
     "evaluate": {"metrics"},
-    "train.deliver": {"metrics"},  # the final delivery: which version the node installed
 }
 UP_METRICS = {
     "query": {"client-id", "round", "num-examples"},
@@ -49,7 +48,6 @@ UP_METRICS = {
               "adv", "d_f", "w_mean"},
     "train.teacher": {"client-id", "round", "num-examples", "teacher-dann-dom"},
     "evaluate": {"client-id", "round", "num-examples", "confusion"},
-    "train.deliver": {"client-id", "round", "model-version"},
 }
 
 
@@ -111,9 +109,6 @@ def _check_metrics(mtype: str, record: MetricRecord, n_train: int, n_test: int) 
     keys = set(record.keys())
     assert keys <= UP_METRICS[mtype], \
         f"{mtype}: metrics outside the manifest {keys - UP_METRICS[mtype]}"
-    if mtype == "train.deliver":  # no window count at all: the installed version only
-        assert keys == UP_METRICS[mtype] and all(type(v) is int for v in record.values())
-        return
     assert {"client-id", "round", "num-examples"} <= keys
     for name, value in record.items():
         if name == "confusion":

@@ -1,5 +1,7 @@
-"""The final delivery: after the last round every node gets the final student (`train.deliver`,
-records wire.DELIVER_RECORDS) and installs it as its edge service's next version.
+"""The final delivery: after the last round every node with an edge service (it reported a
+model tag at the count query: node config `model-dir`) gets the final student
+(`train.deliver`, records wire.DELIVER_RECORDS) and installs it as the service's next version.
+Simulated nodes have no service and get nothing.
 
 Only the student (with its source normalisation) goes down; each node answers with the version
 number its service now runs (wire.DELIVER_METRICS). The delivery is tagged with a hash of the

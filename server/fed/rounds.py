@@ -155,7 +155,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     `resume` continues from a checkpoint: every random draw is a function of (seed, stream,
     step), so the resumed run ends with the same numbers as an uninterrupted one.
     `stop_after` ends the loop after that round (used to test kill-and-resume).
-    When the rounds end, every node gets the final student (server/fed/delivery.py); with
+    When the rounds end, every node with an edge service (`model-dir`) gets the final student
+    (server/fed/delivery.py); with
     `delivery_dir` it is kept there, and a node that missed the last one gets it at the next
     run's count query.
     """
@@ -266,8 +267,9 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         final = delivery.Delivery(student_state(cloud.nets), cloud.source.normalizer.mean,
                                   cloud.source.normalizer.std, source.spec.name, total,
                                   run_dir.name if run_dir is not None else "")
-        result.delivered = delivery.deliver(send, grid, nodes, final, cloud.round_config(total),
-                                            sim_setup(cfg, source))
+        # to the nodes with an edge service (they reported a model tag at the count query)
+        result.delivered = delivery.deliver(send, grid, sorted(model_tags), final,
+                                            cloud.round_config(total), sim_setup(cfg, source))
         if delivery_dir is not None:
             delivery.save_latest(delivery_dir, final)
     result.wall_seconds = time.perf_counter() - start

@@ -28,8 +28,8 @@ TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-tra
 TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
 DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash), run, round
 
-# The final delivery (message type DELIVER, after the last round, and again at a node's next
-# contact when it reports another model-tag): STUDENT, NORM, CONFIG, SIM and DELIVERY go down;
+# The final delivery (message type DELIVER, after the last round to every node that reported a
+# model-tag, i.e. has an edge service; again at its next contact when its model-tag differs): STUDENT, NORM, CONFIG, SIM and DELIVERY go down;
 # the node installs the student as its edge service's next version and answers with
 # DELIVER_METRICS only. Nothing else comes up.
 DELIVER = "train.deliver"
