@@ -171,6 +171,9 @@ def test_device_loop_end_to_end(tmp_path):
         wait_for("round 1", lambda: checkpoint_round(cloud.cfg.state_dir / "runs") >= 1 or
                  not th.is_alive(), 300)
         edges[1].stop()
+        # The SuperLink activates a node id only once it is offline (heartbeats stopped); a
+        # device's supervisor would keep restarting it until then (systemd Restart=).
+        wait_for("edge 1 offline", lambda: len(cli.online_nodes()) < 2, 180)
         edges.append(start_group("edge-1b", edge_cmds[1], root / "edge-1b.log", _env(),
                                  REPO_ROOT))
         th.join(520)
