@@ -86,6 +86,7 @@ def test_versions_install_atomically_keep_the_previous_and_roll_back(tmp_path):
     assert wire.tag_number("bbbb") != wire.tag_number("pull-1") > 0 == wire.tag_number("")
     assert versions.rollback(folder) == (2, 1)
     assert versions.current_version(folder) == 1 and (folder / "v0002.pt").is_file()
+    assert installed_tag(folder) == "bbbb"  # received: a rollback is not a missed delivery
     with pytest.raises(versions.VersionError, match="oldest"):
         versions.rollback(folder)
     three = install_delivered(folder, random_student(2), norm, SPEC, 7, "cccc")

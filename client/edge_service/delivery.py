@@ -35,9 +35,11 @@ def install_delivered(model_dir: str | Path, state: dict[str, torch.Tensor], nor
 
 
 def installed_tag(model_dir: str | Path) -> str:
-    """The delivery tag of the version in service ("" when none, or not from a delivery)."""
-    now = versions.current_version(model_dir)
-    return str(versions.history(model_dir).get(str(now), {}).get("tag", "")) if now else ""
+    """The tag of the newest version received ("" when none). The newest, not the one in
+    service: after `unikd edge-rollback` the node still has the latest delivery, so the cloud
+    does not send it again at the next contact and the rollback holds until the next run ends."""
+    newest = max(versions.versions(model_dir), default=0)
+    return str(versions.history(model_dir).get(str(newest), {}).get("tag", "")) if newest else ""
 
 
 def install_run_student(run: Path, model_dir: Path) -> tuple[Installed, ExportResult]:
