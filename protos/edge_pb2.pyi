@@ -81,7 +81,7 @@ class ReloadModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("generation", "sha256", "version", "format", "dataset", "scenario", "method", "round", "channels", "length", "class_names", "loaded_at", "path")
+    __slots__ = ("generation", "sha256", "version", "format", "dataset", "scenario", "method", "round", "channels", "length", "class_names", "loaded_at", "path", "installed_version")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class ModelInfo(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_VERSION_FIELD_NUMBER: _ClassVar[int]
     generation: int
     sha256: str
     version: str
@@ -108,7 +109,8 @@ class ModelInfo(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     loaded_at: float
     path: str
-    def __init__(self, generation: _Optional[int] = ..., sha256: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., dataset: _Optional[str] = ..., scenario: _Optional[str] = ..., method: _Optional[str] = ..., round: _Optional[int] = ..., channels: _Optional[int] = ..., length: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[float] = ..., path: _Optional[str] = ...) -> None: ...
+    installed_version: int
+    def __init__(self, generation: _Optional[int] = ..., sha256: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., dataset: _Optional[str] = ..., scenario: _Optional[str] = ..., method: _Optional[str] = ..., round: _Optional[int] = ..., channels: _Optional[int] = ..., length: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[float] = ..., path: _Optional[str] = ..., installed_version: _Optional[int] = ...) -> None: ...
 
 class SourceCount(_message.Message):
     __slots__ = ("source", "windows")

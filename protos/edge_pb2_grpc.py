@@ -96,8 +96,9 @@ class EdgeDeviceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadModel(self, request, context):
-        """Re-read the model file the service was started with (after `unikd edge pull`) and swap
-        to it atomically; predictions already running finish on the old model.
+        """Re-read the model file the service was started with (after `unikd edge-pull`, a delivery
+        or `unikd edge-rollback`) and swap to it atomically; predictions already running finish on
+        the old model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -112,6 +112,10 @@ class FedConfig:
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
     checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # rounds; 0 = each epoch
     round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
+    # the round loop's transport (server/fed/transport.py): seconds between reply pulls, and
+    # one packed array per message instead of one Flower object per array
+    poll_interval: float = field(default=0.05, metadata=rng(0.001, 60.0))
+    pack: bool = True
     # client-level differential privacy (server/fed/privacy.py): the whole update of a client
     # (student, D_f and D_d gradients together) is clipped to dp_clip and Gaussian noise is added
     # by the cloud to the mean (central) or by each client to its own update (local)

@@ -1,4 +1,5 @@
-"""Edge-device subcommands: `unikd serve`, `unikd export`, `unikd edge-pull`, `unikd edge-status`.
+"""Edge-device subcommands: `unikd serve`, `unikd export`, `unikd edge-pull`, `unikd edge-rollback`,
+`unikd edge-status`.
 
 (`unikd edge` itself starts the device's Flower SuperNode: client/node/commands.py.)
 """
@@ -28,6 +29,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)  # the PyTorch format answers on this many threads
     serve(ServeOptions(
         store=Path(args.store).expanduser(), model=Path(args.model) if args.model else None,
+        model_dir=Path(args.model_dir).expanduser() if args.model_dir else None,
         dataset=args.dataset, data=Path(args.data) if args.data else None,
         address=args.address, max_windows=args.max_windows,
         max_mb=args.max_mb, max_age_days=args.max_age_days, threads=args.threads,
@@ -47,19 +49,44 @@ def export_cmd(args: argparse.Namespace) -> int:
 
 
 def pull_cmd(args: argparse.Namespace) -> int:
-    """Export the run's student onto the path the service watches, then ask it to reload."""
+    """Export the run's student onto the path the service watches (or, with --model-dir, as the
+    directory's next version), then ask the service to reload."""
     from client.edge_service.export import describe, export_student
 
-    model = Path(args.model)
-    fmt = "onnx" if model.suffix == ".onnx" else "torch"
-    result = export_student(args.run, fmt, args.int8, model,
-                            Path(args.calib) if args.calib else None,
-                            Path(args.labelled) if args.labelled else None, args.max_mf1_drop)
-    print(describe(result))
+    if bool(args.model) == bool(args.model_dir):
+        raise UnikdError("give --model FILE or --model-dir DIR")
+    if args.model_dir:
+        from client.edge_service.delivery import install_run_student
+
+        installed, result = install_run_student(Path(args.run), Path(args.model_dir))
+        print(describe(result))
+        print(f"{args.model_dir}: version {installed.version} in service"
+              + ("" if installed.new else " (already installed)"))
+    else:
+        model = Path(args.model)
+        fmt = "onnx" if model.suffix == ".onnx" else "torch"
+        result = export_student(args.run, fmt, args.int8, model,
+                                Path(args.calib) if args.calib else None,
+                                Path(args.labelled) if args.labelled else None,
+                                args.max_mf1_drop)
+        print(describe(result))
     if args.address:
         info = _call(args.address, "ReloadModel")
         print(f"service at {args.address}: generation {info.generation} "
               f"({info.format}, sha256 {info.sha256[:12]})")
+    return 0
+
+
+def rollback_cmd(args: argparse.Namespace) -> int:
+    """Put the model directory's previous version back in service."""
+    from client.edge_service.versions import rollback
+
+    old, new = rollback(Path(args.model_dir))
+    print(f"{args.model_dir}: version {new} in service (was {old}; {old} stays on disk)")
+    if args.address:
+        info = _call(args.address, "ReloadModel")
+        print(f"service at {args.address}: generation {info.generation}, version "
+              f"{info.installed_version}")
     return 0
 
 
@@ -104,6 +131,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="window store, SQLite (created; default ~/.unikd/edge/store.db)")
     p.add_argument("--model", help="student to serve: .onnx or .pt bundle from unikd export; "
                                    "watched and hot-swapped when the file changes")
+    p.add_argument("--model-dir", help="a versioned model directory: serves its current.pt "
+                                       "(federated deliveries, edge-pull and edge-rollback "
+                                       "switch it); created when missing")
     p.add_argument("--dataset", help="window shape when no model is given (HAR, HHAR, FD, SSC, "
                                      "or GENERIC with --data)")
     p.add_argument("--data", help="window shape when no model is given, read from this AdaTime "
@@ -133,10 +163,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("edge-pull", help="install a run's student at the path `unikd serve` "
                                          "watches (exported and checked first)")
     _add_export_args(e)
-    e.add_argument("--model", required=True,
-                   help="the path `unikd serve --model` watches (.onnx or .pt)")
+    e.add_argument("--model", help="the path `unikd serve --model` watches (.onnx or .pt)")
+    e.add_argument("--model-dir", help="or: install as the next version of the directory "
+                                       "`unikd serve --model-dir` serves (PyTorch bundle)")
     e.add_argument("--address", help="also call ReloadModel on this service")
     e.set_defaults(func=pull_cmd)
+    e = sub.add_parser("edge-rollback", help="put the model directory's previous version "
+                                             "back in service")
+    e.add_argument("--model-dir", required=True, help="the directory `unikd serve` serves")
+    e.add_argument("--address", help="also call ReloadModel on this service (else its file "
+                                     "watcher swaps within --watch seconds)")
+    e.set_defaults(func=rollback_cmd)
     e = sub.add_parser("edge-status", help="print an edge service's Status as JSON")
     e.add_argument("--address", default="127.0.0.1:50071")
     e.set_defaults(func=status_cmd)

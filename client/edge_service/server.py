@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from client.edge_service import versions
 from client.edge_service.models import Loaded, ModelSlot, load_predictor
 from client.edge_service.servicer import EdgeServicer
 from client.edge_service.store import Retention, WindowStore
@@ -150,6 +151,7 @@ def watch_model(reloader: Reloader, interval_s: float, stop: threading.Event) ->
 class ServeOptions:
     store: Path
     model: Path | None = None
+    model_dir: Path | None = None  # numbered versions, `current.pt` in service (versions.py)
     dataset: str | None = None  # gives the window shape when no model is loaded
     data: Path | None = None  # an AdaTime folder: GENERIC's window shape, read from its files
     address: str = DEFAULT_ADDRESS
@@ -164,13 +166,13 @@ class ServeOptions:
 
 
 def window_shape(opts: ServeOptions) -> WindowShape:
-    if opts.model is not None:
+    if opts.model is not None and (opts.model_dir is None or opts.model.exists()):
         return load_predictor(opts.model, opts.threads).meta.shape
     if opts.dataset or opts.data:
         spec = dataset_spec(opts.dataset or "GENERIC", opts.data)
         return WindowShape(spec.channels, spec.length)
-    raise UnikdError("give --model FILE, --dataset NAME or --data DIR: the service must know "
-                     "the window shape")
+    raise UnikdError("give --model FILE, --dataset NAME or --data DIR (an empty --model-dir "
+                     "needs one of the last two): the service must know the window shape")
 
 
 @dataclass
@@ -194,7 +196,13 @@ class EdgeService:
 def start_service(opts: ServeOptions) -> EdgeService:
     """Everything `unikd serve` runs, started and returned (tests call this directly)."""
     check_address(opts.address, opts.tls, opts.insecure_remote)
+    if opts.model_dir is not None:
+        if opts.model is not None:
+            raise UnikdError("give --model FILE or --model-dir DIR, not both")
+        opts.model = Path(opts.model_dir) / versions.CURRENT  # may not exist yet
     shape = window_shape(opts)
+    if opts.model_dir is not None:  # installers check a student's shape against it
+        versions.write_service_shape(opts.model_dir, shape)
     store = WindowStore(opts.store, shape,
                         Retention.from_limits(shape, opts.max_windows, opts.max_mb,
                                               opts.max_age_days))
@@ -202,7 +210,8 @@ def start_service(opts: ServeOptions) -> EdgeService:
     stop = threading.Event()
     if opts.model is not None:
         reloader = Reloader(opts.model, slot, shape, opts.threads)
-        reloader.reload()
+        if opts.model_dir is None or opts.model.exists():  # an empty model dir waits
+            reloader.reload()
         reload = reloader.reload
         if opts.watch_s > 0:
             watch_model(reloader, opts.watch_s, stop)

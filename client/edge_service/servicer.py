@@ -16,6 +16,7 @@ import numpy as np
 
 from client.edge_service.models import Loaded, ModelMeta, ModelSlot
 from client.edge_service.store import NewWindow, WindowStore
+from client.edge_service.versions import version_of
 from client.edge_service.windows import (WindowError, WindowShape, check_captured_at,
                                          check_source, decode_window)
 from protos import edge_pb2, edge_pb2_grpc
@@ -57,7 +58,7 @@ def model_info(loaded: Loaded) -> edge_pb2.ModelInfo:
         generation=loaded.generation, sha256=m.sha256, version=m.version, format=m.format,
         dataset=m.dataset, scenario=m.scenario, method=m.method, round=m.round,
         channels=m.channels, length=m.length, class_names=list(m.class_names),
-        loaded_at=loaded.loaded_at, path=m.path)
+        loaded_at=loaded.loaded_at, path=m.path, installed_version=version_of(m.path))
 
 
 def predict_reply(loaded: Loaded, x: np.ndarray, request_id: str) -> edge_pb2.PredictReply:

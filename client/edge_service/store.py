@@ -239,6 +239,16 @@ def store_labelled(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
                                                              dtype=torch.long)
 
 
+def store_shape(path: str | Path) -> WindowShape:
+    """The window shape an existing store holds (DataError when it is not a window store)."""
+    try:
+        db, shape = _open_existing(path)
+    except sqlite3.DatabaseError as err:
+        raise DataError(path, f"not a readable window store ({err})") from None
+    db.close()
+    return shape
+
+
 def record_round(path: str | Path, round_: int) -> None:
     """Note that this device trained in `round_` (Status reports the largest one)."""
     db, _ = _open_existing(path)
@@ -257,4 +267,4 @@ def window_ids(path: str | Path) -> list[int]:
 
 
 __all__ = ["AppendResult", "NewWindow", "Retention", "StoreStats", "WindowStore", "disk_bytes",
-           "record_round", "store_labelled", "store_windows", "window_ids"]
+           "record_round", "store_labelled", "store_shape", "store_windows", "window_ids"]

@@ -6,6 +6,7 @@ snapshot (by content hash) and the teacher's outputs on its windows, so neither 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -14,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from client.node import secagg
 from client.node.local_data import LocalData, check_shape, local_data
+from client.node.packing import packing_mod
 from client.node.privacy import privatize
 from client.node.record_dp import (node_secret, record_dann_round, record_unikd_round,
                                    released_count)
@@ -33,10 +35,11 @@ from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_rec
                                      to_record)
 
 log = logging.getLogger(__name__)
-app = ClientApp()
+app = ClientApp(mods=[packing_mod])  # packed messages in, packed replies out
 
 TEACHER_META = "teacher-meta"  # ConfigRecord in context.state: hash of the cached snapshot
 TEACHER_OUT = "teacher-out"  # ArrayRecord in context.state: teacher feat/logits per window
+TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord in context.state: the snapshot (store nodes)
 
 
 def client_id(context: Context) -> int:
@@ -48,8 +51,9 @@ def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, Local
     rc = RoundConfig.from_record(msg.content[wire.CONFIG])
     sim = SimSetup.from_record(msg.content[wire.SIM])
     cid = client_id(context)
-    data = local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content))
-    return rc, cid, check_shape(data, decode_spec(msg.content), dict(context.node_config))
+    spec = decode_spec(msg.content)
+    data = local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content), spec)
+    return rc, cid, check_shape(data, spec, dict(context.node_config))
 
 
 def decode_spec(content: RecordDict) -> DatasetSpec:
@@ -72,21 +76,39 @@ def decode_norm(content: RecordDict) -> Normalizer:
 
 def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalData
                    ) -> TeacherOut | None:
-    """Teacher outputs on this node's windows, computed once per teacher snapshot."""
+    """Teacher outputs on this node's windows, computed once per teacher snapshot and window set.
+
+    A node training on its window store sees new windows between rounds: it keeps the snapshot
+    itself too (TEACHER_ARRAYS) and recomputes the outputs when its windows change.
+    """
     if not rc.teacher_hash:
         return None  # cloud placement: the teacher never leaves the server
     meta = context.state.get(TEACHER_META)
-    if meta is not None and meta["hash"] == rc.teacher_hash and TEACHER_OUT in context.state:
+    same_teacher = meta is not None and meta["hash"] == rc.teacher_hash
+    windows = window_fingerprint(data.x_train)
+    if same_teacher and meta.get("windows", windows) == windows and TEACHER_OUT in context.state:
         out = from_record(context.state[TEACHER_OUT])
         return TeacherOut(out["feat"], out["logits"])
-    if wire.TEACHER not in msg.content:
-        raise UnikdError(f"teacher snapshot {rc.teacher_hash[:12]} is not cached on this node")
-    teacher = teacher_from_arrays(from_record(msg.content[wire.TEACHER]), rc.teacher_members,
-                                  decode_spec(msg.content))
+    if wire.TEACHER in msg.content:
+        arrays, members = from_record(msg.content[wire.TEACHER]), rc.teacher_members
+    elif same_teacher and TEACHER_ARRAYS in context.state:
+        arrays, members = from_record(context.state[TEACHER_ARRAYS]), int(meta["members"])
+    else:
+        raise UnikdError(f"client {client_id(context)}, round {rc.round}: teacher snapshot "
+                         f"{rc.teacher_hash[:12]} is not cached on this node")
+    teacher = teacher_from_arrays(arrays, members, decode_spec(msg.content))
     out = teacher_outputs(teacher, data.x_train)
     context.state[TEACHER_OUT] = to_record({"feat": out.feat, "logits": out.logits})
-    context.state[TEACHER_META] = ConfigRecord({"hash": rc.teacher_hash})
+    context.state[TEACHER_META] = ConfigRecord({"hash": rc.teacher_hash, "windows": windows,
+                                                "members": members})
+    if "store-path" in context.node_config:  # its windows change: keep the snapshot itself
+        context.state[TEACHER_ARRAYS] = to_record(arrays)
     return out
+
+
+def window_fingerprint(x: torch.Tensor) -> str:
+    """Identifies a node's window set (the teacher's cached outputs belong to one)."""
+    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 @app.train()
@@ -125,6 +147,10 @@ def train(msg: Message, context: Context) -> Message:
     if buffers is not None:
         reply[wire.STUDENT_BN] = to_record(buffers)
     wire.check_outgoing(reply, up_shapes(nets))
+    if "store-path" in context.node_config:  # the service's Status reports the last round
+        from client.edge_service.store import record_round
+
+        record_round(str(context.node_config["store-path"]), rc.round)
     return Message(reply, reply_to=msg)
 
 
@@ -206,8 +232,12 @@ def query(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # the count is released once, with Gaussian noise (accounted)
         count = released_count(count, rc, cid, node_secret(dict(context.node_config),
                                                            context.state), context.state)
-    reply = RecordDict({wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
-                                                    "num-examples": count})})
+    metrics = {"client-id": cid, "round": rc.round, "num-examples": count}
+    if "model-dir" in context.node_config:  # the cloud re-delivers a student this node missed
+        from client.edge_service.delivery import installed_tag
+
+        metrics["model-tag"] = wire.tag_number(installed_tag(str(context.node_config["model-dir"])))
+    reply = RecordDict({wire.METRICS: MetricRecord(metrics)})
     wire.check_outgoing(reply, {}, wire.TRAIN_METRICS)
     return Message(reply, reply_to=msg)
 
@@ -229,3 +259,32 @@ def secagg_mask(msg: Message, context: Context) -> Message:
 @app.train("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
     return secagg.handle_unmask(msg, context.state, context.node_id)
+
+
+@app.train("deliver")
+def deliver(msg: Message, context: Context) -> Message:
+    """The run's final student: installed as the next version of this device's edge service
+    (node config `model-dir`, the directory `unikd serve --model-dir` serves). A node without
+    one installs nothing and answers version 0."""
+    torch.set_num_threads(1)
+    rc, cid = RoundConfig.from_record(msg.content[wire.CONFIG]), client_id(context)
+    version = 0
+    if "model-dir" in context.node_config:
+        from client.edge_service.delivery import install_delivered
+
+        model_dir = str(context.node_config["model-dir"])
+        info = msg.content[wire.DELIVERY]
+        try:
+            installed = install_delivered(model_dir, from_record(msg.content[wire.STUDENT]),
+                                          decode_norm(msg.content), decode_spec(msg.content),
+                                          rc.round, str(info["tag"]), str(info["run"]))
+        except UnikdError as err:
+            raise UnikdError(f"client {cid}, round {rc.round}: {err}") from None
+        version = installed.version
+        log.info("client %d: delivered student %s is version %d of %s%s", cid,
+                 str(info["tag"])[:12], version, model_dir, "" if installed.new else
+                 " (already installed)")
+    reply = RecordDict({wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
+                                                    "model-version": version})})
+    wire.check_outgoing(reply, {}, wire.DELIVER_METRICS)
+    return Message(reply, reply_to=msg)

@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from shared.errors import UnikdError
+
 
 def edge_cmd(args: argparse.Namespace) -> int:
     from client.node.supernode import EdgeConfig, start_edge, supernode_command
@@ -21,13 +23,19 @@ def edge_cmd(args: argparse.Namespace) -> int:
         print("WARNING: --allow-unsigned-apps: this device runs ANY app bundle its cloud sends, "
               "i.e. code from whoever can submit a run there. Development only.",
               file=sys.stderr)
-    cfg = EdgeConfig(args.superlink, Path(args.data), ca=Path(args.ca) if args.ca else None,
+    if args.model_dir and not args.store:
+        raise UnikdError("--model-dir goes with --store: the device's service installs the "
+                         "final student")
+    cfg = EdgeConfig(args.superlink, Path(args.data) if args.data else None,
+                     ca=Path(args.ca) if args.ca else None,
                      key=Path(args.key) if args.key else None, insecure=args.insecure,
                      client_id=args.client_id, domain=args.domain, port=args.port,
                      home=Path(args.home) if args.home else None, max_retries=args.max_retries,
                      app_key=Path(args.app_key) if args.app_key else None,
-                     allow_unsigned=args.allow_unsigned_apps)
-    cmd = supernode_command(cfg)  # validates data, CA and key before anything starts
+                     allow_unsigned=args.allow_unsigned_apps,
+                     store=Path(args.store) if args.store else None,
+                     model_dir=Path(args.model_dir) if args.model_dir else None)
+    cmd = supernode_command(cfg)  # validates data/store, CA and keys before anything starts
     if args.dry_run:
         print(" ".join(cmd))
         return 0
@@ -39,9 +47,11 @@ def edge_cmd(args: argparse.Namespace) -> int:
     proc = None
     try:
         proc = start_edge(cfg, echo=True)
+        where = (f"store {args.store}" + (f", model dir {args.model_dir}" if args.model_dir
+                                          else "")) if args.store else f"data {cfg.data}"
         print(f"edge node (client {cfg.client_id}) -> {cfg.superlink}: "
               f"{'INSECURE' if cfg.insecure else 'TLS'}"
-              f"{', authenticated' if cfg.key else ''}; data {cfg.data}", file=sys.stderr)
+              f"{', authenticated' if cfg.key else ''}; {where}", file=sys.stderr)
         code = proc.wait()
     except KeyboardInterrupt:
         return 0
@@ -83,8 +93,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edge", allow_abbrev=False,
                        help="start this device's edge node (a Flower SuperNode)")
     p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the cloud")
-    p.add_argument("--data", required=True,
-                   help="this device's AdaTime folder (train_<domain>.pt, optional test_*.pt)")
+    p.add_argument("--data",
+                   help="this device's AdaTime folder (train_<domain>.pt, optional test_*.pt); "
+                        "with --store, only its labelled test windows are used (evaluation)")
+    p.add_argument("--store", help="train on the window store `unikd serve --store` fills "
+                                   "(each round uses the windows stored so far)")
+    p.add_argument("--model-dir", help="install the run's final student here as a new version: "
+                                       "the directory `unikd serve --model-dir` serves")
     p.add_argument("--domain", help="domain file to read (default: the folder's only domain)")
     p.add_argument("--ca", help="CA certificate (ca.crt) the cloud's certificate must chain to")
     p.add_argument("--key", help="this node's private key (registered on the cloud)")

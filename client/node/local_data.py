@@ -18,7 +18,7 @@ from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, subset
 from shared.datasets import DatasetSpec
 from shared.partition import PartitionSpec, client_domains, partition_indices
-from shared.errors import UnikdError
+from shared.errors import DataError, UnikdError
 from shared.protocol.records import RoundConfig, SimSetup
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,36 @@ def _device(dataset: str, path: str, domain: str) -> tuple[Domain, Domain | None
     return train, test
 
 
+def store_training_windows(path: str, rc: RoundConfig, client: int,
+                           spec: DatasetSpec | None = None) -> torch.Tensor:
+    """Every window `unikd serve` stored so far, raw [N, C, L], oldest first, checked like a
+    data file: a missing, empty, corrupt or wrongly shaped store, or a non-finite window, is an
+    error naming the store, the round and the client (the node answers with it; the cloud
+    logs it and goes on without this node)."""
+    import sqlite3
+
+    from client.edge_service.store import store_windows
+
+    where = f"client {client}, round {rc.round}"
+    try:
+        x = store_windows(path)
+    except DataError as err:
+        raise DataError(err.file, f"{err.problem} ({where})") from None
+    except sqlite3.DatabaseError as err:
+        raise DataError(path, f"not a readable window store ({err}) ({where})") from None
+    if spec is not None and tuple(x.shape[1:]) != (spec.channels, spec.length):
+        raise DataError(path, f"windows of shape {list(x.shape[1:])}, the run's {spec.name} "
+                              f"model takes [{spec.channels}, {spec.length}] ({where})")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise DataError(path, f"{int(bad.sum())} NaN or Inf value(s), first in window {first} "
+                              f"(oldest first) ({where})")
+    return x
+
+
 def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
-               norm: Normalizer) -> LocalData:
+               norm: Normalizer, spec: DatasetSpec | None = None) -> LocalData:
     """Where this node's windows come from, first match wins:
 
     * `store-path`: the windows sensor apps ingested through `unikd serve` (read fresh each
@@ -85,9 +113,7 @@ def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
     * otherwise the simulator's partition of the target domain.
     """
     if "store-path" in node_config:
-        from client.edge_service.store import store_windows
-
-        x = store_windows(str(node_config["store-path"]))  # raw [N, C, L], oldest first
+        x = store_training_windows(str(node_config["store-path"]), rc, client, spec)
         test = (_device(rc.dataset, str(node_config["data-path"]),
                         str(node_config.get("domain", sim.target)))[1]
                 if "data-path" in node_config else None)

@@ -36,7 +36,7 @@ DEFAULT_RUNTIME_PORT = 9094  # the SuperNode's local (loopback) runtime API
 @dataclass
 class EdgeConfig:
     superlink: str
-    data: Path
+    data: Path | None  # an AdaTime folder (training windows, or test windows beside a store)
     ca: Path | None = None
     key: Path | None = None
     insecure: bool = False
@@ -50,10 +50,14 @@ class EdgeConfig:
     allow_unsigned: bool = False  # dev only: run any bundle the cloud sends
     task_poll: float = 0.05  # executor: seconds between task polls on the local runtime API
     node_poll: float = 0.1  # SuperNode: idle poll of the cloud (Flower's default is 3 s)
+    store: Path | None = None  # the window store `unikd serve` fills: trains on its windows
+    model_dir: Path | None = None  # the service's model directory: gets the final student
 
     def __post_init__(self) -> None:
         self.app_key = Path(self.app_key).expanduser().resolve() if self.app_key else None
-        self.data = Path(self.data).expanduser().resolve()
+        self.data = Path(self.data).expanduser().resolve() if self.data else None
+        self.store = Path(self.store).expanduser().resolve() if self.store else None
+        self.model_dir = Path(self.model_dir).expanduser().resolve() if self.model_dir else None
         self.ca = Path(self.ca).expanduser().resolve() if self.ca else None
         self.key = Path(self.key).expanduser().resolve() if self.key else None
         self.home = Path(self.home).expanduser().resolve() if self.home else \
@@ -74,10 +78,25 @@ def data_domains(folder: Path) -> list[str]:
     return sorted(p.stem[len("train_"):] for p in Path(folder).glob("train_*.pt"))
 
 
-def validate(cfg: EdgeConfig) -> str:
-    """Refuse to start with a setup that can only fail later; the domain to read."""
+def validate(cfg: EdgeConfig) -> str | None:
+    """Refuse to start with a setup that can only fail later; the domain to read (None: the
+    node has only a window store)."""
     if ":" not in cfg.superlink:
         raise UnikdError(f"--superlink {cfg.superlink!r}: give HOST:PORT")
+    if cfg.data is None and cfg.store is None:
+        raise UnikdError("give --data DIR (an AdaTime folder) or --store DB (the window store "
+                         "`unikd serve` fills), or both")
+    if cfg.store is not None:
+        from client.node.device import check_device
+
+        check_device(cfg.store, cfg.model_dir)
+    domain = data_domain(cfg) if cfg.data is not None else None
+    check_trust(cfg)
+    return domain
+
+
+def data_domain(cfg: EdgeConfig) -> str:
+    """The domain this node reads from its --data folder."""
     if not cfg.data.is_dir():
         raise UnikdError(f"--data {cfg.data}: not a folder")
     domains = data_domains(cfg.data)
@@ -92,6 +111,11 @@ def validate(cfg: EdgeConfig) -> str:
         if domain not in domains:
             raise UnikdError(f"--data {cfg.data}: no train_{domain}.pt "
                              f"(found: {', '.join(domains) or 'none'})")
+    return domain
+
+
+def check_trust(cfg: EdgeConfig) -> None:
+    """TLS, node key and app key: present, private where private, and consistent."""
     if cfg.insecure:
         if cfg.key is not None:
             raise UnikdError("--key needs TLS: node authentication is refused without it")
@@ -113,12 +137,22 @@ def validate(cfg: EdgeConfig) -> str:
     elif not cfg.allow_unsigned:
         raise UnikdError("--app-key OPERATOR.pub is required: the edge runs only app bundles "
                          "the operator signed (dev only: --allow-unsigned-apps)")
-    return domain
 
 
-def node_config(cfg: EdgeConfig, domain: str) -> str:
-    data = str(cfg.data).replace('"', '\\"')
-    return f'data-path="{data}" domain="{domain}" partition-id={cfg.client_id}'
+def quoted(path: Path) -> str:
+    return '"' + str(path).replace('"', '\\"') + '"'
+
+
+def node_config(cfg: EdgeConfig, domain: str | None) -> str:
+    """What the ClientApp reads (client/node/local_data.py): its windows and its client id."""
+    keys = [f"partition-id={cfg.client_id}"]
+    if cfg.data is not None:  # training windows, or only labelled test windows beside a store
+        keys += [f"data-path={quoted(cfg.data)}", f"domain={quoted(domain)}"]
+    if cfg.store is not None:
+        keys.append(f"store-path={quoted(cfg.store)}")
+    if cfg.model_dir is not None:
+        keys.append(f"model-dir={quoted(cfg.model_dir)}")
+    return " ".join(keys)
 
 
 def launcher_args(cfg: EdgeConfig) -> list[str]:

@@ -16,6 +16,8 @@ import numpy as np
 from flwr.app import Array, Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 
+from shared.protocol.packing import is_packed, pack_content, unpack_content
+
 log = logging.getLogger(__name__)
 
 ErrorCode = 0  # flwr's generic client-app exception code
@@ -93,6 +95,13 @@ def corrupt_reply(reply: Message, kind: str, rnd: int) -> None:
     rec[name] = Array(arr)
 
 
+def _unpacked(msg: Message) -> Message:
+    """A message with its ArrayRecords as records again (the same message when not packed)."""
+    if not msg.has_content() or not is_packed(msg.content):
+        return msg
+    return Message(metadata=msg.metadata, content=unpack_content(msg.content))
+
+
 def load_component(ref: str):
     """'package.module:attr' -> the object (e.g. the ClientApp)."""
     module, _, attr = ref.partition(":")
@@ -128,34 +137,63 @@ class InProcessGrid:
                          state=RecordDict(), run_config={})
             for i, nid in enumerate(self.node_ids)}
         self.online = set(self.node_ids)
+        self._pushed = 0
+        self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.node_ids if n in self.online]
 
+    complete_on_push = True  # every reply exists once push_messages returns (no waiting)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver each message to its node now; its reply (if any) waits for `pull_messages`."""
+        ids = []
+        for msg in messages:
+            self._pushed += 1
+            mid = f"inprocess-{self._pushed}"
+            msg.metadata.__dict__["_message_id"] = mid  # as Flower's Grids do on push
+            reply = self._deliver(msg)
+            if reply is not None:
+                self._replies[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:
-        replies = []
-        for msg in messages:
-            nid = msg.metadata.dst_node_id
-            fault = self._fault(msg)
-            if fault == "dropout":  # the node is offline this round: it never sees the message
-                continue
-            wire_msg = message_from_proto(message_to_proto(msg))  # what a transport would deliver
-            try:
-                reply = self.client_app(wire_msg, self.contexts[nid])
-            except Exception as exc:  # the client's failure becomes an error reply, as in Flower
-                log.debug("node %s raised", nid, exc_info=True)
-                reply = Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
-                                reply_to=wire_msg)
-            reply = message_from_proto(message_to_proto(reply))
-            if fault == "straggler":  # it computed, but its reply came after the round's timeout
-                continue
-            if fault is not None and not reply.has_error():
-                corrupt_reply(reply, fault, _round_of(msg))
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, msg: Message) -> Message | None:
+        """The node's reply as the transport would deliver it; None when it never arrives."""
+        nid = msg.metadata.dst_node_id
+        fault = self._fault(msg)
+        if fault == "dropout":  # the node is offline this round: it never sees the message
+            return None
+        wire_msg = message_from_proto(message_to_proto(msg))  # what a transport would deliver
+        try:
+            reply = self.client_app(wire_msg, self.contexts[nid])
+        except Exception as exc:  # the client's failure becomes an error reply, as in Flower
+            log.debug("node %s raised", nid, exc_info=True)
+            reply = Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
+                            reply_to=wire_msg)
+        reply = message_from_proto(message_to_proto(reply))
+        if fault == "straggler":  # it computed, but its reply came after the round's timeout
+            return None
+        if reply.has_error() or (fault is None and self.tap is None):
             if self.tap is not None:
-                self.tap(msg, reply)
-            replies.append(reply)
-        return replies
+                self.tap(_unpacked(msg), reply)
+            return reply
+        # Faults and the tap work on the records themselves, whether or not they travel packed.
+        view = _unpacked(reply)
+        if fault is not None:
+            corrupt_reply(view, fault, _round_of(msg))
+            if is_packed(reply.content):
+                reply.content = pack_content(view.content)
+        if self.tap is not None:
+            self.tap(_unpacked(msg), view)
+        return reply
 
     def _fault(self, msg: Message) -> str | None:
         """The fault injected for this message (None: delivered and answered as is)."""

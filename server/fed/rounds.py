@@ -17,8 +17,10 @@ from tqdm import tqdm
 
 from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
                               split_replies)
-from server.fed.cloud import Clock, Cloud, SourceData, load_source, target_w_mean
+from server.fed import delivery, transport
+from server.fed.cloud import Clock, Cloud, SourceData, load_source, sim_setup, target_w_mean
 from server.fed.ledger import Ledger
+from server.fed.transport import TransportOptions
 from server.fed.teacher import setup_content, teacher_round_config
 from server.fed.secagg import secure_updates
 from server.fed.privacy import (charge_round, check_teacher_source, dp_aggregate,
@@ -29,7 +31,7 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.metrics import macro_f1
-from shared.protocol.records import bn_buffers
+from shared.protocol.records import bn_buffers, student_state
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import capture_rng, restore_rng, teacher_state
 from shared.steps import steps_per_epoch
@@ -47,6 +49,7 @@ class FedResult:
     ledger: Ledger = field(default_factory=Ledger)
     wall_seconds: float = 0.0
     privacy: object | None = None  # record DP: the per-client epsilon ledger (RecordLedger)
+    delivered: dict[int, int] = field(default_factory=dict)  # client id -> installed version
 
     @property
     def final(self) -> dict:
@@ -63,10 +66,9 @@ def wait_for_nodes(grid, want: int, timeout: float = 300.0) -> list[int]:
 
 
 def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, rnd: int,
-          timeout: float | None) -> list[Message]:
-    msgs = [Message(contents[n], dst_node_id=n, message_type=mtype, group_id=str(rnd))
-            for n in nodes]
-    return list(grid.send_and_receive(msgs, timeout=timeout))
+          timeout: float | None, opts: TransportOptions = TransportOptions()) -> list[Message]:
+    """Replies (unpacked, sorted by node id) of the nodes that answered within `timeout`."""
+    return transport.send(grid, {n: contents[n] for n in nodes}, mtype, rnd, timeout, opts)
 
 
 def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -86,17 +88,23 @@ def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int
         return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
     from server.fed.teacher import federated_dann_teacher
 
-    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout)  # noqa: E731
+    opts = TransportOptions.from_fed(cfg.fed)
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
     return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress,
                                   privacy)
 
 
 def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
-                 timeout: float | None) -> dict[int, int]:
-    """How many training windows each client holds (round 0; nothing but counts comes back)."""
+                 timeout: float | None, model_tags: dict[int, int] | None = None
+                 ) -> dict[int, int]:
+    """How many training windows each client holds (round 0; nothing but counts comes back).
+
+    `model_tags` (when given) collects, per node, the delivery tag of the student its edge
+    service runs, for nodes that have one (wire.tag_number)."""
     content = setup_content(cfg, source, teacher_round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0,
                                                              phase="query"))
-    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout,
+                    TransportOptions.from_fed(cfg.fed))
     counts = {}
     for r in replies:
         if r.has_error():
@@ -104,6 +112,8 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
             continue
         m = r.content[wire.METRICS]
         counts[int(m["client-id"])] = int(m["num-examples"])
+        if model_tags is not None and "model-tag" in m:
+            model_tags[r.metadata.src_node_id] = int(m["model-tag"])
     if not counts:
         raise UnikdError("no client answered the count query; see the client logs above")
     return counts
@@ -112,7 +122,8 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
 def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: float | None) -> dict:
     """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
     content = cloud.down_content(rnd, with_teacher=False)
-    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout)
+    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout,
+                    TransportOptions.from_fed(cloud.cfg.fed))
     k = cloud.source.spec.classes
     total = torch.zeros(k, k, dtype=torch.long)
     clients = 0
@@ -142,12 +153,16 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: floa
 
 def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = None,
              on_round=None, run_dir: Path | None = None, resume: Path | None = None,
-             stop_after: int | None = None) -> FedResult:
+             stop_after: int | None = None, delivery_dir: Path | None = None) -> FedResult:
     """Run the federation; with `run_dir`, checkpoint the full cloud state as it goes.
 
     `resume` continues from a checkpoint: every random draw is a function of (seed, stream,
     step), so the resumed run ends with the same numbers as an uninterrupted one.
     `stop_after` ends the loop after that round (used to test kill-and-resume).
+    When the rounds end, every node with an edge service (`model-dir`) gets the final student
+    (server/fed/delivery.py); with
+    `delivery_dir` it is kept there, and a node that missed the last one gets it at the next
+    run's count query.
     """
     start = time.perf_counter()
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
@@ -165,7 +180,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
                     "with target sample i and cannot be split between cloud and edge; the "
                     "federation drops the target KD term instead (spec §9.2)")
     nodes = wait_for_nodes(grid, cfg.fed.clients)
-    counts = query_counts(grid, cfg, source, nodes, timeout)
+    opts = TransportOptions.from_fed(cfg.fed)
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
+    model_tags: dict[int, int] = {}
+    counts = query_counts(grid, cfg, source, nodes, timeout, model_tags)
+    latest = delivery.load_latest(delivery_dir)
+    if latest is not None and (missed := delivery.needs_delivery(model_tags, latest)):
+        log.info("%d node(s) missed the last delivery (%s): sending it first", len(missed),
+                 latest.tag[:12])
+        delivery.deliver(send, grid, missed, latest, teacher_round_config(
+            cfg, source, cfg.seed, 0, 1, 0, 0.0, phase="deliver"), sim_setup(cfg, source))
     ckpt = load_checkpoint(resume, cfg) if resume else None
     n_trg = sum(counts.values())
     clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_for(source.spec)),
@@ -191,9 +215,10 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
                       first - 1, cfg.fed.local_steps)
         log.info("resuming from %s after round %d", resume, first - 1)
-    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s",
-             len(nodes), n_trg, total, cloud.clock.steps_per_epoch, cloud.teacher_hash[:12],
-             cfg.fed.teacher_placement)
+    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
+             "windows per client: %s", len(nodes), n_trg, total, cloud.clock.steps_per_epoch,
+             cloud.teacher_hash[:12], cfg.fed.teacher_placement,
+             " ".join(f"{c}={n}" for c, n in sorted(counts.items())))
     eval_every = cloud.clock.steps_per_epoch
     ckpt_every = cfg.fed.checkpoint_every or cloud.clock.steps_per_epoch
     has_teacher: set[int] = set()
@@ -209,12 +234,12 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
         cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
         if cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
-            send = lambda ns, cs, t: _send(grid, ns, cs, t, rnd, timeout)  # noqa: E731
-            updates, replies, sa_row = secure_updates(send, nodes, contents, rnd, cfg.fed,
+            sa_send = lambda ns, cs, t: _send(grid, ns, cs, t, rnd, timeout, opts)  # noqa: E731
+            updates, replies, sa_row = secure_updates(sa_send, nodes, contents, rnd, cfg.fed,
                                                       cloud.up_shapes())
             errors = []
         else:
-            replies = _send(grid, nodes, contents, "train", rnd, timeout)
+            replies = _send(grid, nodes, contents, "train", rnd, timeout, opts)
             updates, errors = split_replies(replies, rnd, cloud.up_shapes(),
                                             train_records(dp_plan))
             sa_row = {}
@@ -265,6 +290,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
             save_checkpoint(run_dir / "checkpoints" / "last.pt", cloud, result, rnd)
         if stop_after is not None and rnd >= stop_after:
             break
+    else:  # the run is over: every node installs the final student
+        final = delivery.Delivery(student_state(cloud.nets), cloud.source.normalizer.mean,
+                                  cloud.source.normalizer.std, source.spec.name, total,
+                                  run_dir.name if run_dir is not None else "",
+                                  spec=source.spec.to_dict())
+        # to the nodes with an edge service (they reported a model tag at the count query)
+        result.delivered = delivery.deliver(send, grid, sorted(model_tags), final,
+                                            cloud.round_config(total), sim_setup(cfg, source))
+        if delivery_dir is not None:
+            delivery.save_latest(delivery_dir, final)
     result.wall_seconds = time.perf_counter() - start
     return result
 

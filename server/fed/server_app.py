@@ -38,8 +38,10 @@ def main(grid: Grid, context: Context) -> None:
     else:
         cfg = load_config(str(rc.get("config-path", "")) or None, overrides)
     run_dir = open_run_dir(cfg, Path(resume) if resume else None)
+    # The working directory is the cloud's state dir: its deliveries/ keeps the last final
+    # student for nodes that miss a delivery (server/fed/delivery.py).
     result = federate(grid, cfg, progress=False, run_dir=run_dir,
-                      resume=run_dir if resume else None)
+                      resume=run_dir if resume else None, delivery_dir=Path("deliveries"))
     write_fed_run(run_dir, cfg, result)
 
 

@@ -11,7 +11,9 @@ Kinds:
 - `central-student`: `unikd distill`'s student: `state_dict`, `norm`, `meta`;
 - `fed-resume`: the cloud's full state after a round (`checkpoints/last.pt`);
 - `fed-final`: the federation's final student, discriminators and optimizers;
-- `edge-bundle`: a student with its architecture and normalisation for `unikd serve`.
+- `edge-bundle`: a student with its architecture and normalisation for `unikd serve`;
+- `fed-delivery`: the cloud's last delivered final student (`student`, `mean`, `std`, `dataset`,
+  `round`, `run`, `tag`), re-sent to a node that missed it (server/fed/delivery.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ CENTRAL_STUDENT = "central-student"
 FED_RESUME = "fed-resume"
 FED_FINAL = "fed-final"
 EDGE_BUNDLE = "edge-bundle"
-VERSIONS = {TEACHER: 1, CENTRAL_STUDENT: 1, FED_RESUME: 1, FED_FINAL: 1, EDGE_BUNDLE: 1}
+FED_DELIVERY = "fed-delivery"
+VERSIONS = {TEACHER: 1, CENTRAL_STUDENT: 1, FED_RESUME: 1, FED_FINAL: 1, EDGE_BUNDLE: 1,
+            FED_DELIVERY: 1}
 
 
 class CheckpointError(UnikdError):

@@ -30,6 +30,14 @@ TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placeme
 #   RoundConfig.teacher_members
 TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
 TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
+DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash), run, round
+
+# The final delivery (message type DELIVER, after the last round to every node that reported a
+# model-tag, i.e. has an edge service; again at its next contact when its model-tag differs): STUDENT, NORM, CONFIG, SIM and DELIVERY go down;
+# the node installs the student as its edge service's next version and answers with
+# DELIVER_METRICS only. Nothing else comes up.
+DELIVER = "train.deliver"
+DELIVER_RECORDS = (STUDENT, NORM, CONFIG, SIM, SPEC, DELIVERY)
 
 # ---- up: edge -> cloud
 STUDENT_GRAD = "student.grad"  # (pseudo-)gradient for student + adapter parameters
@@ -61,6 +69,11 @@ SECAGG_DTYPES = {SECAGG_KEYS: "uint8", SECAGG_SHARES: "uint8", SECAGG_MASKED: "u
                  SECAGG_UNMASK: "uint8"}
 SECAGG_METRICS = frozenset({"client-id", "round"})
 
+# ---- both directions: shared.protocol.packing folds every ArrayRecord of a message into one
+# Array under this key (one Flower object instead of one per array). It is unpacked before any
+# check below, and `check_outgoing` runs on the unpacked reply before the node packs it.
+PACKED = "packed"
+
 GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
 GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records together
 
@@ -69,9 +82,20 @@ TRAIN_METRICS = frozenset({
     "client-id", "round", "num-examples", "local-steps",
     "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
     "teacher-dann-dom",
+    "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
 })
 # Federated evaluation: the confusion matrix (C*C counts, summed over the client's test windows).
 EVAL_METRICS = frozenset({"client-id", "round", "num-examples", "confusion"})
+# The final delivery's reply: which version the node's service now runs (0: none installed).
+DELIVER_METRICS = frozenset({"client-id", "round", "model-version"})
+
+
+def tag_number(tag: str) -> int:
+    """A model tag (any string: a delivery's content hash, an edge-pull's) as a MetricRecord
+    integer: 60 bits of its SHA-256; 0 for none."""
+    import hashlib
+
+    return int(hashlib.sha256(tag.encode()).hexdigest()[:15], 16) if tag else 0
 
 
 class WireViolation(UnikdError):
