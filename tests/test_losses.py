@@ -14,8 +14,14 @@ import torch
 
 from shared import losses
 from shared.datasets import get_spec
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, named_grads,
+from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
                            source_terms, target_terms)
+
+
+def named_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Current .grad of every parameter (zeros where a term did not reach it)."""
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in module.named_parameters()}
 
 
 def _t(rows) -> torch.Tensor:

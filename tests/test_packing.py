@@ -15,7 +15,7 @@ from server.fed.harness import InProcessGrid, load_component
 from server.fed.rounds import federate
 from shared.config import load_config
 from shared.protocol import wire
-from shared.protocol.packing import (MAGIC, STYPE, PackError, is_packed, pack_content,
+from shared.protocol.packing import (STYPE, PackError, is_packed, pack_content,
                                      unpack_content)
 from shared.protocol.records import student_state
 
