@@ -31,6 +31,7 @@ from client.node.local_data import simulated_split
 from protos import edge_pb2, edge_pb2_grpc
 from server.deploy.certs import make_node_key
 from server.deploy.superlink import CloudConfig, config_overrides, start_cloud, submit
+from shared.app_signing import generate_key as generate_app_key
 from shared.config import load_config
 from shared.data.loaders import Normalizer
 from shared.datasets import get_spec
@@ -119,8 +120,10 @@ def test_device_loop_end_to_end(tmp_path):
     try:
         # ---- the cloud (TLS + node authentication) and two devices' services
         cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                        names=["localhost", "127.0.0.1"]))
-        cli = cloud.cli()
+                                        link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                        dev_certs=True))
+        app_pub = generate_app_key(root / "app.key")  # the edges run only bundles it signed
+        cli = cloud.cli(sign_key=root / "app.key")
         streamed, addresses = [], []
         rc = load_config(overrides=["fed.clients=2"])
         for i in range(2):
@@ -147,7 +150,8 @@ def test_device_loop_end_to_end(tmp_path):
             edge_cmds.append([*UNIKD, "edge", "--superlink", cloud.address, "--store",
                               str(root / f"store-{i}.db"), "--model-dir",
                               str(root / f"models-{i}"), "--ca", str(cloud.cfg.paths.ca_crt),
-                              "--key", str(priv), "--client-id", str(i), "--port",
+                              "--key", str(priv), "--app-key", str(app_pub),
+                              "--client-id", str(i), "--port",
                               str(free_port()), "--home", str(root / f"edge-home-{i}")])
             edges.append(start_group(f"edge-{i}", edge_cmds[i], root / f"edge-{i}.log", _env(),
                                      REPO_ROOT))
