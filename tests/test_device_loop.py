@@ -257,7 +257,8 @@ def test_cached_teacher_outputs_follow_a_growing_store(tmp_path):
 def test_edge_command_points_the_node_at_the_store_and_model_dir(tmp_path, capsys):
     fill_store(tmp_path / "s.db", 3, seed=0)
     versions.write_service_shape(tmp_path / "m", SHAPE)
-    base = ["edge", "--superlink", "cloud:8000", "--insecure", "--client-id", "4", "--dry-run"]
+    base = ["edge", "--superlink", "cloud:8000", "--insecure", "--client-id", "4", "--dry-run",
+            "--allow-unsigned-apps"]
     assert unikd([*base, "--store", str(tmp_path / "s.db"), "--model-dir",
                   str(tmp_path / "m")]) == 0
     line = capsys.readouterr().out

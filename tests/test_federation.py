@@ -88,10 +88,10 @@ def cloud_state(run: Run) -> dict[str, torch.Tensor]:
 def test_failing_client_does_not_stop_the_run(monkeypatch, caplog):
     real = client_app.local_data
 
-    def broken(rc, sim, node_config, client, norm):
+    def broken(rc, sim, node_config, client, norm, spec=None):
         if client == 1:
             raise DataError("/node1/train_1.pt", "disk unreadable")
-        return real(rc, sim, node_config, client, norm)
+        return real(rc, sim, node_config, client, norm, spec)
 
     monkeypatch.setattr(client_app, "local_data", broken)
     with caplog.at_level(logging.WARNING):

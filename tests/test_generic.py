@@ -287,7 +287,7 @@ def test_edge_command_accepts_a_generic_folder(generic_dir, tmp_path, capsys):
     dev.mkdir()
     shutil.copy(generic_dir / "train_1.pt", dev)
     assert main(["edge", "--superlink", "127.0.0.1:9092", "--data", str(dev), "--insecure",
-                 "--dry-run"]) == 0
+                 "--allow-unsigned-apps", "--dry-run"]) == 0
     assert 'domain="1"' in capsys.readouterr().out
 
 

@@ -145,9 +145,10 @@ def quoted(path: Path) -> str:
 
 def node_config(cfg: EdgeConfig, domain: str | None) -> str:
     """What the ClientApp reads (client/node/local_data.py): its windows and its client id."""
-    keys = [f"partition-id={cfg.client_id}"]
+    keys = []
     if cfg.data is not None:  # training windows, or only labelled test windows beside a store
         keys += [f"data-path={quoted(cfg.data)}", f"domain={quoted(domain)}"]
+    keys.append(f"partition-id={cfg.client_id}")
     if cfg.store is not None:
         keys.append(f"store-path={quoted(cfg.store)}")
     if cfg.model_dir is not None:

@@ -151,6 +151,207 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: floa
             "num-examples": int(total.sum())}
 
 
+@dataclass
+class Federation:
+    """One run's cloud side between rounds: what every round reads and writes."""
+
+    grid: object
+    cfg: RunConfig
+    cloud: Cloud
+    nodes: list[int]
+    counts: dict[int, int]  # client id -> training windows (released counts under record DP)
+    timeout: float | None
+    opts: TransportOptions
+    total: int  # rounds in the run
+    result: FedResult
+    dp_plan: object | None = None
+    dp_ledger: object | None = None
+    model_tags: dict[int, int] = field(default_factory=dict)  # nodes with an edge service
+    has_teacher: set[int] = field(default_factory=set)  # nodes holding the teacher snapshot
+
+    def send(self, nodes: list[int], contents: dict, mtype: str, rnd: int) -> list[Message]:
+        return _send(self.grid, nodes, contents, mtype, rnd, self.timeout, self.opts)
+
+    def send_as_grid(self, grid, nodes, contents, mtype, rnd) -> list[Message]:
+        """The (grid, nodes, contents, type, round) form the teacher and delivery code use."""
+        return _send(grid, nodes, contents, mtype, rnd, self.timeout, self.opts)
+
+
+def check_cross_kd(cfg: RunConfig) -> None:
+    """The reference's cross-domain KD (target_kd=false): split exactly, or dropped with a warning."""
+    if cfg.distill.target_kd:
+        return
+    if cfg.distill.cross_kd == "expected":
+        if cfg.fed.dp != "off" or cfg.fed.secure_aggregation:
+            raise UnikdError("distill.cross_kd=expected needs each client's mean w, which DP "
+                             "and secure aggregation withhold; use distill.target_kd=true there")
+        log.info("distill.cross_kd=expected: the reference's cross-domain KD in expectation, "
+                 "split between cloud and edges")
+        return
+    log.warning("distill.target_kd=false: the reference's 'target' KD pairs source sample i "
+                "with target sample i and cannot be split between cloud and edge; the "
+                "federation drops the target KD term instead (spec §9.2; distill.cross_kd="
+                "expected splits its expectation)")
+
+
+def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None,
+                     resume: Path | None, delivery_dir: Path | None) -> tuple[Federation, int]:
+    """Count the nodes' windows, catch up missed deliveries, obtain the teacher, plan DP and
+    (with `resume`) restore the cloud; returns the federation and its first round."""
+    source = load_source(cfg)
+    check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
+    check_cross_kd(cfg)
+    nodes = wait_for_nodes(grid, cfg.fed.clients)
+    opts = TransportOptions.from_fed(cfg.fed)
+    model_tags: dict[int, int] = {}
+    counts = query_counts(grid, cfg, source, nodes, timeout, model_tags)
+    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
+    deliver_missed(send, grid, cfg, source, model_tags, delivery_dir)
+    ckpt = load_checkpoint(resume, cfg) if resume else None
+    n_trg = sum(counts.values())
+    clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_for(source.spec)),
+                  cfg.distill.epochs)
+    total = cfg.fed.rounds or clock.total
+    parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
+    dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train),
+                                          source.spec)  # None: off
+    teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
+               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout,
+                                  dp_ledger))
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
+    cloud.clock = clock
+    use_faults(grid, cfg)
+    fed = Federation(grid, cfg, cloud, nodes, counts, timeout, opts, total,
+                     FedResult(cloud, privacy=dp_ledger), dp_plan, dp_ledger, model_tags)
+    first = 1
+    if ckpt:
+        first = restore(cloud, fed.result, ckpt) + 1
+        replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg,
+                                                          source.spec),
+                      first - 1, cfg.fed.local_steps)
+        log.info("resuming from %s after round %d", resume, first - 1)
+    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
+             "windows per client: %s", len(nodes), n_trg, total, clock.steps_per_epoch,
+             cloud.teacher_hash[:12], cfg.fed.teacher_placement,
+             " ".join(f"{c}={n}" for c, n in sorted(counts.items())))
+    return fed, first
+
+
+def deliver_missed(send, grid, cfg: RunConfig, source: SourceData, model_tags: dict[int, int],
+                   delivery_dir: Path | None) -> None:
+    """Nodes whose service does not run the last delivered student get it before training."""
+    latest = delivery.load_latest(delivery_dir)
+    if latest is not None and (missed := delivery.needs_delivery(model_tags, latest)):
+        log.info("%d node(s) missed the last delivery (%s): sending it first", len(missed),
+                 latest.tag[:12])
+        delivery.deliver(send, grid, missed, latest, teacher_round_config(
+            cfg, source, cfg.seed, 0, 1, 0, 0.0, phase="deliver"), sim_setup(cfg, source))
+
+
+def use_faults(grid, cfg: RunConfig) -> None:
+    if hasattr(grid, "use_config_faults"):  # the in-process harness simulates the config's faults
+        grid.use_config_faults(cfg.fed, cfg.seed)
+    elif cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction:
+        log.warning("fed.dropout/straggler_fraction/corrupt_fraction are simulated by the "
+                    "in-process engine only; this Grid runs without injected faults")
+
+
+def round_contents(fed: Federation, rnd: int) -> dict[int, RecordDict]:
+    """This round's down messages: two payloads at most, nodes holding the teacher share one."""
+    cloud, plan = fed.cloud, fed.dp_plan
+    plain = cloud.down_content(rnd, with_teacher=False, privacy=plan)
+    with_teacher = (cloud.down_content(rnd, with_teacher=True, privacy=plan)
+                    if any(n not in fed.has_teacher for n in fed.nodes) else plain)
+    return {n: plain if n in fed.has_teacher else with_teacher for n in fed.nodes}
+
+
+def exchange(fed: Federation, rnd: int, contents: dict[int, RecordDict]):
+    """Send the round, collect the replies; (valid updates, replies, errors, secagg stats)."""
+    if fed.cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
+        send = lambda ns, cs, t: fed.send(ns, cs, t, rnd)  # noqa: E731
+        updates, replies, sa_row = secure_updates(send, fed.nodes, contents, rnd, fed.cfg.fed,
+                                                  fed.cloud.up_shapes())
+        return updates, replies, [], sa_row
+    replies = fed.send(fed.nodes, contents, "train", rnd)
+    updates, errors = split_replies(replies, rnd, fed.cloud.up_shapes(),
+                                    train_records(fed.dp_plan))
+    return updates, replies, errors, {}
+
+
+def run_round(fed: Federation, rnd: int) -> dict | None:
+    """One UNI-KD round; the round's row, or None when too few valid replies came (skipped:
+    nothing moves, BN statistics included)."""
+    cfg, cloud, result = fed.cfg, fed.cloud, fed.result
+    t0 = time.perf_counter()
+    contents = round_contents(fed, rnd)
+    bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
+    src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
+    cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
+    updates, replies, errors, sa_row = exchange(fed, rnd, contents)
+    charge_round(fed.dp_ledger, rnd, fed.counts, cfg.fed.local_steps)  # record DP: all asked
+    if len(replies) < len(fed.nodes):
+        log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
+                    len(fed.nodes))
+    recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
+    updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
+    result.rejected += [str(e) for e in [*errors, *outliers]]
+    # A node that failed (e.g. restarted and lost its cache) gets the teacher again next round.
+    fed.has_teacher = {r.metadata.src_node_id for r in replies if not r.has_error()}
+    if len(updates) < cfg.fed.min_clients:
+        log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
+                    len(updates), cfg.fed.min_clients)
+        cloud.undo_source_step(bn_before)
+        return None
+    dp_row = apply_updates(fed, rnd, updates, src, bn_before)
+    row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
+    row.update(dp_row)
+    row.update(sa_row)
+    row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
+    result.ledger.add_round(rnd, contents, replies)
+    row.update(result.ledger.round_totals(rnd))
+    result.rounds.append(row)
+    return row
+
+
+def apply_updates(fed: Federation, rnd: int, updates, src: dict, bn_before: dict) -> dict:
+    """Aggregate the valid updates (privately under DP) and step the cloud; the DP stats."""
+    if fed.dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
+        combined, dp_row = dp_aggregate(updates, fed.dp_plan, fed.dp_ledger, fed.cfg.seed, rnd,
+                                        len(fed.result.rounds), fed.cfg.fed.secure_aggregation)
+        fed.cloud.apply(combined, bn_before)
+        return dp_row
+    fed.cloud.apply(robust_combine(updates, fed.cfg.fed.aggregator), bn_before, rnd, src,
+                    target_w_mean(updates) if "cross_kd" in src else None)
+    return {}
+
+
+def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
+    """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
+    ev = evaluate_round(fed.grid, fed.cloud, fed.nodes, rnd, fed.timeout)
+    ev["mb_total"] = fed.result.ledger.total_mb()
+    fed.result.evals.append(ev)
+    if row is not None:
+        log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
+                 rnd, fed.total, fed.cloud.clock.at(rnd - 1)[0], row["src_loss"],
+                 row.get("trg_loss", float("nan")),
+                 f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
+
+
+def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | None) -> None:
+    """The run is over: every node with an edge service installs the final student."""
+    cloud, source = fed.cloud, fed.cloud.source
+    final = delivery.Delivery(student_state(cloud.nets), source.normalizer.mean,
+                              source.normalizer.std, source.spec.name, fed.total,
+                              run_dir.name if run_dir is not None else "",
+                              spec=source.spec.to_dict())
+    # to the nodes with an edge service (they reported a model tag at the count query)
+    fed.result.delivered = delivery.deliver(fed.send_as_grid, fed.grid, sorted(fed.model_tags),
+                                            final, cloud.round_config(fed.total),
+                                            sim_setup(fed.cfg, source))
+    if delivery_dir is not None:
+        delivery.save_latest(delivery_dir, final)
+
+
 def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = None,
              on_round=None, run_dir: Path | None = None, resume: Path | None = None,
              stop_after: int | None = None, delivery_dir: Path | None = None) -> FedResult:
@@ -160,148 +361,34 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     step), so the resumed run ends with the same numbers as an uninterrupted one.
     `stop_after` ends the loop after that round (used to test kill-and-resume).
     When the rounds end, every node with an edge service (`model-dir`) gets the final student
-    (server/fed/delivery.py); with
-    `delivery_dir` it is kept there, and a node that missed the last one gets it at the next
-    run's count query.
+    (server/fed/delivery.py); with `delivery_dir` it is kept there, and a node that missed it
+    gets it at the next run's count query.
     """
     start = time.perf_counter()
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
-    source = load_source(cfg)
-    check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
-    if not cfg.distill.target_kd and cfg.distill.cross_kd == "expected":
-        if cfg.fed.dp != "off" or cfg.fed.secure_aggregation:
-            raise UnikdError("distill.cross_kd=expected needs each client's mean w, which DP "
-                             "and secure aggregation withhold; use distill.target_kd=true there")
-        log.info("distill.cross_kd=expected: the reference's cross-domain KD in expectation, "
-                 "split between cloud and edges")
-    elif not cfg.distill.target_kd:
-        log.warning("distill.target_kd=false: the reference's 'target' KD pairs source sample i "
-                    "with target sample i and cannot be split between cloud and edge; the "
-                    "federation drops the target KD term instead (spec §9.2)")
-    nodes = wait_for_nodes(grid, cfg.fed.clients)
-    opts = TransportOptions.from_fed(cfg.fed)
-    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
-    model_tags: dict[int, int] = {}
-    counts = query_counts(grid, cfg, source, nodes, timeout, model_tags)
-    latest = delivery.load_latest(delivery_dir)
-    if latest is not None and (missed := delivery.needs_delivery(model_tags, latest)):
-        log.info("%d node(s) missed the last delivery (%s): sending it first", len(missed),
-                 latest.tag[:12])
-        delivery.deliver(send, grid, missed, latest, teacher_round_config(
-            cfg, source, cfg.seed, 0, 1, 0, 0.0, phase="deliver"), sim_setup(cfg, source))
-    ckpt = load_checkpoint(resume, cfg) if resume else None
-    n_trg = sum(counts.values())
-    clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_for(source.spec)),
-                  cfg.distill.epochs)
-    total = cfg.fed.rounds or clock.total
-    parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
-    dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train),
-                                             source.spec)  # None: off
-    teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
-               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout,
-                                  dp_ledger))
-    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
-    cloud.clock = clock
-    if hasattr(grid, "use_config_faults"):  # the in-process harness simulates the config's faults
-        grid.use_config_faults(cfg.fed, cfg.seed)
-    elif cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction:
-        log.warning("fed.dropout/straggler_fraction/corrupt_fraction are simulated by the "
-                    "in-process engine only; this Grid runs without injected faults")
-    result = FedResult(cloud, privacy=dp_ledger)
-    first = 1
-    if ckpt:
-        first = restore(cloud, result, ckpt) + 1
-        replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
-                      first - 1, cfg.fed.local_steps)
-        log.info("resuming from %s after round %d", resume, first - 1)
-    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
-             "windows per client: %s", len(nodes), n_trg, total, cloud.clock.steps_per_epoch,
-             cloud.teacher_hash[:12], cfg.fed.teacher_placement,
-             " ".join(f"{c}={n}" for c, n in sorted(counts.items())))
-    eval_every = cloud.clock.steps_per_epoch
-    ckpt_every = cfg.fed.checkpoint_every or cloud.clock.steps_per_epoch
-    has_teacher: set[int] = set()
-    bar = tqdm(range(first, total + 1), desc="rounds", disable=None if progress else True, dynamic_ncols=True)
-    for rnd in bar:
-        t0 = time.perf_counter()
-        # Two payloads at most per round: nodes already holding the teacher share one.
-        plain = cloud.down_content(rnd, with_teacher=False, privacy=dp_plan)
-        with_teacher = (cloud.down_content(rnd, with_teacher=True, privacy=dp_plan)
-                        if any(n not in has_teacher for n in nodes) else plain)
-        contents = {n: plain if n in has_teacher else with_teacher for n in nodes}
-        bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
-        src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
-        cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
-        if cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
-            sa_send = lambda ns, cs, t: _send(grid, ns, cs, t, rnd, timeout, opts)  # noqa: E731
-            updates, replies, sa_row = secure_updates(sa_send, nodes, contents, rnd, cfg.fed,
-                                                      cloud.up_shapes())
-            errors = []
-        else:
-            replies = _send(grid, nodes, contents, "train", rnd, timeout, opts)
-            updates, errors = split_replies(replies, rnd, cloud.up_shapes(),
-                                            train_records(dp_plan))
-            sa_row = {}
-        charge_round(dp_ledger, rnd, counts, cfg.fed.local_steps)  # record DP: every node asked
-        if len(replies) < len(nodes):
-            log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
-                        len(nodes))
-        recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
-        updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
-        errors = [*errors, *outliers]
-        result.rejected += [str(e) for e in errors]
-        # A node that failed (e.g. restarted and lost its cache) gets the teacher again next round.
-        has_teacher = {r.metadata.src_node_id for r in replies if not r.has_error()}
-        if len(updates) < cfg.fed.min_clients:  # nothing moves: not even BN statistics
-            log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
-                        len(updates), cfg.fed.min_clients)
-            cloud.undo_source_step(bn_before)
-            if rnd == total and result.rounds:  # the last round was skipped: still score the model
-                ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
-                ev["mb_total"] = result.ledger.total_mb()
-                result.evals.append(ev)
+    fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir)
+    spe = fed.cloud.clock.steps_per_epoch
+    eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe
+    for rnd in tqdm(range(first, fed.total + 1), desc="rounds",
+                    disable=None if progress else True, dynamic_ncols=True):
+        row = run_round(fed, rnd)
+        if row is None:
+            if rnd == fed.total and fed.result.rounds:  # the last round was skipped: still score
+                score(fed, rnd)
             continue
-        if dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
-            combined, dp_row = dp_aggregate(updates, dp_plan, dp_ledger, cfg.seed, rnd,
-                                            len(result.rounds), cfg.fed.secure_aggregation)
-            cloud.apply(combined, bn_before)
-        else:
-            combined, dp_row = robust_combine(updates, cfg.fed.aggregator), {}
-            cloud.apply(combined, bn_before, rnd, src,
-                        target_w_mean(updates) if "cross_kd" in src else None)
-        row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
-        row.update(dp_row)
-        row.update(sa_row)
-        row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
-        result.ledger.add_round(rnd, contents, replies)
-        row.update(result.ledger.round_totals(rnd))
-        result.rounds.append(row)
         if on_round is not None:
-            on_round(rnd, cloud, row)
-        if rnd % eval_every == 0 or rnd == total:
-            ev = evaluate_round(grid, cloud, nodes, rnd, timeout)
-            ev["mb_total"] = result.ledger.total_mb()
-            result.evals.append(ev)
-            log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
-                     rnd, total, cloud.clock.at(rnd - 1)[0], row["src_loss"], row.get("trg_loss",
-                     float("nan")), f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
-        if run_dir is not None and (rnd % ckpt_every == 0 or rnd == total):
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", cloud, result, rnd)
+            on_round(rnd, fed.cloud, row)
+        if rnd % eval_every == 0 or rnd == fed.total:
+            score(fed, rnd, row)
+        if run_dir is not None and (rnd % ckpt_every == 0 or rnd == fed.total):
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", fed.cloud, fed.result, rnd)
         if stop_after is not None and rnd >= stop_after:
             break
-    else:  # the run is over: every node installs the final student
-        final = delivery.Delivery(student_state(cloud.nets), cloud.source.normalizer.mean,
-                                  cloud.source.normalizer.std, source.spec.name, total,
-                                  run_dir.name if run_dir is not None else "",
-                                  spec=source.spec.to_dict())
-        # to the nodes with an edge service (they reported a model tag at the count query)
-        result.delivered = delivery.deliver(send, grid, sorted(model_tags), final,
-                                            cloud.round_config(total), sim_setup(cfg, source))
-        if delivery_dir is not None:
-            delivery.save_latest(delivery_dir, final)
-    result.wall_seconds = time.perf_counter() - start
-    return result
+    else:
+        deliver_final(fed, run_dir, delivery_dir)
+    fed.result.wall_seconds = time.perf_counter() - start
+    return fed.result
 
 
 def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int) -> None:

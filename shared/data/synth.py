@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.data.synth_common import class_counts
 from shared.errors import ConfigError
 
 FS = 50.0  # Hz
@@ -62,7 +63,6 @@ GYRO_BIAS_SD = 0.02  # rad/s
 TEMPO_LOG = (0.07, 0.12)  # |log tempo| range; sign random
 NOISE_GAIN = (0.8, 1.2)  # extra noise, as a multiple of the base noise
 PRIOR_LOGIT_SD = 0.6  # spread of class-prior logits
-MIN_CLASS_FRACTION = 0.2  # each class keeps at least this share of its unshifted count
 
 ACC_NOISE, GYRO_NOISE = 0.01, 0.02  # base sensor white noise (g, rad/s)
 NOISE_JITTER = 0.3  # log-sd of the per-window noise level (battery, vibration, clothing)
@@ -199,13 +199,6 @@ def _random_rotation(rng: np.random.Generator, sd_deg: float) -> np.ndarray:
     """A small rotation about a random axis, angle ~ N(0, sd_deg)."""
     axis = rng.normal(size=3)
     return _rotation(axis / np.linalg.norm(axis), np.deg2rad(sd_deg * rng.normal()))
-
-
-def class_counts(split: str, cfg: SynthConfig, priors: np.ndarray) -> np.ndarray:
-    """Windows per class: the unshifted count redistributed by the domain's class priors."""
-    per_class = cfg.windows_per_class if split == "train" else (cfg.windows_per_class + 1) // 2
-    floor = max(1, round(MIN_CLASS_FRACTION * per_class))
-    return np.maximum(floor, np.round(priors * per_class * len(priors))).astype(np.int64)
 
 
 def _gait_motion(

@@ -7,7 +7,7 @@ non-HAR shape can be tried (and tested) without downloads. They are waveforms, n
     L/8), two harmonics with class-specific amplitudes, and a class-specific phase per channel;
   * each window jitters the frequency (±4 %), the phase, the amplitude and the harmonic mix,
     and adds white noise;
-  * domain d > 0 shifts, scaled by `SynthConfig.shift`: per-channel gain and offset, tempo (all
+  * domain d > 0 shifts, scaled by `SynthSettings.shift`: per-channel gain and offset, tempo (all
     frequencies scaled by 0.88-0.93 or 1.07-1.12), noise level and class priors.
     Domain 0, the source, is never shifted.
 
@@ -17,13 +17,10 @@ Randomness comes only from `numpy.random.default_rng` seeded by integer tuples, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from shared.data.synth import SynthConfig
+from shared.data.synth_common import SynthSettings, class_counts
 
 _TAG_CLASSES, _TAG_DOMAIN, _TAG_SPLIT = 101, 103, 107
 GAIN_SD, OFFSET_SD = 0.25, 0.5  # per-channel log-gain and offset (in signal amplitudes)
@@ -32,7 +29,7 @@ NOISE, NOISE_GAIN = 0.3, (0.5, 1.0)
 PRIOR_LOGIT_SD = 0.6
 
 
-def _templates(cfg: SynthConfig) -> dict[str, np.ndarray]:
+def _templates(cfg: SynthSettings) -> dict[str, np.ndarray]:
     """Per class: fundamental (cycles per window), harmonic amplitudes, per-channel phases."""
     rng = np.random.default_rng([cfg.seed, _TAG_CLASSES, cfg.channels, cfg.length, cfg.classes])
     top = max(3.0, cfg.length / 8)
@@ -41,7 +38,7 @@ def _templates(cfg: SynthConfig) -> dict[str, np.ndarray]:
             "phase": rng.uniform(0, 2 * np.pi, size=(cfg.classes, cfg.channels))}
 
 
-def _shift(domain: int, cfg: SynthConfig) -> dict[str, np.ndarray | float]:
+def _shift(domain: int, cfg: SynthSettings) -> dict[str, np.ndarray | float]:
     rng = np.random.default_rng([cfg.seed, domain, _TAG_DOMAIN])
     s = 0.0 if domain == 0 else float(cfg.shift)
     logits = s * PRIOR_LOGIT_SD * rng.normal(size=cfg.classes)
@@ -53,11 +50,9 @@ def _shift(domain: int, cfg: SynthConfig) -> dict[str, np.ndarray | float]:
             "priors": priors / priors.sum()}
 
 
-def generate_generic(domain: int, split_code: int, cfg: SynthConfig
+def generate_generic(domain: int, split_code: int, cfg: SynthSettings
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of one domain: x [N, C, L] float32, y [N] int64."""
-    from shared.data.synth import class_counts
-
     tpl, shift = _templates(cfg), _shift(domain, cfg)
     rng = np.random.default_rng([cfg.seed, domain, _TAG_SPLIT, split_code])
     split = "train" if split_code == 0 else "test"
