@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from client.node.supernode import EdgeConfig, start_edge  # noqa: E402
-from client.node.local_data import simulated_split  # noqa: E402
+from client.node.local_data import write_device_folder  # noqa: E402
 from server.deploy.certs import make_node_key  # noqa: E402
 from server.deploy.superlink import (CloudConfig, config_overrides, start_cloud,  # noqa: E402
                                      submit)
@@ -37,15 +37,7 @@ from shared.config import load_config  # noqa: E402
 
 
 def edge_data(root: Path, client: int, clients: int, overrides: list[str]) -> Path:
-    rc = load_config(overrides=overrides)
-    train, test = simulated_split(rc.data.dataset, rc.data.path, rc.data.synth_shift,
-                             rc.data.scenario.split("->")[1], rc.fed.partition, clients, client,
-                             rc.seed)
-    folder = root / f"data-{client}"
-    folder.mkdir(parents=True)
-    torch.save({"samples": train.x, "labels": train.y}, folder / "train_1.pt")
-    torch.save({"samples": test.x, "labels": test.y}, folder / "test_1.pt")
-    return folder
+    return write_device_folder(root, client, clients, load_config(overrides=overrides))
 
 
 def deployed(root: Path, overrides: list[str], clients: int) -> dict:

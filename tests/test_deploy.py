@@ -256,17 +256,9 @@ class Deployment:
 
 def _edge_data(root: Path, client: int, clients: int) -> Path:
     """Client `client`'s simulated windows, written as the device folder it would hold."""
-    from client.node.local_data import simulated_split
+    from client.node.local_data import write_device_folder
 
-    rc = load_config(overrides=FAST)
-    train, test = simulated_split(rc.data.dataset, rc.data.path, rc.data.synth_shift,
-                             rc.data.scenario.split("->")[1], rc.fed.partition, clients, client,
-                             rc.seed)
-    folder = root / f"data-{client}"
-    folder.mkdir(parents=True)
-    torch.save({"samples": train.x, "labels": train.y}, folder / "train_1.pt")
-    torch.save({"samples": test.x, "labels": test.y}, folder / "test_1.pt")
-    return folder
+    return write_device_folder(root, client, clients, load_config(overrides=FAST))
 
 
 @pytest.fixture(scope="module")

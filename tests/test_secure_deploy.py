@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
 from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, start_edge
 from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
@@ -41,17 +40,9 @@ class Secure:
 
 
 def _edge_data(root: Path, client: int) -> Path:
-    from client.node.local_data import simulated_split
+    from client.node.local_data import write_device_folder
 
-    rc = load_config(overrides=ONE_ROUND)
-    train, test = simulated_split(rc.data.dataset, rc.data.path, rc.data.synth_shift,
-                                  rc.data.scenario.split("->")[1], rc.fed.partition, 2, client,
-                                  rc.seed)
-    folder = root / f"data-{client}"
-    folder.mkdir(parents=True)
-    torch.save({"samples": train.x, "labels": train.y}, folder / "train_1.pt")
-    torch.save({"samples": test.x, "labels": test.y}, folder / "test_1.pt")
-    return folder
+    return write_device_folder(root, client, 2, load_config(overrides=ONE_ROUND))
 
 
 @pytest.fixture(scope="module")

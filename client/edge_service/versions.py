@@ -25,6 +25,7 @@ from pathlib import Path
 
 from client.edge_service.windows import WindowShape
 from shared.errors import UnikdError
+from shared.runs import atomic_write_bytes
 
 CURRENT = "current.pt"
 SERVICE = "service.json"
@@ -162,9 +163,4 @@ def rollback(model_dir: str | Path) -> tuple[int, int]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -146,3 +147,17 @@ def check_shape(data: LocalData, spec: DatasetSpec, node_config: dict) -> LocalD
             raise UnikdError(f"{data.test.file}: label {top} is out of range for the round's "
                              f"model ({spec.name}, {spec.classes} classes)")
     return data
+
+
+def write_device_folder(root: Path, client: int, clients: int, cfg) -> Path:
+    """Simulated client `client`'s windows (of `clients`, under RunConfig `cfg`) written as the
+    AdaTime folder a device would hold: root/data-<client>/{train,test}_1.pt. For tests and
+    benchmarks of real deployments."""
+    train, test = simulated_split(cfg.data.dataset, cfg.data.path, cfg.data.synth_shift,
+                                  cfg.data.scenario.split("->")[1], cfg.fed.partition, clients,
+                                  client, cfg.seed)
+    folder = Path(root) / f"data-{client}"
+    folder.mkdir(parents=True)
+    torch.save({"samples": train.x, "labels": train.y}, folder / "train_1.pt")
+    torch.save({"samples": test.x, "labels": test.y}, folder / "test_1.pt")
+    return folder

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import UnikdError
+from shared.secrets import write_secret
 from shared.flower_tools import flwr_env
 from shared.processes import child_preexec
 
@@ -287,13 +288,10 @@ def generate_key(path: Path, overwrite: bool = False) -> Path:
     pub = path.with_name(path.name + ".pub")
     if path.exists() and not overwrite:
         raise UnikdError(f"{path} exists; pass --force to replace it (then register the new key)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                  serialization.NoEncryption()))
-    os.chmod(path, 0o600)
+    write_secret(path, key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.OpenSSH,
+                                         serialization.NoEncryption()))
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                   serialization.PublicFormat.OpenSSH) + b"\n")
     return pub

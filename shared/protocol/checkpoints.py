@@ -19,7 +19,6 @@ Kinds:
 from __future__ import annotations
 
 import io
-import os
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from shared.errors import UnikdError
+from shared.runs import atomic_write_bytes
 
 TEACHER = "teacher"
 CENTRAL_STUDENT = "central-student"
@@ -59,14 +59,7 @@ def to_bytes(kind: str, payload: dict[str, Any]) -> bytes:
 
 def save(path: str | Path, kind: str, payload: dict[str, Any]) -> None:
     """Atomic: write a temp file, fsync, rename; a reader sees the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(to_bytes(kind, payload))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, to_bytes(kind, payload))
 
 
 def load(path: str | Path, kinds: str | Iterable[str]) -> dict[str, Any]:
