@@ -7,20 +7,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from torch import nn
 
 from shared.datasets import DatasetSpec
 from shared.engine import KDHparams, StepSchedule, UniKDNets
+from shared.protocol import npy
 
 
 def to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
     """Arrays copied out of the live tensors (so later in-place updates do not leak in)."""
-    return ArrayRecord({k: Array(v.detach().cpu().numpy().copy()) for k, v in tensors.items()})
+    return ArrayRecord({k: npy.to_array(v.detach().cpu().numpy()) for k, v in tensors.items()})
 
 
 def from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+    return {k: torch.from_numpy(np.array(npy.from_array(a), copy=True))
+            for k, a in record.items()}
 
 
 def student_state(nets: UniKDNets) -> dict[str, torch.Tensor]:
