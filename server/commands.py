@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from shared.config import METHODS, load_config
+from shared.config import METHODS, load_config, resolve_config
 from shared.datasets import DatasetSpec, format_scenario, parse_scenario_list
 from shared.errors import UnikdError
 
@@ -66,14 +66,18 @@ class BenchPlan:
     base: dict  # config file, overrides and label: each worker process rebuilds its config
 
 
-def _bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
+def bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     """Config, dataset spec (GENERIC: from the files), scenarios and seeds of `unikd bench`."""
     from shared.data.scenario import resolve_spec
 
     overrides = list(args.set) + [f"data.dataset={args.dataset}", *extra]
     if args.data:
         overrides.append(f"data.path={Path(args.data).resolve()}")
-    cfg = load_config(args.config, overrides)  # validate early, in this process
+    res = resolve_config(args.config, overrides)  # validate early, in this process
+    cfg, recipe = res.config, res.recipe
+    if recipe is not None:
+        log.info("no --config: the %s recipe (%s) is the base of every run", recipe.dataset,
+                 recipe.file)
     spec = resolve_spec(cfg.data)
     if args.scenarios:
         pairs = parse_scenario_list(args.scenarios)
@@ -87,14 +91,16 @@ def _bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     except ValueError:
         raise UnikdError(f"--seeds {args.seeds!r}: give a comma list of integers") from None
     return BenchPlan(spec, [format_scenario(p) for p in pairs], seeds,
-                     {"file": args.config, "overrides": overrides, "label": args.label})
+                     {"file": args.config, "overrides": overrides, "label": args.label,
+                      "recipe": recipe and {"dataset": recipe.dataset, "file": recipe.file,
+                                            "sha256": recipe.digest}})
 
 
 def bench_central_cmd(args: argparse.Namespace) -> int:
     from server.bench.central import run_bench
     from server.central.runner import get_method
 
-    plan = _bench_plan(args, [])
+    plan = bench_plan(args, [])
     several = [sc for sc in plan.scenarios if "+" in sc]
     if several:
         raise UnikdError(f"bench central trains on one target domain per scenario; "
@@ -114,7 +120,7 @@ def bench_central_cmd(args: argparse.Namespace) -> int:
 def bench_federated_cmd(args: argparse.Namespace) -> int:
     from server.bench.federated import clients_per_scenario, run_fed_bench
 
-    plan = _bench_plan(args, [f"fed.partition={args.partition}"])
+    plan = bench_plan(args, [f"fed.partition={args.partition}"])
     clients = clients_per_scenario(plan.scenarios, args.partition, args.clients)
     plan.base["teachers"] = str(Path(args.teachers).resolve()) if args.teachers else None
     report = run_fed_bench(plan.base, plan.spec, plan.scenarios, plan.seeds, Path(args.out),
