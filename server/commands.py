@@ -23,8 +23,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace):
-    cfg = load_config(args.config, args.set)
+def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
+    cfg = load_config(args.config, [*args.set, *extra])
     torch.set_num_threads(cfg.threads)
     return cfg
 
@@ -39,9 +39,8 @@ def teacher_cmd(args: argparse.Namespace) -> int:
 def distill_cmd(args: argparse.Namespace) -> int:
     from server.central.runner import run_distill
 
-    cfg = _config(args)
-    if args.method:  # an explicit flag wins over the file; otherwise the file's distill.method
-        cfg = load_config(args.config, [*args.set, f"distill.method={args.method}"])
+    # an explicit flag wins over the file; otherwise the file's distill.method
+    cfg = _config(args, (f"distill.method={args.method}",) if args.method else ())
     run_distill(cfg, cfg.distill.method, progress=not args.quiet)
     return 0
 
