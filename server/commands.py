@@ -122,6 +122,14 @@ def bench_federated_cmd(args: argparse.Namespace) -> int:
     plan = bench_plan(args, [f"fed.partition={args.partition}"])
     clients = clients_per_scenario(plan.scenarios, args.partition, args.clients)
     plan.base["teachers"] = str(Path(args.teachers).resolve()) if args.teachers else None
+    if args.cache_teachers:
+        if args.teachers:
+            raise UnikdError("--cache-teachers caches federated teachers; --teachers reuses "
+                             "central ones: give one of the two")
+        from server.bench.federated import check_teacher_cache
+
+        check_teacher_cache(load_config(plan.base["file"], plan.base["overrides"]))
+        plan.base["cache_teachers"] = True
     report = run_fed_bench(plan.base, plan.spec, plan.scenarios, plan.seeds, Path(args.out),
                            args.jobs, clients)
     print((Path(args.out) / "results.md").read_text())
@@ -181,4 +189,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--teachers", metavar="CENTRAL_BENCH_DIR",
                    help="reuse the DANN teachers cached by `bench central --out DIR` instead of "
                         "pre-training them federatedly")
+    f.add_argument("--cache-teachers", action="store_true",
+                   help="keep each federated DANN teacher under OUT/fed-teachers/, keyed by "
+                        "the config (all but fed.teacher_placement edge|cloud) and (scenario, "
+                        "seed): a later run of the same recipe in the same --out, e.g. the other "
+                        "placement, loads it instead of training it again")
     f.set_defaults(func=bench_federated_cmd)
