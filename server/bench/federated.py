@@ -122,7 +122,21 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
             "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
             "teacher_placement": cfg.fed.teacher_placement,
             "teacher": ("central bench" if base.get("teachers") else "cached" if cached
-                        else "trained in this run")}
+                        else "trained in this run"),
+            "mf1_per_edge": per_edge_mf1(ev, scenario, cfg.fed.partition)}
+
+
+def per_edge_mf1(ev: dict, scenario: str, partition: str) -> dict[str, float]:
+    """Each edge's MF1 on its own test windows, from the final evaluation: keyed by the target
+    domain it holds under `per-domain` (client i holds the i-th target), else by client id."""
+    targets = scenario_targets(parse_scenario(scenario)[1])
+    domain = PartitionSpec.parse(partition).kind == "per-domain"
+    out = {}
+    for key, value in ev.items():
+        if key.startswith("mf1_client_"):
+            cid = int(key.removeprefix("mf1_client_"))
+            out[targets[cid] if domain and cid < len(targets) else str(cid)] = value
+    return out
 
 
 def rounds_to_fraction(evals: list[dict], fraction: float) -> int | None:

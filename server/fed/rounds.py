@@ -132,6 +132,7 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, send: Sender)
     k = cloud.source.spec.classes
     total = torch.zeros(k, k, dtype=torch.long)
     clients = 0
+    per_client: dict[str, float] = {}  # MF1 on each client's own windows (per-domain: per edge)
     for r in replies:
         if r.has_error():
             log.warning("round %d: node %s evaluation failed: %s", rnd, r.metadata.src_node_id,
@@ -145,15 +146,25 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, send: Sender)
                             "expected %d counts); ignored", rnd, m.get("client-id"), len(counts),
                             k * k)
                 continue
-            total += torch.tensor(counts, dtype=torch.long).reshape(k, k)
+            own = torch.tensor(counts, dtype=torch.long).reshape(k, k)
+            total += own
             clients += 1
+            if "client-id" in m and int(own.sum()):
+                per_client[f"mf1_client_{int(m['client-id'])}"] = confusion_scores(own)[0]
     if clients == 0:
         return {"round": rnd, "clients": 0}
-    y_true = torch.arange(k).repeat_interleave(total.sum(1))
-    y_pred = torch.cat([torch.arange(k).repeat_interleave(row) for row in total])
-    acc = 100.0 * float(total.diag().sum()) / max(int(total.sum()), 1)
-    return {"round": rnd, "clients": clients, "mf1": macro_f1(y_true, y_pred, k), "acc": acc,
-            "num-examples": int(total.sum())}
+    mf1, acc = confusion_scores(total)
+    return {"round": rnd, "clients": clients, "mf1": mf1, "acc": acc,
+            "num-examples": int(total.sum()), **dict(sorted(per_client.items()))}
+
+
+def confusion_scores(confusion: torch.Tensor) -> tuple[float, float]:
+    """Macro F1 and accuracy (%) of a k x k confusion matrix of counts (rows: true class)."""
+    k = confusion.shape[0]
+    y_true = torch.arange(k).repeat_interleave(confusion.sum(1))
+    y_pred = torch.cat([torch.arange(k).repeat_interleave(row) for row in confusion])
+    acc = 100.0 * float(confusion.diag().sum()) / max(int(confusion.sum()), 1)
+    return macro_f1(y_true, y_pred, k), acc
 
 
 @dataclass
