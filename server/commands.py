@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from shared.config import METHODS, load_config
+from shared.config import METHODS, load_config, resolve_config
 from shared.datasets import DatasetSpec, format_scenario, parse_scenario_list
 from shared.errors import UnikdError
 
@@ -23,8 +23,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace):
-    cfg = load_config(args.config, args.set)
+def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
+    cfg = load_config(args.config, [*args.set, *extra])
     torch.set_num_threads(cfg.threads)
     return cfg
 
@@ -39,9 +39,8 @@ def teacher_cmd(args: argparse.Namespace) -> int:
 def distill_cmd(args: argparse.Namespace) -> int:
     from server.central.runner import run_distill
 
-    cfg = _config(args)
-    if args.method:  # an explicit flag wins over the file; otherwise the file's distill.method
-        cfg = load_config(args.config, [*args.set, f"distill.method={args.method}"])
+    # an explicit flag wins over the file; otherwise the file's distill.method
+    cfg = _config(args, (f"distill.method={args.method}",) if args.method else ())
     run_distill(cfg, cfg.distill.method, progress=not args.quiet)
     return 0
 
@@ -66,14 +65,18 @@ class BenchPlan:
     base: dict  # config file, overrides and label: each worker process rebuilds its config
 
 
-def _bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
+def bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     """Config, dataset spec (GENERIC: from the files), scenarios and seeds of `unikd bench`."""
     from shared.data.scenario import resolve_spec
 
     overrides = list(args.set) + [f"data.dataset={args.dataset}", *extra]
     if args.data:
         overrides.append(f"data.path={Path(args.data).resolve()}")
-    cfg = load_config(args.config, overrides)  # validate early, in this process
+    res = resolve_config(args.config, overrides)  # validate early, in this process
+    cfg, recipe = res.config, res.recipe
+    if recipe is not None:
+        log.info("no --config: the %s recipe (%s) is the base of every run", recipe.dataset,
+                 recipe.file)
     spec = resolve_spec(cfg.data)
     if args.scenarios:
         pairs = parse_scenario_list(args.scenarios)
@@ -87,14 +90,16 @@ def _bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     except ValueError:
         raise UnikdError(f"--seeds {args.seeds!r}: give a comma list of integers") from None
     return BenchPlan(spec, [format_scenario(p) for p in pairs], seeds,
-                     {"file": args.config, "overrides": overrides, "label": args.label})
+                     {"file": args.config, "overrides": overrides, "label": args.label,
+                      "recipe": recipe and {"dataset": recipe.dataset, "file": recipe.file,
+                                            "sha256": recipe.digest}})
 
 
 def bench_central_cmd(args: argparse.Namespace) -> int:
     from server.bench.central import run_bench
     from server.central.runner import get_method
 
-    plan = _bench_plan(args, [])
+    plan = bench_plan(args, [])
     several = [sc for sc in plan.scenarios if "+" in sc]
     if several:
         raise UnikdError(f"bench central trains on one target domain per scenario; "
@@ -114,9 +119,17 @@ def bench_central_cmd(args: argparse.Namespace) -> int:
 def bench_federated_cmd(args: argparse.Namespace) -> int:
     from server.bench.federated import clients_per_scenario, run_fed_bench
 
-    plan = _bench_plan(args, [f"fed.partition={args.partition}"])
+    plan = bench_plan(args, [f"fed.partition={args.partition}"])
     clients = clients_per_scenario(plan.scenarios, args.partition, args.clients)
     plan.base["teachers"] = str(Path(args.teachers).resolve()) if args.teachers else None
+    if args.cache_teachers:
+        if args.teachers:
+            raise UnikdError("--cache-teachers caches federated teachers; --teachers reuses "
+                             "central ones: give one of the two")
+        from server.bench.federated import check_teacher_cache
+
+        check_teacher_cache(load_config(plan.base["file"], plan.base["overrides"]))
+        plan.base["cache_teachers"] = True
     report = run_fed_bench(plan.base, plan.spec, plan.scenarios, plan.seeds, Path(args.out),
                            args.jobs, clients)
     print((Path(args.out) / "results.md").read_text())
@@ -176,4 +189,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--teachers", metavar="CENTRAL_BENCH_DIR",
                    help="reuse the DANN teachers cached by `bench central --out DIR` instead of "
                         "pre-training them federatedly")
+    f.add_argument("--cache-teachers", action="store_true",
+                   help="keep each federated DANN teacher under OUT/fed-teachers/, keyed by "
+                        "the config (all but fed.teacher_placement edge|cloud) and (scenario, "
+                        "seed): a later run of the same recipe in the same --out, e.g. the other "
+                        "placement, loads it instead of training it again")
     f.set_defaults(func=bench_federated_cmd)

@@ -7,6 +7,7 @@ benchmarks compare line by line.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from server.bench.central import (markdown_report, merge_previous, peak_rss_mb, scenario_cfg,
                                   teacher_path)
+from shared.config import RunConfig
 from shared.datasets import DatasetSpec, parse_scenario, scenario_targets
 from shared.errors import UnikdError
 from shared.metrics import median
@@ -48,17 +50,63 @@ def clients_per_scenario(scenarios: list[str], partition: str, clients: int | No
     return out
 
 
-def _fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> dict:
+def fed_teacher_key(cfg: RunConfig) -> str:
+    """What a federated DANN teacher depends on: the whole config but the run's output folder,
+    a teacher checkpoint and the teacher placement, where `edge` and `cloud` train the same
+    teacher (the placement decides where it runs afterwards). Conservative: any other
+    difference, distillation settings included, trains a teacher of its own."""
+    key = copy.deepcopy(cfg)
+    key.out, key.teacher.checkpoint = "", ""
+    if key.fed.teacher_placement in ("edge", "cloud"):
+        key.fed.teacher_placement = "edge"
+    return key.hash()
+
+
+def fed_teacher_path(out: Path, cfg: RunConfig, scenario: str, seed: int) -> Path:
+    """OUT/fed-teachers/<fed_teacher_key>/<scenario>_seed<seed>.pt (`--cache-teachers`)."""
+    return out / "fed-teachers" / fed_teacher_key(cfg) / teacher_path(Path(), scenario, seed).name
+
+
+def check_teacher_cache(cfg: RunConfig) -> None:
+    if cfg.fed.dp != "off":
+        raise UnikdError("--cache-teachers with fed.dp: the privacy ledger must charge the "
+                         "teacher's rounds in every run; train each run's teacher instead")
+
+
+def save_fed_teacher(path: Path, teacher, cfg: RunConfig, scenario: str) -> None:
+    """The teacher a federation pre-trained, in the format `teacher.checkpoint` loads."""
+    from server.central.teacher import content_hash
+    from shared.protocol import checkpoints
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints.save(path, checkpoints.TEACHER, {
+        "members": checkpoints.teacher_state(teacher),
+        "meta": {"dataset": cfg.data.dataset, "scenario": scenario, "seed": cfg.seed,
+                 "config_hash": fed_teacher_key(cfg), "ensemble": cfg.teacher.ensemble,
+                 "epochs": cfg.teacher.epochs, "content_hash": content_hash(teacher),
+                 "federated": True, "partition": cfg.fed.partition,
+                 "clients": cfg.fed.clients}})
+
+
+def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> dict:
     import torch
 
     from server.fed.run import run_inprocess
 
     cfg = scenario_cfg(base, scenario, seed, Path(out), (f"fed.clients={clients}",))
     torch.set_num_threads(cfg.threads)
+    cache, cached = None, False
     if base.get("teachers"):  # reuse teachers of a central bench (same scenario and seed)
         cfg.teacher.checkpoint = str(teacher_path(Path(base["teachers"]), scenario, seed))
+    elif base.get("cache_teachers") and not cfg.teacher.checkpoint:
+        check_teacher_cache(cfg)
+        cache = fed_teacher_path(Path(out), cfg, scenario, seed)
+        if cache.is_file():  # trained by an earlier run of this recipe (e.g. the other placement)
+            cfg.teacher.checkpoint, cached = str(cache), True
     start = time.perf_counter()
     result = run_inprocess(cfg, progress=False)
+    if cache is not None and not cached:
+        save_fed_teacher(cache, result.cloud.teacher, cfg, scenario)
     ev = result.final
     rounds = result.rounds
     return {"method": base.get("label") or "fedunikd", "scenario": scenario, "seed": seed,
@@ -72,7 +120,23 @@ def _fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> d
             "rounds_to_95pct": rounds_to_fraction(result.evals, 0.95),
             "rejected": len(result.rejected), "clients": cfg.fed.clients,
             "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
-            "teacher_placement": cfg.fed.teacher_placement}
+            "teacher_placement": cfg.fed.teacher_placement,
+            "teacher": ("central bench" if base.get("teachers") else "cached" if cached
+                        else "trained in this run"),
+            "mf1_per_edge": per_edge_mf1(ev, scenario, cfg.fed.partition)}
+
+
+def per_edge_mf1(ev: dict, scenario: str, partition: str) -> dict[str, float]:
+    """Each edge's MF1 on its own test windows, from the final evaluation: keyed by the target
+    domain it holds under `per-domain` (client i holds the i-th target), else by client id."""
+    targets = scenario_targets(parse_scenario(scenario)[1])
+    domain = PartitionSpec.parse(partition).kind == "per-domain"
+    out = {}
+    for key, value in ev.items():
+        if key.startswith("mf1_client_"):
+            cid = int(key.removeprefix("mf1_client_"))
+            out[targets[cid] if domain and cid < len(targets) else str(cid)] = value
+    return out
 
 
 def rounds_to_fraction(evals: list[dict], fraction: float) -> int | None:
@@ -91,7 +155,7 @@ def run_fed_bench(base: dict, spec: DatasetSpec, scenarios: list[str], seeds: li
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futs = [pool.submit(_fed_task, base, sc, sd, str(out), clients[sc])
+        futs = [pool.submit(fed_task, base, sc, sd, str(out), clients[sc])
                 for sc in scenarios for sd in seeds]
         runs = []
         for f in futs:

@@ -6,8 +6,10 @@ harness in server/fed/harness.py. Every round is logged with its number, losses 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,9 +73,17 @@ def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, r
     return transport.send(grid, {n: contents[n] for n in nodes}, mtype, rnd, timeout, opts)
 
 
+Sender = Callable[..., list[Message]]  # (grid, nodes, contents, message type, round) -> replies
+
+
+def grid_sender(timeout: float | None, opts: TransportOptions = TransportOptions()) -> Sender:
+    """The one sender of a run, in the (grid, nodes, contents, type, round) form every phase
+    takes: count query, teacher rounds, deliveries, UNI-KD rounds and evaluation."""
+    return functools.partial(_send, timeout=timeout, opts=opts)
+
+
 def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
-                       counts: dict[int, int], progress: bool, timeout: float | None,
-                       privacy=None):
+                       counts: dict[int, int], progress: bool, send: Sender, privacy=None):
     """The teacher to distil from, obtained without target windows ever reaching the cloud.
 
     A given checkpoint wins. Otherwise `source-only` trains on source data alone, and `edge` /
@@ -88,23 +98,19 @@ def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int
         return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
     from server.fed.teacher import federated_dann_teacher
 
-    opts = TransportOptions.from_fed(cfg.fed)
-    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
     return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress,
                                   privacy)
 
 
-def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
-                 timeout: float | None, model_tags: dict[int, int] | None = None
-                 ) -> dict[int, int]:
+def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int], send: Sender,
+                 model_tags: dict[int, int] | None = None) -> dict[int, int]:
     """How many training windows each client holds (round 0; nothing but counts comes back).
 
     `model_tags` (when given) collects, per node, the delivery tag of the student its edge
     service runs, for nodes that have one (wire.tag_number)."""
     content = setup_content(cfg, source, teacher_round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0,
                                                              phase="query"))
-    replies = _send(grid, nodes, {n: content for n in nodes}, "query", 0, timeout,
-                    TransportOptions.from_fed(cfg.fed))
+    replies = send(grid, nodes, {n: content for n in nodes}, "query", 0)
     counts = {}
     for r in replies:
         if r.has_error():
@@ -119,14 +125,14 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
     return counts
 
 
-def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: float | None) -> dict:
+def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, send: Sender) -> dict:
     """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
     content = cloud.down_content(rnd, with_teacher=False)
-    replies = _send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd, timeout,
-                    TransportOptions.from_fed(cloud.cfg.fed))
+    replies = send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd)
     k = cloud.source.spec.classes
     total = torch.zeros(k, k, dtype=torch.long)
     clients = 0
+    per_client: dict[str, float] = {}  # MF1 on each client's own windows (per-domain: per edge)
     for r in replies:
         if r.has_error():
             log.warning("round %d: node %s evaluation failed: %s", rnd, r.metadata.src_node_id,
@@ -140,15 +146,25 @@ def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, timeout: floa
                             "expected %d counts); ignored", rnd, m.get("client-id"), len(counts),
                             k * k)
                 continue
-            total += torch.tensor(counts, dtype=torch.long).reshape(k, k)
+            own = torch.tensor(counts, dtype=torch.long).reshape(k, k)
+            total += own
             clients += 1
+            if "client-id" in m and int(own.sum()):
+                per_client[f"mf1_client_{int(m['client-id'])}"] = confusion_scores(own)[0]
     if clients == 0:
         return {"round": rnd, "clients": 0}
-    y_true = torch.arange(k).repeat_interleave(total.sum(1))
-    y_pred = torch.cat([torch.arange(k).repeat_interleave(row) for row in total])
-    acc = 100.0 * float(total.diag().sum()) / max(int(total.sum()), 1)
-    return {"round": rnd, "clients": clients, "mf1": macro_f1(y_true, y_pred, k), "acc": acc,
-            "num-examples": int(total.sum())}
+    mf1, acc = confusion_scores(total)
+    return {"round": rnd, "clients": clients, "mf1": mf1, "acc": acc,
+            "num-examples": int(total.sum()), **dict(sorted(per_client.items()))}
+
+
+def confusion_scores(confusion: torch.Tensor) -> tuple[float, float]:
+    """Macro F1 and accuracy (%) of a k x k confusion matrix of counts (rows: true class)."""
+    k = confusion.shape[0]
+    y_true = torch.arange(k).repeat_interleave(confusion.sum(1))
+    y_pred = torch.cat([torch.arange(k).repeat_interleave(row) for row in confusion])
+    acc = 100.0 * float(confusion.diag().sum()) / max(int(confusion.sum()), 1)
+    return macro_f1(y_true, y_pred, k), acc
 
 
 @dataclass
@@ -160,8 +176,9 @@ class Federation:
     cloud: Cloud
     nodes: list[int]
     counts: dict[int, int]  # client id -> training windows (released counts under record DP)
-    timeout: float | None
-    opts: TransportOptions
+    # the run's sender (`grid_sender`), in the (grid, nodes, contents, type, round) form the
+    # teacher and delivery code use
+    send_as_grid: Sender
     total: int  # rounds in the run
     result: FedResult
     dp_plan: object | None = None
@@ -170,11 +187,7 @@ class Federation:
     has_teacher: set[int] = field(default_factory=set)  # nodes holding the teacher snapshot
 
     def send(self, nodes: list[int], contents: dict, mtype: str, rnd: int) -> list[Message]:
-        return _send(self.grid, nodes, contents, mtype, rnd, self.timeout, self.opts)
-
-    def send_as_grid(self, grid, nodes, contents, mtype, rnd) -> list[Message]:
-        """The (grid, nodes, contents, type, round) form the teacher and delivery code use."""
-        return _send(grid, nodes, contents, mtype, rnd, self.timeout, self.opts)
+        return self.send_as_grid(self.grid, nodes, contents, mtype, rnd)
 
 
 def check_cross_kd(cfg: RunConfig) -> None:
@@ -202,10 +215,9 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     check_cross_kd(cfg)
     nodes = wait_for_nodes(grid, cfg.fed.clients)
-    opts = TransportOptions.from_fed(cfg.fed)
+    send = grid_sender(timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}
-    counts = query_counts(grid, cfg, source, nodes, timeout, model_tags)
-    send = lambda g, n, c, t, r: _send(g, n, c, t, r, timeout, opts)  # noqa: E731
+    counts = query_counts(grid, cfg, source, nodes, send, model_tags)
     deliver_missed(send, grid, cfg, source, model_tags, delivery_dir)
     ckpt = load_checkpoint(resume, cfg) if resume else None
     n_trg = sum(counts.values())
@@ -216,12 +228,11 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train),
                                           source.spec)  # None: off
     teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
-               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, timeout,
-                                  dp_ledger))
+               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, send, dp_ledger))
     cloud = Cloud(cfg, source, teacher, content_hash(teacher))
     cloud.clock = clock
     use_faults(grid, cfg)
-    fed = Federation(grid, cfg, cloud, nodes, counts, timeout, opts, total,
+    fed = Federation(grid, cfg, cloud, nodes, counts, send, total,
                      FedResult(cloud, privacy=dp_ledger), dp_plan, dp_ledger, model_tags)
     first = 1
     if ckpt:
@@ -327,7 +338,7 @@ def apply_updates(fed: Federation, rnd: int, updates, src: dict, bn_before: dict
 
 def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
     """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
-    ev = evaluate_round(fed.grid, fed.cloud, fed.nodes, rnd, fed.timeout)
+    ev = evaluate_round(fed.grid, fed.cloud, fed.nodes, rnd, fed.send_as_grid)
     ev["mb_total"] = fed.result.ledger.total_mb()
     fed.result.evals.append(ev)
     if row is not None:

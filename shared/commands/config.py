@@ -8,7 +8,7 @@ import json
 import typing
 from typing import Any, Literal
 
-from shared.config import RunConfig, load_config
+from shared.config import RunConfig, resolve_config
 
 
 def type_name(tp: Any) -> str:
@@ -17,40 +17,54 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def rows(cls: type, resolved: Any, prefix: str = "") -> list[dict[str, Any]]:
-    """One row per leaf key: dotted key, type, default, resolved value, range."""
+def rows(cls: type, resolved: Any, prefix: str = "",
+         sources: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per leaf key: dotted key, type, default, resolved value, range, and where the
+    value came from (`source`: "default", the config file, "--set" or the recipe file)."""
     out: list[dict[str, Any]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         value = getattr(resolved, f.name)
         if dataclasses.is_dataclass(hints[f.name]):
-            out += rows(hints[f.name], value, f"{prefix}{f.name}.")
+            out += rows(hints[f.name], value, f"{prefix}{f.name}.", sources)
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         lo, hi = f.metadata.get("range", (None, None))
         out.append({"key": prefix + f.name, "type": type_name(hints[f.name]), "default": default,
                     "value": value, "range": [lo, hi] if (lo, hi) != (None, None) else None,
-                    "path": bool(f.metadata.get("path"))})
+                    "path": bool(f.metadata.get("path")),
+                    "source": (sources or {}).get(prefix + f.name, "default")})
     return out
 
 
 def show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
-    table = rows(RunConfig, cfg)
+    res = resolve_config(args.config, args.set)
+    table = rows(RunConfig, res.config, sources=res.sources)
     if args.json:
         print(json.dumps(table, indent=2, default=str))
         return 0
+    if res.recipe is not None:
+        print(f"recipe: {res.recipe.dataset} ({res.recipe.file}), applied over the defaults "
+              f"because no --config was given; --set values override it\n")
     width = max(len(r["key"]) for r in table)
     kind = min(max(len(r["type"]) for r in table), 22)  # long choice lists just overflow
     print(f"{'key':<{width}}  {'type':<{kind}}  {'default':<12}  value")
     for r in table:
-        mark = "" if r["value"] == r["default"] else "  *"
+        mark = "" if r["value"] == r["default"] else f"  * ({label(r['source'], res)})"
         print(f"{r['key']:<{width}}  {r['type']:<{kind}}  {str(r['default']):<12}  "
               f"{r['value']}{mark}")
-    sources = [s for s in (args.config, "--set" if args.set else None) if s]
+    sources = [s for s in (args.config, "--set" if args.set else None,
+                           res.recipe and f"the {res.recipe.dataset} recipe") if s]
     print("\n* differs from the default" + (f" (set by {' and '.join(sources)})" if sources
                                            else ""))
     return 0
+
+
+def label(source: str, res: Any) -> str:
+    """A row's source in the text table: --set, file or recipe (default: a preset's doing)."""
+    if res.recipe is not None and source == res.recipe.file:
+        return "recipe"
+    return {"--set": "--set", "default": "preset"}.get(source, "file")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
