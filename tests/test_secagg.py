@@ -347,3 +347,27 @@ def test_distributed_noise_with_a_dropout_carries_at_least_the_central_noise(tmp
     want_std = z * 0.5 / 3  # = sqrt(3 / 3) z C / 3: exactly the central mechanism's noise
     assert len(noise) > 30_000 and abs(noise.mean()) < 4 * want_std / np.sqrt(len(noise))
     assert noise.std() == pytest.approx(want_std, rel=0.03)
+
+
+def test_local_dp_updates_are_masked_as_sent_not_reclipped_to_the_dp_clip(tmp_path,
+                                                                            monkeypatch):
+    """fed.dp=local + SecAgg: a node's update is already clipped to dp_clip and noised; its
+    norm is mostly noise (~2 z C sqrt(d)). Masking clips to fed.secagg_clip (a range bound),
+    so the unmasked mean is the mean of the local-DP updates as the plain path sends them.
+    (Clipping them to dp_clip again shrank each by ~2 z sqrt(d), hundreds of times.)"""
+    from shared.secagg_math import clip_and_check
+
+    dp = ["fed.dp=local", "fed.dp_epsilon=8", "fed.dp_clip=1.0", "fed.secagg_clip=2000"]
+    _, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
+    _, taps, sums = _federation(tmp_path / "secure", monkeypatch,
+                                [*E2E, *dp, "fed.secure_aggregation=true"],
+                                faults=_DropAtMask(1001, {1}))
+    rc = next(q.content[wire.CONFIG] for t, q, _ in taps if t == "train")
+    assert rc["secagg_clip"] == 2000.0 and rc["dp_clip"] == 1.0
+    plain = _round_one_updates(plain_taps)
+    norms = {c: float(np.linalg.norm(v)) for c, v in plain.items()}
+    assert all(50 < n < 2000 for n in norms.values()), norms  # noise-dominated, within range
+    want = np.mean([clip_and_check(plain[c], 2000.0)[0] for c in (0, 2, 3)], axis=0)
+    got = _vec(sums[1])
+    err = np.abs(got - want).max()
+    assert err <= 2000.0 / 2**25 + 1e-6 * np.abs(want).max(), err
