@@ -6,23 +6,27 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import pytest
 import torch
-
+from flwr.app import RecordDict
 
 from client.node.privacy import privatize
+from client.node.record_dp import node_secret
 from server.fed.aggregate import ClientUpdate
 from server.fed.run import run_federate
 from server.fed.harness import InProcessGrid, load_component
-from server.fed.privacy import (PrivacyPlan, calibrate_noise, epsilon_after, plan_privacy,
-                            private_aggregate, uniform_mean)
+from server.fed.privacy import (CENTRAL_STREAM, PrivacyPlan, calibrate_noise, cloud_secret,
+                                epsilon_after, plan_privacy, private_aggregate, uniform_mean)
 from server.fed.rounds import federate
 from shared.protocol import wire
 from shared.config import load_config
 from shared.errors import ConfigError, UnikdError
-from shared.privacy import add_noise, clip_update, noise_generator, update_norm
+from shared.privacy import (add_noise, central_noise_std, clip_update, local_noise_std,
+                            noise_generator, update_norm)
 from shared.protocol.records import RoundConfig, from_record, to_record
+from shared.seeding import client_stream
 
 CLIENTS = 3
 ROUNDS = 3
@@ -84,7 +88,7 @@ def test_central_aggregate_is_the_uniform_mean_of_clipped_updates_plus_noise():
            for c, n, s in ((0, 10, 0.01), (1, 1000, 50.0), (2, 5, 0.02))]
     keys = tuple(wire.GRAD_RECORDS)
     quiet = PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 0.0)  # z = 0: exact clipped mean
-    agg, stats = private_aggregate(ups, quiet, 0, 1)
+    agg, stats = private_aggregate(ups, quiet, 0, 1, None)
     clipped = [ClientUpdate(u.client, u.num_examples, clip_update({k: u.arrays[k] for k in keys},
                                                                   1.0)[0], {}) for u in ups]
     want = uniform_mean(clipped)
@@ -94,7 +98,8 @@ def test_central_aggregate_is_the_uniform_mean_of_clipped_updates_plus_noise():
                 assert torch.allclose(agg.arrays[k][name], t, atol=1e-7), (k, name)
     assert agg.arrays[wire.STUDENT_BN] == {}  # BN statistics are not released under DP
     assert stats["dp_clipped"] == 1  # only the large client exceeded the bound
-    noisy, stats = private_aggregate(ups, PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 2.0), 0, 1)
+    noisy, stats = private_aggregate(ups, PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 2.0), 0, 1,
+                                     None)
     assert stats["dp_noise_std"] == pytest.approx(2.0 * 1.0 / 3)
     assert not torch.allclose(noisy.arrays["d_f.grad"]["b"], agg.arrays["d_f.grad"]["b"])
 
@@ -112,19 +117,115 @@ def test_local_privatize_clips_noises_and_withholds_bn():
     own = {"student.bn.running_mean": torch.full((4,), 7.0)}
     received = to_record({"student.bn.running_mean": torch.zeros(4), "student.w": torch.ones(50)})
     rc = _round_config(dp_mode="off")
-    off = privatize(grads, own, received, rc, 1)
+    off = privatize(grads, own, received, rc, 1, None)
     assert off == (grads, own)
     rc = _round_config(dp_mode="local", dp_clip=0.5, dp_noise=0.0)
-    g, bn = privatize(grads, own, received, rc, 1)
+    g, bn = privatize(grads, own, received, rc, 1, None)
     assert math.isclose(update_norm(g), 0.5, rel_tol=1e-5)
     assert torch.equal(bn["student.bn.running_mean"], torch.zeros(4))  # the received buffers
     rc.dp_noise = 1.0
-    g1, _ = privatize(grads, own, received, rc, 1)
-    g2, _ = privatize(grads, own, received, rc, 1)
-    g3, _ = privatize(grads, own, received, rc, 2)  # another client: other noise
-    assert torch.equal(g1["student"]["w"], g2["student"]["w"])
+    g1, _ = privatize(grads, own, received, rc, 1, None)
+    g2, _ = privatize(grads, own, received, rc, 1, None)
+    g3, _ = privatize(grads, own, received, rc, 2, None)  # another client: other noise
+    assert torch.equal(g1["student"]["w"], g2["student"]["w"])  # reproducible simulation
     assert not torch.equal(g1["student"]["w"], g3["student"]["w"])
     assert float((g1["student"]["w"] - g["student"]["w"]).std()) == pytest.approx(1.0, rel=0.3)
+
+
+def _seed_noise(update: dict, std: float, seed: int, stream: int, rnd: int) -> dict:
+    """The noise a party knowing only the run seed can regenerate (the old, leaky draw)."""
+    zero = {rec: {k: torch.zeros_like(t) for k, t in arrays.items()}
+            for rec, arrays in update.items()}
+    return add_noise(zero, std, noise_generator(seed, stream, rnd))
+
+
+def _minus(a: dict, b: dict) -> dict:
+    return {rec: {k: a[rec][k].double() - b[rec][k].double() for k in a[rec]} for rec in a}
+
+
+def test_local_noise_is_keyed_by_the_node_secret_not_the_run_seed():
+    """A cloud that knows the run seed regenerates the seed-only noise and subtracts it: that
+    recovers the clipped update exactly in the reproducible simulation (secret None), and
+    nothing usable from a node that holds a secret."""
+    grads = {"student": {"w": torch.linspace(-1, 1, 400)}, "d_f": {"b": torch.ones(30)},
+             "d_d": {"c": torch.ones(20)}}
+    received = to_record({"student.w": torch.ones(400)})
+    rc = _round_config(dp_mode="local", dp_clip=0.5, dp_noise=1.0)
+    clipped, _ = clip_update(grads, 0.5)
+    std = local_noise_std(1.0, 0.5)
+    seed_noise = _seed_noise(clipped, std, rc.seed, client_stream(1), rc.round)
+    sim, _ = privatize(grads, {}, received, rc, 1, None)
+    assert update_norm(_minus(_minus(sim, seed_noise), clipped)) < 1e-5  # the attack works here
+    state = RecordDict()
+    secret = node_secret({"partition-id": 1}, state)  # a deployed node: no dp-reproducible
+    assert secret is not None and len(secret) == 32
+    assert node_secret({"partition-id": 1}, state) == secret  # kept in the node's state
+    assert node_secret({"dp-reproducible": True}, RecordDict()) is None
+    dep, _ = privatize(grads, {}, received, rc, 1, secret)
+    left = _minus(_minus(dep, seed_noise), clipped)  # what the attack leaves: pure noise
+    assert update_norm(left) > 10 * 0.5
+    other, _ = privatize(grads, {}, received, rc, 1, os.urandom(32))  # another node's secret
+    assert not torch.equal(other["student"]["w"], dep["student"]["w"])
+    noise = _minus(dep, clipped)["student"]["w"]
+    assert float(noise.std()) == pytest.approx(std, rel=0.2)  # still the calibrated noise
+
+
+def test_a_deployed_local_dp_node_draws_noise_the_cloud_cannot_regenerate():
+    """The edge ClientApp end to end: a node config without `dp-reproducible` (every deployed
+    node) keys its local-DP noise with its secret; the in-process default stays reproducible."""
+    cfg = load_config(overrides=[*BASE, "fed.dp=local", "fed.dp_epsilon=1", "fed.rounds=1",
+                                 "fed.clients=2"])
+    app = load_component("client.node.client_app:app")
+
+    def round_one(node_config=None) -> tuple[dict, RoundConfig]:
+        got = {}
+
+        def tap(request, reply):
+            if request.metadata.message_type == "train" and request.metadata.dst_node_id == 1000:
+                got["rc"] = RoundConfig.from_record(request.content[wire.CONFIG])
+                got["grads"] = {g: from_record(reply.content[k]) for g, k in
+                                (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
+                                 ("d_d", wire.D_D_GRAD))}
+
+        federate(InProcessGrid(app, 2, node_config=node_config, tap=tap), cfg, progress=False)
+        return got["grads"], got["rc"]
+
+    deployed = lambda i: {"partition-id": i, "num-partitions": 2}  # noqa: E731
+    sim, rc = round_one()
+    sim_again, _ = round_one()
+    dep_a, _ = round_one(deployed)
+    dep_b, _ = round_one(deployed)
+    assert rc.dp_mode == "local" and rc.dp_noise > 0
+    std = local_noise_std(rc.dp_noise, rc.dp_clip)
+    seed_noise = _seed_noise(sim, std, rc.seed, client_stream(0), rc.round)
+    # the simulation is reproducible, and there the seed gives the clipped update away
+    assert all(torch.equal(sim[g][k], sim_again[g][k]) for g in sim for k in sim[g])
+    assert update_norm(_minus(sim, seed_noise)) <= rc.dp_clip * 1.001
+    # a deployed node: fresh noise per node secret; subtracting the seed's noise leaves noise
+    for dep in (dep_a, dep_b):
+        assert update_norm(_minus(dep, seed_noise)) > 10 * rc.dp_clip
+    assert not any(torch.equal(dep_a[g][k], dep_b[g][k]) for g in dep_a for k in dep_a[g])
+
+
+def test_central_noise_is_keyed_by_the_cloud_secret_outside_the_simulation():
+    ups = [ClientUpdate(c, 10, {**_update(0.01, c), wire.STUDENT_BN: {}}, {}) for c in range(3)]
+    plan = PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 2.0)
+    quiet, _ = private_aggregate(ups, PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 0.0), 5, 4, None)
+    keys = tuple(wire.GRAD_RECORDS)
+    clean = {k: quiet.arrays[k] for k in keys}
+    std = central_noise_std(2.0, 1.0, 3)
+    seed_noise = _seed_noise(clean, std, 5, CENTRAL_STREAM, 4)
+    sim, _ = private_aggregate(ups, plan, 5, 4, None)
+    recovered = _minus({k: sim.arrays[k] for k in keys}, seed_noise)
+    assert update_norm(_minus(recovered, clean)) < 1e-5  # seed-only noise: a node could subtract it
+    secret = cloud_secret(object())  # a Flower Grid: no dp_reproducible
+    assert secret is not None and len(secret) == 32 and cloud_secret(object()) != secret
+    assert cloud_secret(InProcessGrid(load_component("client.node.client_app:app"), 1)) is None
+    dep, _ = private_aggregate(ups, plan, 5, 4, secret)
+    left = _minus(_minus({k: dep.arrays[k] for k in keys}, seed_noise), clean)
+    assert update_norm(left) > 5 * std  # the seed's noise is not the noise that was added
+    again, _ = private_aggregate(ups, plan, 5, 4, secret)
+    assert torch.equal(again.arrays["d_f.grad"]["b"], dep.arrays["d_f.grad"]["b"])
 
 
 def test_config_validates_dp_fields():
@@ -175,6 +276,26 @@ def test_central_dp_keeps_source_only_bn_and_is_deterministic():
     plain = federate(InProcessGrid(load_component("client.node.client_app:app"), CLIENTS),
                      load_config(overrides=BASE), progress=False).cloud.nets.state_dict()
     assert any(not torch.equal(a[k], plain[k]) for k in a)
+
+
+class DeployedGrid(InProcessGrid):
+    """The in-process Grid standing in for Flower's: it does not declare `dp_reproducible`."""
+
+    dp_reproducible = False
+
+
+def test_a_deployed_cloud_draws_central_noise_no_seed_holder_can_regenerate():
+    """Every node gets the run seed in its round config: with seed-only central noise, two
+    deployments of one config would add the very same noise (and a node could subtract it)."""
+    cfg = load_config(overrides=[*BASE, "fed.dp=central", "fed.rounds=1"])
+    app = load_component("client.node.client_app:app")
+    sim = [federate(InProcessGrid(app, CLIENTS), cfg, progress=False) for _ in range(2)]
+    dep = [federate(DeployedGrid(app, CLIENTS), cfg, progress=False) for _ in range(2)]
+    weights = [r.cloud.nets.student.state_dict() for r in (*sim, *dep)]
+    names = [k for k, v in weights[0].items() if v.is_floating_point() and "bn" not in k]
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in names)  # noqa: E731
+    assert same(weights[0], weights[1])  # the simulation reproduces itself
+    assert not same(weights[0], weights[2]) and not same(weights[2], weights[3])
 
 
 def test_wire_manifest_holds_with_local_dp():

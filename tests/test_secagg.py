@@ -2,7 +2,10 @@
 
 The protocol runs through the in-process Grid (Flower's serialisation both ways) with a small
 ClientApp whose `train` handler advertises a known synthetic update, so every sum can be checked
-against the plain one; the last test runs a whole federation with it."""
+against the plain one. The last tests run whole federations with the real edge ClientApp:
+plain, record-level DP with a node dropping after sharing its keys (checked against the plain
+record-DP updates and the epsilon ledger), and client-level DP with distributed noise shares
+(the noise in the unmasked sum measured against the central mechanism's)."""
 
 from __future__ import annotations
 
@@ -174,23 +177,197 @@ def test_nodes_refuse_overlapping_sets_and_a_second_unmasking():
         ask(node, [])
 
 
-def test_federation_with_secure_aggregation_and_distributed_noise(tmp_path):
+def test_federation_with_secure_aggregation(tmp_path):
+    """The real edge ClientApp without DP; DP with SecAgg is below (record DP, distributed
+    noise), each checked against the plain path's updates."""
     from server.fed.harness import load_component
     from server.fed.rounds import federate
     from shared.config import load_config
 
-    base = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=3",
-            "fed.rounds=2", "fed.teacher_placement=source-only", "fed.secure_aggregation=true"]
-    for extra in ([], ["fed.dp=central", "fed.dp_clip=1.0"]):
-        cfg = load_config(overrides=[*base, *extra])
-        taps: list = []
-        grid = InProcessGrid(load_component("client.node.client_app:app"), 3,
-                             tap=lambda q, r: taps.append((q.metadata.message_type, r)))
-        result = federate(grid, cfg, progress=False)
-        assert len(result.rounds) == 2 and result.rounds[-1]["secagg_u2"] == 3
-        assert "mf1" in result.final
-        for mtype, r in taps:
-            if mtype.startswith("train"):
-                assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}
-        if extra:
-            assert result.rounds[-1]["dp_noise"].startswith("distributed")
+    cfg = load_config(overrides=["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128",
+                                 "fed.clients=3", "fed.rounds=2",
+                                 "fed.teacher_placement=source-only",
+                                 "fed.secure_aggregation=true"])
+    taps: list = []
+    grid = InProcessGrid(load_component("client.node.client_app:app"), 3,
+                         tap=lambda q, r: taps.append((q.metadata.message_type, r)))
+    result = federate(grid, cfg, progress=False)
+    assert len(result.rounds) == 2 and result.rounds[-1]["secagg_u2"] == 3
+    assert "mf1" in result.final
+    for mtype, r in taps:
+        if mtype.startswith("train"):
+            assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}
+
+
+# ---------------------------------------------------------------- record DP + SecAgg, end to end
+
+
+class _DropAtMask:
+    """A FaultPlan-like plan: `node` vanishes after sharing its keys (it never gets the mask
+    request) in the rounds listed; nothing else is disturbed."""
+
+    message_types = (wire.SECAGG_MASK_TYPE,)
+
+    def __init__(self, node: int, rounds: set[int]):
+        self.node, self.rounds = node, rounds
+
+    def draw(self, rnd: int, node: int) -> str | None:
+        return "dropout" if node == self.node and rnd in self.rounds else None
+
+
+def _federation(tmp_path, monkeypatch, overrides: list[str], faults=None):
+    """run_federate (run folder) with every (type, reply) tapped and the secure sums captured."""
+    import server.fed.rounds as rounds_mod
+    import server.fed.run as run_mod
+    from shared.config import load_config
+
+    taps: list = []
+    sums: dict[int, object] = {}
+    from server.fed.secagg import secure_updates as real_secure
+
+    real_grid = InProcessGrid  # the harness's own class (run_mod's may be patched already)
+
+    def grid(app, n, **kw):
+        return real_grid(app, n, faults=faults,
+                         tap=lambda q, r: taps.append((q.metadata.message_type, q, r)), **kw)
+
+    def secure(send, nodes, contents, rnd, fed, shapes):
+        out = real_secure(send, nodes, contents, rnd, fed, shapes)
+        if out[0]:
+            sums[rnd] = out[0][0]
+        return out
+
+    monkeypatch.setattr(run_mod, "InProcessGrid", grid)
+    monkeypatch.setattr(rounds_mod, "secure_updates", secure)
+    from server.fed.run import run_federate
+
+    cfg = load_config(overrides=[*overrides, f"out={tmp_path}"])
+    return run_federate(cfg, progress=False), taps, sums
+
+
+def _reply_vec(reply) -> np.ndarray:
+    from shared.protocol.records import from_record
+
+    v, _ = flatten({k: from_record(reply.content[k]) for k in wire.GRAD_KEYS})
+    return v
+
+
+def _round_one_updates(taps) -> dict[int, np.ndarray]:
+    """Plain run: each client's round-1 update vector as it left the node."""
+    return {int(r.content[wire.METRICS]["client-id"]): _reply_vec(r) for t, q, r in taps
+            if t == "train" and int(r.content[wire.METRICS]["round"]) == 1}
+
+
+E2E = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=4",
+       "fed.rounds=2", "fed.teacher_placement=source-only"]
+
+
+def test_record_dp_with_secure_aggregation_and_a_dropout_end_to_end(tmp_path, monkeypatch):
+    """Record-level DP + SecAgg in the in-process federation, node 3 dropping after sharing its
+    keys in round 1: the ledger covers every asked node, the cloud only ever holds masked
+    vectors, and the unmasked sum is the survivors' plain record-DP updates (clipped to
+    fed.secagg_clip, uniform mean) up to quantisation."""
+    import csv
+    import json
+
+    from shared.secagg_math import clip_and_check
+
+    dp = ["fed.dp=record", "fed.dp_epsilon=8"]
+    plain_dir, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
+    run_dir, taps, sums = _federation(tmp_path / "secure", monkeypatch,
+                                      [*E2E, *dp, "fed.secure_aggregation=true"],
+                                      faults=_DropAtMask(1003, {1}))
+    # the epsilon ledger: every node charged every round it was asked (the dropped one too)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["dp"] == "record" and 0 < results["epsilon"] <= 8.0 + 1e-3
+    assert results["delta"] == 1e-5 and results["rounds"] == 2
+    rows = list(csv.DictReader((run_dir / "privacy_ledger.csv").open()))
+    assert {(r["round"], r["client"]) for r in rows} == {(str(rn), str(c)) for rn in (1, 2)
+                                                         for c in range(4)}
+    assert max(float(r["epsilon"]) for r in rows) == pytest.approx(results["epsilon"])
+    plain_rows = list(csv.DictReader((plain_dir / "privacy_ledger.csv").open()))
+    assert [r["epsilon"] for r in rows] == [r["epsilon"] for r in plain_rows]  # same spend
+    rounds = list(csv.DictReader((run_dir / "rounds.csv").open()))
+    assert [(r["secagg_u1"], r["secagg_u2"], r["secagg_dropped"]) for r in rounds] == \
+        [("4", "3", "1"), ("4", "4", "0")]
+    # the cloud saw keys, ciphertexts, masked vectors and shares: never an update
+    plain = _round_one_updates(plain_taps)
+    assert sorted(plain) == [0, 1, 2, 3]
+    masked = {}
+    for mtype, q, r in taps:
+        assert not r.has_error(), (mtype, r.error.reason)
+        assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}, mtype
+        if mtype.startswith("train"):  # no loss, no w_mean; evaluation sends confusion counts
+            assert set(r.content[wire.METRICS].keys()) <= {"client-id", "round"}, mtype
+        if mtype == wire.SECAGG_MASK_TYPE and r.content[wire.METRICS]["round"] == 1:
+            masked[int(r.content[wire.METRICS]["client-id"])] = \
+                r.content[wire.SECAGG_MASKED]["y"].numpy()
+    assert sorted(masked) == [0, 1, 2]  # node 3 never sent a masked input in round 1
+    clip, bits = 8.0, 24
+    for cid, y in masked.items():
+        assert abs(np.unpackbits(y.view(np.uint8)).mean() - 0.5) < 0.01  # uniform-looking
+        assert np.abs(decode(y, clip, bits) - plain[cid]).min() > 1.0  # decodes to nothing
+    # the unmasked round-1 sum: the survivors' plain record-DP updates, clipped, uniform mean
+    want = np.mean([clip_and_check(plain[c], clip)[0] for c in (0, 1, 2)], axis=0)
+    got = _vec(sums[1])
+    assert sums[1].num_examples == 3 and got.shape == want.shape
+    err = np.abs(got - want).max()
+    assert err <= clip / 2**bits + 1e-6 * np.abs(want).max(), err  # rounding (+ float32)
+    assert np.abs(want).max() > 1000 * err  # a real update, not a vanishing one
+
+
+def test_distributed_noise_with_a_dropout_carries_at_least_the_central_noise(tmp_path,
+                                                                               monkeypatch):
+    """fed.dp=central + SecAgg: each node adds N(0, (zC)^2 / t); with node 3 dropped after
+    sharing (|U2| = t = 3) the unmasked mean minus the plain clipped mean is noise of std
+    sqrt(|U2| / t) z C / |U2| = z C / |U2|, the central mechanism's, and the ledger charges it."""
+    import csv
+    import json
+
+    from shared.secagg_math import clip_and_check
+
+    dp = ["fed.dp=central", "fed.dp_epsilon=8", "fed.dp_clip=0.5"]
+    _, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
+    run_dir, taps, sums = _federation(tmp_path / "secure", monkeypatch,
+                                      [*E2E, *dp, "fed.secure_aggregation=true"],
+                                      faults=_DropAtMask(1003, {1}))
+    rounds = list(csv.DictReader((run_dir / "rounds.csv").open()))
+    assert [(r["secagg_threshold"], r["secagg_u2"]) for r in rounds] == [("3", "3"), ("3", "4")]
+    assert all(r["dp_noise"].startswith("distributed") for r in rounds)
+    z = float(rounds[0]["dp_noise_multiplier"])
+    eps = [float(r["dp_epsilon"]) for r in rounds]
+    assert eps[0] < eps[1] <= 8.0 * 1.001  # both rounds charged as the central Gaussian
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epsilon"] == pytest.approx(eps[-1]) and results["delta"] == 1e-5
+    for mtype, q, r in taps:  # no update, no BN statistics ever reached the cloud
+        assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}, mtype
+    plain = _round_one_updates(plain_taps)  # central: the raw updates (the cloud clips them)
+    clean = np.mean([clip_and_check(plain[c], 0.5)[0] for c in (0, 1, 2)], axis=0)
+    noise = _vec(sums[1]) - clean
+    want_std = z * 0.5 / 3  # = sqrt(3 / 3) z C / 3: exactly the central mechanism's noise
+    assert len(noise) > 30_000 and abs(noise.mean()) < 4 * want_std / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(want_std, rel=0.03)
+
+
+def test_local_dp_updates_are_masked_as_sent_not_reclipped_to_the_dp_clip(tmp_path,
+                                                                            monkeypatch):
+    """fed.dp=local + SecAgg: a node's update is already clipped to dp_clip and noised; its
+    norm is mostly noise (~2 z C sqrt(d)). Masking clips to fed.secagg_clip (a range bound),
+    so the unmasked mean is the mean of the local-DP updates as the plain path sends them.
+    (Clipping them to dp_clip again shrank each by ~2 z sqrt(d), hundreds of times.)"""
+    from shared.secagg_math import clip_and_check
+
+    dp = ["fed.dp=local", "fed.dp_epsilon=8", "fed.dp_clip=1.0", "fed.secagg_clip=2000"]
+    _, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
+    _, taps, sums = _federation(tmp_path / "secure", monkeypatch,
+                                [*E2E, *dp, "fed.secure_aggregation=true"],
+                                faults=_DropAtMask(1001, {1}))
+    rc = next(q.content[wire.CONFIG] for t, q, _ in taps if t == "train")
+    assert rc["secagg_clip"] == 2000.0 and rc["dp_clip"] == 1.0
+    plain = _round_one_updates(plain_taps)
+    norms = {c: float(np.linalg.norm(v)) for c, v in plain.items()}
+    assert all(50 < n < 2000 for n in norms.values()), norms  # noise-dominated, within range
+    want = np.mean([clip_and_check(plain[c], 2000.0)[0] for c in (0, 2, 3)], axis=0)
+    got = _vec(sums[1])
+    err = np.abs(got - want).max()
+    assert err <= 2000.0 / 2**25 + 1e-6 * np.abs(want).max(), err

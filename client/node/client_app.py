@@ -126,7 +126,10 @@ def train(msg: Message, context: Context) -> Message:
         buffers, metrics = None, {}
     else:
         grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid)
-        grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid)  # local DP
+        secret = (node_secret(dict(context.node_config), context.state)
+                  if rc.dp_mode == "local" else None)
+        grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,
+                                   secret)  # local DP: noise keyed by the node's secret
         count = data.num_examples
     if rc.bn_policy == "local":
         context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))

@@ -4,7 +4,10 @@ The cloud tells the node the mode, the clip bound C and the noise multiplier z i
 `config` record (RoundConfig.dp_mode, dp_clip, dp_noise). Under `local` the node
 
 1. clips its student, D_f and D_d gradients together to L2 norm <= C;
-2. adds N(0, (2 z C)^2) per coordinate, seeded by (seed, client stream, round);
+2. adds N(0, (2 z C)^2) per coordinate, drawn from a generator keyed by (seed, client stream,
+   round) **and the node's secret** (`record_dp.node_secret`), so the cloud, which knows the run
+   seed, cannot regenerate the noise and subtract it. Only the in-process simulation
+   (`dp-reproducible` in the node config) draws from the seed alone, for reproducible runs;
 3. sends back the BN buffers it *received* instead of its own, so no statistic of its windows
    leaves the node (the cloud ignores BN statistics under DP anyway).
 
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from shared.privacy import add_noise, clip_update, local_noise_std, noise_generator
+from shared.dp_sgd import dp_generator
+from shared.privacy import NOISE_PURPOSE, add_noise, clip_update, local_noise_std
 from shared.protocol.records import RoundConfig, from_record
 from shared.seeding import client_stream
 
@@ -23,18 +27,21 @@ Grads = dict[str, dict[str, torch.Tensor]]
 
 
 def privatize(grads: Grads, buffers: dict[str, torch.Tensor], received_student,
-              rc: RoundConfig, client: int) -> tuple[Grads, dict[str, torch.Tensor]]:
+              rc: RoundConfig, client: int, secret: bytes | None
+              ) -> tuple[Grads, dict[str, torch.Tensor]]:
     """(grads, buffers) as they may leave the node under the round's DP settings.
 
     `received_student` is the `student` ArrayRecord the node received this round (its BN
-    buffers replace the node's own under local DP).
+    buffers replace the node's own under local DP). `secret` is the node's noise key
+    (`record_dp.node_secret`); None only in the reproducible in-process simulation, where the
+    noise is a function of the run seed and worthless as privacy against the cloud.
     """
     if rc.dp_mode != "local":
         return grads, buffers
     received = from_record(received_student)
     clip, z = rc.dp_clip, rc.dp_noise
     clipped, _ = clip_update(grads, clip)
-    noisy = add_noise(clipped, local_noise_std(z, clip),
-                      noise_generator(rc.seed, client_stream(client), rc.round))
+    gen = dp_generator(rc.seed, client_stream(client), rc.round, NOISE_PURPOSE, secret)
+    noisy = add_noise(clipped, local_noise_std(z, clip), gen)
     withheld = {k: received[k].clone() if k in received else v for k, v in buffers.items()}
     return noisy, withheld

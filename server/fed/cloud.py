@@ -22,6 +22,7 @@ from flwr.app import RecordDict
 from torch import nn
 
 from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
+from server.fed.secagg import masking_clip
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.data.adatime import Domain
@@ -143,9 +144,9 @@ class Cloud:
                                                    privacy.noise_multiplier)
             rc.dp_count_std = getattr(privacy, "count_std", 0.0)
         f = self.cfg.fed
-        if f.secure_aggregation:  # clip bound: the DP clip under client-level DP, else its own
+        if f.secure_aggregation:  # clip bound: the DP clip under central DP, else its own
             rc.secagg, rc.secagg_bits = True, f.secagg_bits
-            rc.secagg_clip = f.dp_clip if f.dp in ("central", "local") else f.secagg_clip
+            rc.secagg_clip = masking_clip(f)
         teacher = (with_teacher and bool(self.teacher_hash)
                    and self.cfg.fed.teacher_placement != "cloud")
         if teacher:

@@ -144,6 +144,9 @@ class InProcessGrid:
         return [n for n in self.node_ids if n in self.online]
 
     complete_on_push = True  # every reply exists once push_messages returns (no waiting)
+    # cloud and nodes share this process: the cloud's central-DP noise comes from the run seed
+    # alone (server/fed/privacy.py cloud_secret), as the nodes' draws do ("dp-reproducible")
+    dp_reproducible = True
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver each message to its node now; its reply (if any) waits for `pull_messages`."""

@@ -10,6 +10,11 @@ Modes (`fed.dp`), see shared/privacy.py for the maths:
 - `central`: trusted cloud. It clips every client's whole update (student, D_f, D_d gradients)
   to C, takes the *uniform* mean (weights by sample count would let one large client exceed the
   bound) and adds N(0, (z C / n)^2). The source gradient (the cloud's own data) is not noised.
+  The noise is drawn from a generator keyed by the cloud's own secret (`cloud_secret`, 32
+  random bytes per run, never written anywhere): the run seed travels to every node in the
+  round config and sits in config.yaml, so seed-only noise could be regenerated and subtracted
+  by anyone who sees the broadcast models. Only the in-process harness (a Grid that declares
+  `dp_reproducible`) draws from the seed alone, so simulations and their resumes reproduce.
 - `local`: untrusted cloud. Each node clips and noises its own update (client/node/privacy.py); the
   cloud takes the uniform mean of the noisy updates.
 In both modes the cloud ignores the clients' BN statistics (source-only BN, as `bn_policy=local`),
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,8 +41,8 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.metrics import median
-from shared.privacy import (add_noise, central_noise_std, clip_update,
-                            noise_generator)
+from shared.dp_sgd import dp_generator
+from shared.privacy import NOISE_PURPOSE, add_noise, central_noise_std, clip_update
 from shared.runs import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -130,11 +136,22 @@ def uniform_mean(updates: list[ClientUpdate], keys: tuple[str, ...] = wire.GRAD_
     return out
 
 
-def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int, rnd: int
-                      ) -> tuple[ClientUpdate, dict]:
+def cloud_secret(grid) -> bytes | None:
+    """The key of the cloud's central-noise draws for this run (kept in memory only).
+
+    None (noise from the run seed alone, reproducible) only on a Grid that declares
+    `dp_reproducible = True`: the in-process harness, where cloud and nodes share one process.
+    Flower's Grids (deployment, Ray simulation) get 32 fresh random bytes.
+    """
+    return None if getattr(grid, "dp_reproducible", False) else os.urandom(32)
+
+
+def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int, rnd: int,
+                      secret: bytes | None) -> tuple[ClientUpdate, dict]:
     """The round's update as ONE ClientUpdate the cloud applies as is (weight 1), plus stats.
 
     Its BN record is empty, so `compose_bn` leaves the cloud's (source-only) BN statistics.
+    `secret` keys the central noise (`cloud_secret`); None draws it from the seed alone.
     """
     norms = []
     if plan.mode == "central":
@@ -145,7 +162,8 @@ def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int,
             clipped.append(ClientUpdate(u.client, u.num_examples, arrays, u.metrics))
         mean = uniform_mean(clipped)
         std = central_noise_std(plan.noise_multiplier, plan.clip, len(updates))
-        mean = add_noise(mean, std, noise_generator(seed, CENTRAL_STREAM, rnd))
+        mean = add_noise(mean, std, dp_generator(seed, CENTRAL_STREAM, rnd, NOISE_PURPOSE,
+                                                 secret))
     else:  # local: the nodes clipped and noised already
         mean = uniform_mean(updates)
         std = 0.0
@@ -436,12 +454,13 @@ def train_records(plan) -> tuple[str, ...]:
 
 
 def dp_aggregate(updates: list[ClientUpdate], plan, ledger: RecordLedger | None, seed: int,
-                 rnd: int, applied_before: int, secure: bool = False
-                 ) -> tuple[list[ClientUpdate], dict]:
+                 rnd: int, applied_before: int, secure: bool = False,
+                 secret: bytes | None = None) -> tuple[list[ClientUpdate], dict]:
     """What the cloud applies this round under DP, plus the round's DP columns.
 
     `secure`: `updates` is the securely aggregated mean; under `central` the nodes clipped it and
     added their noise shares themselves (distributed DP), so the cloud adds nothing.
+    `secret`: the key of the central noise (`cloud_secret`).
     """
     if secure and plan.mode == "central":
         return updates, {"dp_epsilon": plan.spent(releases(plan, rnd, applied_before)),
@@ -451,7 +470,7 @@ def dp_aggregate(updates: list[ClientUpdate], plan, ledger: RecordLedger | None,
         row = {"dp_epsilon": ledger.max_spent() if ledger else None,
                "dp_noise_multiplier": plan.noise_multiplier}
         return record_aggregate(updates, plan), row
-    agg, row = private_aggregate(updates, plan, seed, rnd)
+    agg, row = private_aggregate(updates, plan, seed, rnd, secret)
     row["dp_epsilon"] = plan.spent(releases(plan, rnd, applied_before))
     row["dp_noise_multiplier"] = plan.noise_multiplier
     return [agg], row

@@ -25,9 +25,9 @@ from server.fed.ledger import Ledger
 from server.fed.transport import TransportOptions
 from server.fed.teacher import setup_content, teacher_round_config
 from server.fed.secagg import secure_updates
-from server.fed.privacy import (charge_round, check_teacher_source, dp_aggregate,
-                                federated_teacher_rounds, plan_run_privacy, replay_ledger,
-                                train_records)
+from server.fed.privacy import (charge_round, check_teacher_source, cloud_secret,
+                                dp_aggregate, federated_teacher_rounds, plan_run_privacy,
+                                replay_ledger, train_records)
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
@@ -185,6 +185,7 @@ class Federation:
     dp_ledger: object | None = None
     model_tags: dict[int, int] = field(default_factory=dict)  # nodes with an edge service
     has_teacher: set[int] = field(default_factory=set)  # nodes holding the teacher snapshot
+    dp_secret: bytes | None = None  # key of the central-DP noise (privacy.cloud_secret)
 
     def send(self, nodes: list[int], contents: dict, mtype: str, rnd: int) -> list[Message]:
         return self.send_as_grid(self.grid, nodes, contents, mtype, rnd)
@@ -233,7 +234,8 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     cloud.clock = clock
     use_faults(grid, cfg)
     fed = Federation(grid, cfg, cloud, nodes, counts, send, total,
-                     FedResult(cloud, privacy=dp_ledger), dp_plan, dp_ledger, model_tags)
+                     FedResult(cloud, privacy=dp_ledger), dp_plan, dp_ledger, model_tags,
+                     dp_secret=cloud_secret(grid))
     first = 1
     if ckpt:
         first = restore(cloud, fed.result, ckpt) + 1
@@ -328,7 +330,8 @@ def apply_updates(fed: Federation, rnd: int, updates, src: dict, bn_before: dict
     """Aggregate the valid updates (privately under DP) and step the cloud; the DP stats."""
     if fed.dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
         combined, dp_row = dp_aggregate(updates, fed.dp_plan, fed.dp_ledger, fed.cfg.seed, rnd,
-                                        len(fed.result.rounds), fed.cfg.fed.secure_aggregation)
+                                        len(fed.result.rounds), fed.cfg.fed.secure_aggregation,
+                                        fed.dp_secret)
         fed.cloud.apply(combined, bn_before)
         return dp_row
     fed.cloud.apply(robust_combine(updates, fed.cfg.fed.aggregator), bn_before, rnd, src,

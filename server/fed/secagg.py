@@ -155,10 +155,23 @@ def unmask_sum(masked: dict[int, np.ndarray], answers: dict[int, ArrayRecord], u
     return total
 
 
+def masking_clip(fed) -> float:
+    """The L2 bound C the nodes clip to before masking (also the fixed-point scale).
+
+    Under `central` it is the DP clip: the node's clipping is the mechanism's, and the noise
+    shares are added after it. Under `local` and `record` the node masks an update that is
+    already noised, whose norm is mostly noise (about 2 z C sqrt(d) for local, z C sqrt(d) / B
+    for record, d coordinates, expected batch B): re-clipping it to the DP clip would shrink it
+    by orders of magnitude, so it gets `fed.secagg_clip` (a range bound, set above that norm),
+    as without DP.
+    """
+    return fed.dp_clip if fed.dp == "central" else fed.secagg_clip
+
+
 def secure_updates(send: Send, nodes: list[int], contents: dict[int, RecordDict], rnd: int,
                    fed, shapes: dict) -> tuple[list[ClientUpdate], list[Message], dict]:
     """The round loop's entry point: ([the survivors' mean] or [] when skipped, replies, row)."""
-    clip = fed.dp_clip if fed.dp in ("central", "local") else fed.secagg_clip
+    clip = masking_clip(fed)
     if fed.aggregator != "mean":
         log.warning("fed.aggregator=%s needs individual updates; under secure aggregation the "
                     "cloud has only the sum", fed.aggregator)
