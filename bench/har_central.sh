@@ -4,7 +4,7 @@
 # Usage: bash bench/har_central.sh [OUT]   (about 45 min on 2 cores)
 set -euo pipefail
 OUT=${1:-bench/out/har-central}
-B="unikd bench central --config configs/har.yaml --data ../shared/data/HAR --dataset HAR --seeds 0,1,2 --out $OUT --jobs 2"
+B="unikd bench central --config configs/har-fixes.yaml --data ../shared/data/HAR --dataset HAR --seeds 0,1,2 --out $OUT --jobs 2"
 $B --methods unikd
 $B --methods unikd --label "unikd-reference-fixes-off" --set distill.reference_compat=true
 $B --methods unikd --label "unikd+adv_to_student" --set distill.adv_to_student=true

@@ -5,7 +5,7 @@ set -euxo pipefail
 DEV=$(tail -1 configs/har-dev-pairs.txt)
 OUT=${1:-bench/out/har-dev-central}
 B="unikd bench central --data ../shared/data/HAR --dataset HAR --scenarios $DEV --seeds 0,1,2 --methods unikd --out $OUT --jobs 2 --quiet"
-$B --config configs/har.yaml --label unikd-default
+$B --config configs/har-fixes.yaml --label unikd-default
 $B --config configs/har-central-best.yaml --label reference-paired
 $B --config configs/har-central-best.yaml --set distill.cross_kd=expected --label reference-expected
 echo DONE

@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${1:-bench/out/har-federated}
 TEACHERS=${TEACHERS:-bench/out/har-central}
 MAIN5=2:11,7:13,12:16,9:18,6:23
-F="unikd bench federated --config configs/har.yaml --data ../shared/data/HAR --dataset HAR --clients 5 --out $OUT --jobs 2 --set distill.target_kd=true --set distill.detach_weights=false"
+F="unikd bench federated --config configs/har-fixes.yaml --data ../shared/data/HAR --dataset HAR --clients 5 --out $OUT --jobs 2 --set distill.target_kd=true --set distill.detach_weights=false"
 $F --partition iid --seeds 0,1,2 --teachers "$TEACHERS" --label "fed-iid-K5"
 $F --partition dirichlet:0.5 --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-dirichlet0.5-K5"
 $F --partition iid --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-iid-K5-cloud-teacher" --set fed.teacher_placement=cloud
