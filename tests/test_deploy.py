@@ -37,6 +37,7 @@ FAST = ["fed.clients=2", "fed.rounds=2"]
 # The edges ask the cloud for work every 0.3 s (default 0.1): each ask costs the SuperLink a
 # TLS request, and an idle deployment at 0.1 s keeps half of a 2-core box busy.
 NODE_POLL = 0.3
+TASK_POLL = 0.2  # the executor asks its node for tasks 5 times a second (default 20)
 
 
 # ---------------------------------------------------------------- fast checks (no Flower)
@@ -291,7 +292,8 @@ def deployment(tmp_path_factory):
             dep.cli.register(pub, f"edge-{i}")
             cfg = EdgeConfig(cloud.address, _edge_data(root, i, 2), ca=cloud.cfg.paths.ca_crt,
                              key=priv, client_id=i, port=free_port(), home=root / f"edge-{i}",
-                             app_key=app_pub, node_poll=NODE_POLL)
+                             app_key=app_pub, node_poll=NODE_POLL,
+                             task_poll=TASK_POLL)
             dep.edge_cfgs.append(cfg)
             dep.edges.append(dep.start(cfg, f"edge-{i}"))
         dep.wait_online(2)
