@@ -16,6 +16,11 @@ What we use, and why:
   flwr.supernode.runtime.run_clientapp     run_clientapp (what `flwr-clientapp` runs per task),
                                            pull_task_input (we check the bundle's signature
                                            right after it), push_message (the refusal reply)
+  flwr.supercore.exit.signal_handler.register_signal_handlers
+                                           the SuperNode's SIGTERM handler puts back the
+                                           handler it replaced before its graceful exit
+                                           (which deactivates the node); flwr.supercore
+                                           .constant.FORCE_EXIT_TIMEOUT_SECONDS ends that exit
   flwr.supercore.runtime.RuntimeHttpClient, flwr.supercore.interceptors
                                            .RuntimeVersionHttpInterceptor, flwr.proto.runtime_pb2
                                            .AcquireTaskRequest, flwr.supercore.constant.TaskType
@@ -56,6 +61,15 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.proto.runtime_pb2", "AcquireTaskRequest", None),
     ("flwr.supercore.constant", "TaskType", None),
     ("flwr.common.constant", "ErrorCode", None),
+    ("flwr.supercore.exit.signal_handler", "register_signal_handlers", ("exit_message",)),
+    ("flwr.supercore.constant", "FORCE_EXIT_TIMEOUT_SECONDS", None),
+)
+
+# (module, function, source text it must contain): behaviour no signature shows
+REQUIRED_SOURCE: tuple[tuple[str, str, str], ...] = (
+    # the first SIGTERM/SIGINT puts the previous handlers back, then exits gracefully
+    ("flwr.supercore.exit.signal_handler", "register_signal_handlers",
+     "signal.signal(sig, default_handlers[sig])"),
 )
 
 
@@ -81,6 +95,14 @@ def check() -> None:
             missing = [p for p in params if p not in have]
             if missing:
                 problems.append(f"{module}.{attr} no longer takes {', '.join(missing)}")
+    for module, attr, text in REQUIRED_SOURCE:
+        try:
+            source = inspect.getsource(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError, OSError, TypeError) as err:
+            problems.append(f"{module}.{attr}: {err}")
+            continue
+        if text not in source:
+            problems.append(f"{module}.{attr} no longer does `{text}`")
     if not problems:
         import flwr.supernode.start_client_internal as sci
 
@@ -145,6 +167,25 @@ def patch_supernode(node_poll: float) -> None:
 
     sci.time = ShortSleeps(node_poll)  # type: ignore[assignment]
     shorten_object_backoff()
+
+
+def supernode_exit_under_way(plain_handler) -> bool:
+    """Whether the SuperNode in this process may be in its graceful exit: Flower's SIGTERM
+    handler first puts back the handler it replaced (`plain_handler`, what SIGTERM had before
+    `run_supernode`), then deactivates the node at the SuperLink and exits. A second SIGTERM
+    in that window ends the process before the SuperLink hears of it, so the node stays
+    "online" there until its heartbeat expires (2 x 30 s). Also True before Flower installed
+    its handler (the node is not connected then)."""
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is plain_handler
+
+
+def supernode_exit_seconds() -> float:
+    """An upper bound of Flower's graceful exit: it forces the exit after this long."""
+    from flwr.supercore.constant import FORCE_EXIT_TIMEOUT_SECONDS
+
+    return float(FORCE_EXIT_TIMEOUT_SECONDS) + 1.0
 
 
 def run_supernode(argv: list[str]) -> None:

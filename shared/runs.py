@@ -14,11 +14,14 @@ from typing import Any
 def make_run_dir(parent: str | Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(parent) / f"{stamp}-{name}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir()  # atomic: two processes naming a run in the same second get two
+            return path
+        except FileExistsError:
+            path, i = Path(f"{base}-{i}"), i + 1
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -1,4 +1,13 @@
-"""Shared fixtures: the real UCI-HAR folder (skipped when absent) and an AdaTime file writer."""
+"""Shared fixtures: the real UCI-HAR folder (skipped when absent) and an AdaTime file writer;
+the parallel run (pytest-xdist) the README's `python3 -m pytest -q` gets by default.
+
+Parallel: `parallel_workers` in pyproject's [tool.pytest.ini_options] worker processes, one test
+file per worker at a time (`--dist loadfile`, so a module's real deployment is started once),
+the files that mostly wait on real processes (PROCESS_HEAVY) handed out first so their waits
+overlap the compute-bound files. `-n N` picks another count; `-n0` or `-p no:xdist` runs
+everything in this one process. Every test takes its ports from the kernel (free_port) and its
+files from tmp_path, so any split is safe.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +39,37 @@ def har_dir() -> Path:
 
 
 MakeDomainFile = Callable[..., Path]
+
+# Test files whose time is mostly waiting on real SuperLinks, SuperNodes and Ray: run first.
+PROCESS_HEAVY = ("test_deploy.py", "test_device_e2e.py", "test_secure_deploy.py",
+                 "test_simulation.py", "test_faults.py", "test_resume.py")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("parallel_workers", "pytest-xdist workers when -n is not given (0: none)",
+                  default="0")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Default to `parallel_workers` xdist workers, one file each at a time; in xdist's own
+    options, so -n/--dist on the command line win and `-p no:xdist` simply runs serially."""
+    opt = config.option
+    if (not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput")
+            or getattr(opt, "numprocesses", None) is not None
+            or getattr(opt, "collectonly", False) or getattr(opt, "usepdb", False)):
+        return
+    workers = int(config.getini("parallel_workers"))
+    if workers > 0:
+        opt.numprocesses = workers
+        if opt.dist == "no":
+            opt.dist = "loadfile"
+        opt.loadscopereorder = False  # keep PROCESS_HEAVY first
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    heavy = {name: i for i, name in enumerate(PROCESS_HEAVY)}
+    items.sort(key=lambda item: heavy.get(item.path.name, len(heavy)))  # stable otherwise
 
 
 @pytest.fixture

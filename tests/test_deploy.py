@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,10 @@ from shared.errors import UnikdError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["fed.clients=2", "fed.rounds=2"]
+# The edges ask the cloud for work every 0.3 s (default 0.1): each ask costs the SuperLink a
+# TLS request, and an idle deployment at 0.1 s keeps half of a 2-core box busy.
+NODE_POLL = 0.3
+TASK_POLL = 0.2  # the executor asks its node for tasks 5 times a second (default 20)
 
 
 # ---------------------------------------------------------------- fast checks (no Flower)
@@ -287,7 +292,8 @@ def deployment(tmp_path_factory):
             dep.cli.register(pub, f"edge-{i}")
             cfg = EdgeConfig(cloud.address, _edge_data(root, i, 2), ca=cloud.cfg.paths.ca_crt,
                              key=priv, client_id=i, port=free_port(), home=root / f"edge-{i}",
-                             app_key=app_pub)
+                             app_key=app_pub, node_poll=NODE_POLL,
+                             task_poll=TASK_POLL)
             dep.edge_cfgs.append(cfg)
             dep.edges.append(dep.start(cfg, f"edge-{i}"))
         dep.wait_online(2)
@@ -394,10 +400,12 @@ def _checkpoint_round(runs: Path, after: float) -> tuple[int, Path | None, list]
 
 
 def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
-    """Edge 1 is stopped and started again: it rejoins with the same node id (its registered
-    key) once the SuperLink has seen it go, and trains in the run. Where the ServerApp takes
-    `resume`, the cloud is then killed after round 3, restarted on the same state dir, and the
-    run is continued from its last checkpoint to the end.
+    """Edge 1 is stopped and started again: stopping it deactivates its node at the SuperLink
+    at once (not ~60 s later, when its heartbeat would expire), and it rejoins with the same
+    node id (its registered key) and trains in the run. Where the ServerApp takes `resume`,
+    the cloud is then killed after round 3, restarted on the same state dir, and the run is
+    continued from its last checkpoint to the end, right away: the dead run's ServerApp task
+    expires on the SuperLink meanwhile (its own heartbeat, ~60 s), and its submit ends then.
 
     (Rounds take a second or two now, far less than the SuperLink's ~60 s heartbeat expiry, so
     the edge restart happens before the run rather than inside it; a node restarted mid-run
@@ -405,17 +413,20 @@ def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
     from server.deploy.superlink import RESUME_KEY, app_config_keys, app_dir
 
     can_resume = RESUME_KEY in app_config_keys(app_dir())
-    rounds = 8
+    rounds = 5  # killed after round 3, resumed for the last 2
     overrides = ["fed.clients=2", f"fed.rounds={rounds}", "fed.checkpoint_every=1",
                  "fed.teacher_placement=cloud", f"teacher.checkpoint={deployment.teacher}"]
     online = {n["node-id"] for n in deployment.cli.online_nodes()}
     runs = deployment.cloud.cfg.state_dir / "runs"
     old = deployment.edges[1]
+    old_id = re.search(r"SuperNode ID: (\d+)", old.output()).group(1)
     old.stop()
     deadline = time.monotonic() + 150
-    while len(deployment.cli.online_nodes()) >= 2:  # heartbeats stop: the node id goes offline
+    while len(deployment.cli.online_nodes()) >= 2:  # the node id goes offline
         assert time.monotonic() < deadline, deployment.cli.nodes()
-        time.sleep(1.0)
+        time.sleep(0.5)
+    link_log = (deployment.cloud.cfg.state_dir / "superlink.log").read_text(errors="replace")
+    assert f"Deactivated node_id={old_id}" in link_log, old.log_tail()  # not left to expire
     deployment.edges[1] = deployment.start(deployment.edge_cfgs[1], "edge-1-restarted")
     deployment.wait_online(2, timeout=90)
     assert {n["node-id"] for n in deployment.cli.online_nodes()} == online  # same node id
@@ -445,11 +456,13 @@ def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
         deployment.cloud.stop()  # the cloud dies (SuperLink, SuperExec, ServerApp)
         deployment.cloud = start_cloud(deployment.cloud.cfg)  # same state dir, same port
         deployment.groups.extend(deployment.cloud.groups)
-        th.join(420)
         deployment.wait_online(2)  # registrations survived; the edges reconnected by themselves
         res = submit(deployment.cli, [], tmp_path / "resumed", timeout=400,
                      state_dir=deployment.cloud.cfg.state_dir,
                      resume=str(run_dir.relative_to(deployment.cloud.cfg.state_dir)))
+        th.join(420)  # the killed run's submit: done once the SuperLink expired its task
+        assert not th.is_alive()
+        assert "err" in box or box["res"].status != "finished:completed", box
     else:  # the ServerApp cannot resume yet: the edge part only
         th.join(420)
         assert "err" not in box, box.get("err")

@@ -264,6 +264,9 @@ def test_edge_command_points_the_node_at_the_store_and_model_dir(tmp_path, capsy
     line = capsys.readouterr().out
     assert f'store-path="{tmp_path / "s.db"}"' in line and f'model-dir="{tmp_path / "m"}"' in line
     assert "partition-id=4" in line and "--insecure" in line
+    assert "--node-poll 0.1 " in line  # the launcher's idle poll of the cloud, by default
+    assert unikd([*base, "--store", str(tmp_path / "s.db"), "--node-poll", "0.5"]) == 0
+    assert "--node-poll 0.5 " in capsys.readouterr().out
     versions.write_service_shape(tmp_path / "m3", WindowShape(3, 128))
     for extra, msg in ((["--store", str(tmp_path / "s.db"), "--model-dir", str(tmp_path / "m3")],
                         "not the same service"),

@@ -27,6 +27,10 @@ from shared.config import load_config
 from shared.processes import free_port, group_members
 
 ONE_ROUND = ["fed.clients=2", "fed.rounds=1"]
+# The edges ask the cloud for work every 0.3 s (default 0.1): each ask costs the SuperLink a
+# TLS request, and an idle deployment at 0.1 s keeps half of a 2-core box busy.
+NODE_POLL = 0.3
+TASK_POLL = 0.2  # the executor asks its node for tasks 5 times a second (default 20)
 
 
 @dataclass
@@ -70,7 +74,8 @@ def secure(tmp_path_factory):
             cfg = EdgeConfig(cloud.address, _edge_data(root, i), ca=root / "trust" / "ca.crt",
                              key=root / f"device-{i}" / "node.key", client_id=i,
                              port=free_port(), home=root / f"device-{i}" / "home",
-                             app_key=root / "op.key.pub")
+                             app_key=root / "op.key.pub", node_poll=NODE_POLL,
+                             task_poll=TASK_POLL)
             dep.edges.append(start_edge(cfg, root / f"edge-{i}.log"))
         deadline = time.monotonic() + 90
         while len(dep.cli.online_nodes()) < 2:

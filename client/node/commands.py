@@ -34,7 +34,8 @@ def edge_cmd(args: argparse.Namespace) -> int:
                      app_key=Path(args.app_key) if args.app_key else None,
                      allow_unsigned=args.allow_unsigned_apps,
                      store=Path(args.store) if args.store else None,
-                     model_dir=Path(args.model_dir) if args.model_dir else None)
+                     model_dir=Path(args.model_dir) if args.model_dir else None,
+                     **({} if args.node_poll is None else {"node_poll": args.node_poll}))
     cmd = supernode_command(cfg)  # validates data/store, CA and keys before anything starts
     if args.dry_run:
         print(" ".join(cmd))
@@ -114,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--home", help="node state: received app bundles (default ~/.unikd/edge)")
     p.add_argument("--max-retries", type=int,
                    help="give up after N failed connection attempts (default: retry forever)")
+    p.add_argument("--node-poll", type=float, metavar="SECONDS",
+                   help="how often the idle node asks the cloud for work (default 0.1; "
+                        "Flower's is 3): each ask is a TLS request the cloud answers")
     p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
     p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
     p.set_defaults(func=edge_cmd)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from shared import flower_internals
 from shared.errors import UnikdError
@@ -49,9 +50,15 @@ def executor_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def watch(executor: subprocess.Popen) -> None:
-    """Stop this node when the executor ends (SIGTERM to ourselves: Flower's handlers run)."""
+def watch(executor: subprocess.Popen, plain_handler) -> None:
+    """Stop this node when the executor ends (SIGTERM to ourselves: Flower's handlers run).
+
+    When the whole group was stopped, the node got the same SIGTERM and is already in
+    Flower's graceful exit: a second SIGTERM would kill it before it deactivates at the
+    SuperLink, so give that exit its time first (it ends this process)."""
     code = executor.wait()
+    if flower_internals.supernode_exit_under_way(plain_handler):
+        time.sleep(flower_internals.supernode_exit_seconds())
     if code != 0:  # 0: it was stopped along with this node's process group
         print(f"unikd: the task executor exited with code {code}; stopping the node",
               file=sys.stderr, flush=True)
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     flower_internals.patch_supernode(args.node_poll)
     executor = subprocess.Popen(executor_command(args), stdin=subprocess.DEVNULL,
                                 preexec_fn=child_preexec())  # same group: stopped with us
-    threading.Thread(target=watch, args=(executor,), daemon=True).start()
+    plain = signal.getsignal(signal.SIGTERM)  # Flower's handler puts this back when it exits
+    threading.Thread(target=watch, args=(executor, plain), daemon=True).start()
     try:
         flower_internals.run_supernode([*supernode_argv, "--isolation", "process"])
     finally:
