@@ -23,9 +23,13 @@ ADATIME = {(2, 11), (7, 13), (12, 16), (9, 18), (6, 23), (18, 27), (20, 5), (24,
 LIST = Path(__file__).resolve().parents[1] / "configs" / "har-dev-pairs.txt"
 
 
+def allowed(src: int, trg: int) -> bool:
+    """Two different subjects, neither way round one of AdaTime's scenarios."""
+    return src != trg and (src, trg) not in ADATIME and (trg, src) not in ADATIME
+
+
 def draw(count: int = 10) -> list[tuple[int, int]]:
-    pairs = [(s, t) for s in SUBJECTS for t in SUBJECTS
-             if s != t and (s, t) not in ADATIME and (t, s) not in ADATIME]
+    pairs = [(s, t) for s in SUBJECTS for t in SUBJECTS if allowed(s, t)]
     order = np.random.default_rng(SEED).permutation(len(pairs))
     return sorted(pairs[i] for i in order[:count])
 
@@ -37,15 +41,19 @@ def text(pairs: list[tuple[int, int]]) -> str:
             + "\n")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cli(description: str, want: str, committed: Path) -> int:
+    """Print the drawn list, or with --check exit 1 if the committed file differs from it."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    want = text(draw())
     if args.check:
-        return 0 if LIST.read_text() == want else 1
+        return 0 if committed.read_text() == want else 1
     sys.stdout.write(want)
     return 0
+
+
+def main() -> int:
+    return run_cli(__doc__.splitlines()[0], text(draw()), LIST)
 
 
 if __name__ == "__main__":

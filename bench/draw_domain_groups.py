@@ -13,22 +13,19 @@ generator, so the list is a function of the seed alone.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-SEED = 20261130  # the development pairs' seed (bench/draw_dev_pairs.py); never re-drawn
-SUBJECTS = range(1, 31)  # UCI-HAR's 30 volunteers (AdaTime domains "1".."30")
-ADATIME = {(2, 11), (7, 13), (12, 16), (9, 18), (6, 23), (18, 27), (20, 5), (24, 8), (28, 27),
-           (30, 20)}
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# the development pairs' seed, subjects and AdaTime exclusion: one definition of each
+from bench.draw_dev_pairs import SEED, SUBJECTS, allowed, run_cli  # noqa: E402
+
 GROUPS, TARGETS = 5, 5
-LIST = Path(__file__).resolve().parents[1] / "configs" / "har-domain-groups.txt"
-
-
-def allowed(src: int, trg: int) -> bool:
-    return src != trg and (src, trg) not in ADATIME and (trg, src) not in ADATIME
+LIST = REPO / "configs" / "har-domain-groups.txt"
 
 
 def draw() -> list[tuple[int, list[int]]]:
@@ -55,14 +52,7 @@ def text(groups: list[tuple[int, list[int]]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
-    want = text(draw())
-    if args.check:
-        return 0 if LIST.read_text() == want else 1
-    sys.stdout.write(want)
-    return 0
+    return run_cli(__doc__.splitlines()[0], text(draw()), LIST)
 
 
 if __name__ == "__main__":
