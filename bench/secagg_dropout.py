@@ -105,17 +105,7 @@ def make_app(updates):
                             wire.SECAGG_METRICS)
         return Message(reply, reply_to=msg)
 
-    @app.train("secagg_shares")
-    def shares(msg: Message, context: Context) -> Message:
-        return secagg.handle_shares(msg, context.state, context.node_id)
-
-    @app.train("secagg_mask")
-    def mask(msg: Message, context: Context) -> Message:
-        return secagg.handle_mask(msg, context.state, context.node_id, None)
-
-    @app.train("secagg_unmask")
-    def unmask(msg: Message, context: Context) -> Message:
-        return secagg.handle_unmask(msg, context.state, context.node_id)
+    secagg.add_stage_handlers(app)
 
     return app
 

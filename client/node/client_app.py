@@ -246,22 +246,8 @@ def query(msg: Message, context: Context) -> Message:
 
 
 # ---- secure aggregation stages 1-3 (client/node/secagg.py): keys, shares and masks only
-
-
-@app.train("secagg_shares")
-def secagg_shares(msg: Message, context: Context) -> Message:
-    return secagg.handle_shares(msg, context.state, context.node_id)
-
-
-@app.train("secagg_mask")
-def secagg_mask(msg: Message, context: Context) -> Message:
-    secret = node_secret(dict(context.node_config), context.state)
-    return secagg.handle_mask(msg, context.state, context.node_id, secret)
-
-
-@app.train("secagg_unmask")
-def secagg_unmask(msg: Message, context: Context) -> Message:
-    return secagg.handle_unmask(msg, context.state, context.node_id)
+secagg.add_stage_handlers(
+    app, secret=lambda context: node_secret(dict(context.node_config), context.state))
 
 
 @app.train("deliver")

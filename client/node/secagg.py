@@ -23,7 +23,11 @@ import os
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from collections.abc import Callable
+
+from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
+                      RecordDict)
+from flwr.clientapp import ClientApp
 
 from shared.dp_sgd import dp_generator
 from shared.protocol import wire
@@ -171,3 +175,21 @@ def handle_unmask(msg: Message, state: RecordDict, me: int) -> Message:
             out[f"sk.{p}"] = Array(to_u8(share_sk))
     return _reply(msg, RecordDict({wire.SECAGG_UNMASK: ArrayRecord(out)}), int(st["client"]),
                   rnd, wire.expected_secagg_shapes(wire.SECAGG_UNMASK, sorted(u1)))
+
+
+def add_stage_handlers(app: ClientApp,
+                       secret: Callable[[Context], bytes | None] = lambda context: None) -> None:
+    """Register stages 1-3 (shares, mask, unmask) on `app`. `secret(context)` keys the node's
+    distributed-noise share (None: seed-only draws, for simulations and tests)."""
+
+    @app.train("secagg_shares")
+    def shares(msg: Message, context: Context) -> Message:
+        return handle_shares(msg, context.state, context.node_id)
+
+    @app.train("secagg_mask")
+    def mask(msg: Message, context: Context) -> Message:
+        return handle_mask(msg, context.state, context.node_id, secret(context))
+
+    @app.train("secagg_unmask")
+    def unmask(msg: Message, context: Context) -> Message:
+        return handle_unmask(msg, context.state, context.node_id)
