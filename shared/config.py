@@ -430,12 +430,13 @@ def _check_recipe_preset(tree: dict[str, Any], given: dict[str, Any], found: Rec
     d = from_dict(RunConfig, tree, "--set").distill
     if not d.reference_compat or "reference_compat" in given:
         return  # a user's own reference_compat was checked against their switches already
-    for name, forced in REFERENCE_SWITCHES.items():
-        if name in given and getattr(d, name) != forced:
-            raise ConfigError(f"distill.{name}", f"is {getattr(d, name)} but the "
-                              f"{found.dataset} recipe ({found.file}) sets "
-                              f"distill.reference_compat, which sets it to {forced}; also give "
-                              f"distill.reference_compat=false, or drop this value", "--set")
+    conflict = _reference_conflict(d, given)
+    if conflict:
+        name, forced = conflict
+        raise ConfigError(f"distill.{name}", f"is {getattr(d, name)} but the "
+                          f"{found.dataset} recipe ({found.file}) sets "
+                          f"distill.reference_compat, which sets it to {forced}; also give "
+                          f"distill.reference_compat=false, or drop this value", "--set")
 
 
 def check_reference_compat(tree: dict[str, Any], source: str | None) -> None:
@@ -444,11 +445,18 @@ def check_reference_compat(tree: dict[str, Any], source: str | None) -> None:
     d = from_dict(RunConfig, tree, source).distill  # typed values (--set ones are still text)
     if not d.reference_compat:
         return
-    for name, forced in REFERENCE_SWITCHES.items():
-        if name in given and getattr(d, name) != forced:
-            raise ConfigError(f"distill.{name}", f"is {getattr(d, name)} but "
-                              f"distill.reference_compat sets it to {forced}; remove one of the "
-                              f"two", source)
+    conflict = _reference_conflict(d, given)
+    if conflict:
+        name, forced = conflict
+        raise ConfigError(f"distill.{name}", f"is {getattr(d, name)} but "
+                          f"distill.reference_compat sets it to {forced}; remove one of the "
+                          f"two", source)
+
+
+def _reference_conflict(d: DistillConfig, given: dict[str, Any]) -> tuple[str, bool] | None:
+    """The first switch the user set (`given`) that `reference_compat: true` forces otherwise."""
+    return next(((name, forced) for name, forced in REFERENCE_SWITCHES.items()
+                 if name in given and getattr(d, name) != forced), None)
 
 
 def _absolute_paths(tree: dict[str, Any], cls: type, base: Path) -> None:
