@@ -16,11 +16,18 @@ log). Reported: medians over repeats, and every run. The machine is shared: othe
 jobs load its 2 cores, so absolute numbers move from run to run; modes alternate to share it.
 
     python bench/deploy_exchange.py --repeats 2 --rounds 2
+    python bench/deploy_exchange.py --modes ours --rounds 10 --repeats 3   # idle-box target
+
+Besides the federate-wall / exchanges figure, each run reports its per-round seconds from the
+run folder's rounds.csv (one train exchange plus the cloud's source step, timed inside the
+ServerApp), and the same config is run in-process (`fed.engine=inprocess`, Ray-free harness) in
+the same invocation: the ratio deployed / in-process per round is the transport's cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -59,11 +66,12 @@ def stock_edge(cfg: EdgeConfig, log: Path) -> EdgeProcess:
     return EdgeProcess(popen, log)
 
 
-def one_run(root: Path, mode: str, overrides: list[str], clients: int) -> dict:
+def one_run(root: Path, mode: str, overrides: list[str], clients: int,
+            link_state: str = "disk") -> dict:
     t0 = time.perf_counter()
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
                                     link_port=free_port(), dev_certs=True,
-                                    names=["localhost", "127.0.0.1"]))
+                                    names=["localhost", "127.0.0.1"], link_state=link_state))
     app_pub = generate_app_key(root / "app.key")
     edges, groups = [], set(cloud.groups)
     try:
@@ -93,17 +101,41 @@ def one_run(root: Path, mode: str, overrides: list[str], clients: int) -> dict:
         cloud.stop()
         groups |= cloud.groups
     assert not any(group_members(g) for g in groups), "processes left behind"
-    return {"mode": mode, "exchanges": exchanges,
+    round_secs = round_seconds(res.run_dir)
+    return {"mode": mode, "link_state": link_state, "exchanges": exchanges,
+            "round_seconds": round_secs, "round_seconds_median": median(round_secs),
             "seconds_per_exchange": summary["wall_seconds"] / exchanges,
             "serverapp_federate_seconds": summary["wall_seconds"],
             "submit_to_finished_seconds": t_done - t_ready, "setup_seconds": t_ready - t0,
             "mf1": summary["mf1"], "loadavg_1min": os.getloadavg()[0]}
 
 
+def round_seconds(run_dir: Path) -> list[float]:
+    """Each round's seconds as the ServerApp timed it (train exchange + cloud source step)."""
+    with open(run_dir / "rounds.csv", newline="") as f:
+        return [float(r["seconds"]) for r in csv.DictReader(f)]
+
+
+def inprocess_run(root: Path, overrides: list[str]) -> dict:
+    """The same config through the Ray-free in-process harness (no network, no polls)."""
+    from server.fed.run import run_federate
+
+    cfg = load_config(overrides=[*overrides, "fed.engine=inprocess", f"out={root}"])
+    run_dir = run_federate(cfg, progress=False)
+    summary = json.loads((run_dir / "results.json").read_text())
+    secs = round_seconds(run_dir)
+    return {"mode": "inprocess", "round_seconds": secs, "round_seconds_median": median(secs),
+            "serverapp_federate_seconds": summary["wall_seconds"], "mf1": summary["mf1"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--modes", default="stock,ours",
+                    help="comma list of edge processes to run: stock, ours")
+    ap.add_argument("--link-state", default="disk",
+                    help="comma list of SuperLink states to run: disk (state.db), memory")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy_exchange.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -117,26 +149,46 @@ def main() -> int:
     save_teacher(work / "teacher.pt", train_teacher(tcfg, data, False, []), tcfg, data)
     overrides = ["fed.clients=2", f"fed.rounds={args.rounds}",
                  f"teacher.checkpoint={work / 'teacher.pt'}"]
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"stock", "ours"}:
+        ap.error(f"--modes: expected a comma list of stock, ours; got {args.modes!r}")
+    states = [x for x in args.link_state.split(",") if x]
+    if not states or set(states) - {"disk", "memory"}:
+        ap.error(f"--link-state: expected a comma list of disk, memory; got {args.link_state!r}")
+    variants = [(m, st) for m in modes for st in states]
     runs: list[dict] = []
     for r in range(args.repeats):
-        for mode in ("stock", "ours"):  # alternate, so both see the same load on average
-            runs.append(one_run(work / f"{mode}-{r}", mode, overrides, 2))
+        for mode, state in variants:  # alternate, so all see the same load on average
+            runs.append(one_run(work / f"{mode}-{state}-{r}", mode, overrides, 2, state))
+            runs[-1]["variant"] = mode if len(states) == 1 else f"{mode}/{state}"
             print(json.dumps(runs[-1]), flush=True)
-    assert len({x["mf1"] for x in runs}) == 1, "the two edge paths disagree on the numbers"
-    med = {m: {k: median(x[k] for x in runs if x["mode"] == m)
-               for k in ("seconds_per_exchange", "serverapp_federate_seconds",
-                         "submit_to_finished_seconds", "setup_seconds")}
-           for m in ("stock", "ours")}
+        runs.append(inprocess_run(work / f"inprocess-{r}", [*overrides, "fed.clients=2"]))
+        print(json.dumps(runs[-1]), flush=True)
+    assert len({x["mf1"] for x in runs}) == 1, "the edge paths and in-process disagree"
+    keys = ("seconds_per_exchange", "serverapp_federate_seconds", "submit_to_finished_seconds",
+            "setup_seconds")
+    for x in runs:
+        x.setdefault("variant", x["mode"])
+    names = list(dict.fromkeys(x["variant"] for x in runs if x["mode"] != "inprocess"))
+    med = {m: {k: median(x[k] for x in runs if x["variant"] == m) for k in keys}
+           for m in names}
+    for m in [*names, "inprocess"]:  # the median over all rounds of all runs of a variant
+        med.setdefault(m, {})["round_seconds_median"] = median(
+            s for x in runs if x["variant"] == m for s in x["round_seconds"])
+    for m in names:
+        med[m]["round_ratio_to_inprocess"] = (med[m]["round_seconds_median"]
+                                              / med["inprocess"]["round_seconds_median"])
     report = {
         "what": f"{args.rounds}-round FedUNI-KD, 2 edges on 127.0.0.1, TLS + node auth + "
                 "proxy; stock Flower edge process vs our launcher + warm executor",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg(),
-                    "note": "shared 2-core machine, loaded by other jobs; medians of few runs"},
+                    "note": "shared 2-core machine; see loadavg; medians of few runs"},
         "repeats": args.repeats, "median": med,
-        "speedup_per_exchange": med["stock"]["seconds_per_exchange"]
-        / med["ours"]["seconds_per_exchange"],
+        "speedup_per_exchange": (med["stock"]["seconds_per_exchange"]
+                                 / med["ours"]["seconds_per_exchange"]
+                                 if {"stock", "ours"} <= set(med) else None),
         "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ run() {
   case $1 in
     ref-expected)       $B $REF --label fed-ref-expected ;;
     ref-expected-cloud) $B $REF --set fed.teacher_placement=cloud --label fed-ref-expected-cloud ;;
+    ref-expected-cloud-proto) $B $REF --set fed.teacher_placement=cloud --set fed.cloud_hint=prototypes \
+                          --label fed-ref-expected-cloud-proto ;;
     default)            $B --config configs/har-fixes.yaml --label fed-default ;;
     local2|local5|local10) $B $REF --set fed.local_steps=${1#local} --label fed-ref-expected-$1 ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;

@@ -112,6 +112,9 @@ class FedConfig:
     local_steps: int = field(default=1, metadata=rng(1, 10_000))
     partition: str = "iid"  # iid | dirichlet:<alpha> | per-domain
     teacher_placement: Literal["edge", "cloud", "source-only"] = "edge"
+    # cloud placement only: "prototypes" sends the teacher's mean source feature per class
+    # (C x 128 floats) so each edge keeps a feature hint without the teacher (issue 15)
+    cloud_hint: Literal["off", "prototypes"] = "off"
     bn_policy: Literal["averaged", "local", "reestimate"] = "averaged"
     engine: Literal["inprocess", "ray"] = "inprocess"
     min_clients: int = field(default=1, metadata=rng(1, 10_000))

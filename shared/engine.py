@@ -124,10 +124,16 @@ def _d_f_frozen(nets: UniKDNets, a: torch.Tensor) -> torch.Tensor:
 
 
 def _domain_side(nets: UniKDNets, h_student: torch.Tensor, teacher: TeacherOut | None,
-                 sched: StepSchedule, hp: KDHparams) -> dict[str, torch.Tensor]:
-    """Terms every domain contributes: feature hint, D_f and generator halves."""
+                 sched: StepSchedule, hp: KDHparams,
+                 hint_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Terms every domain contributes: feature hint, D_f and generator halves.
+
+    `hint_targets` stand in for the teacher's features where the teacher is absent (cloud
+    placement with prototypes): they feed the hint only, never D_f's "real" half."""
     a = nets.adapter(h_student)  # [B, 128]
     t: dict[str, torch.Tensor] = {}
+    if teacher is None and hint_targets is not None:
+        t["hint"] = losses.hint_l1(a, hint_targets)
     if teacher is not None:
         t["hint"] = losses.hint_l1(a, teacher.feat)
         # D_f's loss over [source; target] is a mean over 2B, i.e. half of each domain's mean.
@@ -181,16 +187,24 @@ def cross_kd_source_grad(src: dict[str, torch.Tensor], w_mean_target: float,
 def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                  sched: StepSchedule, hp: KDHparams,
                  compat_source: tuple[TeacherOut, dict[str, torch.Tensor]] | None = None,
-                 source_kd: float = 0.0) -> dict[str, torch.Tensor]:
+                 source_kd: float = 0.0,
+                 prototypes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Target-side UNI-KD terms (edge): hint, D_f halves, target domain loss, weighted target KD.
 
     `teacher=None` is the cloud-placed teacher: hint, D_f-real and target KD are dropped.
     `compat_source` reproduces bug §8.1 (centralized only): the "target" KD is the source KL
     again, weighted by the target samples' weights. With `cross_kd="expected"` that term is
     `source_kd` (the cloud's T^2 mean source KL, a constant here) times the mean target w.
+    `prototypes` (cloud placement only): the teacher's mean source feature per class [C, 128];
+    the hint then pulls each window towards them, mixed by the student's own prediction.
     """
     h = nets.student.forward_features(x)  # [B, 32]  forward #1
-    t = _domain_side(nets, h, teacher, sched, hp)
+    hint_targets = None
+    if teacher is None and prototypes is not None:
+        with torch.no_grad():
+            hint_targets = losses.prototype_hint_targets(nets.student.forward_head(h),
+                                                         prototypes)
+    t = _domain_side(nets, h, teacher, sched, hp, hint_targets)
     if hp.double_target_forward:
         h = nets.student.forward_features(x)  # forward #2: fresh dropout, another BN update
     d = nets.d_d(grad_reverse(h, sched.alpha))  # [B, 2]

@@ -20,6 +20,23 @@ def hint_l1(adapted_student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> t
     return (adapted_student_feat - teacher_feat).abs().mean()
 
 
+def class_prototypes(feat: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean feature per class [C, F]; a class without windows gets the mean of all windows."""
+    protos = feat.mean(0).expand(num_classes, -1).clone()
+    for c in range(num_classes):
+        mask = y == c
+        if mask.any():
+            protos[c] = feat[mask].mean(0)
+    return protos
+
+
+def prototype_hint_targets(student_logits: torch.Tensor, prototypes: torch.Tensor
+                           ) -> torch.Tensor:
+    """Per-window hint targets without the teacher: the class prototypes of the teacher's
+    features, mixed by the student's own (detached) class probabilities. [B, F]"""
+    return F.softmax(student_logits.detach(), dim=1) @ prototypes
+
+
 def bce_to(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Binary cross-entropy of sigmoid(logits) against a constant target (1 real, 0 fake)."""
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))

@@ -57,6 +57,46 @@ def test_supernode_patch_shortens_polls_in_that_process_only():
     assert iu.pull_objects.__kwdefaults__["initial_backoff"] == 1  # untouched here
 
 
+def test_a_bundle_is_installed_once_and_reused_only_by_its_full_hash(tmp_path):
+    import hashlib
+
+    calls = []
+
+    def flower_install(fab_file, install_dir=None, skip_prompt=False):  # Flower's contract:
+        calls.append(fab_file)  # make the folder named by the hash prefix, keep an existing one
+        target.mkdir(exist_ok=True)
+        return target
+
+    bundle = b"bundle bytes"
+    digest = hashlib.sha256(bundle).hexdigest()
+    target = tmp_path / f"app.{digest[:8]}"
+    install = flower_internals.install_once(flower_install, lambda d: tmp_path / f"app.{d[:8]}")
+    assert install(bundle, skip_prompt=True) == target and len(calls) == 1
+    assert (target / flower_internals.BUNDLE_MARK).read_text() == digest
+    assert install(bundle, skip_prompt=True) == target and len(calls) == 1  # skipped
+    (target / flower_internals.BUNDLE_MARK).write_text("0" * 64)  # not this bundle's hash
+    assert install(bundle, skip_prompt=True) == target and len(calls) == 2
+    other = tmp_path / "other"
+    other.mkdir()  # a folder that predates us (no mark): Flower decides, we never mark it
+    target = other
+    install = flower_internals.install_once(flower_install, lambda d: other)
+    install(bundle, skip_prompt=True)
+    install(bundle, skip_prompt=True)
+    assert len(calls) == 4 and not (other / flower_internals.BUNDLE_MARK).exists()
+
+
+def test_the_warm_executor_preloads_what_an_optimizer_step_imports():
+    code = ("import sys\n"
+            "from client.node.executor import warm_up\n"
+            "warm_up()\n"
+            "print('torch._dynamo' in sys.modules, 'flwr.supernode.runtime.run_clientapp' in "
+            "sys.modules, any(m.split('.')[0] == 'server' for m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]
+
+
 def test_launcher_needs_the_supernode_arguments_and_passes_the_key_on():
     with pytest.raises(UnikdError, match="usage"):
         parse_args(["--runtime-api-address", "127.0.0.1:9"])

@@ -21,7 +21,7 @@ from server.fed.rounds import FedResult, federate
 from shared.protocol import wire
 from shared.config import load_config
 from shared.data.scenario import load_scenario, load_split, resolve_spec
-from shared.errors import DataError
+from shared.errors import DataError, UnikdError
 from shared.protocol.records import from_record, student_state
 
 CLIENTS = 3
@@ -193,6 +193,31 @@ def test_teacher_in_cloud_never_travels():
     assert all(rc == "" for rc in (req.content[wire.CONFIG]["teacher_hash"]
                                    for t, _, req in run.requests if t == "train"))
     assert not any("trg_kd" in row or "trg_hint" in row for row in run.result.rounds)
+
+
+def test_cloud_hint_prototypes_restore_the_edges_hint_without_the_teacher():
+    run = cached("fed.teacher_placement=cloud", "fed.cloud_hint=prototypes")
+    finite_mf1(run)
+    assert _teacher_sends(run) == Counter()  # still: the teacher never leaves the cloud
+    cloud = run.result.cloud
+    train = [req for t, _, req in run.requests if t == "train"]
+    assert train and all(wire.HINT_PROTOTYPES in req.content for req in train)
+    protos = from_record(train[0].content[wire.HINT_PROTOTYPES])["feat"]
+    classes = cloud.source.spec.classes
+    assert tuple(protos.shape) == (classes, 128)
+    feat, y = cloud.t_src.feat, cloud.source.train.y  # source-side statistics only
+    for c in range(classes):
+        assert torch.allclose(protos[c], feat[y == c].mean(0))
+    for _, reply in run.of("train"):  # the same upward manifest: one more mean scalar
+        assert "hint" in reply.content[wire.METRICS].keys()
+    assert all(row["trg_hint"] > 0 for row in run.result.rounds)
+    plain = cached("fed.teacher_placement=cloud")
+    assert not any(wire.HINT_PROTOTYPES in req.content for _, _, req in plain.requests)
+
+
+def test_cloud_hint_needs_the_cloud_placement():
+    with pytest.raises(UnikdError, match="fed.cloud_hint=prototypes.*fed.teacher_placement=edge"):
+        federation("fed.teacher_placement=edge", "fed.cloud_hint=prototypes")
 
 
 def test_teacher_on_edge_is_sent_once_per_node():

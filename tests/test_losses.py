@@ -316,3 +316,21 @@ def test_undetached_weights_d_d_also_learns_from_kd():
     full0, _, _ = _grads(_nets(), hp, sched=sched0)
     dom0, _, _ = _grads(_nets(), hp, which="dom", sched=sched0)
     assert _close(full0["d_d"], dom0["d_d"], rtol=1e-5, atol=1e-8)
+
+
+def test_class_prototypes_are_class_means_and_an_empty_class_gets_the_overall_mean():
+    feat = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0]])
+    y = torch.tensor([0, 0, 2])
+    protos = losses.class_prototypes(feat, y, 4)
+    assert torch.equal(protos[0], torch.tensor([2.0, 1.0]))
+    assert torch.equal(protos[2], torch.tensor([0.0, 4.0]))
+    assert torch.allclose(protos[1], feat.mean(0)) and torch.allclose(protos[3], feat.mean(0))
+
+
+def test_prototype_hint_targets_mix_prototypes_by_the_students_detached_prediction():
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    logits = torch.tensor([[10.0, -10.0], [0.0, 0.0]], requires_grad=True)
+    targets = losses.prototype_hint_targets(logits, protos)
+    assert torch.allclose(targets[0], protos[0], atol=1e-6)
+    assert torch.allclose(targets[1], torch.tensor([0.5, 0.5]))
+    assert not targets.requires_grad  # a target, not a path for gradients into the head

@@ -132,7 +132,7 @@ def test_client_mod_checks_the_unpacked_reply_then_packs(monkeypatch):
 
     real = client_app.unikd_round
 
-    def leaky(nets, x, teacher, rc, cid):
+    def leaky(nets, x, teacher, rc, cid, prototypes=None):
         grads, buffers, metrics = real(nets, x, teacher, rc, cid)
         return grads, {**buffers, "student.per_sample": torch.randn(len(x), 4)}, metrics
 

@@ -56,6 +56,16 @@ def test_proxy_forwards_fleet_and_health_only_and_reencrypts(tmp_path):
         plain["apps"]["http"]["servers"]["public"]["routes"][0]["handle"][0]
 
 
+def test_the_superlinks_state_is_on_disk_unless_memory_is_asked_for(tmp_path):
+    disk = superlink_command(CloudConfig(tmp_path, port=8000, link_port=9093))
+    assert disk[disk.index("--database") + 1] == str(tmp_path.resolve() / "state.db")
+    mem = superlink_command(CloudConfig(tmp_path, port=8000, link_port=9093,
+                                        link_state="memory"))
+    assert mem[mem.index("--database") + 1] == ":flwr-in-memory:"
+    with pytest.raises(UnikdError, match="--link-state 'ram'"):
+        CloudConfig(tmp_path, link_state="ram")
+
+
 def test_cloud_gets_a_minimal_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
     monkeypatch.setenv("LANG", "C.UTF-8")

@@ -106,6 +106,20 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
     return out
 
 
+def hint_prototypes(content: RecordDict) -> torch.Tensor | None:
+    """The cloud's per-class teacher features (cloud placement, fed.cloud_hint=prototypes)."""
+    if wire.HINT_PROTOTYPES not in content:
+        return None
+    protos = from_record(content[wire.HINT_PROTOTYPES]).get("feat")
+    classes = decode_spec(content).classes
+    if (protos is None or protos.ndim != 2 or protos.shape[0] != classes
+            or not torch.isfinite(protos).all()):
+        shape = None if protos is None else tuple(protos.shape)
+        raise UnikdError(f"record '{wire.HINT_PROTOTYPES}': expected finite 'feat' "
+                         f"[{classes}, F], got {shape}")
+    return protos
+
+
 def window_fingerprint(x: torch.Tensor) -> str:
     """Identifies a node's window set (the teacher's cached outputs belong to one)."""
     return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -122,10 +136,12 @@ def train(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # per-window DP-SGD: no BN statistics, no losses leave the node
         secret = node_secret(dict(context.node_config), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
-        grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count)
+        grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
+                                   hint_prototypes(msg.content))
         buffers, metrics = None, {}
     else:
-        grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid)
+        grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
+                                              hint_prototypes(msg.content))
         secret = (node_secret(dict(context.node_config), context.state)
                   if rc.dp_mode == "local" else None)
         grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,

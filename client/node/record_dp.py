@@ -67,14 +67,16 @@ def released_count(n: int, rc: RoundConfig, client: int, secret: bytes | None,
 class TargetLoss(nn.Module):
     """The UNI-KD target-side loss of a batch, as a module (torch.func needs one)."""
 
-    def __init__(self, nets: UniKDNets, sched: StepSchedule, hp: KDHparams):
+    def __init__(self, nets: UniKDNets, sched: StepSchedule, hp: KDHparams,
+                 prototypes: torch.Tensor | None = None):
         super().__init__()
-        self.nets, self.sched, self.hp = nets, sched, hp
+        self.nets, self.sched, self.hp, self.prototypes = nets, sched, hp, prototypes
 
     def forward(self, x: torch.Tensor, feat: torch.Tensor | None = None,
                 logits: torch.Tensor | None = None) -> torch.Tensor:
         teacher = TeacherOut(feat, logits) if feat is not None else None
-        return target_terms(self.nets, x, teacher, self.sched, self.hp)["loss"]
+        return target_terms(self.nets, x, teacher, self.sched, self.hp,
+                            prototypes=self.prototypes)["loss"]
 
 
 class DannTargetLoss(nn.Module):
@@ -114,10 +116,10 @@ def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, c
 
 
 def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
-                       rc: RoundConfig, client: int, secret: bytes | None, released: int
-                       ) -> Grads:
+                       rc: RoundConfig, client: int, secret: bytes | None, released: int,
+                       prototypes: torch.Tensor | None = None) -> Grads:
     """K DP-SGD steps on the target terms; returns the mean noisy gradient (pseudo-gradient)."""
-    loss = TargetLoss(nets, rc.schedule, rc.hparams)
+    loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in params.items()}

@@ -34,8 +34,10 @@ def _local_batches(rc: RoundConfig, client: int, n: int) -> list[torch.Tensor]:
 
 
 def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc: RoundConfig,
-                client: int) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
-    """Returns (pseudo-gradients by group, BN buffers, mean metrics)."""
+                client: int, prototypes: torch.Tensor | None = None
+                ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
+    """Returns (pseudo-gradients by group, BN buffers, mean metrics). `prototypes`: the
+    cloud's per-class teacher features for the hint when the teacher stays in the cloud."""
     groups = group_named_params(nets)
     total: Grads = {g: {k: torch.zeros_like(p) for k, p in ps.items()} for g, ps in groups.items()}
     log = EpochLog()
@@ -46,7 +48,8 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
                 p.grad = None
         seed_side(rc.seed, client_stream(client), rc.global_step, sub=j)
         terms = target_terms(nets, x[idx], teacher[idx] if teacher is not None else None,
-                             rc.schedule, rc.hparams, source_kd=rc.source_kd)
+                             rc.schedule, rc.hparams, source_kd=rc.source_kd,
+                             prototypes=prototypes)
         terms["loss"].backward()
         log.add(scalars(terms))
         with torch.no_grad():

@@ -41,7 +41,8 @@ def cloud_cmd(args: argparse.Namespace) -> int:
               "lab network.", file=sys.stderr)
     cfg = CloudConfig(Path(args.state_dir), host=args.host, port=args.port,
                       link_port=args.link_port, certs=Path(args.certs) if args.certs else None,
-                      names=args.name or [], insecure=args.insecure, dev_certs=args.dev_certs)
+                      names=args.name or [], insecure=args.insecure, dev_certs=args.dev_certs,
+                      link_state=args.link_state)
 
     def _term(signum, frame):  # systemd / docker stop: take both process groups down
         raise KeyboardInterrupt
@@ -266,6 +267,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-address", metavar="HOST:PORT", help="the address to print for edges")
     p.add_argument("--insecure", action="store_true",
                    help="no TLS and no node authentication (prints a warning; lab use only)")
+    p.add_argument("--link-state", choices=("disk", "memory"), default="disk",
+                   help="the SuperLink's state: disk (STATE_DIR/state.db, default) survives a "
+                        "restart; memory makes rounds faster (BENCHMARKS.md) but node "
+                        "registrations and runs are lost when the cloud restarts")
     p.add_argument("--health-check", action="store_true",
                    help="only check that the cloud recorded in STATE_DIR answers /health "
                         "through its proxy")

@@ -15,7 +15,9 @@ operator's machine with `unikd certs init`; `--dev-certs` keeps the old make-it-
 State directory layout (`unikd cloud --state-dir D`, 0700, files written with umask 077):
 
     D/certs/             ca.crt, server.pem, server.key (copied from the operator's machine)
-    D/state.db           the SuperLink's state: registered nodes, runs
+    D/state.db           the SuperLink's state: registered nodes, runs (`link_state="disk"`,
+                         the default; "memory" keeps it in the SuperLink's memory: faster
+                         rounds, but registrations and runs are gone after a restart)
     D/flwr-home/         FLWR_HOME of the SuperLink (installed app bundles)
     D/runs/              run folders written by the ServerApp (its working directory is D)
     D/superlink.log      process logs; D/proxy.log, D/proxy.json: the proxy's
@@ -106,6 +108,10 @@ def listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+LINK_STATES = ("disk", "memory")
+IN_MEMORY_STATE = ":flwr-in-memory:"  # flower-superlink --database value for no database file
+
+
 @dataclass
 class CloudConfig:
     state_dir: Path
@@ -117,9 +123,13 @@ class CloudConfig:
     insecure: bool = False
     auth: bool = True
     dev_certs: bool = False  # make a CA in the state dir when none is there (warns)
+    link_state: str = "disk"  # "disk": D/state.db survives restarts; "memory": faster, volatile
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
+        if self.link_state not in LINK_STATES:
+            raise UnikdError(f"--link-state {self.link_state!r}: expected one of "
+                             f"{', '.join(LINK_STATES)}")
         self.certs = Path(self.certs).resolve() if self.certs else self.state_dir / "certs"
         if self.insecure and self.auth:
             self.auth = False  # Flower refuses node auth without TLS (flower-notes §5.3)
@@ -205,7 +215,8 @@ def check_server_names(cfg: CloudConfig) -> None:
 
 def superlink_command(cfg: CloudConfig) -> list[str]:
     cmd = [flwr_tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(cfg.link_port),
-           "--database", str(cfg.state_dir / "state.db"),
+           "--database", (str(cfg.state_dir / "state.db") if cfg.link_state == "disk"
+                          else IN_MEMORY_STATE),
            "--disable-runtime-dependency-installation"]
     if cfg.insecure:
         cmd.append("--insecure")

@@ -28,6 +28,7 @@ from shared.config import RunConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
+from shared.losses import class_prototypes
 from shared.datasets import DatasetSpec, parse_scenario
 from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
@@ -111,6 +112,10 @@ class Cloud:
         self.opts = make_optimizers(self.nets.group_params(), d.lr, d.weight_decay,
                                     (d.beta1, d.beta2))
         self.t_src = teacher_outputs(self.teacher, self.source.train.x)
+        self.prototypes = None
+        if self.cfg.fed.teacher_placement == "cloud" and self.cfg.fed.cloud_hint == "prototypes":
+            self.prototypes = class_prototypes(self.t_src.feat, self.source.train.y,
+                                               self.source.spec.classes)
         self.nets.train()
 
     @property
@@ -163,6 +168,8 @@ class Cloud:
         })
         if teacher:
             content[wire.TEACHER] = to_record(teacher_to_arrays(self.teacher))
+        if self.prototypes is not None:
+            content[wire.HINT_PROTOTYPES] = to_record({"feat": self.prototypes})
         return content
 
     def up_shapes(self) -> dict:

@@ -208,6 +208,15 @@ def check_cross_kd(cfg: RunConfig) -> None:
                 "expected splits its expectation)")
 
 
+def check_cloud_hint(cfg: RunConfig) -> None:
+    """Prototype hints stand in for a teacher the edges do not have: cloud placement only."""
+    if cfg.fed.cloud_hint != "off" and cfg.fed.teacher_placement != "cloud":
+        raise UnikdError(f"fed.cloud_hint={cfg.fed.cloud_hint} replaces the teacher's features "
+                         f"on the edges when the teacher stays in the cloud; with "
+                         f"fed.teacher_placement={cfg.fed.teacher_placement} it would do "
+                         f"nothing: set fed.teacher_placement=cloud or fed.cloud_hint=off")
+
+
 def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None,
                      resume: Path | None, delivery_dir: Path | None) -> tuple[Federation, int]:
     """Count the nodes' windows, catch up missed deliveries, obtain the teacher, plan DP and
@@ -215,6 +224,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     source = load_source(cfg)
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     check_cross_kd(cfg)
+    check_cloud_hint(cfg)
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     send = grid_sender(timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}

@@ -28,6 +28,9 @@ NORM = "norm"  # per-channel mean/std of the source training split
 TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placement);
 #   arrays "<member>.<name>" (shared.protocol.checkpoints.teacher_to_arrays), count in
 #   RoundConfig.teacher_members
+HINT_PROTOTYPES = "hint.prototypes"  # cloud placement with fed.cloud_hint=prototypes: array
+#   "feat" [C, 128], the teacher's mean feature per class over the labelled SOURCE windows (a
+#   cloud-side statistic; no target window is involved), for the edges' feature hint
 TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
 TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
 DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash), run, round
