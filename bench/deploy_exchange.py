@@ -67,7 +67,7 @@ def stock_edge(cfg: EdgeConfig, log: Path) -> EdgeProcess:
 
 
 def one_run(root: Path, mode: str, overrides: list[str], clients: int,
-            link_state: str = "disk") -> dict:
+            link_state: str = "disk", timeout: float = 900) -> dict:
     t0 = time.perf_counter()
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
                                     link_port=free_port(), dev_certs=True,
@@ -90,7 +90,7 @@ def one_run(root: Path, mode: str, overrides: list[str], clients: int,
             time.sleep(0.2)
         t_ready = time.perf_counter()
         res = submit(cli, config_overrides(None, overrides), root / "runs",
-                     state_dir=cloud.cfg.state_dir, timeout=900)
+                     state_dir=cloud.cfg.state_dir, timeout=timeout)
         t_done = time.perf_counter()
         assert res.ok, (res.run_dir / "server.log").read_text()
         summary = json.loads((res.run_dir / "results.json").read_text())
