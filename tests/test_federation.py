@@ -323,3 +323,30 @@ def test_bytes_per_client_per_round_under_200kb():
         assert 0 < down < 200_000, row
         if row["round"] > 1:
             assert row["bytes_down_per_client"] < 200_000, row
+
+
+def test_a_node_keeps_its_windows_across_teacher_members_and_the_student_phase():
+    """Federated DANN member k >= 1 runs with its own seed; the simulator must still give each
+    node the windows the run's seed decides (a device's data does not change between phases),
+    or the simulation and a deployment of the same run part ways."""
+    from client.node.local_data import local_data
+    from shared.data.loaders import Normalizer
+    from shared.protocol.records import RoundConfig, SimSetup
+
+    run = federation("fed.teacher_placement=edge", "teacher.ensemble=2")
+
+    def windows(req, node):
+        c = req.content
+        stats = from_record(c[wire.NORM])
+        data = local_data(RoundConfig.from_record(c[wire.CONFIG]),
+                          SimSetup.from_record(c[wire.SIM]), {}, run.grid.node_ids.index(node),
+                          Normalizer(stats["mean"], stats["std"]))
+        return data.x_train
+
+    member_seeds = {int(req.content[wire.CONFIG]["seed"]) for t, _, req in run.requests
+                    if t == "train.teacher"}
+    assert len(member_seeds) == 2  # two members, two seeds: the case that used to diverge
+    for node in run.grid.node_ids:
+        seen = [windows(req, n) for t, n, req in run.requests
+                if n == node and t in ("train.teacher", "train")]
+        assert len(seen) > 2 and all(torch.equal(x, seen[0]) for x in seen), node

@@ -125,7 +125,7 @@ def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
                               str(node_config.get("domain", sim.target)))
     else:
         train, test = simulated_split(rc.dataset, sim.data_path, sim.synth_shift, sim.target,
-                                 sim.partition, sim.num_clients, client, rc.seed)
+                                 sim.partition, sim.num_clients, client, sim.seed)
     norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
     return LocalData(norm(train.x), norm_test)
 

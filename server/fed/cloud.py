@@ -75,7 +75,7 @@ def sim_setup(cfg: RunConfig, source: SourceData) -> SimSetup:
     """Where simulated nodes find their windows (deployed nodes use their own data)."""
     return SimSetup(data_path=cfg.data.path, synth_shift=cfg.data.synth_shift,
                     target=source.target, partition=cfg.fed.partition,
-                    num_clients=cfg.fed.clients)
+                    num_clients=cfg.fed.clients, seed=cfg.seed)
 
 
 @dataclass

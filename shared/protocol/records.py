@@ -136,6 +136,10 @@ class SimSetup:
     target: str
     partition: str
     num_clients: int
+    # The run's seed: it decides which windows each node holds. Not RoundConfig.seed, which
+    # during federated DANN pre-training is the teacher member's seed: a node's windows are
+    # fixed for the whole run, as on a device.
+    seed: int
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(dataclasses.asdict(self))
