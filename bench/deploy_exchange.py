@@ -46,8 +46,8 @@ from bench.deploy_walltime import edge_data  # noqa: E402
 from client.node.supernode import (EdgeConfig, EdgeProcess, edge_env, start_edge,  # noqa: E402
                                    supernode_command)
 from server.deploy.certs import make_node_key  # noqa: E402
-from server.deploy.superlink import (CloudConfig, config_overrides, start_cloud,  # noqa: E402
-                                     submit)
+from server.deploy.superlink import (LINK_STATES, CloudConfig, config_overrides,  # noqa: E402
+                                     start_cloud, submit)
 from shared.app_signing import generate_key as generate_app_key  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.flower_tools import flwr_tool  # noqa: E402
@@ -121,11 +121,23 @@ def inprocess_run(root: Path, overrides: list[str]) -> dict:
     from server.fed.run import run_federate
 
     cfg = load_config(overrides=[*overrides, "fed.engine=inprocess", f"out={root}"])
+    t0 = time.perf_counter()
     run_dir = run_federate(cfg, progress=False)
+    wall = time.perf_counter() - t0
     summary = json.loads((run_dir / "results.json").read_text())
     secs = round_seconds(run_dir)
     return {"mode": "inprocess", "round_seconds": secs, "round_seconds_median": median(secs),
-            "serverapp_federate_seconds": summary["wall_seconds"], "mf1": summary["mf1"]}
+            "serverapp_federate_seconds": summary["wall_seconds"], "wall_seconds": wall,
+            "rounds": summary["rounds"], "mf1": summary["mf1"]}
+
+
+def comma_choices(ap: argparse.ArgumentParser, flag: str, text: str,
+                  allowed: tuple[str, ...]) -> list[str]:
+    """A non-empty comma list of `allowed` values, or an argparse error naming `flag`."""
+    chosen = [x for x in text.split(",") if x]
+    if not chosen or set(chosen) - set(allowed):
+        ap.error(f"{flag}: expected a comma list of {', '.join(allowed)}; got {text!r}")
+    return chosen
 
 
 def main() -> int:
@@ -149,12 +161,8 @@ def main() -> int:
     save_teacher(work / "teacher.pt", train_teacher(tcfg, data, False, []), tcfg, data)
     overrides = ["fed.clients=2", f"fed.rounds={args.rounds}",
                  f"teacher.checkpoint={work / 'teacher.pt'}"]
-    modes = [m for m in args.modes.split(",") if m]
-    if not modes or set(modes) - {"stock", "ours"}:
-        ap.error(f"--modes: expected a comma list of stock, ours; got {args.modes!r}")
-    states = [x for x in args.link_state.split(",") if x]
-    if not states or set(states) - {"disk", "memory"}:
-        ap.error(f"--link-state: expected a comma list of disk, memory; got {args.link_state!r}")
+    modes = comma_choices(ap, "--modes", args.modes, ("stock", "ours"))
+    states = comma_choices(ap, "--link-state", args.link_state, LINK_STATES)
     variants = [(m, st) for m in modes for st in states]
     runs: list[dict] = []
     for r in range(args.repeats):

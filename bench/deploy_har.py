@@ -29,19 +29,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.deploy_exchange import one_run  # noqa: E402
-from server.fed.run import run_federate  # noqa: E402
-from shared.config import load_config  # noqa: E402
-
-
-def inprocess(root: Path, overrides: list[str]) -> dict:
-    t0 = time.perf_counter()
-    run_dir = run_federate(load_config(overrides=[*overrides, f"out={root}"]), progress=False)
-    wall = time.perf_counter() - t0
-    summary = json.loads((run_dir / "results.json").read_text())
-    return {"mode": "inprocess", "wall_seconds": wall,
-            "serverapp_federate_seconds": summary["wall_seconds"], "rounds": summary["rounds"],
-            "mf1": summary["mf1"]}
+from bench.deploy_exchange import comma_choices, inprocess_run, one_run  # noqa: E402
+from server.deploy.superlink import LINK_STATES  # noqa: E402
 
 
 def main() -> int:
@@ -62,14 +51,16 @@ def main() -> int:
                  f"seed={args.seed}", *args.set]
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="unikd-deploy-har-"))
-    runs = [inprocess(work / "inprocess", overrides)]
+    states = comma_choices(ap, "--link-state", args.link_state, LINK_STATES)
+    runs = [inprocess_run(work / "inprocess", overrides)]
+    runs[0]["round_seconds"] = None  # per-round lists kept out of the report: see the medians
     print(json.dumps(runs[-1]), flush=True)
-    for state in [s for s in args.link_state.split(",") if s]:
+    for state in states:
         t0 = time.perf_counter()
         run = one_run(work / f"deployed-{state}", "ours", overrides, args.clients, state,
                       timeout=args.timeout)
         run["wall_seconds"] = time.perf_counter() - t0  # cloud + edges up, run, all stopped
-        run["round_seconds"] = None  # per-round list kept out of the report: see its median
+        run["round_seconds"] = None
         runs.append(run)
         print(json.dumps(run), flush=True)
     base = runs[0]

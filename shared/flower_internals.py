@@ -35,13 +35,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import UnikdError
+from shared.runs import atomic_write_bytes
 
 FLWR_VERSION = "1.42.0"
 
@@ -253,9 +253,7 @@ def install_once(install: Callable, app_dir: Callable[[str], Path]) -> Callable:
         fresh = target is not None and not target.exists()
         path = install(fab_file, install_dir=install_dir, skip_prompt=skip_prompt)
         if fresh and Path(path) == target:
-            tmp = target / f"{BUNDLE_MARK}.{os.getpid()}"
-            tmp.write_text(digest)
-            os.replace(tmp, mark)
+            atomic_write_bytes(mark, digest.encode())
         return path
 
     return _install

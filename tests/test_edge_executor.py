@@ -37,6 +37,14 @@ def test_another_flower_version_or_a_missing_internal_fails_loudly(monkeypatch):
         flower_internals.check()
 
 
+def fresh_python(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter at the repo root; its stdout, split on whitespace."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 def test_supernode_patch_shortens_polls_in_that_process_only():
     code = ("import time\n"
             "from shared import flower_internals as fi\n"
@@ -48,10 +56,7 @@ def test_supernode_patch_shortens_polls_in_that_process_only():
             "      iu.pull_objects.__kwdefaults__['initial_backoff'],\n"
             "      iu.pull_and_inflate_object_from_tree.__kwdefaults__['backoff_cap'],\n"
             "      time.sleep is not sci.time.sleep)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True", "0.05", "0.5", "True"]
+    assert fresh_python(code) == ["True", "True", "0.05", "0.5", "True"]
     from flwr.supercore.inflatable import inflatable_utils as iu
 
     assert iu.pull_objects.__kwdefaults__["initial_backoff"] == 1  # untouched here
@@ -91,10 +96,7 @@ def test_the_warm_executor_preloads_what_an_optimizer_step_imports():
             "warm_up()\n"
             "print('torch._dynamo' in sys.modules, 'flwr.supernode.runtime.run_clientapp' in "
             "sys.modules, any(m.split('.')[0] == 'server' for m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True", "False"]
+    assert fresh_python(code) == ["True", "True", "False"]
 
 
 def test_launcher_needs_the_supernode_arguments_and_passes_the_key_on():

@@ -350,3 +350,21 @@ def test_a_node_keeps_its_windows_across_teacher_members_and_the_student_phase()
         seen = [windows(req, n) for t, n, req in run.requests
                 if n == node and t in ("train.teacher", "train")]
         assert len(seen) > 2 and all(torch.equal(x, seen[0]) for x in seen), node
+
+
+def test_a_malformed_prototype_record_is_an_error_naming_it():
+    from flwr.app import RecordDict
+
+    from shared.datasets import get_spec
+    from shared.protocol.records import spec_to_record, to_record
+
+    spec = get_spec("SYNTH")
+    for bad in (torch.zeros(spec.classes, 64), torch.zeros(spec.classes + 1, 128),
+                torch.full((spec.classes, 128), float("nan"))):
+        content = RecordDict({wire.SPEC: spec_to_record(spec),
+                              wire.HINT_PROTOTYPES: to_record({"feat": bad})})
+        with pytest.raises(UnikdError, match="hint.prototypes"):
+            client_app.hint_prototypes(content)
+    good = RecordDict({wire.SPEC: spec_to_record(spec),
+                       wire.HINT_PROTOTYPES: to_record({"feat": torch.ones(spec.classes, 128)})})
+    assert client_app.hint_prototypes(good).shape == (spec.classes, 128)

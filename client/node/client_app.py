@@ -112,11 +112,11 @@ def hint_prototypes(content: RecordDict) -> torch.Tensor | None:
         return None
     protos = from_record(content[wire.HINT_PROTOTYPES]).get("feat")
     classes = decode_spec(content).classes
-    if (protos is None or protos.ndim != 2 or protos.shape[0] != classes
+    if (protos is None or tuple(protos.shape) != (classes, TEACHER_FEATURES)
             or not torch.isfinite(protos).all()):
         shape = None if protos is None else tuple(protos.shape)
         raise UnikdError(f"record '{wire.HINT_PROTOTYPES}': expected finite 'feat' "
-                         f"[{classes}, F], got {shape}")
+                         f"[{classes}, {TEACHER_FEATURES}], got {shape}")
     return protos
 
 
@@ -130,6 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context)
     teacher = cached_teacher(msg, context, rc, data)
+    prototypes = hint_prototypes(msg.content)
     nets = decode_nets(msg.content, rc)
     if rc.bn_policy == "local" and "bn-local" in context.state:
         nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
@@ -137,11 +138,11 @@ def train(msg: Message, context: Context) -> Message:
         secret = node_secret(dict(context.node_config), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
-                                   hint_prototypes(msg.content))
+                                   prototypes)
         buffers, metrics = None, {}
     else:
         grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
-                                              hint_prototypes(msg.content))
+                                              prototypes)
         secret = (node_secret(dict(context.node_config), context.state)
                   if rc.dp_mode == "local" else None)
         grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,

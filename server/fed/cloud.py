@@ -28,10 +28,10 @@ from shared.config import RunConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
-from shared.losses import class_prototypes
 from shared.datasets import DatasetSpec, parse_scenario
 from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
+from shared.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
                                      spec_to_record, student_state, to_record)
