@@ -139,6 +139,10 @@ class FedConfig:
     secagg_threshold: float = field(default=0.6, metadata=rng(0.0, 1.0))  # fraction for unmasking
     secagg_clip: float = field(default=8.0, metadata=rng(1e-6, 1e6))  # L2 bound before masking
     secagg_bits: int = field(default=24, metadata=rng(8, 48))  # quantisation levels (2^bits)
+    # record DP's noise under secure aggregation: "node" = each node adds the full N(0, (zC)^2)
+    # to its own update; "shares" = each adds 1/t of the variance at the mask stage, so only the
+    # sum the cloud unmasks carries the full noise (needs secure_aggregation and local_steps 1)
+    record_noise: Literal["node", "shares"] = "node"
     # faults, simulated and seeded by (seed, round, node) in the in-process Grid only
     dropout: float = field(default=0.0, metadata=rng(0.0, 1.0))  # nodes offline per round
     straggler_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # late: dropped

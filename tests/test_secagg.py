@@ -359,3 +359,67 @@ def test_local_dp_updates_are_masked_as_sent_not_reclipped_to_the_dp_clip(tmp_pa
     got = _vec(sums[1])
     err = np.abs(got - want).max()
     assert err <= 2000.0 / 2**25 + 1e-6 * np.abs(want).max(), err
+
+
+def test_record_dp_noise_shares_leave_the_full_noise_only_in_the_sum(tmp_path, monkeypatch):
+    """fed.dp=record + SecAgg + fed.record_noise=shares: each node masks its un-noised DP-SGD
+    step (clipped window gradients summed, divided by B) plus N(0, (zC/B)^2 / t). With node 3
+    dropped after sharing (|U2| = t = 3), the unmasked mean minus the survivors' clean steps is
+    noise of std sqrt(3/3) (zC/B) / 3: one DP-SGD step's noise on the sum, as the ledger (the
+    same as full per-node noise) charges it."""
+    import csv
+
+    from shared.secagg_math import clip_and_check
+
+    clean: dict[tuple[int, int], np.ndarray] = {}
+    real_advertise = secagg.advertise
+
+    def spy(state, rc, cid, grads):
+        clean[(rc.round, cid)] = flatten({k: grads[g] for k, g in (
+            ("d_d.grad", "d_d"), ("d_f.grad", "d_f"), ("student.grad", "student"))})[0]
+        return real_advertise(state, rc, cid, grads)
+
+    monkeypatch.setattr(secagg, "advertise", spy)
+    dp = ["fed.dp=record", "fed.dp_epsilon=8", "fed.secure_aggregation=true"]
+    full_dir, _, _ = _federation(tmp_path / "full", monkeypatch, [*E2E, *dp],
+                                 faults=_DropAtMask(1003, {1}))
+    full_round_one = {c: v for (r, c), v in clean.items() if r == 1}
+    clean.clear()
+    run_dir, taps, sums = _federation(tmp_path / "shares", monkeypatch,
+                                      [*E2E, *dp, "fed.record_noise=shares"],
+                                      faults=_DropAtMask(1003, {1}))
+    rounds = list(csv.DictReader((run_dir / "rounds.csv").open()))
+    assert [(r["secagg_threshold"], r["secagg_u2"]) for r in rounds] == [("3", "3"), ("3", "4")]
+    assert all(r["dp_noise"].startswith("distributed") for r in rounds)
+    ledger = [r["epsilon"] for r in csv.DictReader((run_dir / "privacy_ledger.csv").open())]
+    assert ledger == [r["epsilon"] for r in csv.DictReader(
+        (full_dir / "privacy_ledger.csv").open())]  # the same z, the same spend
+    for mtype, q, r in taps:
+        assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}, mtype
+    rc = RoundConfig.from_record(next(q.content[wire.CONFIG] for t, q, _ in taps
+                                      if t == "train"))
+    assert rc.dp_shares and rc.dp_noise > 0
+    steps = {c: clip_and_check(clean[(1, c)], rc.secagg_clip)[0] for c in (0, 1, 2)}
+    # a masked step is un-noised before its share: far smaller than a full-noise step
+    noise_norm = rc.dp_noise * rc.dp_clip / rc.batch_size * np.sqrt(len(steps[0]))
+    assert all(np.linalg.norm(v) < noise_norm / 5 for v in steps.values())
+    assert all(np.linalg.norm(full_round_one[c]) > noise_norm / 2 for c in (0, 1, 2))
+    noise = _vec(sums[1]) - np.mean(list(steps.values()), axis=0)
+    want_std = rc.dp_noise * rc.dp_clip / rc.batch_size / 3
+    assert len(noise) > 30_000 and abs(noise.mean()) < 4 * want_std / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(want_std, rel=0.03)
+
+
+@pytest.mark.parametrize("sets, wrong", [
+    (["fed.dp=record"], "fed.secure_aggregation=False"),
+    (["fed.dp=central", "fed.secure_aggregation=true"], "fed.dp=central"),
+    (["fed.dp=record", "fed.secure_aggregation=true", "fed.local_steps=2"], "fed.local_steps=2"),
+])
+def test_record_noise_shares_is_refused_where_it_would_not_hold(sets, wrong):
+    from server.fed.privacy import check_record_noise
+    from shared.config import load_config
+    from shared.errors import UnikdError
+
+    cfg = load_config(overrides=[*sets, "fed.record_noise=shares"])
+    with pytest.raises(UnikdError, match=f"fed.record_noise=shares.*{wrong}"):
+        check_record_noise(cfg)

@@ -103,12 +103,16 @@ def _wire_groups(flat: dict[str, torch.Tensor]) -> Grads:
 
 
 def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, client: int,
-             secret: bytes | None, released: int, phase: int, sub: int
+             secret: bytes | None, released: int, phase: int, sub: int, shares: bool = False
              ) -> dict[str, torch.Tensor]:
+    """One DP-SGD step. `shares`: no noise here (the node adds its 1/t share at SecAgg's mask
+    stage, client/node/secagg.py) and the sum is divided by the batch size B itself, the same
+    public divisor on every node, so the survivors' summed noise covers any node's window."""
     q = sampling_rate(rc.batch_size, released)
     stream, purpose = client_stream(client), 16 * (2 * sub + phase)
     grads, _ = dp_sgd_gradient(
-        loss, data, q, rc.dp_clip, rc.dp_noise, q * released,
+        loss, data, q, rc.dp_clip, 0.0 if shares else rc.dp_noise,
+        rc.batch_size if shares else q * released,
         dp_generator(rc.seed, stream, rc.global_step, PURPOSE_POISSON + purpose, secret),
         dp_generator(rc.seed, stream, rc.global_step, PURPOSE_DP_NOISE + purpose, secret),
         before_forward=lambda: seed_side(rc.seed, stream, rc.global_step, sub=sub))
@@ -118,7 +122,14 @@ def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, c
 def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                        rc: RoundConfig, client: int, secret: bytes | None, released: int,
                        prototypes: torch.Tensor | None = None) -> Grads:
-    """K DP-SGD steps on the target terms; returns the mean noisy gradient (pseudo-gradient)."""
+    """K DP-SGD steps on the target terms; returns the mean noisy gradient (pseudo-gradient).
+
+    With `rc.dp_shares` (record DP + SecAgg, `fed.record_noise=shares`) the one step is returned
+    un-noised: it never leaves the node unmasked, and its noise share is added before masking.
+    """
+    if rc.dp_shares and (rc.local_steps != 1 or not rc.secagg):
+        raise ValueError(f"round {rc.round}: noise shares need secure aggregation and one local "
+                         f"step (local_steps={rc.local_steps}, secagg={rc.secagg}); refused")
     loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
@@ -126,7 +137,8 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     nets.train()
     with frozen_bn(nets):
         for j in range(rc.local_steps):
-            g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
+            g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j,
+                         rc.dp_shares)
             with torch.no_grad():
                 for k, p in params.items():
                     total[k] += g[k]

@@ -12,9 +12,9 @@ Stage 3 (`train.secagg_unmask`): given the survivors U2 and the dropped D, the n
 U2 and D are disjoint, cover U1, |U2| >= t and that it was not asked before this round, then
 returns b-shares of survivors and s_sk-shares of dropped nodes, never both for one node.
 
-Distributed DP (fed.dp=central with secure aggregation): at stage 2 the node adds its share
-N(0, (z C)^2 / t) of the noise, so any >= t survivors together carry at least the central
-noise N(0, (z C)^2) on the sum.
+Distributed DP (fed.dp=central, or fed.dp=record with fed.record_noise=shares, with secure
+aggregation): at stage 2 the node adds its share N(0, s^2 / t) of the noise (`noise_share_std`),
+so any >= t survivors together carry at least the full noise N(0, s^2) on the sum.
 """
 
 from __future__ import annotations
@@ -54,6 +54,20 @@ def _reply(msg: Message, content: RecordDict, cid: int, rnd: int, shapes: dict) 
     return Message(content, reply_to=msg)
 
 
+def noise_share_std(rc: RoundConfig) -> float:
+    """Std of the noise a node's 1/t share scales (it adds N(0, std^2 / t)); 0 = no share.
+
+    Client-level DP (`central`): z C on the clipped update, the central mechanism's. Record DP
+    with shares: z C / B, one DP-SGD step's noise on the sum of clipped window gradients divided
+    by the batch size B, the public divisor every node uses (record_dp._dp_step).
+    """
+    if rc.dp_mode == "central":
+        return rc.dp_noise * rc.secagg_clip
+    if rc.dp_mode == "record" and rc.dp_shares:
+        return rc.dp_noise * rc.dp_clip / rc.batch_size
+    return 0.0
+
+
 def advertise(state: RecordDict, rc: RoundConfig, cid: int,
               grads: dict[str, dict[str, torch.Tensor]]) -> RecordDict:
     """Stage 0: keep the clipped update, return the public keys (the `secagg.keys` record)."""
@@ -66,8 +80,7 @@ def advertise(state: RecordDict, rc: RoundConfig, cid: int,
                                   "x": Array(vec.astype(np.float64))})
     state[STATE] = ConfigRecord({"round": rc.round, "client": cid, "clip": rc.secagg_clip,
                                  "bits": rc.secagg_bits, "seed": rc.seed,
-                                 "dp_mode": rc.dp_mode, "dp_noise": rc.dp_noise,
-                                 "unmasked": False})
+                                 "share_std": noise_share_std(rc), "unmasked": False})
     return RecordDict({wire.SECAGG_KEYS: ArrayRecord({
         "c_pk": Array(to_u8(public_bytes(c_key))), "s_pk": Array(to_u8(public_bytes(s_key)))})})
 
@@ -127,8 +140,8 @@ def handle_mask(msg: Message, state: RecordDict, me: int, secret: bytes | None) 
     st["shared"] = u1
     secrets, peers = state[SECRETS], state[PEER_KEYS]
     x = secrets["x"].numpy().astype(np.float64)
-    if st["dp_mode"] == "central":  # distributed DP: this node's share of the central noise
-        std = float(st["dp_noise"]) * float(st["clip"]) / np.sqrt(t)
+    if float(st["share_std"]) > 0:  # distributed DP: this node's 1/t share of the noise
+        std = float(st["share_std"]) / np.sqrt(t)
         gen = dp_generator(int(st["seed"]), client_stream(int(st["client"])), rnd,
                            PURPOSE_NOISE_SHARE, secret)
         x = x + torch.randn(len(x), generator=gen, dtype=torch.float64).numpy() * std

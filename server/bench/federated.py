@@ -121,6 +121,11 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
             "rejected": len(result.rejected), "clients": cfg.fed.clients,
             "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
             "teacher_placement": cfg.fed.teacher_placement,
+            "dp": cfg.fed.dp, "secure_aggregation": cfg.fed.secure_aggregation,
+            "dp_epsilon_spent": next((r["dp_epsilon"] for r in reversed(rounds)
+                                      if r.get("dp_epsilon") is not None), None),
+            "dp_noise_multiplier": next((r["dp_noise_multiplier"] for r in reversed(rounds)
+                                         if r.get("dp_noise_multiplier") is not None), None),
             "teacher": ("central bench" if base.get("teachers") else "cached" if cached
                         else "trained in this run"),
             "mf1_per_edge": per_edge_mf1(ev, scenario, cfg.fed.partition)}

@@ -152,6 +152,7 @@ class Cloud:
         if f.secure_aggregation:  # clip bound: the DP clip under central DP, else its own
             rc.secagg, rc.secagg_bits = True, f.secagg_bits
             rc.secagg_clip = masking_clip(f)
+            rc.dp_shares = rc.dp_mode == "record" and f.record_noise == "shares"
         teacher = (with_teacher and bool(self.teacher_hash)
                    and self.cfg.fed.teacher_placement != "cloud")
         if teacher:

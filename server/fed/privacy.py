@@ -107,6 +107,24 @@ def check_teacher_source(cfg: RunConfig) -> None:
                          f"fed.teacher_placement=source-only")
 
 
+def check_record_noise(cfg: RunConfig) -> None:
+    """`record_noise: shares` is sound only where the cloud sees nothing but the sum of one
+    DP-SGD step per node: secure aggregation on, record DP, one local step (a node's later steps
+    would run on weights moved by its own weakly noised gradient)."""
+    f = cfg.fed
+    if f.record_noise != "shares":
+        return
+    wrong = [f"{k}={v}" for k, v, ok in (("fed.dp", f.dp, f.dp == "record"),
+                                         ("fed.secure_aggregation", f.secure_aggregation,
+                                          f.secure_aggregation),
+                                         ("fed.local_steps", f.local_steps, f.local_steps == 1))
+             if not ok]
+    if wrong:
+        raise UnikdError(f"fed.record_noise=shares needs fed.dp=record, "
+                         f"fed.secure_aggregation=true and fed.local_steps=1; got "
+                         f"{', '.join(wrong)}")
+
+
 def plan_privacy(cfg: RunConfig, rounds: int) -> PrivacyPlan | None:
     f = cfg.fed
     if f.dp == "off":
@@ -455,12 +473,14 @@ def train_records(plan) -> tuple[str, ...]:
 
 def dp_aggregate(updates: list[ClientUpdate], plan, ledger: RecordLedger | None, seed: int,
                  rnd: int, applied_before: int, secure: bool = False,
-                 secret: bytes | None = None) -> tuple[list[ClientUpdate], dict]:
+                 secret: bytes | None = None, shares: bool = False
+                 ) -> tuple[list[ClientUpdate], dict]:
     """What the cloud applies this round under DP, plus the round's DP columns.
 
     `secure`: `updates` is the securely aggregated mean; under `central` the nodes clipped it and
     added their noise shares themselves (distributed DP), so the cloud adds nothing.
     `secret`: the key of the central noise (`cloud_secret`).
+    `shares`: record DP whose nodes added 1/t noise shares (`fed.record_noise=shares`).
     """
     if secure and plan.mode == "central":
         return updates, {"dp_epsilon": plan.spent(releases(plan, rnd, applied_before)),
@@ -469,6 +489,8 @@ def dp_aggregate(updates: list[ClientUpdate], plan, ledger: RecordLedger | None,
     if plan.mode == "record":
         row = {"dp_epsilon": ledger.max_spent() if ledger else None,
                "dp_noise_multiplier": plan.noise_multiplier}
+        if secure and shares:
+            row["dp_noise"] = "distributed (node shares)"
         return record_aggregate(updates, plan), row
     agg, row = private_aggregate(updates, plan, seed, rnd, secret)
     row["dp_epsilon"] = plan.spent(releases(plan, rnd, applied_before))

@@ -25,9 +25,9 @@ from server.fed.ledger import Ledger
 from server.fed.transport import TransportOptions
 from server.fed.teacher import setup_content, teacher_round_config
 from server.fed.secagg import secure_updates
-from server.fed.privacy import (charge_round, check_teacher_source, cloud_secret,
-                                dp_aggregate, federated_teacher_rounds, plan_run_privacy,
-                                replay_ledger, train_records)
+from server.fed.privacy import (charge_round, check_record_noise, check_teacher_source,
+                                cloud_secret, dp_aggregate, federated_teacher_rounds,
+                                plan_run_privacy, replay_ledger, train_records)
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
@@ -225,6 +225,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     check_cross_kd(cfg)
     check_cloud_hint(cfg)
+    check_record_noise(cfg)
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     send = grid_sender(timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}
@@ -341,7 +342,7 @@ def apply_updates(fed: Federation, rnd: int, updates, src: dict, bn_before: dict
     if fed.dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
         combined, dp_row = dp_aggregate(updates, fed.dp_plan, fed.dp_ledger, fed.cfg.seed, rnd,
                                         len(fed.result.rounds), fed.cfg.fed.secure_aggregation,
-                                        fed.dp_secret)
+                                        fed.dp_secret, fed.cfg.fed.record_noise == "shares")
         fed.cloud.apply(combined, bn_before)
         return dp_row
     fed.cloud.apply(robust_combine(updates, fed.cfg.fed.aggregator), bn_before, rnd, src,
