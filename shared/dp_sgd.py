@@ -105,13 +105,31 @@ def per_sample_norms(per_sample: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.as_tensor(sq).sqrt()
 
 
-def clipped_sum(per_sample: Mapping[str, torch.Tensor], clip: float
+def clipped_sum(per_sample: Mapping[str, torch.Tensor], clip: float,
+                group_of: Callable[[str], str] | None = None
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """(sum_i g_i * min(1, C / ||g_i||), the norms before clipping)."""
-    norms = per_sample_norms(per_sample)
-    factor = (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
-    out = {k: torch.einsum("b,b...->...", factor.to(g.dtype), g) for k, g in per_sample.items()}
-    return out, norms
+    """(sum_i g_i * min(1, C / ||g_i||), the norms before clipping).
+
+    `group_of` (parameter name -> network) clips each network's part of a window's gradient
+    on its own, to C / sqrt(G) for G networks, so the whole stays within C (the sensitivity is
+    unchanged) while no network's gradient can crowd the others out of the bound.
+    """
+    if group_of is None:
+        norms = per_sample_norms(per_sample)
+        factor = (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
+        out = {k: torch.einsum("b,b...->...", factor.to(g.dtype), g)
+               for k, g in per_sample.items()}
+        return out, norms
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, g in per_sample.items():
+        groups.setdefault(group_of(k), {})[k] = g
+    bound = clip / len(groups) ** 0.5
+    out, sq = {}, 0.0
+    for part in groups.values():
+        part_out, part_norms = clipped_sum(part, bound)
+        out.update(part_out)
+        sq = sq + part_norms.pow(2)
+    return out, torch.as_tensor(sq).sqrt()
 
 
 def noisy_mean(summed: Mapping[str, torch.Tensor], std: float, expected_batch: float,
@@ -128,7 +146,8 @@ def noisy_mean(summed: Mapping[str, torch.Tensor], std: float, expected_batch: f
 def dp_sgd_gradient(loss_module: nn.Module, data: tuple[torch.Tensor, ...], q: float,
                     clip: float, z: float, expected_batch: float,
                     sample_gen: torch.Generator, noise_gen: torch.Generator,
-                    before_forward: Callable[[], None] | None = None
+                    before_forward: Callable[[], None] | None = None,
+                    group_of: Callable[[str], str] | None = None
                     ) -> tuple[dict[str, torch.Tensor], int]:
     """One DP-SGD gradient over `data` (tensors indexed by window): (gradient by name, batch size).
 
@@ -138,7 +157,8 @@ def dp_sgd_gradient(loss_module: nn.Module, data: tuple[torch.Tensor, ...], q: f
     if before_forward is not None:
         before_forward()
     if len(idx):
-        summed, _ = clipped_sum(per_sample_grads(loss_module, tuple(d[idx] for d in data)), clip)
+        summed, _ = clipped_sum(per_sample_grads(loss_module, tuple(d[idx] for d in data)), clip,
+                                group_of)
     else:
         summed = {k: torch.zeros_like(p) for k, p in loss_module.named_parameters()}
     return noisy_mean(summed, z * clip, expected_batch, noise_gen), len(idx)

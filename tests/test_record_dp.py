@@ -177,3 +177,30 @@ def test_record_dp_federation_sends_only_noisy_gradients_and_writes_the_ledger(t
     assert {r["client"] for r in rows} == {"0", "1"}
     last = [float(r["epsilon"]) for r in rows if r["phase"] == "unikd" and r["round"] == "2"]
     assert len(last) == 2 and max(last) == pytest.approx(results["epsilon"])
+
+
+def test_per_network_clipping_bounds_each_network_and_the_whole():
+    """fed.dp_clip_scope=per-network: each network's part of a window's gradient is clipped to
+    C / sqrt(G) on its own, so a large D_d gradient no longer shrinks the student's, and every
+    window's whole gradient still has norm <= C (the sensitivity the accountant assumes)."""
+    from client.node.record_dp import network_of
+    from shared.dp_sgd import clipped_sum
+
+    g = torch.Generator().manual_seed(0)
+    per_sample = {"nets.student.w": torch.randn(4, 10, generator=g) * 0.01,  # small: kept whole
+                  "nets.adapter.b": torch.randn(4, 3, generator=g) * 0.01,
+                  "nets.d_f.w": torch.randn(4, 6, generator=g) * 5.0,
+                  "nets.d_d.w": torch.randn(4, 8, generator=g) * 50.0}
+    joint, _ = clipped_sum(per_sample, 1.0)
+    split, norms = clipped_sum(per_sample, 1.0, network_of)
+    assert {network_of(k) for k in per_sample} == {"student", "d_f", "d_d"}
+    # the student's tiny part passes unclipped per window; jointly it was crushed by D_d's norm
+    assert torch.allclose(split["nets.student.w"], per_sample["nets.student.w"].sum(0))
+    assert split["nets.student.w"].norm() > 100 * joint["nets.student.w"].norm()
+    bound = 1.0 / 3 ** 0.5
+    for i in range(4):  # one window at a time: each network <= C/sqrt(3), the whole <= C
+        one, _ = clipped_sum({k: v[i:i + 1] for k, v in per_sample.items()}, 1.0, network_of)
+        assert one["nets.d_d.w"].norm() <= bound + 1e-6 and one["nets.d_f.w"].norm() <= bound + 1e-6
+        assert sum(v.pow(2).sum() for v in one.values()).sqrt() <= 1.0 + 1e-6
+    assert norms.shape == (4,) and torch.all(norms > 50)  # the norms before clipping
+    assert network_of("teacher.conv.0.weight") == "teacher" and network_of("disc.net.0.bias") == "disc"

@@ -115,8 +115,19 @@ def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, c
         rc.batch_size if shares else q * released,
         dp_generator(rc.seed, stream, rc.global_step, PURPOSE_POISSON + purpose, secret),
         dp_generator(rc.seed, stream, rc.global_step, PURPOSE_DP_NOISE + purpose, secret),
-        before_forward=lambda: seed_side(rc.seed, stream, rc.global_step, sub=sub))
+        before_forward=lambda: seed_side(rc.seed, stream, rc.global_step, sub=sub),
+        group_of=network_of if rc.dp_clip_scope == "per-network" else None)
     return grads
+
+
+def network_of(name: str) -> str:
+    """The network a loss module's parameter belongs to, for per-network clipping: the student
+    and its adapter are one network ('nets.student.X', 'nets.adapter.X'), D_f and D_d one each
+    ('nets.d_f.X'); in the DANN teacher round, 'teacher.X' and 'disc.X'."""
+    parts = name.split(".")
+    if parts[0] == "nets":
+        return "student" if parts[1] == "adapter" else parts[1]
+    return parts[0]
 
 
 def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,

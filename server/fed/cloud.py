@@ -148,6 +148,7 @@ class Cloud:
             rc.dp_mode, rc.dp_clip, rc.dp_noise = (privacy.mode, privacy.clip,
                                                    privacy.noise_multiplier)
             rc.dp_count_std = getattr(privacy, "count_std", 0.0)
+            rc.dp_clip_scope = self.cfg.fed.dp_clip_scope
         f = self.cfg.fed
         if f.secure_aggregation:  # clip bound: the DP clip under central DP, else its own
             rc.secagg, rc.secagg_bits = True, f.secagg_bits

@@ -41,7 +41,7 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
         lam_ce=t.w_cls, lam_dom=t.w_dom, target_kd=False, adv_to_student=False,
         detach_weights=True, bn_policy="averaged", dataset=source.spec.name, phase=phase,
         dp_mode="record" if record else "off", dp_clip=f.dp_clip if record else 0.0,
-        dp_count_std=f.dp_count_std if record else 0.0)
+        dp_count_std=f.dp_count_std if record else 0.0, dp_clip_scope=f.dp_clip_scope)
 
 
 def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> RecordDict:

@@ -94,6 +94,7 @@ class RoundConfig:
     secagg: bool = False  # secure aggregation: the train reply carries public keys only
     secagg_clip: float = 0.0  # L2 bound the node clips its update to before masking
     secagg_bits: int = 24  # fixed-point bits per clip unit in Z_{2^64}
+    dp_clip_scope: str = "joint"  # record DP: "joint" or "per-network" clipping (dp_sgd.py)
     dp_shares: bool = False  # record DP + SecAgg: the noise is added as 1/t shares at the mask stage
 
     def to_record(self) -> ConfigRecord:
