@@ -291,3 +291,42 @@ def test_edge_rollback_and_pull_commands(tmp_path, capsys):
     assert unikd(["edge-pull", "--run", str(tmp_path), "--model", "a.pt", "--model-dir",
                   str(folder)]) == 2
     assert "--model FILE or --model-dir DIR" in capsys.readouterr().err
+
+
+def test_the_served_student_has_the_bn_statistics_its_evaluation_used(tmp_path):
+    """fed.bn_policy=reestimate: federated evaluation scores the student with BN statistics
+    re-estimated on each node's windows, so the version each node installs for `unikd serve`
+    carries exactly those, not the cloud's (which would serve a different model than the one
+    scored); the weights are the delivered ones, and the version tag is the delivery's."""
+    import torch
+
+    from client.node.client_app import reestimate_bn
+    from shared.protocol import checkpoints
+
+    grid = device_grid(tmp_path, [23, 31])
+    cfg = load_config(overrides=[*BASE, "fed.bn_policy=reestimate",
+                                 "fed.teacher_placement=cloud"])
+    result = federate(grid, cfg, progress=False)
+    assert result.delivered == {0: 1, 1: 1}
+    cloud = {k.removeprefix("student."): v for k, v in student_state(result.cloud.nets).items()
+             if k.startswith("student.")}
+    served = [checkpoints.load(tmp_path / f"models-{i}" / versions.version_file(1),
+                               checkpoints.EDGE_BUNDLE)["state_dict"] for i in range(2)]
+    stats = [k for k in cloud if "running_" in k]
+    assert stats
+    for name, value in cloud.items():  # weights as delivered; BN statistics each node's own
+        if name in stats:
+            assert not torch.allclose(served[0][name], value), name
+            assert not torch.allclose(served[0][name], served[1][name]), name
+        elif not name.endswith("num_batches_tracked"):
+            assert torch.equal(served[0][name], value), name
+    nets = UniKDNets.for_spec(SPEC)  # node 0's re-estimation, done here by hand
+    nets.student.load_state_dict(cloud)
+    norm = result.cloud.source.normalizer
+    reestimate_bn(nets.student, norm(store_windows(tmp_path / "store-0.db")))
+    mine = nets.student.state_dict()
+    for name in stats:  # block 1 exactly; later blocks see the student's dropout (train mode)
+        close = dict(atol=1e-5) if name.startswith("block1.") else dict(atol=0.2, rtol=0.2)
+        assert torch.allclose(served[0][name], mine[name], **close), name
+    assert versions.history(tmp_path / "models-0")["1"]["tag"] == \
+        installed_tag(tmp_path / "models-1")

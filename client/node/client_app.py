@@ -32,7 +32,7 @@ from shared.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_record,
                                      group_named_params, load_student_state, spec_from_record,
-                                     to_record)
+                                     student_state, to_record)
 
 log = logging.getLogger(__name__)
 app = ClientApp(mods=[packing_mod])  # packed messages in, packed replies out
@@ -218,10 +218,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     spec = decode_spec(msg.content)
     nets = UniKDNets.for_spec(spec)
     load_student_state(nets, from_record(msg.content[wire.STUDENT]))
-    if rc.bn_policy == "local" and "bn-local" in context.state:
-        nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
-    elif rc.bn_policy == "reestimate":
-        reestimate_bn(nets.student, data.x_train)
+    adapt_bn(nets, rc, context, data.x_train)
     metrics: dict = {"client-id": cid, "round": rc.round, "num-examples": 0}
     if data.test is not None:
         cm = confusion(data.test.y, predict(nets.student, data.test.x), spec.classes)
@@ -229,6 +226,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     reply = RecordDict({wire.METRICS: MetricRecord(metrics)})
     wire.check_outgoing(reply, {}, wire.EVAL_METRICS, spec.classes)
     return Message(reply, reply_to=msg)
+
+
+def adapt_bn(nets: UniKDNets, rc: RoundConfig, context: Context, x_train: torch.Tensor) -> None:
+    """This node's BN statistics in a student it evaluates or serves, by `bn_policy`: its own
+    kept ones (`local`) or re-estimated on its windows (`reestimate`); `averaged` keeps the
+    cloud's. Nothing here leaves the node."""
+    if rc.bn_policy == "local" and "bn-local" in context.state:
+        nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
+    elif rc.bn_policy == "reestimate":
+        reestimate_bn(nets.student, x_train)
 
 
 @torch.no_grad()
@@ -267,6 +274,20 @@ secagg.add_stage_handlers(
     app, secret=lambda context: node_secret(dict(context.node_config), context.state))
 
 
+def served_student(msg: Message, context: Context, rc: RoundConfig) -> dict[str, torch.Tensor]:
+    """The delivered student as this node serves it: with BN statistics adapted exactly as its
+    federated evaluation scored it (`adapt_bn`). Its version tag stays the delivered weights'
+    hash, so a re-delivery of the same student still installs nothing."""
+    state = from_record(msg.content[wire.STUDENT])
+    if rc.bn_policy == "averaged":
+        return state
+    _, _, data = node_inputs(msg, context)
+    nets = UniKDNets.for_spec(decode_spec(msg.content))
+    load_student_state(nets, state)
+    adapt_bn(nets, rc, context, data.x_train)
+    return student_state(nets)
+
+
 @app.train("deliver")
 def deliver(msg: Message, context: Context) -> Message:
     """The run's final student: installed as the next version of this device's edge service
@@ -281,7 +302,7 @@ def deliver(msg: Message, context: Context) -> Message:
         model_dir = str(context.node_config["model-dir"])
         info = msg.content[wire.DELIVERY]
         try:
-            installed = install_delivered(model_dir, from_record(msg.content[wire.STUDENT]),
+            installed = install_delivered(model_dir, served_student(msg, context, rc),
                                           decode_norm(msg.content), decode_spec(msg.content),
                                           rc.round, str(info["tag"]), str(info["run"]))
         except UnikdError as err:
