@@ -19,6 +19,7 @@ run() {
     ref-expected-cloud-proto) $B $REF --set fed.teacher_placement=cloud --set fed.cloud_hint=prototypes \
                           --label fed-ref-expected-cloud-proto ;;
     default)            $B --config configs/har-fixes.yaml --label fed-default ;;
+    ref-expected-reest) $B $REF --set fed.bn_policy=reestimate --label fed-ref-expected-reest ;;
     local2|local5|local10) $B $REF --set fed.local_steps=${1#local} --label fed-ref-expected-$1 ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac

@@ -206,3 +206,16 @@ def test_recipes_ship_as_package_data():
     assert any(p == "shared*" for p in meta["packages"]["find"]["include"])
     assert "*.yaml" in meta["package-data"]["*"]
     assert (ROOT / "shared" / "recipes" / "__init__.py").is_file()  # a regular package
+
+
+def test_the_private_har_config_is_valid_and_its_noise_shares_are_sound():
+    """configs/har-private.yaml (BENCHMARKS.md's record-DP rows) loads, and the start-up check
+    that refuses noise shares without secure aggregation or with local steps accepts it."""
+    from server.fed.privacy import check_record_noise, check_teacher_source
+
+    cfg = load_config(ROOT / "configs" / "har-private.yaml")
+    f = cfg.fed
+    assert (f.dp, f.record_noise, f.secure_aggregation, f.bn_policy, f.dp_clip_scope) == \
+        ("record", "shares", True, "reestimate", "per-network")
+    check_record_noise(cfg)
+    check_teacher_source(cfg)
