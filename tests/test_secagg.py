@@ -81,13 +81,7 @@ def _run(n: int, drop: dict[str, set[int]] | None = None, fraction: float = 0.6,
 
 
 def _plain_mean(clients: list[int]) -> np.ndarray:
-    vecs = []
-    for c in clients:
-        g = synthetic(c)
-        v, _ = flatten({wire.STUDENT_GRAD: g["student"], wire.D_F_GRAD: g["d_f"],
-                        wire.D_D_GRAD: g["d_d"]})
-        vecs.append(v)
-    return np.mean(vecs, axis=0)
+    return np.mean([secagg.update_vector(synthetic(c)) for c in clients], axis=0)
 
 
 def _vec(update) -> np.ndarray:
@@ -240,6 +234,30 @@ def _reply_vec(reply) -> np.ndarray:
     return v
 
 
+def _distributed_run(tmp_path, monkeypatch, overrides: list[str]):
+    """A secure federation whose node 3 drops after sharing its keys in round 1 (so |U2| = t = 3
+    there), with what every distributed-noise run must show: both rounds above the threshold,
+    labelled distributed, and no update or BN statistic reaching the cloud.
+    Returns (run folder, taps, secure sums by round, rounds.csv rows)."""
+    import csv
+
+    run_dir, taps, sums = _federation(tmp_path, monkeypatch,
+                                      [*overrides, "fed.secure_aggregation=true"],
+                                      faults=_DropAtMask(1003, {1}))
+    rounds = list(csv.DictReader((run_dir / "rounds.csv").open()))
+    assert [(r["secagg_threshold"], r["secagg_u2"]) for r in rounds] == [("3", "3"), ("3", "4")]
+    assert all(r["dp_noise"].startswith("distributed") for r in rounds)
+    for mtype, q, r in taps:
+        assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}, mtype
+    return run_dir, taps, sums, rounds
+
+
+def _assert_gaussian_noise(noise: np.ndarray, want_std: float) -> None:
+    """Centred noise of std `want_std` (within 3%) over a model-sized vector."""
+    assert len(noise) > 30_000 and abs(noise.mean()) < 4 * want_std / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(want_std, rel=0.03)
+
+
 def _round_one_updates(taps) -> dict[int, np.ndarray]:
     """Plain run: each client's round-1 update vector as it left the node."""
     return {int(r.content[wire.METRICS]["client-id"]): _reply_vec(r) for t, q, r in taps
@@ -309,32 +327,22 @@ def test_distributed_noise_with_a_dropout_carries_at_least_the_central_noise(tmp
     """fed.dp=central + SecAgg: each node adds N(0, (zC)^2 / t); with node 3 dropped after
     sharing (|U2| = t = 3) the unmasked mean minus the plain clipped mean is noise of std
     sqrt(|U2| / t) z C / |U2| = z C / |U2|, the central mechanism's, and the ledger charges it."""
-    import csv
     import json
 
     from shared.secagg_math import clip_and_check
 
     dp = ["fed.dp=central", "fed.dp_epsilon=8", "fed.dp_clip=0.5"]
     _, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
-    run_dir, taps, sums = _federation(tmp_path / "secure", monkeypatch,
-                                      [*E2E, *dp, "fed.secure_aggregation=true"],
-                                      faults=_DropAtMask(1003, {1}))
-    rounds = list(csv.DictReader((run_dir / "rounds.csv").open()))
-    assert [(r["secagg_threshold"], r["secagg_u2"]) for r in rounds] == [("3", "3"), ("3", "4")]
-    assert all(r["dp_noise"].startswith("distributed") for r in rounds)
+    run_dir, taps, sums, rounds = _distributed_run(tmp_path / "secure", monkeypatch, [*E2E, *dp])
     z = float(rounds[0]["dp_noise_multiplier"])
     eps = [float(r["dp_epsilon"]) for r in rounds]
     assert eps[0] < eps[1] <= 8.0 * 1.001  # both rounds charged as the central Gaussian
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epsilon"] == pytest.approx(eps[-1]) and results["delta"] == 1e-5
-    for mtype, q, r in taps:  # no update, no BN statistics ever reached the cloud
-        assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}, mtype
     plain = _round_one_updates(plain_taps)  # central: the raw updates (the cloud clips them)
     clean = np.mean([clip_and_check(plain[c], 0.5)[0] for c in (0, 1, 2)], axis=0)
     noise = _vec(sums[1]) - clean
-    want_std = z * 0.5 / 3  # = sqrt(3 / 3) z C / 3: exactly the central mechanism's noise
-    assert len(noise) > 30_000 and abs(noise.mean()) < 4 * want_std / np.sqrt(len(noise))
-    assert noise.std() == pytest.approx(want_std, rel=0.03)
+    _assert_gaussian_noise(noise, z * 0.5 / 3)  # sqrt(3/3) z C / 3: the central mechanism's
 
 
 def test_local_dp_updates_are_masked_as_sent_not_reclipped_to_the_dp_clip(tmp_path,
@@ -375,27 +383,21 @@ def test_record_dp_noise_shares_leave_the_full_noise_only_in_the_sum(tmp_path, m
     real_advertise = secagg.advertise
 
     def spy(state, rc, cid, grads):
-        clean[(rc.round, cid)] = flatten({k: grads[g] for k, g in (
-            ("d_d.grad", "d_d"), ("d_f.grad", "d_f"), ("student.grad", "student"))})[0]
+        clean[(rc.round, cid)] = secagg.update_vector(grads)
         return real_advertise(state, rc, cid, grads)
 
     monkeypatch.setattr(secagg, "advertise", spy)
-    dp = ["fed.dp=record", "fed.dp_epsilon=8", "fed.secure_aggregation=true"]
-    full_dir, _, _ = _federation(tmp_path / "full", monkeypatch, [*E2E, *dp],
+    dp = ["fed.dp=record", "fed.dp_epsilon=8"]
+    full_dir, _, _ = _federation(tmp_path / "full", monkeypatch,
+                                 [*E2E, *dp, "fed.secure_aggregation=true"],
                                  faults=_DropAtMask(1003, {1}))
     full_round_one = {c: v for (r, c), v in clean.items() if r == 1}
     clean.clear()
-    run_dir, taps, sums = _federation(tmp_path / "shares", monkeypatch,
-                                      [*E2E, *dp, "fed.record_noise=shares"],
-                                      faults=_DropAtMask(1003, {1}))
-    rounds = list(csv.DictReader((run_dir / "rounds.csv").open()))
-    assert [(r["secagg_threshold"], r["secagg_u2"]) for r in rounds] == [("3", "3"), ("3", "4")]
-    assert all(r["dp_noise"].startswith("distributed") for r in rounds)
+    run_dir, taps, sums, _ = _distributed_run(tmp_path / "shares", monkeypatch,
+                                              [*E2E, *dp, "fed.record_noise=shares"])
     ledger = [r["epsilon"] for r in csv.DictReader((run_dir / "privacy_ledger.csv").open())]
     assert ledger == [r["epsilon"] for r in csv.DictReader(
         (full_dir / "privacy_ledger.csv").open())]  # the same z, the same spend
-    for mtype, q, r in taps:
-        assert not set(r.content.keys()) & {*wire.GRAD_KEYS, wire.STUDENT_BN}, mtype
     rc = RoundConfig.from_record(next(q.content[wire.CONFIG] for t, q, _ in taps
                                       if t == "train"))
     assert rc.dp_shares and rc.dp_noise > 0
@@ -405,9 +407,7 @@ def test_record_dp_noise_shares_leave_the_full_noise_only_in_the_sum(tmp_path, m
     assert all(np.linalg.norm(v) < noise_norm / 5 for v in steps.values())
     assert all(np.linalg.norm(full_round_one[c]) > noise_norm / 2 for c in (0, 1, 2))
     noise = _vec(sums[1]) - np.mean(list(steps.values()), axis=0)
-    want_std = rc.dp_noise * rc.dp_clip / rc.batch_size / 3
-    assert len(noise) > 30_000 and abs(noise.mean()) < 4 * want_std / np.sqrt(len(noise))
-    assert noise.std() == pytest.approx(want_std, rel=0.03)
+    _assert_gaussian_noise(noise, rc.dp_noise * rc.dp_clip / rc.batch_size / 3)
 
 
 @pytest.mark.parametrize("sets, wrong", [

@@ -103,12 +103,12 @@ def _wire_groups(flat: dict[str, torch.Tensor]) -> Grads:
 
 
 def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, client: int,
-             secret: bytes | None, released: int, phase: int, sub: int, shares: bool = False
+             secret: bytes | None, released: int, phase: int, sub: int
              ) -> dict[str, torch.Tensor]:
-    """One DP-SGD step. `shares`: no noise here (the node adds its 1/t share at SecAgg's mask
+    """One DP-SGD step. With `rc.dp_shares`: no noise here (the node adds its 1/t share at SecAgg's mask
     stage, client/node/secagg.py) and the sum is divided by the batch size B itself, the same
     public divisor on every node, so the survivors' summed noise covers any node's window."""
-    q = sampling_rate(rc.batch_size, released)
+    q, shares = sampling_rate(rc.batch_size, released), rc.dp_shares
     stream, purpose = client_stream(client), 16 * (2 * sub + phase)
     grads, _ = dp_sgd_gradient(
         loss, data, q, rc.dp_clip, 0.0 if shares else rc.dp_noise,
@@ -148,8 +148,7 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     nets.train()
     with frozen_bn(nets):
         for j in range(rc.local_steps):
-            g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j,
-                         rc.dp_shares)
+            g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
             with torch.no_grad():
                 for k, p in params.items():
                     total[k] += g[k]

@@ -68,12 +68,17 @@ def noise_share_std(rc: RoundConfig) -> float:
     return 0.0
 
 
+def update_vector(grads: dict[str, dict[str, torch.Tensor]]) -> np.ndarray:
+    """A node's update (gradients by network) as the one vector it masks, in wire-record order."""
+    vec, _ = flatten({wire.STUDENT_GRAD: grads["student"], wire.D_F_GRAD: grads["d_f"],
+                      wire.D_D_GRAD: grads["d_d"]})
+    return vec
+
+
 def advertise(state: RecordDict, rc: RoundConfig, cid: int,
               grads: dict[str, dict[str, torch.Tensor]]) -> RecordDict:
     """Stage 0: keep the clipped update, return the public keys (the `secagg.keys` record)."""
-    vec, _ = flatten({k: grads[g] for k, g in (("d_d.grad", "d_d"), ("d_f.grad", "d_f"),
-                                               ("student.grad", "student"))})
-    vec, _ = clip_and_check(vec, rc.secagg_clip)
+    vec, _ = clip_and_check(update_vector(grads), rc.secagg_clip)
     c_key, s_key = new_key(), new_key()
     state[SECRETS] = ArrayRecord({"c_sk": Array(to_u8(private_bytes(c_key))),
                                   "s_sk": Array(to_u8(private_bytes(s_key))),

@@ -122,13 +122,16 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
             "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
             "teacher_placement": cfg.fed.teacher_placement,
             "dp": cfg.fed.dp, "secure_aggregation": cfg.fed.secure_aggregation,
-            "dp_epsilon_spent": next((r["dp_epsilon"] for r in reversed(rounds)
-                                      if r.get("dp_epsilon") is not None), None),
-            "dp_noise_multiplier": next((r["dp_noise_multiplier"] for r in reversed(rounds)
-                                         if r.get("dp_noise_multiplier") is not None), None),
+            "dp_epsilon_spent": last_value(rounds, "dp_epsilon"),
+            "dp_noise_multiplier": last_value(rounds, "dp_noise_multiplier"),
             "teacher": ("central bench" if base.get("teachers") else "cached" if cached
                         else "trained in this run"),
             "mf1_per_edge": per_edge_mf1(ev, scenario, cfg.fed.partition)}
+
+
+def last_value(rounds: list[dict], key: str):
+    """The latest round's `key` that is set (None when no round has it)."""
+    return next((r[key] for r in reversed(rounds) if r.get(key) is not None), None)
 
 
 def per_edge_mf1(ev: dict, scenario: str, partition: str) -> dict[str, float]:
