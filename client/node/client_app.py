@@ -13,7 +13,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import secagg
+from client.node import budget, secagg
 from client.node.local_data import LocalData, check_shape, local_data
 from client.node.packing import packing_mod
 from client.node.privacy import privatize
@@ -23,6 +23,7 @@ from client.node.target_side import dann_round, unikd_round
 from shared.protocol import wire
 from shared.data.loaders import Normalizer
 from shared.datasets import DatasetSpec
+from shared.dp_sgd import sampling_rate
 from shared.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import UnikdError
 from shared.evaluation import predict
@@ -137,10 +138,12 @@ def train(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # per-window DP-SGD: no BN statistics, no losses leave the node
         secret = node_secret(dict(context.node_config), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
+        budget.charge(context, rc, "train", rc.local_steps, sampling_rate(rc.batch_size, count))
         grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
                                    prototypes)
         buffers, metrics = None, {}
     else:
+        budget.charge(context, rc, "train")  # refused where the operator set a budget
         grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
                                               prototypes)
         secret = (node_secret(dict(context.node_config), context.state)
@@ -191,9 +194,11 @@ def train_teacher(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(dict(context.node_config), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
+        budget.charge(context, rc, "teacher train", 1, sampling_rate(rc.batch_size, count))
         grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.lam_dom)
         buffers, metrics = None, {}
     else:
+        budget.charge(context, rc, "teacher train")  # refused where the operator set a budget
         grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.lam_dom)
         count = data.num_examples
     reply = RecordDict({
@@ -259,6 +264,7 @@ def query(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # the count is released once, with Gaussian noise (accounted)
         count = released_count(count, rc, cid, node_secret(dict(context.node_config),
                                                            context.state), context.state)
+    budget.charge(context, rc, "count query")  # the node's own ledger, where one is set
     metrics = {"client-id": cid, "round": rc.round, "num-examples": count}
     if "model-dir" in context.node_config:  # the cloud re-delivers a student this node missed
         from client.edge_service.delivery import installed_tag

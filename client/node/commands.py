@@ -35,6 +35,7 @@ def edge_cmd(args: argparse.Namespace) -> int:
                      allow_unsigned=args.allow_unsigned_apps,
                      store=Path(args.store) if args.store else None,
                      model_dir=Path(args.model_dir) if args.model_dir else None,
+                     max_epsilon=args.max_epsilon or 0.0, dp_delta=args.dp_delta,
                      **({} if args.node_poll is None else {"node_poll": args.node_poll}))
     cmd = supernode_command(cfg)  # validates data/store, CA and keys before anything starts
     if args.dry_run:
@@ -113,6 +114,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_RUNTIME_PORT,
                    help="local runtime API port (loopback; one per node on a host)")
     p.add_argument("--home", help="node state: received app bundles (default ~/.unikd/edge)")
+    p.add_argument("--max-epsilon", type=float, metavar="EPS",
+                   help="this device's own privacy budget: it trains only under record-level "
+                        "DP, keeps its ledger in HOME/dp-ledger.json across runs, and refuses "
+                        "any release past EPS (client/node/budget.py)")
+    p.add_argument("--dp-delta", type=float, default=1e-5,
+                   help="the delta --max-epsilon is stated at (default 1e-5)")
     p.add_argument("--max-retries", type=int,
                    help="give up after N failed connection attempts (default: retry forever)")
     p.add_argument("--node-poll", type=float, metavar="SECONDS",

@@ -53,6 +53,8 @@ class EdgeConfig:
     node_poll: float = 0.1  # SuperNode: idle poll of the cloud (Flower's default is 3 s)
     store: Path | None = None  # the window store `unikd serve` fills: trains on its windows
     model_dir: Path | None = None  # the service's model directory: gets the final student
+    max_epsilon: float = 0.0  # the operator's privacy budget (client/node/budget.py); 0: none
+    dp_delta: float = 1e-5  # the delta that budget is stated at
 
     def __post_init__(self) -> None:
         self.app_key = Path(self.app_key).expanduser().resolve() if self.app_key else None
@@ -91,6 +93,11 @@ def validate(cfg: EdgeConfig) -> str | None:
         from client.node.device import check_device
 
         check_device(cfg.store, cfg.model_dir)
+    if cfg.max_epsilon:
+        from client.node.budget import node_budget, read_ledger
+
+        node_budget({"max-epsilon": cfg.max_epsilon, "dp-delta": cfg.dp_delta})  # in range
+        read_ledger(cfg.home / "dp-ledger.json")  # a damaged ledger stops the start, not a run
     domain = data_domain(cfg) if cfg.data is not None else None
     check_trust(cfg)
     return domain
@@ -154,6 +161,9 @@ def node_config(cfg: EdgeConfig, domain: str | None) -> str:
         keys.append(f"store-path={quoted(cfg.store)}")
     if cfg.model_dir is not None:
         keys.append(f"model-dir={quoted(cfg.model_dir)}")
+    if cfg.max_epsilon > 0:  # the node's own ledger, kept beside its app bundles across runs
+        keys += [f"max-epsilon={cfg.max_epsilon!r}", f"dp-delta={cfg.dp_delta!r}",
+                 f"dp-ledger={quoted(cfg.home / 'dp-ledger.json')}"]
     return " ".join(keys)
 
 

@@ -42,6 +42,7 @@ from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.metrics import median
 from shared.dp_sgd import dp_generator
+from shared.dp_ledger import RDP_ORDERS, record_epsilon, record_event  # noqa: F401 (re-exported)
 from shared.privacy import NOISE_PURPOSE, add_noise, central_noise_std, clip_update
 from shared.runs import write_csv, write_json
 
@@ -253,57 +254,6 @@ def write_record_ledger(run_dir: Path, cfg: RunConfig, ledger: RecordLedger | No
 
 
 # ---------------------------------------------------------------- record-level DP (fed.dp=record)
-
-RDP_ORDERS = tuple([*range(2, 65), 80, 96, 128, 160, 192, 256])  # integer orders: exact, fast
-
-
-def _poisson_gaussian(q: float, z: float):
-    from dp_accounting import dp_event
-
-    return dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z))
-
-
-def record_event(z: float, count_std: float, steps: tuple[tuple[float, int], ...]):
-    """The whole run for one node: its released count, then every DP-SGD step (q, count)."""
-    from dp_accounting import dp_event
-
-    events = [dp_event.GaussianDpEvent(count_std)] if count_std > 0 else []
-    events += [dp_event.SelfComposedDpEvent(_poisson_gaussian(q, z), s) for q, s in steps if s]
-    return dp_event.ComposedDpEvent(events)
-
-
-@lru_cache(maxsize=256)
-def _unit_rdp(kind: str, a: float, b: float) -> tuple[float, ...]:
-    """RDP curve (at RDP_ORDERS) of one Gaussian count release or one Poisson-Gaussian step."""
-    from dp_accounting import dp_event, rdp
-
-    acc = rdp.RdpAccountant(list(RDP_ORDERS))
-    acc.compose(dp_event.GaussianDpEvent(a) if kind == "count" else _poisson_gaussian(a, b))
-    return tuple(float(v) for v in acc.rdp)
-
-
-def record_epsilon(z: float, count_std: float, delta: float,
-                   steps: tuple[tuple[float, int], ...]) -> float:
-    """Epsilon of one node after `steps` ((q, number of steps) per phase), plus its count.
-
-    RDP adds up under composition, so each phase's one-step curve is computed once by
-    dp-accounting's RdpAccountant and scaled; dp-accounting converts the sum to (eps, delta).
-    """
-    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
-
-    if z <= 0 and any(s for _, s in steps):
-        return math.inf
-    total = [0.0] * len(RDP_ORDERS)
-    if count_std > 0:
-        total = list(_unit_rdp("count", count_std, 0.0))
-    for q, s in steps:
-        if s:
-            unit = _unit_rdp("step", q, z)
-            total = [t + s * u for t, u in zip(total, unit)]
-    if not any(total):
-        return 0.0
-    return float(compute_epsilon(list(RDP_ORDERS), total, delta)[0])
-
 
 @lru_cache(maxsize=64)
 def calibrate_record_noise(epsilon: float, delta: float, count_std: float,
