@@ -38,6 +38,7 @@ from shared.protocol.records import RoundConfig
 MAX_EPSILON_KEY = "max-epsilon"  # node config: the operator's budget (absent or 0: none)
 DELTA_KEY = "dp-delta"  # node config: the delta the budget is stated at (default 1e-5)
 LEDGER_KEY = "dp-ledger"  # node config: a JSON file that carries the ledger across runs
+LEDGER_FILE = "dp-ledger.json"  # the ledger's name in a deployed edge's home
 STATE_KEY = "dp-budget"  # node state: this run's ledger (and whether its count was charged)
 DEFAULT_DELTA = 1e-5
 
@@ -103,13 +104,6 @@ def _run_state(context: Context) -> tuple[tuple[float, ...], bool]:
     return tuple(float(v) for v in rec["rdp"]), bool(rec["count-charged"])
 
 
-def spent(context: Context, budget: Budget) -> float:
-    """Epsilon this node has spent: over every run in its ledger file, or over this run."""
-    rdp = (tuple(read_ledger(budget.ledger)["rdp"]) if budget.ledger is not None
-           else _run_state(context)[0])
-    return epsilon_from_rdp(rdp, budget.delta)
-
-
 def charge(context: Context, rc: RoundConfig, what: str, steps: int = 0,
            rate: float = 0.0) -> float | None:
     """Compose this release (the run's count, if not yet charged, and `steps` DP-SGD steps at
@@ -133,10 +127,13 @@ def charge(context: Context, rc: RoundConfig, what: str, steps: int = 0,
     after = epsilon_from_rdp(add_rdp(before, unit), budget.delta)
     if not after <= budget.max_epsilon:
         now = epsilon_from_rdp(before, budget.delta)
+        release = ", ".join(([] if count_charged else [f"its count at std {rc.dp_count_std:.4g}"])
+                            + ([f"{steps} steps at z={rc.dp_noise:.4g}, q={rate:.4g}"]
+                               if steps else [])) or "nothing new"
         raise UnikdError(f"round {rc.round} ({what}): this node's privacy budget is epsilon "
                          f"{budget.max_epsilon} at delta {budget.delta}; it has spent {now:.4g} "
-                         f"and this release (z={rc.dp_noise:.4g}, q={rate:.4g}, {steps} steps) "
-                         f"would make it {after:.4g}; refused, nothing was sent")
+                         f"and this release ({release}) would make it {after:.4g}; refused, "
+                         f"nothing was sent")
     context.state[STATE_KEY] = ConfigRecord({"rdp": list(add_rdp(run_rdp, unit)),
                                              "count-charged": True})
     if file_data is not None:

@@ -96,8 +96,8 @@ def validate(cfg: EdgeConfig) -> str | None:
     if cfg.max_epsilon:
         from client.node.budget import node_budget, read_ledger
 
-        node_budget({"max-epsilon": cfg.max_epsilon, "dp-delta": cfg.dp_delta})  # in range
-        read_ledger(cfg.home / "dp-ledger.json")  # a damaged ledger stops the start, not a run
+        budget = node_budget(budget_keys(cfg))  # in range, read as the ClientApp will
+        read_ledger(budget.ledger)  # a damaged ledger stops the start, not a run
     domain = data_domain(cfg) if cfg.data is not None else None
     check_trust(cfg)
     return domain
@@ -161,10 +161,19 @@ def node_config(cfg: EdgeConfig, domain: str | None) -> str:
         keys.append(f"store-path={quoted(cfg.store)}")
     if cfg.model_dir is not None:
         keys.append(f"model-dir={quoted(cfg.model_dir)}")
-    if cfg.max_epsilon > 0:  # the node's own ledger, kept beside its app bundles across runs
-        keys += [f"max-epsilon={cfg.max_epsilon!r}", f"dp-delta={cfg.dp_delta!r}",
-                 f"dp-ledger={quoted(cfg.home / 'dp-ledger.json')}"]
+    if cfg.max_epsilon > 0:
+        keys += [f"{k}={quoted(v) if isinstance(v, Path) else repr(v)}"
+                 for k, v in budget_keys(cfg).items()]
     return " ".join(keys)
+
+
+def budget_keys(cfg: EdgeConfig) -> dict[str, float | Path]:
+    """The node-config keys of the operator's privacy budget (client/node/budget.py), with the
+    ledger kept beside the node's app bundles, across runs."""
+    from client.node.budget import DELTA_KEY, LEDGER_FILE, LEDGER_KEY, MAX_EPSILON_KEY
+
+    return {MAX_EPSILON_KEY: cfg.max_epsilon, DELTA_KEY: cfg.dp_delta,
+            LEDGER_KEY: cfg.home / LEDGER_FILE}
 
 
 def launcher_args(cfg: EdgeConfig) -> list[str]:
