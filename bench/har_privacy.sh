@@ -6,8 +6,9 @@
 #   groups: the per-domain federations of configs/har-domain-groups.txt (5 edges, each a whole
 #           target subject): off, record DP with per-node noise, record DP + secure aggregation
 #           with noise shares, client-level (central) DP at K=5 (there: person-level).
-#   k100:   client-level DP with each group's source and first target subject split IID over
-#           K = 5 and K = 100 clients ("HAR split by windows").
+#   k100:   client-level DP on the same groups with their 5 target subjects' windows pooled and
+#           split IID over K = 5 and K = 100 clients ("HAR split by windows"; ~12 training and
+#           ~5 test windows per client at K = 100).
 # Extra arguments go to every bench call (e.g. --set distill.beta1=0.9).
 # Usage: bash bench/har_privacy.sh [OUT_DIR] [PART: groups|k100] [EPSILONS] [SEEDS] [ARGS ...]
 set -euo pipefail
@@ -31,9 +32,8 @@ if [ "$PART" = groups ]; then
     $G --set fed.dp=central $D --label "central-k5-eps$e" "$@"
   done
 else
-  PAIRS=$(tail -1 configs/har-domain-groups.txt | tr ';' '\n' | sed -E 's/\+.*//' | paste -sd,)
   for k in 5 100; do
-    P="$B --scenarios $PAIRS --partition iid --clients $k --out $OUT/k100"
+    P="$B --scenarios $GROUPS_LIST --partition iid --clients $k --out $OUT/k100"
     $P --label "iid-k$k-off" "$@"
     for e in $EPS; do
       $P --set fed.dp=central --set fed.dp_epsilon=$e --label "central-k$k-eps$e" "$@"

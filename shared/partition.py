@@ -9,6 +9,10 @@ Three kinds (`PartitionSpec.parse`):
 * ``per-domain`` — multi-target: every client holds a whole target domain of its own
   (`client_domains` maps clients to domains; the target lists them: ``11+13+16`` or ``11,13,16``).
 
+``iid`` and ``dirichlet`` given several target domains (``11+13+16``) pool their windows first and
+split the pool: many small clients drawn from a few people, e.g. the K = 100 client-level DP
+federation, where one HAR subject's ~105 test windows cannot give 100 clients two each.
+
 Labels are read here ONLY by the simulator, to decide who holds which windows (the label skew of a
 real deployment is something the simulator has to make up). Clients never see a label during
 training and never send one: each client receives only its index set and uses the windows.
@@ -100,7 +104,8 @@ def _check_clients(num_clients: object) -> int:
 def partition_indices(
     labels: torch.Tensor, num_clients: int, spec: PartitionSpec, seed: int, min_size: int = 2,
 ) -> list[torch.Tensor]:
-    """Split the windows of ONE target domain over `num_clients` clients.
+    """Split the windows of one target pool (one domain, or several concatenated) over
+    `num_clients` clients.
 
     Returns one sorted int64 index tensor per client; together they are disjoint and cover
     ``range(len(labels))``. With one client the single tensor is ``arange(len(labels))``.
@@ -192,33 +197,34 @@ def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) ->
 
 
 def client_domains(target: str, num_clients: int, spec: PartitionSpec) -> list[str]:
-    """The target domain id each client holds.
+    """The target domain(s) each client draws its windows from.
 
     ``per-domain``: `target` is a comma list such as ``"11,13,16,18,23"``, one distinct domain per
-    client in client order; its length must equal `num_clients`. ``iid``/``dirichlet``: `target`
-    is one domain id, shared (split) by all clients: ``[target] * num_clients``.
+    client in client order; its length must equal `num_clients`. ``iid``/``dirichlet``: every
+    client draws from the same pool, `target` normalised (``"11"``, or ``"11,13,16"`` for the
+    pooled windows of several domains, see `pooled_domains`): ``[target] * num_clients``.
     """
     K = _check_clients(num_clients)
     if not isinstance(spec, PartitionSpec):
         raise UnikdError(f"spec must be a PartitionSpec, got {type(spec).__name__}")
     text = str(target).strip()
+    ids = scenario_targets(text)
+    if not text or any(not d for d in ids):
+        raise UnikdError(f"partition '{spec}' needs a target domain id or a comma list of them "
+                         f"(e.g. '11' or '11,13,16'), got '{target}'")
+    dups = sorted({d for d in ids if ids.count(d) > 1})
+    if dups:
+        raise UnikdError(f"partition '{spec}': target '{target}' lists domain(s) "
+                         f"{', '.join(dups)} more than once")
     if spec.kind == "per-domain":
-        ids = scenario_targets(text)
-        if not text or any(not d for d in ids):
-            raise UnikdError(f"partition 'per-domain' needs target as a comma list of domain ids, "
-                             f"one per client (e.g. '11,13,16'), got '{target}'")
-        dups = sorted({d for d in ids if ids.count(d) > 1})
-        if dups:
-            raise UnikdError(f"partition 'per-domain': target '{target}' lists domain(s) "
-                             f"{', '.join(dups)} more than once; each client needs its own domain")
         if len(ids) != K:
             raise UnikdError(f"partition 'per-domain': target '{target}' lists {len(ids)} "
                              f"domain(s) but there are {K} client(s); give exactly one per client")
         return ids
-    if not text:
-        raise UnikdError(f"partition '{spec}' needs a target domain id, got '{target}'")
-    if len(scenario_targets(text)) > 1:
-        raise UnikdError(f"partition '{spec}' splits ONE target domain over the clients, but "
-                         f"target '{target}' lists several; use partition 'per-domain' for "
-                         f"one domain per client")
-    return [text] * K
+    return [",".join(ids)] * K
+
+
+def pooled_domains(pool: str) -> list[str]:
+    """The domains an ``iid``/``dirichlet`` client's pool (an entry of `client_domains`) joins,
+    in the listed order; their windows are concatenated in that order before the split."""
+    return scenario_targets(pool)

@@ -94,8 +94,7 @@ def test_scenario_syntax_is_parsed_in_one_place():
             parse_scenario(bad)
     per_domain = PartitionSpec.parse("per-domain")
     assert client_domains("11+13+16", 3, per_domain) == ["11", "13", "16"]
-    with pytest.raises(UnikdError, match="lists several"):
-        client_domains("11+13", 2, PartitionSpec.parse("iid"))
+    assert client_domains("11+13", 2, PartitionSpec.parse("iid")) == ["11,13"] * 2  # pooled
 
 
 def test_per_domain_bench_gives_each_target_its_own_edge():
@@ -105,6 +104,7 @@ def test_per_domain_bench_gives_each_target_its_own_edge():
         "2->11+13+16": 3, "7->13": 1}
     assert clients_per_scenario(["2->11"], "dirichlet:0.5", None) == {"2->11": 5}
     assert clients_per_scenario(["2->11"], "iid", 3) == {"2->11": 3}
+    assert clients_per_scenario(["2->11+13"], "iid", 100) == {"2->11+13": 100}  # pooled
 
 
 # ---------------------------------------------------------------- batch size

@@ -199,7 +199,31 @@ def test_client_domains_per_domain_errors(target, k, match):
 @pytest.mark.parametrize("spec", [IID, PartitionSpec("dirichlet", 0.5)], ids=str)
 def test_client_domains_shared_target(spec):
     assert client_domains("11", 4, spec) == ["11"] * 4
-    with pytest.raises(UnikdError, match="per-domain"):
-        client_domains("11,13", 2, spec)
+    assert client_domains(" 11 + 13 ", 3, spec) == ["11,13"] * 3  # one pool of both domains
+    for bad, match in (("11,11", "more than once"), ("11,,13", "comma list"), ("", "comma list")):
+        with pytest.raises(UnikdError, match=match):
+            client_domains(bad, 2, spec)
     with pytest.raises(UnikdError, match="num_clients"):
         client_domains("11", 0, spec)
+
+
+def test_iid_over_several_targets_splits_their_pooled_windows():
+    """`iid` with targets 1+2 gives every client a disjoint share of both domains' windows
+    together (what a K = 100 federation over a few people needs); one target is split as ever."""
+    from client.node.local_data import TRAIN_SALT, simulated_split
+
+    def windows(target: str, k: int) -> list[torch.Tensor]:
+        return [simulated_split("SYNTH", "", 1.0, target, "iid", k, c, 0)[0].x for c in range(k)]
+
+    def keys(x: torch.Tensor) -> list[bytes]:
+        return [w.numpy().tobytes() for w in x]
+
+    one, two = windows("1", 1)[0], windows("2", 1)[0]
+    parts = windows("1+2", 4)
+    assert sorted(len(p) for p in parts) == [240, 240, 240, 241]
+    assert sorted(k for p in parts for k in keys(p)) == sorted(keys(one) + keys(two))  # once each
+    first = set(keys(one))
+    assert all(0 < sum(k in first for k in keys(p)) < len(p) for p in parts)  # both people each
+    labels = simulated_split("SYNTH", "", 1.0, "1", "iid", 1, 0, 0)[0].y
+    idx = partition_indices(labels, 2, IID, TRAIN_SALT)  # seed 0: 0 * 1000 + TRAIN_SALT
+    assert all(torch.equal(w, one[i]) for w, i in zip(windows("1", 2), idx))

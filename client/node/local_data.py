@@ -18,7 +18,7 @@ from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, subset
 from shared.datasets import DatasetSpec
-from shared.partition import PartitionSpec, client_domains, partition_indices
+from shared.partition import PartitionSpec, client_domains, partition_indices, pooled_domains
 from shared.errors import DataError, UnikdError
 from shared.protocol.records import RoundConfig, SimSetup
 
@@ -49,10 +49,11 @@ def simulated_split(dataset: str, path: str, shift: float, target: str, partitio
     """A simulated node's raw train and test windows, decided by the simulator's partitioner."""
     spec = PartitionSpec.parse(partition)
     domain = client_domains(target, num_clients, spec)[client]
-    train = _raw_split(dataset, path, shift, "train", domain)
-    test = _raw_split(dataset, path, shift, "test", domain)
     if spec.kind == "per-domain":
-        return train, test
+        return (_raw_split(dataset, path, shift, "train", domain),
+                _raw_split(dataset, path, shift, "test", domain))
+    train = _pooled(dataset, path, shift, "train", domain)
+    test = _pooled(dataset, path, shift, "test", domain)
     tr = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)[client]
     train_part = subset(train, tr)
     try:
@@ -62,6 +63,15 @@ def simulated_split(dataset: str, path: str, shift: float, target: str, partitio
                     client, err)
         return train_part, None
     return train_part, subset(test, te)
+
+
+def _pooled(dataset: str, path: str, shift: float, split: str, pool: str) -> Domain:
+    """The windows of the pool's domains, concatenated in the listed order (one domain: its
+    file as loaded)."""
+    parts = [_raw_split(dataset, path, shift, split, d) for d in pooled_domains(pool)]
+    if len(parts) == 1:
+        return parts[0]
+    return Domain(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), parts[0].file)
 
 
 @lru_cache(maxsize=4)
