@@ -10,7 +10,8 @@
 #           split IID over K = 5 and K = 100 clients ("HAR split by windows"; ~12 training and
 #           ~5 test windows per client at K = 100).
 # Extra arguments go to every bench call (e.g. --set distill.beta1=0.9).
-# Usage: bash bench/har_privacy.sh [OUT_DIR] [PART: groups|k100] [EPSILONS] [SEEDS] [ARGS ...]
+# Usage: [SCENARIOS=G1;G2] bash bench/har_privacy.sh [OUT_DIR] [PART: groups|k100] [EPSILONS] [SEEDS]
+#        [ARGS ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/out/har-privacy}
@@ -18,7 +19,7 @@ PART=${2:-groups}
 EPS=${3:-8 3 1}
 SEEDS=${4:-0}
 shift 4 || shift $#
-GROUPS_LIST=$(tail -1 configs/har-domain-groups.txt)
+GROUPS_LIST=${SCENARIOS:-$(tail -1 configs/har-domain-groups.txt)}  # SCENARIOS=...: a subset
 B="unikd bench federated --config configs/har-fixes.yaml --data ../shared/data/HAR --dataset HAR
    --seeds $SEEDS --jobs 2 --quiet --set fed.teacher_placement=source-only"
 if [ "$PART" = groups ]; then
