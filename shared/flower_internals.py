@@ -1,9 +1,10 @@
 """Every use of Flower internals (not its public API) in FedUNI-KD, in one module.
 
 Written against flwr 1.42.0 and checked at start-up (`check()`): a different version, or a
-missing attribute or parameter, stops the edge executor, the node launcher and
-`unikd submit --sign-key` with a message naming what changed, instead of silently running
-slower or unverified. What an upgrade of flwr must re-check is listed in README "Upgrading flwr".
+missing attribute or parameter, stops the edge executor, the node launcher, the cloud's
+status calls (`FlwrCli.nodes`, `run_info`) and `unikd submit --sign-key` with a message naming
+what changed, instead of silently running slower or unverified. What an upgrade of flwr must
+re-check is listed in README "Upgrading flwr".
 
 What we use, and why:
   flwr.cli.build.build_fab_from_disk      the exact bytes `flwr run` sends, to sign their hash
@@ -28,6 +29,11 @@ What we use, and why:
                                            .RuntimeVersionHttpInterceptor, flwr.proto.runtime_pb2
                                            .AcquireTaskRequest, flwr.supercore.constant.TaskType
                                            the SuperNode's Runtime API, as flower-superexec calls it
+  flwr.cli.utils.init_http_client_from_connection, flwr.cli.typing.SuperLinkConnection,
+  flwr.proto.control_pb2.ListNodesRequest / ListRunsRequest
+                                           the Control API client `flwr supernode list` and
+                                           `flwr ls` build, called in-process: each `flwr`
+                                           process costs ~2 s of CPU (4+ s on a busy box)
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +78,11 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.common.constant", "ErrorCode", None),
     ("flwr.supercore.exit.signal_handler", "register_signal_handlers", ("exit_message",)),
     ("flwr.supercore.constant", "FORCE_EXIT_TIMEOUT_SECONDS", None),
+    ("flwr.cli.utils", "init_http_client_from_connection", ("connection",)),
+    ("flwr.cli.typing", "SuperLinkConnection",
+     ("name", "address", "root_certificates", "insecure")),
+    ("flwr.proto.control_pb2", "ListNodesRequest", None),
+    ("flwr.proto.control_pb2", "ListRunsRequest", None),
 )
 
 # (module, function, source text it must contain): behaviour no signature shows
@@ -116,7 +129,8 @@ def check() -> None:
         if sci.time is not time and not isinstance(sci.time, ShortSleeps):
             problems.append("flwr.supernode.start_client_internal.time is not the time module")
     if problems:
-        raise FlowerChanged("FedUNI-KD's edge executor, node launcher and app signing use "
+        raise FlowerChanged("FedUNI-KD's edge executor, node launcher, app signing and "
+                            "Control API status calls use "
                             f"flwr {FLWR_VERSION} internals (shared/flower_internals.py); "
                             + "; ".join(problems)
                             + ". Re-check them as README 'Upgrading flwr' lists, or install "
@@ -226,6 +240,58 @@ def acquire_clientapp_task(client) -> tuple[str, int, int] | None:
     if res.HasField("task") and res.token:
         return res.token, int(res.task.task_id), int(res.task.run_id)
     return None
+
+
+# ---------------------------------------------------------------- the cloud's Control API
+
+_FLWR_HOME_LOCK = threading.Lock()
+
+
+def control_client(address: str, ca: Path | None, home: Path):
+    """An in-process client of a SuperLink's Control API, built as the `flwr` CLI builds it
+    (runtime-version and account-auth interceptors), for the status calls a deployment makes
+    often: `flwr supernode list` and `flwr ls` each start a process that costs ~2 s of CPU.
+    `home` is the FLWR_HOME whose config names the connection (read while building)."""
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+
+    conn = (SuperLinkConnection(name="unikd", address=address, root_certificates=str(ca))
+            if ca else SuperLinkConnection(name="unikd", address=address, insecure=True))
+    with _FLWR_HOME_LOCK:  # the CLI's auth plugin reads its tokens under FLWR_HOME
+        before = os.environ.get("FLWR_HOME")
+        os.environ["FLWR_HOME"] = str(home)
+        try:
+            return init_http_client_from_connection(conn)
+        finally:
+            if before is None:
+                os.environ.pop("FLWR_HOME", None)
+            else:
+                os.environ["FLWR_HOME"] = before
+
+
+def list_nodes(client) -> list[dict]:
+    """The nodes, as `flwr supernode list --format json` lists them (deleted ones left out)."""
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    res = client.ListNodes(ListNodesRequest())
+    return [{"node-id": str(n.node_id), "owner-name": n.owner_name, "status": n.status}
+            for n in sorted(res.nodes_info, key=lambda n: n.registered_at)
+            if n.status != "deleted"]
+
+
+def run_status(client, run_id: int) -> dict | None:
+    """One run as `flwr ls --run-id` gives it (run-id, status 'STATUS[:SUB_STATUS]',
+    status-details), or None when the SuperLink does not know it."""
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    res = client.ListRuns(ListRunsRequest(run_id=run_id))
+    run = res.run_dict.get(run_id)
+    if run is None:
+        return None
+    sub = run.status.sub_status
+    return {"run-id": str(run.run_id),
+            "status": f"{run.status.status}:{sub}" if sub else run.status.status,
+            "status-details": run.status.details or "N/A"}
 
 
 # check(run_fab_hash, fab_hash, fab_content, override_config) -> None, or why it is refused

@@ -357,6 +357,32 @@ class FlwrCli:
                 f'address = "{address}"']
         conn.append(f'root-certificates = "{self.ca}"' if self.ca else "insecure = true")
         (self.home / "config.toml").write_text("\n".join(conn) + "\n")
+        self._control = None  # the in-process Control API client, made on first use
+
+    def control(self, what: str, call):
+        """`call(client)` on the in-process Control API client (`flower_internals`): the
+        status calls a deployment repeats (node lists, run status) without a `flwr` process
+        each. Any failure is a UnikdError naming `what`; the client is rebuilt next time."""
+        from shared import flower_internals
+
+        try:
+            if self._control is None:
+                flower_internals.check()
+                self._control = flower_internals.control_client(self.address, self.ca,
+                                                                self.home)
+            return call(self._control)
+        except UnikdError:
+            raise
+        except Exception as err:  # unreachable, TLS, a SuperLink restarting
+            self.close()
+            raise UnikdError(f"{what} at {self.address} failed: {err}") from None
+
+    def close(self) -> None:
+        if self._control is not None:
+            try:
+                self._control.close()
+            finally:
+                self._control = None
 
     def run(self, args: list[str], timeout: float = 120.0, check: bool = True,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -390,7 +416,10 @@ class FlwrCli:
         return int(data["node-id"])
 
     def nodes(self) -> list[dict]:
-        return list(self.json(["supernode", "list", CONNECTION]).get("nodes", []))
+        """Every registered node: node-id, owner-name, status (as `flwr supernode list`)."""
+        from shared.flower_internals import list_nodes
+
+        return self.control("listing the nodes", list_nodes)
 
     def online_nodes(self) -> list[dict]:
         return [n for n in self.nodes() if str(n.get("status", "")).lower() == "online"]
@@ -424,11 +453,13 @@ class FlwrCli:
         return int(data["run-id"])
 
     def run_info(self, run_id: int) -> dict:
-        data = self.json(["ls", CONNECTION, "--run-id", str(run_id)])
-        runs = data.get("runs", [])
-        if not runs:
+        """run-id, status ('finished:completed', ...) and status-details (as `flwr ls`)."""
+        from shared.flower_internals import run_status
+
+        info = self.control(f"reading run {run_id}'s status", lambda c: run_status(c, run_id))
+        if info is None:
             raise UnikdError(f"run {run_id} not found on {self.address}")
-        return runs[0]
+        return info
 
     def status(self, run_id: int) -> str:
         return str(self.run_info(run_id).get("status", ""))
