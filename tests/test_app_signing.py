@@ -96,10 +96,10 @@ def test_app_sign_file_is_accepted_only_for_the_same_bundle(tmp_path, keys):
     assert data["fab_hash"] == h
     assert read_signature_file(tmp_path / "app.sig", h, app) == data["signature"]
     cli = FlwrCli("127.0.0.1:1", None, tmp_path / "home", signature=tmp_path / "app.sig")
-    assert app_signing.check(keys[1], h, cli.app_signature(app)) is None
+    assert app_signing.check(keys[1], h, cli.app_signature(h, app)) is None
     (app / "tinypkg" / "srv.py").write_text("app = 2\n")  # the cloud's copy differs
     with pytest.raises(UnikdError, match="differs from the one the operator signed"):
-        cli.app_signature(app)
+        cli.app_signature(flower_internals.fab_hash(app), app)
     with pytest.raises(UnikdError, match="not a `unikd app sign` file"):
         read_signature_file(tmp_path / "op.key.pub", h, app)
 

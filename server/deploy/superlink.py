@@ -29,6 +29,7 @@ its whole process group, so the SuperExec and ServerApp children go with it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -425,32 +426,31 @@ class FlwrCli:
         return [n for n in self.nodes() if str(n.get("status", "")).lower() == "online"]
 
     # -- runs
-    def app_signature(self, app: Path) -> str | None:
-        """The operator's signature over the bundle `flwr run APP` sends: made here with
-        `sign_key`, or read from a `unikd app sign` file (checked against this bundle)."""
-        from shared import app_signing, flower_internals
+    def app_signature(self, fab_hash: str, app: Path) -> str | None:
+        """The operator's signature over the bundle's hash: made here with `sign_key`, or read
+        from a `unikd app sign` file (checked against this bundle)."""
+        from shared import app_signing
 
         if self.sign_key is None and self.signature is None:
             return None
-        flower_internals.check()
-        fab_hash = flower_internals.fab_hash(app)
         if self.sign_key is not None:
             return app_signing.sign(app_signing.load_private_key(self.sign_key), fab_hash)
         return read_signature_file(Path(self.signature), fab_hash, app)  # type: ignore[arg-type]
 
     def start_run(self, app: Path, run_config: dict) -> int:
+        """`flwr run APP` in-process: the bundle is built once, so the signature in the run
+        config signs exactly the bytes sent."""
+        from shared import flower_internals
         from shared.app_signing import RUN_CONFIG_KEY
 
-        signature = self.app_signature(app)
+        flower_internals.check()
+        fab = flower_internals.fab_bytes(app)
+        signature = self.app_signature(hashlib.sha256(fab).hexdigest(), app)
         if signature is not None:
             run_config = {**run_config, RUN_CONFIG_KEY: signature}
-        cfg_file = self.home / f"run-config-{os.getpid()}-{time.monotonic_ns()}.toml"
-        cfg_file.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()))
-        try:
-            data = self.json(["run", str(app), CONNECTION, "--run-config", str(cfg_file)])
-        finally:
-            cfg_file.unlink(missing_ok=True)
-        return int(data["run-id"])
+        values = {k: str(v) for k, v in run_config.items()}
+        return self.control("starting the run",
+                            lambda c: flower_internals.start_run(c, fab, values))
 
     def run_info(self, run_id: int) -> dict:
         """run-id, status ('finished:completed', ...) and status-details (as `flwr ls`)."""
@@ -472,8 +472,14 @@ class FlwrCli:
                        stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=timeout)
 
     def logs(self, run_id: int) -> str:
-        proc = self.run(["log", str(run_id), CONNECTION, "--show"], check=False)
-        return proc.stdout
+        """The run's log (`flwr log RUN --show`); empty when the cloud cannot be read."""
+        from shared.flower_internals import run_logs
+
+        try:
+            return self.control(f"reading run {run_id}'s log", lambda c: run_logs(c, run_id))
+        except UnikdError as err:
+            log.warning("%s", err)
+            return ""
 
     def stop_run(self, run_id: int) -> None:
         self.run(["stop", str(run_id), CONNECTION], check=False)
