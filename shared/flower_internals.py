@@ -168,13 +168,22 @@ def fab_hash(app: Path) -> str:
 
 class ShortSleeps:
     """Stands in for `time` inside flwr.supernode.start_client_internal only, where every
-    sleep is a poll wait (3 s when idle, 0.5 s while a reply is pending): cap them."""
+    sleep is a poll wait: 3 s when no message came (the idle poll), 0.5 s while a pulled
+    message's reply is pending. Both become `backoff`'s waits (an object with `busy()` and
+    `next_wait()`, client/node/polling.py): a pending reply is work, so polls stay short
+    while a run sends messages and grow when none come."""
 
-    def __init__(self, cap: float):
-        self.cap = cap
+    IDLE_POLL = 3.0  # Flower's idle wait; shorter ones are reply waits
+
+    def __init__(self, backoff):
+        self.backoff = backoff
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        if seconds >= self.IDLE_POLL:
+            time.sleep(self.backoff.next_wait())
+        else:
+            self.backoff.busy()
+            time.sleep(min(seconds, self.backoff.fast))
 
     def __getattr__(self, name: str):
         return getattr(time, name)
@@ -190,11 +199,12 @@ def shorten_object_backoff(initial: float = 0.05, cap: float = 0.5) -> None:
         fn.__kwdefaults__["backoff_cap"] = cap  # type: ignore[index]
 
 
-def patch_supernode(node_poll: float) -> None:
-    """Apply the speed-ups in this (the SuperNode's) process; `check()` first."""
+def patch_supernode(backoff) -> None:
+    """Apply the speed-ups in this (the SuperNode's) process; `check()` first. `backoff`:
+    the poll waits (`ShortSleeps`)."""
     import flwr.supernode.start_client_internal as sci
 
-    sci.time = ShortSleeps(node_poll)  # type: ignore[assignment]
+    sci.time = ShortSleeps(backoff)  # type: ignore[assignment]
     shorten_object_backoff()
 
 

@@ -50,7 +50,8 @@ def test_supernode_patch_shortens_polls_in_that_process_only():
             "from shared import flower_internals as fi\n"
             "import flwr.supernode.start_client_internal as sci\n"
             "from flwr.supercore.inflatable import inflatable_utils as iu\n"
-            "fi.check(); fi.patch_supernode(0.1); fi.check()\n"
+            "from client.node.polling import IdleBackoff\n"
+            "fi.check(); fi.patch_supernode(IdleBackoff(0.1, 2.0)); fi.check()\n"
             "t = time.monotonic(); sci.time.sleep(3); d = time.monotonic() - t\n"
             "print(round(d, 2) < 1.0, sci.time.monotonic() > 0,\n"
             "      iu.pull_objects.__kwdefaults__['initial_backoff'],\n"
@@ -130,3 +131,40 @@ def test_edge_with_a_broken_operator_key_stops_before_starting(tmp_path, make_do
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "--app-key" in out.stderr, out.stderr
     assert time.monotonic() - start < 60
+
+
+def test_polls_stay_fast_while_work_comes_and_back_off_when_none_does():
+    from client.node.polling import IdleBackoff
+
+    now = [0.0]
+    b = IdleBackoff(0.1, 2.0, quiet=10.0, factor=1.5, clock=lambda: now[0])
+    waits, first_slower = [], None
+    while now[0] < 30.0:  # no work at all: fast for 10 s, then growing to the idle poll
+        waits.append(b.next_wait())
+        if waits[-1] > 0.1 and first_slower is None:
+            first_slower = now[0]
+        now[0] += waits[-1]
+    assert 9.9 < first_slower < 10.2 and max(waits) == 2.0 and waits == sorted(waits)
+    assert sum(0.1 < w < 2.0 for w in waits) == 7  # 0.15 ... 1.71: about 5 s of growing
+    b.busy()  # a message came: fast again at once
+    assert b.next_wait() == 0.1
+    assert IdleBackoff(3.0, 2.0).next_wait() == 3.0  # the idle poll is never below the fast one
+
+
+def test_supernode_sleeps_treat_a_pending_reply_as_work():
+    calls = []
+
+    class Spy:
+        fast = 0.01
+
+        def busy(self):
+            calls.append("busy")
+
+        def next_wait(self):
+            calls.append("idle")
+            return 0.0
+
+    sleeps = flower_internals.ShortSleeps(Spy())
+    sleeps.sleep(3)  # Flower's idle poll: no message came
+    sleeps.sleep(0.5)  # waiting for a pulled message's reply: a run is sending work
+    assert calls == ["idle", "busy"]

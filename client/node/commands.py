@@ -36,7 +36,8 @@ def edge_cmd(args: argparse.Namespace) -> int:
                      store=Path(args.store) if args.store else None,
                      model_dir=Path(args.model_dir) if args.model_dir else None,
                      max_epsilon=args.max_epsilon or 0.0, dp_delta=args.dp_delta,
-                     **({} if args.node_poll is None else {"node_poll": args.node_poll}))
+                     **({} if args.node_poll is None else {"node_poll": args.node_poll}),
+                     **({} if args.idle_poll is None else {"idle_poll": args.idle_poll}))
     cmd = supernode_command(cfg)  # validates data/store, CA and keys before anything starts
     if args.dry_run:
         print(" ".join(cmd))
@@ -123,8 +124,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int,
                    help="give up after N failed connection attempts (default: retry forever)")
     p.add_argument("--node-poll", type=float, metavar="SECONDS",
-                   help="how often the idle node asks the cloud for work (default 0.1; "
-                        "Flower's is 3): each ask is a TLS request the cloud answers")
+                   help="how often the node asks the cloud for work while a run sends some "
+                        "(default 0.1; Flower's is 3): each ask is a TLS request the cloud "
+                        "answers")
+    p.add_argument("--idle-poll", type=float, metavar="SECONDS",
+                   help="the polls back off to this after 10 s without work (default 2.0): "
+                        "an idle device costs itself and the cloud little, and a run's first "
+                        "message waits at most this long")
     p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
     p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
     p.set_defaults(func=edge_cmd)

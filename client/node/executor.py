@@ -32,12 +32,14 @@ import time
 import zipfile
 from pathlib import Path
 
+from client.node.polling import IdleBackoff
 from shared import app_signing, flower_internals
 from shared.errors import UnikdError
 
 log = logging.getLogger("unikd.executor")
 
 DEFAULT_TASK_POLL = 0.05  # seconds between AcquireTask calls (loopback, a few ms each)
+DEFAULT_IDLE_POLL = 0.5  # ... backing off to this after 10 s without a task (polling.py)
 
 
 def bundle_modules(fab_content: bytes) -> set[str]:
@@ -126,8 +128,10 @@ def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check) 
 
 
 class Executor:
-    def __init__(self, address: str, bundle_check, poll: float = DEFAULT_TASK_POLL):
-        self.address, self.check, self.poll = address, bundle_check, poll
+    def __init__(self, address: str, bundle_check, poll: float = DEFAULT_TASK_POLL,
+                 idle_poll: float = DEFAULT_IDLE_POLL):
+        self.address, self.check = address, bundle_check
+        self.backoff = IdleBackoff(poll, idle_poll)
         self.children: dict[int, int] = {}  # pid -> task id
         self.stopping = False
 
@@ -166,9 +170,10 @@ class Executor:
                         waiting_since = time.monotonic()
                     task = None
                 if task is not None:
+                    self.backoff.busy()
                     self.launch(*task)
                     continue  # more may be waiting
-                time.sleep(self.poll)
+                time.sleep(self.backoff.next_wait())
         finally:
             client.close()
 
@@ -188,7 +193,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--app-key", help="the operator's Ed25519 public key (PEM)")
     p.add_argument("--allow-unsigned-apps", action="store_true",
                    help="dev only: run any bundle the cloud sends")
-    p.add_argument("--poll", type=float, default=DEFAULT_TASK_POLL)
+    p.add_argument("--poll", type=float, default=DEFAULT_TASK_POLL,
+                   help="seconds between task polls while tasks come")
+    p.add_argument("--idle-poll", type=float, default=DEFAULT_IDLE_POLL,
+                   help="the poll backs off to this after 10 s without a task")
     return p.parse_args(argv)
 
 
@@ -216,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     # from the SuperLink: retry within milliseconds, not after Flower's 1 s first backoff.
     flower_internals.shorten_object_backoff()
     ex = Executor(args.runtime_api_address, check_bundle(public, args.allow_unsigned_apps),
-                  args.poll)
+                  args.poll, args.idle_poll)
     signal.signal(signal.SIGTERM, ex.stop)
     signal.signal(signal.SIGINT, ex.stop)
-    log.info("ready: polling %s every %.2fs; %s", args.runtime_api_address, args.poll,
+    log.info("ready: polling %s every %.2fs (%.1fs when idle); %s", args.runtime_api_address,
+             args.poll, args.idle_poll,
              "ANY app" if public is None else f"apps signed by {args.app_key}")
     ex.loop()
     return 0

@@ -50,7 +50,8 @@ class EdgeConfig:
     app_key: Path | None = None  # the operator's app-signing public key
     allow_unsigned: bool = False  # dev only: run any bundle the cloud sends
     task_poll: float = 0.05  # executor: seconds between task polls on the local runtime API
-    node_poll: float = 0.1  # SuperNode: idle poll of the cloud (Flower's default is 3 s)
+    node_poll: float = 0.1  # SuperNode: poll of the cloud while a run sends work (Flower: 3 s)
+    idle_poll: float = 2.0  # both polls back off to this after 10 s without work (polling.py)
     store: Path | None = None  # the window store `unikd serve` fills: trains on its windows
     model_dir: Path | None = None  # the service's model directory: gets the final student
     max_epsilon: float = 0.0  # the operator's privacy budget (client/node/budget.py); 0: none
@@ -180,7 +181,8 @@ def launcher_args(cfg: EdgeConfig) -> list[str]:
     """Our node launcher: short polls, then the executor and Flower's SuperNode."""
     cmd = [sys.executable, "-m", "client.node.launcher",
            "--runtime-api-address", f"127.0.0.1:{cfg.port}",
-           "--task-poll", str(cfg.task_poll), "--node-poll", str(cfg.node_poll)]
+           "--task-poll", str(cfg.task_poll), "--node-poll", str(cfg.node_poll),
+           "--idle-poll", str(cfg.idle_poll)]
     if cfg.app_key is not None:
         cmd += ["--app-key", str(cfg.app_key)]
     if cfg.allow_unsigned:
