@@ -78,7 +78,7 @@ def measure(root: Path, seconds: float, settle: float) -> dict:
         return {"wall_s": wall, "processes": procs,
                 "total_cpu_share": sum(p["cpu_share"] for p in procs),
                 "edge_defaults": {"node_poll": EdgeConfig.node_poll,
-                                  "idle_poll": EdgeConfig.idle_poll,
+                                  "idle_poll": getattr(EdgeConfig, "idle_poll", None),
                                   "task_poll": EdgeConfig.task_poll}}
     finally:
         for e in edges:
