@@ -335,7 +335,7 @@ def test_bench_federated_per_domain(generic_dir, tmp_path):
     (["central", "--dataset", "GENERIC", "--scenarios", "0->1+2"], "one target domain"),
     (["federated", "--dataset", "GENERIC", "--scenarios", "0->1+2", "--partition",
       "per-domain", "--clients", "3"], "has 2 target domain"),
-    (["federated", "--dataset", "GENERIC", "--scenarios", "0->1+2"], "per-domain"),
+    (["federated", "--dataset", "GENERIC", "--scenarios", "0->1+1"], "more than once"),
 ])
 def test_bench_argument_errors(generic_dir, tmp_path, capsys, argv, message):
     rc = main(["bench", *argv, "--data", str(generic_dir), "--out", str(tmp_path / "o")])

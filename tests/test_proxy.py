@@ -13,8 +13,8 @@ import pytest
 
 from server.deploy.certs import cloud_files, init_all
 from server.deploy.proxy import FLEET_PREFIX, HEALTH_PATH, ProxyConfig, caddy_config
-from server.deploy.superlink import (CloudConfig, cloud_env, ensure_certs, proxy_config,
-                                     start_cloud, superlink_command)
+from server.deploy.superlink import (CLOUD_TASK_POLL, CloudConfig, cloud_env, ensure_certs,
+                                     proxy_config, start_cloud, superlink_command)
 from server.fed.run_folder import resume_dir
 from shared.cli import main
 from shared.errors import UnikdError
@@ -75,7 +75,7 @@ def test_cloud_gets_a_minimal_environment(tmp_path, monkeypatch):
                         "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK",
                         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION",
                         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"}
-    assert float(env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]) <= 0.1
+    assert float(env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]) == float(CLOUD_TASK_POLL) < 1.0
 
 
 def test_ca_is_offline_by_default(tmp_path):

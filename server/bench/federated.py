@@ -38,6 +38,10 @@ def clients_per_scenario(scenarios: list[str], partition: str, clients: int | No
     out: dict[str, int] = {}
     for sc in scenarios:
         targets = scenario_targets(parse_scenario(sc)[1])
+        dups = sorted({t for t in targets if targets.count(t) > 1})
+        if dups:
+            raise UnikdError(f"scenario {sc} lists target domain(s) {', '.join(dups)} more "
+                             f"than once")
         if kind == "per-domain":
             if clients is not None and clients != len(targets):
                 raise UnikdError(f"--partition per-domain: scenario {sc} has {len(targets)} "
