@@ -1,8 +1,8 @@
 """Every use of Flower internals (not its public API) in FedUNI-KD, in one module.
 
 Written against flwr 1.42.0 and checked at start-up (`check()`): a different version, or a
-missing attribute or parameter, stops the edge executor, the node launcher, the cloud's
-status calls (`FlwrCli.nodes`, `run_info`) and `unikd submit --sign-key` with a message naming
+missing attribute or parameter, stops the edge executor, the node launcher and the cloud's
+Control API calls (`FlwrCli.nodes`, `run_info`, `start_run`, `logs`) with a message naming
 what changed, instead of silently running slower or unverified. What an upgrade of flwr must
 re-check is listed in README "Upgrading flwr".
 
@@ -267,8 +267,9 @@ _FLWR_HOME_LOCK = threading.Lock()
 
 def control_client(address: str, ca: Path | None, home: Path):
     """An in-process client of a SuperLink's Control API, built as the `flwr` CLI builds it
-    (runtime-version and account-auth interceptors), for the status calls a deployment makes
-    often: `flwr supernode list` and `flwr ls` each start a process that costs ~2 s of CPU.
+    (runtime-version and account-auth interceptors), for the calls a deployment makes often:
+    `flwr supernode list`, `flwr ls`, `flwr run` and `flwr log` each start a process that costs
+    ~2 s of CPU.
     `home` is the FLWR_HOME whose config names the connection (read while building)."""
     from flwr.cli.typing import SuperLinkConnection
     from flwr.cli.utils import init_http_client_from_connection
