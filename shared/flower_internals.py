@@ -88,6 +88,9 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.proto.control_pb2", "ListRunsRequest", None),
     ("flwr.proto.control_pb2", "StartRunRequest", None),
     ("flwr.proto.control_pb2", "StreamLogsRequest", None),
+    ("flwr.proto.control_pb2", "RegisterNodeRequest", None),
+    ("flwr.supercore.primitives.asymmetric", "public_key_to_bytes", ("public_key",)),
+    ("flwr.supercore.primitives.asymmetric", "uses_nist_ec_curve", ("public_key",)),
     ("flwr.supercore.fab", "Fab", ("hash_str", "content", "verifications")),
     ("flwr.common.serde", "fab_to_proto", ("fab",)),
     ("flwr.common.serde", "user_config_to_proto", ("user_config",)),
@@ -288,6 +291,21 @@ def control_client(address: str, ca: Path | None, home: Path):
                 os.environ["FLWR_HOME"] = before
 
 
+def control_error(err: Exception) -> str:
+    """What a failed Control API call says: the SuperLink's own message where its HTTP answer
+    carries one (JSON `message` or `detail`, as the `flwr` CLI prints it), else the error."""
+    response = getattr(err, "response", None)
+    try:
+        body = response.json() if response is not None else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            if isinstance(body.get(key), str) and body[key]:
+                return f"{body[key]} (HTTP {response.status_code})"
+    return str(err)
+
+
 def list_nodes(client) -> list[dict]:
     """The nodes, as `flwr supernode list --format json` lists them (deleted ones left out)."""
     from flwr.proto.control_pb2 import ListNodesRequest
@@ -328,6 +346,28 @@ def start_run(client, fab: bytes, run_config: dict[str, str]) -> int:
     if not res.HasField("run_id"):
         raise UnikdError("the SuperLink did not start the run (no run id in its answer)")
     return int(res.run_id)
+
+
+def register_node(client, public_key: Path, name: str | None) -> int:
+    """Register a node's OpenSSH ECDSA public key, as `flwr supernode register KEY --name NAME`
+    does (a NIST curve, sent in Flower's byte form); the node id."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes, uses_nist_ec_curve
+
+    try:
+        key = load_ssh_public_key(Path(public_key).read_bytes())
+    except (OSError, ValueError, UnsupportedAlgorithm) as err:
+        raise UnikdError(f"{public_key}: not a readable OpenSSH public key ({err})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not uses_nist_ec_curve(key):
+        raise UnikdError(f"{public_key}: Flower node keys are ECDSA on a NIST curve")
+    res = client.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key),
+                                                  name=name))
+    if not res.node_id:
+        raise UnikdError(f"the SuperLink did not register {public_key} (no node id)")
+    return int(res.node_id)
 
 
 def run_logs(client, run_id: int) -> str:

@@ -331,6 +331,8 @@ def test_node_trusting_another_ca_cannot_connect(deployment):
     make_ca(other)  # the node's root certificate: not the one that signed the SuperLink's
     priv, pub = make_node_key(deployment.cloud.cfg.certs, "edge-x")
     node_id = str(deployment.cli.register(pub, "edge-x"))  # registered: only TLS can stop it
+    with pytest.raises(UnikdError, match="already in use"):  # `unikd certs register` says so
+        deployment.cli.register(pub, "edge-x-again")
     cfg = EdgeConfig(deployment.cloud.address, deployment.edge_cfgs[0].data,
                      ca=other / "ca.crt", key=priv, port=free_port(),
                      home=deployment.root / "edge-x", max_retries=0,

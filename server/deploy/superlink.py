@@ -375,9 +375,10 @@ class FlwrCli:
             return call(self._control)
         except UnikdError:
             raise
-        except Exception as err:  # unreachable, TLS, a SuperLink restarting
+        except Exception as err:  # unreachable, TLS, a SuperLink restarting, refused
             self.close()
-            raise UnikdError(f"{what} at {self.address} failed: {err}") from None
+            raise UnikdError(f"{what} at {self.address} failed: "
+                             f"{flower_internals.control_error(err)}") from None
 
     def close(self) -> None:
         if self._control is not None:
@@ -411,11 +412,12 @@ class FlwrCli:
 
     # -- nodes
     def register(self, public_key: Path, name: str | None = None) -> int:
-        args = ["supernode", "register", str(public_key), CONNECTION]
-        if name:
-            args += ["--name", name]
-        data = self.json(args)
-        return int(data["node-id"])
+        """`flwr supernode register KEY --name NAME`; the node id. A key already registered
+        is an error whose text says "already in use" (the SuperLink's words)."""
+        from shared.flower_internals import register_node
+
+        return self.control(f"registering {public_key}",
+                            lambda c: register_node(c, public_key, name or None))
 
     def nodes(self) -> list[dict]:
         """Every registered node: node-id, owner-name, status (as `flwr supernode list`)."""
