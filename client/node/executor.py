@@ -32,14 +32,13 @@ import time
 import zipfile
 from pathlib import Path
 
-from client.node.polling import IdleBackoff
+from client.node.polling import TASK_IDLE_POLL, IdleBackoff
 from shared import app_signing, flower_internals
 from shared.errors import UnikdError
 
 log = logging.getLogger("unikd.executor")
 
 DEFAULT_TASK_POLL = 0.05  # seconds between AcquireTask calls (loopback, a few ms each)
-DEFAULT_IDLE_POLL = 0.5  # ... backing off to this after 10 s without a task (polling.py)
 
 
 def bundle_modules(fab_content: bytes) -> set[str]:
@@ -129,7 +128,7 @@ def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check) 
 
 class Executor:
     def __init__(self, address: str, bundle_check, poll: float = DEFAULT_TASK_POLL,
-                 idle_poll: float = DEFAULT_IDLE_POLL):
+                 idle_poll: float = TASK_IDLE_POLL):
         self.address, self.check = address, bundle_check
         self.backoff = IdleBackoff(poll, idle_poll)
         self.children: dict[int, int] = {}  # pid -> task id
@@ -195,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dev only: run any bundle the cloud sends")
     p.add_argument("--poll", type=float, default=DEFAULT_TASK_POLL,
                    help="seconds between task polls while tasks come")
-    p.add_argument("--idle-poll", type=float, default=DEFAULT_IDLE_POLL,
+    p.add_argument("--idle-poll", type=float, default=TASK_IDLE_POLL,
                    help="the poll backs off to this after 10 s without a task")
     return p.parse_args(argv)
 

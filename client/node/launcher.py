@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from client.node.polling import IdleBackoff
+from client.node.polling import NODE_IDLE_POLL, TASK_IDLE_POLL, IdleBackoff
 from shared import flower_internals
 from shared.errors import UnikdError
 from shared.processes import child_preexec
@@ -38,19 +38,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--allow-unsigned-apps", action="store_true")
     p.add_argument("--task-poll", type=float, default=0.05)
     p.add_argument("--node-poll", type=float, default=0.1)
-    p.add_argument("--idle-poll", type=float, default=2.0)
+    p.add_argument("--idle-poll", type=float, default=NODE_IDLE_POLL)
     return p.parse_args(argv[:cut]), argv[cut + 1:]
-
-
-# The executor's polls stay on loopback (cheap, but not free: 0.05 s polls cost the node ~12% of
-# a core); idle, it backs off less far than the node, so a run's first task waits <= 0.5 s more.
-EXECUTOR_IDLE_POLL = 0.5
 
 
 def executor_command(args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "client.node.executor", "--runtime-api-address",
            args.runtime_api_address, "--poll", str(args.task_poll), "--idle-poll",
-           str(min(EXECUTOR_IDLE_POLL, args.idle_poll))]
+           str(min(TASK_IDLE_POLL, args.idle_poll))]
     if args.allow_unsigned_apps:
         cmd.append("--allow-unsigned-apps")
     if args.app_key:

@@ -13,6 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+NODE_IDLE_POLL = 2.0  # the SuperNode's poll of the cloud after 10 s without work (`--idle-poll`)
+# The executor's polls stay on loopback (cheap, but not free: 0.05 s polls cost the node ~12% of
+# a core); idle, it backs off less far than the node, so a run's first task waits <= 0.5 s more.
+TASK_IDLE_POLL = 0.5
+
 
 class IdleBackoff:
     """The wait before the next poll: `fast` within `quiet` seconds of the last work (`busy`),

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.node.polling import NODE_IDLE_POLL
 from shared.errors import UnikdError
 from shared.secrets import write_secret
 from shared.flower_tools import flwr_env
@@ -51,7 +52,7 @@ class EdgeConfig:
     allow_unsigned: bool = False  # dev only: run any bundle the cloud sends
     task_poll: float = 0.05  # executor: seconds between task polls on the local runtime API
     node_poll: float = 0.1  # SuperNode: poll of the cloud while a run sends work (Flower: 3 s)
-    idle_poll: float = 2.0  # both polls back off to this after 10 s without work (polling.py)
+    idle_poll: float = NODE_IDLE_POLL  # the polls back off after 10 s without work (polling.py)
     store: Path | None = None  # the window store `unikd serve` fills: trains on its windows
     model_dir: Path | None = None  # the service's model directory: gets the final student
     max_epsilon: float = 0.0  # the operator's privacy budget (client/node/budget.py); 0: none

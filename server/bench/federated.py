@@ -20,7 +20,7 @@ from shared.config import RunConfig
 from shared.datasets import DatasetSpec, parse_scenario, scenario_targets
 from shared.errors import UnikdError
 from shared.metrics import median
-from shared.partition import PartitionSpec
+from shared.partition import PartitionSpec, client_domains
 from shared.runs import write_json
 
 DEFAULT_CLIENTS = 5
@@ -34,14 +34,12 @@ def clients_per_scenario(scenarios: list[str], partition: str, clients: int | No
     (2->11+13+16: three edges), so the count follows the scenario; `--clients`, if given, must
     agree. iid and dirichlet split the target's windows over `clients` (default 5) edges; with
     several targets (2->11+13+16) they split the pooled windows of all of them."""
-    kind = PartitionSpec.parse(partition).kind
+    spec = PartitionSpec.parse(partition)
+    kind = spec.kind
     out: dict[str, int] = {}
     for sc in scenarios:
-        targets = scenario_targets(parse_scenario(sc)[1])
-        dups = sorted({t for t in targets if targets.count(t) > 1})
-        if dups:
-            raise UnikdError(f"scenario {sc} lists target domain(s) {', '.join(dups)} more "
-                             f"than once")
+        target = parse_scenario(sc)[1]
+        targets = scenario_targets(target)
         if kind == "per-domain":
             if clients is not None and clients != len(targets):
                 raise UnikdError(f"--partition per-domain: scenario {sc} has {len(targets)} "
@@ -49,6 +47,7 @@ def clients_per_scenario(scenarios: list[str], partition: str, clients: int | No
             out[sc] = len(targets)
         else:
             out[sc] = DEFAULT_CLIENTS if clients is None else clients
+        client_domains(target, out[sc], spec)  # the partitioner's own checks, before any work
     return out
 
 

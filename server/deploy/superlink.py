@@ -397,19 +397,6 @@ class FlwrCli:
                              f"{_last_lines(proc.stdout + proc.stderr)}")
         return proc
 
-    def json(self, args: list[str], timeout: float = 120.0, cwd: Path | None = None) -> dict:
-        proc = self.run([*args, "--format", "json"], timeout, check=False, cwd=cwd)
-        try:
-            data = json.loads(_json_part(proc.stdout))
-        except ValueError:
-            raise UnikdError(f"flwr {' '.join(args[:2])}: no JSON in the output (exit "
-                             f"{proc.returncode}): {_last_lines(proc.stdout + proc.stderr)}"
-                             ) from None
-        if proc.returncode != 0 or data.get("success") is False:
-            raise UnikdError(f"flwr {' '.join(args[:2])} failed: "
-                             f"{data.get('error-message') or _last_lines(proc.stdout)}")
-        return data
-
     # -- nodes
     def register(self, public_key: Path, name: str | None = None) -> int:
         """`flwr supernode register KEY --name NAME`; the node id. A key already registered
@@ -486,12 +473,6 @@ class FlwrCli:
 
     def stop_run(self, run_id: int) -> None:
         self.run(["stop", str(run_id), CONNECTION], check=False)
-
-
-def _json_part(text: str) -> str:
-    """The JSON object in a CLI output that may carry log lines around it."""
-    start, end = text.find("{"), text.rfind("}")
-    return text[start:end + 1] if start >= 0 and end > start else text
 
 
 def _last_lines(text: str, n: int = 8) -> str:
