@@ -20,6 +20,10 @@ What we use, and why:
                                            install_from_fab (re-extracts the whole bundle on
                                            every task; we skip to a complete install of the
                                            same sha256), flwr.common.config.get_project_dir
+  flwr.supercore.object_ref.load_app, flwr.common.config.get_project_config
+                                           how a task loads the bundle's ClientApp: the
+                                           bundle's warm process imports it the same way once,
+                                           and load_app reuses a module already imported
   flwr.supercore.exit.signal_handler.register_signal_handlers
                                            the SuperNode's SIGTERM handler puts back the
                                            handler it replaced before its graceful exit
@@ -73,6 +77,9 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.supernode.runtime.run_clientapp", "install_from_fab",
      ("fab_file", "install_dir", "skip_prompt")),
     ("flwr.common.config", "get_project_dir", ("fab_id", "fab_version", "fab_hash")),
+    ("flwr.common.config", "get_project_config", ("project_dir",)),
+    ("flwr.supercore.object_ref", "load_app",
+     ("module_attribute_str", "error_type", "project_dir")),
     ("flwr.supernode.runtime.run_clientapp", "push_message", ("client", "message", "context")),
     ("flwr.supercore.runtime", "RuntimeHttpClient", None),
     ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor", ("component_name",)),
@@ -101,6 +108,8 @@ REQUIRED_SOURCE: tuple[tuple[str, str, str], ...] = (
     # the first SIGTERM/SIGINT puts the previous handlers back, then exits gracefully
     ("flwr.supercore.exit.signal_handler", "register_signal_handlers",
      "signal.signal(sig, default_handlers[sig])"),
+    # a ClientApp module already imported (by the bundle's warm process) is used, not re-imported
+    ("flwr.supercore.object_ref", "load_app", "if module_str not in sys.modules:"),
 )
 
 
@@ -416,7 +425,8 @@ class AppRefused(Exception):
 
 
 def run_clientapp_checked(address: str, token: str, parent_pid: int,
-                          bundle_check: BundleCheck) -> None:
+                          bundle_check: BundleCheck,
+                          on_installed: Callable[[str, Path], None] | None = None) -> None:
     """Flower's own per-task ClientApp runner (what `flwr-clientapp` calls), with
     `bundle_check` run right after the task's input arrives and before the bundle is
     installed. A refusal answers the server with an error reply (so its round goes on
@@ -441,9 +451,34 @@ def run_clientapp_checked(address: str, token: str, parent_pid: int,
         return message, context, run, fab
 
     rc.pull_task_input = pull_checked
-    rc.install_from_fab = install_once(
+    install = install_once(
         rc.install_from_fab, lambda digest: get_project_dir(task_run["run"].fab_id,
                                                             task_run["run"].fab_version, digest))
+
+    def install_and_say(fab_file, install_dir=None, skip_prompt=False):
+        path = install(fab_file, install_dir=install_dir, skip_prompt=skip_prompt)
+        if on_installed is not None and isinstance(fab_file, bytes):
+            on_installed(hashlib.sha256(fab_file).hexdigest(), Path(path))
+        return path
+
+    rc.install_from_fab = install_and_say
     rc.run_clientapp(runtime_api_address=address, token=token, insecure=True,
                      certificates=None, parent_pid=parent_pid,
                      runtime_dependency_install=False)
+
+
+def preload_clientapp(app_dir: Path) -> None:
+    """Import an installed bundle's ClientApp as a task does (Flower's `load_app`, with the
+    bundle's folder put on sys.path), so that tasks forked afterwards find it imported:
+    `load_app` imports a module only when it is not in sys.modules yet."""
+    from flwr.clientapp import ClientApp
+    from flwr.common.config import get_project_config
+    from flwr.supercore.object_ref import load_app
+
+    try:
+        ref = get_project_config(app_dir)["tool"]["flwr"]["app"]["components"]["clientapp"]
+    except (KeyError, TypeError, ValueError, OSError) as err:
+        raise UnikdError(f"{app_dir}: no ClientApp named in its pyproject.toml: {err}") from None
+    app = load_app(ref, UnikdError, app_dir)
+    if not isinstance(app, ClientApp):
+        raise UnikdError(f"{app_dir}: {ref} is not a ClientApp")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from client.node.executor import bundle_modules, check_bundle, forget_modules
+from client.node.executor import bundle_modules, check_bundle
+from client.node.warm_bundle import forget_modules
 from client.node.supernode import EdgeConfig, validate
 from server.deploy.superlink import FlwrCli, read_signature_file
 from shared import app_signing, flower_internals

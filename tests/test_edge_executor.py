@@ -4,6 +4,7 @@ with a clear message. The executor running real tasks is in test_secure_deploy."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -168,3 +169,89 @@ def test_supernode_sleeps_treat_a_pending_reply_as_work():
     sleeps.sleep(3)  # Flower's idle poll: no message came
     sleeps.sleep(0.5)  # waiting for a pulled message's reply: a run is sending work
     assert calls == ["idle", "busy"]
+
+
+def _tiny_app(folder: Path, package: str, body: str = "") -> Path:
+    """An installed app folder as Flower leaves it: pyproject.toml naming a ClientApp."""
+    (folder / package).mkdir(parents=True)
+    (folder / package / "__init__.py").write_text("")
+    (folder / package / "app.py").write_text(f"from flwr.clientapp import ClientApp\n{body}\n"
+                                             "app = ClientApp()\n")
+    (folder / "pyproject.toml").write_text(
+        f'[project]\nname = "{package}"\nversion = "1.0.0"\n'
+        f'[tool.flwr.app]\npublisher = "test"\n'
+        f'[tool.flwr.app.components]\nserverapp = "{package}.app:app"\n'
+        f'clientapp = "{package}.app:app"\n')
+    return folder
+
+
+def _warm_tasks(tmp_path: Path, app_dir: Path, package: str, tasks: int):
+    """Start a real warm process for app_dir, hand it `tasks` tasks, and collect what each
+    forked task saw: whether the ClientApp module was already imported, and the warm flag."""
+    from client.node.warm_bundle import WarmBundle
+
+    seen, failed = tmp_path / "seen", tmp_path / "failed"
+    seen.mkdir()
+
+    def launch(token, task_id, run_id, warm):
+        (seen / str(task_id)).write_text(f"{f'{package}.app' in sys.modules} {warm} {token}")
+        os._exit(0)
+
+    def on_failure(digest):
+        failed.write_text(digest)
+
+    w = WarmBundle.start("ab" * 32, app_dir, {package}, launch, on_failure)
+    try:
+        for i in range(tasks):
+            assert w.send(f"tok{i}", i, 7)
+        deadline = time.monotonic() + 60
+        while len(list(seen.iterdir())) < tasks:
+            assert time.monotonic() < deadline and w.ended() is None
+            time.sleep(0.05)
+        w.retire()  # no more tasks: it exits once they have ended
+        while (code := w.ended()) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        w.stop()
+    assert not w.send("late", 99, 7)  # a retired process takes no task
+    return ({int(f.name): f.read_text().split() for f in seen.iterdir()}, code,
+            failed.read_text() if failed.exists() else None)
+
+
+def test_a_warm_bundle_process_imports_the_clientapp_once_and_forks_each_task(tmp_path):
+    app = _tiny_app(tmp_path / "app", "tinyapp_warm_ok")
+    seen, code, failed = _warm_tasks(tmp_path, app, "tinyapp_warm_ok", tasks=3)
+    assert seen == {i: ["True", "True", f"tok{i}"] for i in range(3)} and code == 0
+    assert failed is None and "tinyapp_warm_ok.app" not in sys.modules  # only in the children
+
+
+def test_a_bundle_that_cannot_be_preloaded_still_runs_its_tasks_cold(tmp_path):
+    app = _tiny_app(tmp_path / "app", "tinyapp_warm_bad", body="raise RuntimeError('no')")
+    seen, code, failed = _warm_tasks(tmp_path, app, "tinyapp_warm_bad", tasks=2)
+    assert seen == {i: ["False", "False", f"tok{i}"] for i in range(2)}  # nothing half-imported
+    assert failed == "ab" * 32 and code == 1  # the executor is told, and stops sending tasks
+
+
+def test_a_warm_task_keeps_the_preloaded_modules_only_for_the_same_bundle(monkeypatch,
+                                                                         tmp_path):
+    import hashlib
+    import io
+    import zipfile
+
+    from client.node.executor import check_bundle
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("tinypkg_pre/__init__.py", "")
+    content = buf.getvalue()
+    digest = hashlib.sha256(content).hexdigest()
+    folder = tmp_path / "installed"
+    monkeypatch.setattr(sys, "path", [str(folder.absolute()), *sys.path])
+    monkeypatch.setitem(sys.modules, "tinypkg_pre", object())
+    same = check_bundle(None, allow_unsigned=True, preloaded=(digest, folder))
+    assert same(digest, digest, content, {}) is None
+    assert "tinypkg_pre" in sys.modules and str(folder.absolute()) in sys.path  # kept
+    other = check_bundle(None, allow_unsigned=True, preloaded=("0" * 64, folder))
+    assert other(digest, digest, content, {}) is None  # another bundle was preloaded:
+    assert "tinypkg_pre" not in sys.modules and str(folder.absolute()) not in sys.path

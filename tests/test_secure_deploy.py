@@ -133,6 +133,9 @@ def test_signed_run_trains_through_the_proxy(secure, tmp_path):
     assert summary["clients"] == 2 and summary["rejected_updates"] == 0
     sim = run_inprocess(load_config(overrides=overrides), progress=False)
     assert summary["mf1"] == sim.final["mf1"] and summary["acc"] == sim.final["acc"]
+    for edge in secure.edges:  # after the first task, tasks fork with the bundle imported
+        assert "its ClientApp imported once" in edge.output(), edge.log_tail()
+        assert "forked by the warm process of bundle" in edge.output(), edge.log_tail()
 
 
 def test_unsigned_and_foreign_signed_bundles_are_refused_on_the_edges(secure, tmp_path):

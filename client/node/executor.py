@@ -16,6 +16,10 @@ The warm parent has imported our own packages (this module is one), so the forke
 every module the bundle provides before Flower imports the ClientApp: the code that runs is
 the bundle's, the one that was signed, never a copy already loaded here.
 
+After a task has checked, installed and run a bundle, later tasks are forked from a process
+that has that bundle's ClientApp imported already (warm_bundle.py), and still check their own
+bundle first: only the import is saved.
+
     python -m client.node.executor --runtime-api-address 127.0.0.1:9094 --app-key op.pub
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import logging
 import os
 import signal
@@ -33,6 +38,7 @@ import zipfile
 from pathlib import Path
 
 from client.node.polling import TASK_IDLE_POLL, IdleBackoff
+from client.node.warm_bundle import WarmBundle, forget_modules
 from shared import app_signing, flower_internals
 from shared.errors import UnikdError
 
@@ -54,16 +60,10 @@ def bundle_modules(fab_content: bytes) -> set[str]:
     return names
 
 
-def forget_modules(names: set[str]) -> list[str]:
-    """Drop these packages (and their submodules) from sys.modules; the dropped names."""
-    gone = [m for m in sys.modules if m.split(".")[0] in names]
-    for m in gone:
-        del sys.modules[m]
-    return gone
-
-
-def check_bundle(public, allow_unsigned: bool):
-    """The check each task runs on its bundle (see flower_internals.run_clientapp_checked)."""
+def check_bundle(public, allow_unsigned: bool, preloaded: tuple[str, Path] | None = None):
+    """The check each task runs on its bundle (see flower_internals.run_clientapp_checked).
+    `preloaded`: (sha256, folder) of the bundle a warm process imported before forking this
+    task (warm_bundle.py); its modules are kept only when the task runs that same bundle."""
 
     def _check(run_fab_hash: str, fab_hash: str, content: bytes, run_config: dict) -> str | None:
         actual = hashlib.sha256(content).hexdigest()
@@ -75,7 +75,10 @@ def check_bundle(public, allow_unsigned: bool):
                                     str(run_config.get(app_signing.RUN_CONFIG_KEY, "")))
             if why is not None:
                 return why
-        forget_modules(bundle_modules(content))  # import the bundle's code, not ours
+        if preloaded is None or actual != preloaded[0]:
+            forget_modules(bundle_modules(content))  # import this bundle's code, not ours
+            if preloaded is not None and str(preloaded[1].absolute()) in sys.path:
+                sys.path.remove(str(preloaded[1].absolute()))
         return None
 
     return _check
@@ -97,21 +100,34 @@ def warm_up() -> None:
     optimizer.step()
 
 
-def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check) -> int:
-    """In the forked child: Flower's ClientApp runner for this one task; never returns."""
+def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check,
+             report_fd: int | None = None) -> int:
+    """In the forked child: Flower's ClientApp runner for this one task; never returns.
+    Once its bundle is checked and installed, the task tells the executor on `report_fd`
+    (one JSON line), so that a warm process can be started for that bundle."""
     code = 1
+    modules: list[str] = []
 
     def check_and_say(*bundle) -> str | None:
         why = bundle_check(*bundle)
         if why is not None:  # Flower then logs the refusal as a ClientApp exception, too
             log.error("task %d of run %d refused: %s", task_id, run_id, why)
+        else:
+            modules[:] = sorted(bundle_modules(bundle[2]))
         return why
+
+    def report(digest: str, app_dir: Path) -> None:
+        if report_fd is not None:  # one write under PIPE_BUF: never interleaved with another
+            line = json.dumps({"pid": os.getpid(), "sha256": digest, "dir": str(app_dir),
+                               "modules": modules}) + "\n"
+            os.write(report_fd, line.encode())
 
     started = time.perf_counter()
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # run_clientapp installs its own handlers
-        flower_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say)
+        flower_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say,
+                                               report)
         code = 0
     except SystemExit as done:  # Flower ends its task process with sys.exit
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
@@ -127,12 +143,49 @@ def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check) 
 
 
 class Executor:
-    def __init__(self, address: str, bundle_check, poll: float = DEFAULT_TASK_POLL,
-                 idle_poll: float = TASK_IDLE_POLL):
-        self.address, self.check = address, bundle_check
+    """Polls the SuperNode for tasks and forks each one, from the bundle's warm process when
+    there is one for the last bundle that ran well here (warm_bundle.py), else from itself."""
+
+    def __init__(self, address: str, public, allow_unsigned: bool,
+                 poll: float = DEFAULT_TASK_POLL, idle_poll: float = TASK_IDLE_POLL):
+        self.address, self.public, self.allow_unsigned = address, public, allow_unsigned
         self.backoff = IdleBackoff(poll, idle_poll)
         self.children: dict[int, int] = {}  # pid -> task id
+        self.installs: dict[int, dict] = {}  # pid -> what that task reported it installed
+        self.warm: WarmBundle | None = None
+        self.retired: list[WarmBundle] = []  # told to stop; reaped once they have ended
+        self.failed_warm: set[str] = set()  # bundles whose warm process could not import them
+        self.reports_in, self.reports_out = os.pipe()
+        os.set_blocking(self.reports_in, False)
+        self.pending_report = b""
         self.stopping = False
+
+    def check(self, preloaded: tuple[str, Path] | None = None):
+        return check_bundle(self.public, self.allow_unsigned, preloaded)
+
+    def read_reports(self) -> None:
+        try:
+            self.pending_report += os.read(self.reports_in, 65536)
+        except BlockingIOError:
+            return
+        while b"\n" in self.pending_report:
+            line, self.pending_report = self.pending_report.split(b"\n", 1)
+            self.note_install(json.loads(line))
+
+    def note_install(self, report: dict) -> None:
+        if "warm_failed" in report:  # its tasks fork from here again
+            if self.warm is not None and self.warm.digest == report["warm_failed"]:
+                self.failed_warm.add(self.warm.digest)
+                self.warm.retire()
+                self.retired.append(self.warm)
+                self.warm = None
+        elif report["pid"] in self.children:  # acted on when that task has ended well
+            self.installs[report["pid"]] = report
+        elif self.warm is not None and report["sha256"] != self.warm.digest:
+            # a task of the warm process ran another bundle: that bundle is in use now
+            log.info("bundle %s in use: retiring the warm process of %s",
+                     report["sha256"][:12], self.warm.digest[:12])
+            self.warm.retire()
 
     def reap(self) -> None:
         for pid in list(self.children):
@@ -142,13 +195,48 @@ class Executor:
                 code = os.waitstatus_to_exitcode(status)
                 if code != 0:  # a refusal or a ClientApp error: its reason is logged above
                     log.info("task %d ended with exit code %d", task, code)
+                installed = self.installs.pop(pid, None)
+                if code == 0 and installed is not None:
+                    self.warm_up_bundle(installed)
+        if self.warm is not None and (code := self.warm.ended()) is not None:
+            self.failed_warm.add(self.warm.digest)  # it should have lived until retired
+            log.warning("the warm process of bundle %s ended (exit code %d); its tasks fork "
+                        "from the executor", self.warm.digest[:12], code)
+            self.warm = None
+        self.retired = [w for w in self.retired if w.ended() is None]
+
+    def warm_up_bundle(self, installed: dict) -> None:
+        digest = installed["sha256"]
+        if digest in self.failed_warm or (
+                self.warm is not None and self.warm.digest == digest):
+            return
+        if self.warm is not None:  # only one bundle is kept warm
+            self.warm.retire()
+            self.retired.append(self.warm)
+        app_dir = Path(installed["dir"])
+        warm_check, cold_check = self.check(preloaded=(digest, app_dir)), self.check()
+
+        def launch(token: str, task_id: int, run_id: int, warm: bool) -> None:
+            run_task(self.address, token, task_id, run_id, warm_check if warm else cold_check,
+                     self.reports_out)
+
+        def failed(digest: str) -> None:
+            os.write(self.reports_out, (json.dumps({"warm_failed": digest}) + "\n").encode())
+
+        self.warm = WarmBundle.start(digest, app_dir, set(installed["modules"]), launch, failed,
+                                     close_in_child=(self.reports_in,))
 
     def launch(self, token: str, task_id: int, run_id: int) -> None:
+        if self.warm is not None and self.warm.send(token, task_id, run_id):
+            log.info("task %d of run %d: forked by the warm process of bundle %s", task_id,
+                     run_id, self.warm.digest[:12])
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            run_task(self.address, token, task_id, run_id, self.check)
+            os.close(self.reports_in)
+            run_task(self.address, token, task_id, run_id, self.check(), self.reports_out)
         self.children[pid] = task_id
         log.info("task %d of run %d: started in process %d", task_id, run_id, pid)
 
@@ -157,6 +245,7 @@ class Executor:
         waiting_since = None
         try:
             while not self.stopping:
+                self.read_reports()
                 self.reap()
                 try:
                     task = flower_internals.acquire_clientapp_task(client)
@@ -178,6 +267,9 @@ class Executor:
 
     def stop(self, *_: object) -> None:
         self.stopping = True
+        for warm in [self.warm, *self.retired]:
+            if warm is not None:
+                warm.stop()
         for pid in self.children:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -222,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     # Tasks pull their message's objects from the SuperNode, which may still be fetching them
     # from the SuperLink: retry within milliseconds, not after Flower's 1 s first backoff.
     flower_internals.shorten_object_backoff()
-    ex = Executor(args.runtime_api_address, check_bundle(public, args.allow_unsigned_apps),
-                  args.poll, args.idle_poll)
+    ex = Executor(args.runtime_api_address, public, args.allow_unsigned_apps, args.poll,
+                  args.idle_poll)
     signal.signal(signal.SIGTERM, ex.stop)
     signal.signal(signal.SIGINT, ex.stop)
     log.info("ready: polling %s every %.2fs (%.1fs when idle); %s", args.runtime_api_address,
