@@ -67,7 +67,8 @@ def stock_edge(cfg: EdgeConfig, log: Path) -> EdgeProcess:
 
 
 def one_run(root: Path, mode: str, overrides: list[str], clients: int,
-            link_state: str = "disk", timeout: float = 900) -> dict:
+            link_state: str = "disk", timeout: float = 900, polls: dict | None = None) -> dict:
+    """polls: EdgeConfig's node_poll / task_poll, if not the shipped ones."""
     t0 = time.perf_counter()
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
                                     link_port=free_port(), dev_certs=True,
@@ -81,7 +82,8 @@ def one_run(root: Path, mode: str, overrides: list[str], clients: int,
             cli.register(pub, f"edge-{i}")
             cfg = EdgeConfig(cloud.address, edge_data(root, i, clients, overrides),
                              ca=cloud.cfg.paths.ca_crt, key=priv, client_id=i,
-                             port=free_port(), home=root / f"edge-{i}", app_key=app_pub)
+                             port=free_port(), home=root / f"edge-{i}", app_key=app_pub,
+                             **(polls or {}))
             log = root / f"edge-{i}.log"
             e = start_edge(cfg, log) if mode == "ours" else stock_edge(cfg, log)
             edges.append(e)

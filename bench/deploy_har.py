@@ -42,6 +42,9 @@ def main() -> int:
     ap.add_argument("--link-state", default="disk", help="comma list: disk, memory")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config overrides for both runs, e.g. distill.epochs=2 for a smoke run")
+    ap.add_argument("--node-poll", type=float, help="the edges' poll of the cloud while a run "
+                    "sends work (default: the shipped EdgeConfig.node_poll)")
+    ap.add_argument("--task-poll", type=float, help="the executors' task poll (default: shipped)")
     ap.add_argument("--timeout", type=float, default=3 * 3600.0, help="seconds per deployed run")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy_har.json"))
     args = ap.parse_args()
@@ -57,8 +60,11 @@ def main() -> int:
     print(json.dumps(runs[-1]), flush=True)
     for state in states:
         t0 = time.perf_counter()
+        polls = {k: v for k, v in (("node_poll", args.node_poll),
+                                   ("task_poll", args.task_poll)) if v is not None}
         run = one_run(work / f"deployed-{state}", "ours", overrides, args.clients, state,
-                      timeout=args.timeout)
+                      timeout=args.timeout, polls=polls)
+        run.update(polls)
         run["wall_seconds"] = time.perf_counter() - t0  # cloud + edges up, run, all stopped
         run["round_seconds"] = None
         runs.append(run)
@@ -71,6 +77,7 @@ def main() -> int:
         run["wall_ratio_to_inprocess"] = run["wall_seconds"] / base["wall_seconds"]
     report = {
         "overrides": args.set,
+        "polls": {"node_poll": args.node_poll, "task_poll": args.task_poll},
         "what": f"HAR {args.scenario}, the packaged HAR recipe (federated DANN teacher included), "
                 f"K={args.clients}, seed {args.seed}: deployed (proxy + SuperLink with TLS and "
                 f"node auth, {args.clients} unikd edge processes on 127.0.0.1) vs in-process",
