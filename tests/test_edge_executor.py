@@ -255,3 +255,29 @@ def test_a_warm_task_keeps_the_preloaded_modules_only_for_the_same_bundle(monkey
     other = check_bundle(None, allow_unsigned=True, preloaded=("0" * 64, folder))
     assert other(digest, digest, content, {}) is None  # another bundle was preloaded:
     assert "tinypkg_pre" not in sys.modules and str(folder.absolute()) not in sys.path
+
+
+def test_the_executor_retires_a_warm_process_when_another_bundle_runs_or_it_fails():
+    from client.node.executor import Executor
+
+    class Warm:  # stands in for WarmBundle's handle: only what the executor calls here
+        def __init__(self, digest):
+            self.digest, self.retired = digest, False
+
+        def retire(self):
+            self.retired = True
+
+    ex = Executor("127.0.0.1:9", public=None, allow_unsigned=True)
+    ex.warm = first = Warm("a" * 64)
+    ex.note_install({"pid": 1, "sha256": "a" * 64, "dir": "x", "modules": []})  # same bundle
+    assert ex.warm is first and not first.retired
+    ex.note_install({"pid": 2, "sha256": "b" * 64, "dir": "y", "modules": []})  # another one
+    assert ex.warm is None and first.retired and ex.retired == [first]
+    assert not ex.failed_warm  # a bundle that was swapped out may be kept warm again later
+    ex.warm = second = Warm("c" * 64)
+    ex.note_install({"warm_failed": "c" * 64})  # it could not import its bundle
+    assert ex.warm is None and second.retired and ex.failed_warm == {"c" * 64}
+    ex.children[3] = 7  # a task forked by the executor itself: acted on once it has ended
+    report = {"pid": 3, "sha256": "d" * 64, "dir": "z", "modules": []}
+    ex.note_install(report)
+    assert ex.installs == {3: report}

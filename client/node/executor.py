@@ -173,19 +173,24 @@ class Executor:
             self.note_install(json.loads(line))
 
     def note_install(self, report: dict) -> None:
-        if "warm_failed" in report:  # its tasks fork from here again
+        if "warm_failed" in report:  # its tasks fork from here again, and it is not retried
             if self.warm is not None and self.warm.digest == report["warm_failed"]:
                 self.failed_warm.add(self.warm.digest)
-                self.warm.retire()
-                self.retired.append(self.warm)
-                self.warm = None
+                self.retire_warm()
         elif report["pid"] in self.children:  # acted on when that task has ended well
             self.installs[report["pid"]] = report
         elif self.warm is not None and report["sha256"] != self.warm.digest:
             # a task of the warm process ran another bundle: that bundle is in use now
             log.info("bundle %s in use: retiring the warm process of %s",
                      report["sha256"][:12], self.warm.digest[:12])
+            self.retire_warm()
+
+    def retire_warm(self) -> None:
+        """Send no more tasks to the warm process; it exits once its tasks have ended."""
+        if self.warm is not None:
             self.warm.retire()
+            self.retired.append(self.warm)
+            self.warm = None
 
     def reap(self) -> None:
         for pid in list(self.children):
@@ -210,9 +215,7 @@ class Executor:
         if digest in self.failed_warm or (
                 self.warm is not None and self.warm.digest == digest):
             return
-        if self.warm is not None:  # only one bundle is kept warm
-            self.warm.retire()
-            self.retired.append(self.warm)
+        self.retire_warm()  # only one bundle is kept warm
         app_dir = Path(installed["dir"])
         warm_check, cold_check = self.check(preloaded=(digest, app_dir)), self.check()
 
