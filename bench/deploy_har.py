@@ -58,10 +58,10 @@ def main() -> int:
     runs = [inprocess_run(work / "inprocess", overrides)]
     runs[0]["round_seconds"] = None  # per-round lists kept out of the report: see the medians
     print(json.dumps(runs[-1]), flush=True)
+    polls = {k: v for k, v in (("node_poll", args.node_poll),
+                               ("task_poll", args.task_poll)) if v is not None}
     for state in states:
         t0 = time.perf_counter()
-        polls = {k: v for k, v in (("node_poll", args.node_poll),
-                                   ("task_poll", args.task_poll)) if v is not None}
         run = one_run(work / f"deployed-{state}", "ours", overrides, args.clients, state,
                       timeout=args.timeout, polls=polls)
         run.update(polls)

@@ -396,12 +396,14 @@ BundleCheck = Callable[[str, str, bytes, dict], "str | None"]
 BUNDLE_MARK = ".unikd-bundle-sha256"  # in an app folder: the full hash it was installed from
 
 
-def install_once(install: Callable, app_dir: Callable[[str], Path]) -> Callable:
+def install_once(install: Callable, app_dir: Callable[[str], Path],
+                 on_installed: Callable[[str, Path], None] | None = None) -> Callable:
     """Flower's `install_from_fab`, skipped when `app_dir(sha256)` is a complete install of
     the same bundle. Flower extracts and hash-checks the whole bundle into a temporary folder
     on every task (0.3-0.4 s for ours on the 2-core box), then keeps an existing app folder
     named by the hash's first 8 hex digits. We write the full sha256 into the folder after
-    an install that created it, and trust only that mark."""
+    an install that created it, and trust only that mark. `on_installed(sha256, folder)` is
+    told where a bundle given as bytes is installed, whether just now or before."""
 
     def _install(fab_file, install_dir=None, skip_prompt=False):
         target = None
@@ -410,11 +412,15 @@ def install_once(install: Callable, app_dir: Callable[[str], Path]) -> Callable:
             target = app_dir(digest)
             mark = target / BUNDLE_MARK
             if mark.is_file() and mark.read_text() == digest:
+                if on_installed is not None:
+                    on_installed(digest, target)
                 return target
         fresh = target is not None and not target.exists()
         path = install(fab_file, install_dir=install_dir, skip_prompt=skip_prompt)
         if fresh and Path(path) == target:
             atomic_write_bytes(mark, digest.encode())
+        if target is not None and on_installed is not None:
+            on_installed(digest, Path(path))
         return path
 
     return _install
@@ -451,17 +457,10 @@ def run_clientapp_checked(address: str, token: str, parent_pid: int,
         return message, context, run, fab
 
     rc.pull_task_input = pull_checked
-    install = install_once(
+    rc.install_from_fab = install_once(
         rc.install_from_fab, lambda digest: get_project_dir(task_run["run"].fab_id,
-                                                            task_run["run"].fab_version, digest))
-
-    def install_and_say(fab_file, install_dir=None, skip_prompt=False):
-        path = install(fab_file, install_dir=install_dir, skip_prompt=skip_prompt)
-        if on_installed is not None and isinstance(fab_file, bytes):
-            on_installed(hashlib.sha256(fab_file).hexdigest(), Path(path))
-        return path
-
-    rc.install_from_fab = install_and_say
+                                                            task_run["run"].fab_version, digest),
+        on_installed)
     rc.run_clientapp(runtime_api_address=address, token=token, insecure=True,
                      certificates=None, parent_pid=parent_pid,
                      runtime_dependency_install=False)

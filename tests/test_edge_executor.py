@@ -90,6 +90,13 @@ def test_a_bundle_is_installed_once_and_reused_only_by_its_full_hash(tmp_path):
     install(bundle, skip_prompt=True)
     install(bundle, skip_prompt=True)
     assert len(calls) == 4 and not (other / flower_internals.BUNDLE_MARK).exists()
+    told = []  # where the bundle is, for the warm process: after an install and after a skip
+    target = tmp_path / f"new.{digest[:8]}"
+    install = flower_internals.install_once(flower_install, lambda d: target,
+                                            lambda d, p: told.append((d, p)))
+    install(bundle, skip_prompt=True)
+    install(bundle, skip_prompt=True)
+    assert told == [(digest, target), (digest, target)] and len(calls) == 5
 
 
 def test_the_warm_executor_preloads_what_an_optimizer_step_imports():
