@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord  # noqa: E402
 
-from shared.datasets import get_spec  # noqa: E402
-from shared.engine import UniKDNets  # noqa: E402
+from shared.data.datasets import get_spec  # noqa: E402
+from shared.unikd.engine import UniKDNets  # noqa: E402
 from shared.protocol import npy  # noqa: E402
 from shared.protocol.records import student_state  # noqa: E402
 

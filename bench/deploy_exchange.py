@@ -48,11 +48,11 @@ from client.node.supernode import (EdgeConfig, EdgeProcess, edge_env, start_edge
 from server.deploy.certs import make_node_key  # noqa: E402
 from server.deploy.superlink import (LINK_STATES, CloudConfig, config_overrides,  # noqa: E402
                                      start_cloud, submit)
-from shared.app_signing import generate_key as generate_app_key  # noqa: E402
+from shared.platform.app_signing import generate_key as generate_app_key  # noqa: E402
 from shared.config import load_config  # noqa: E402
-from shared.flower_tools import flwr_tool  # noqa: E402
-from shared.metrics import median  # noqa: E402
-from shared.processes import free_port, group_members  # noqa: E402
+from shared.platform.flower_tools import flwr_tool  # noqa: E402
+from shared.unikd.metrics import median  # noqa: E402
+from shared.platform.processes import free_port, group_members  # noqa: E402
 
 
 def stock_edge(cfg: EdgeConfig, log: Path) -> EdgeProcess:

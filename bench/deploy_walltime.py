@@ -30,9 +30,9 @@ from client.node.local_data import write_device_folder  # noqa: E402
 from server.deploy.certs import make_node_key  # noqa: E402
 from server.deploy.superlink import (CloudConfig, config_overrides, start_cloud,  # noqa: E402
                                      submit)
-from shared.app_signing import generate_key as generate_app_key  # noqa: E402
-from shared.processes import free_port, group_members  # noqa: E402
-from shared.metrics import median
+from shared.platform.app_signing import generate_key as generate_app_key  # noqa: E402
+from shared.platform.processes import free_port, group_members  # noqa: E402
+from shared.unikd.metrics import median
 from shared.config import load_config  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "deploy_walltime.json"))
     args = ap.parse_args()
-    from shared.flower_tools import FLWR_ENV
+    from shared.platform.flower_tools import FLWR_ENV
 
     os.environ.update(FLWR_ENV)
     torch.set_num_threads(1)

@@ -42,7 +42,7 @@ from client.edge_service.export import RunStudent, export_student, load_run_stud
 from protos import edge_pb2, edge_pb2_grpc  # noqa: E402
 from server.central.teacher import load_teacher  # noqa: E402
 from shared.data.scenario import load_split  # noqa: E402
-from shared.datasets import parse_scenario  # noqa: E402
+from shared.data.datasets import parse_scenario  # noqa: E402
 
 MAIN5 = ("2:11", "7:13", "12:16", "9:18", "6:23")
 RECIPE = ["--set", "teacher.ensemble=1", "--set", "teacher.epochs=20", "--set", "distill.epochs=10"]
@@ -51,7 +51,7 @@ RECIPE = ["--set", "teacher.ensemble=1", "--set", "teacher.epochs=20", "--set", 
 def train_students(out: Path, data: str) -> None:
     """One quick UNI-KD student per main-5 scenario, one process at a time."""
     for sc in MAIN5:
-        subprocess.run([sys.executable, "-m", "shared.cli", "distill", "--config",
+        subprocess.run([sys.executable, "-m", "shared.cli.main", "distill", "--config",
                         str(REPO_ROOT / "configs" / "har.yaml"), *RECIPE,
                         "--set", f"data.scenario={sc}",
                         "--set", f"data.path={Path(data).resolve()}",
@@ -120,7 +120,7 @@ def latency(predictors: dict, windows: np.ndarray, calls: int, rounds: int) -> d
 
 def start_serve(store: Path, model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--store", str(store), "--model", str(model),
+        [sys.executable, "-m", "shared.cli.main", "serve", "--store", str(store), "--model", str(model),
          "--address", "127.0.0.1:0", "--watch", "0"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log.open("a"), text=True,
         start_new_session=True)

@@ -25,7 +25,7 @@ def one(data: str, clients: int, rounds: int, teacher: str) -> dict:
     from server.fed.harness import InProcessGrid, load_component
     from server.fed.rounds import federate
     from shared.config import load_config
-    from shared.metrics import median
+    from shared.unikd.metrics import median
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR", "data.scenario=2->11",

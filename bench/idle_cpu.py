@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 def cpu_ticks(groups: set[int]) -> dict[int, tuple[int, str]]:
-    from shared.processes import group_members
+    from shared.platform.processes import group_members
 
     out = {}
     for group in groups:
@@ -46,9 +46,9 @@ def measure(root: Path, seconds: float, settle: float) -> dict:
     from client.node.supernode import EdgeConfig, start_edge
     from server.deploy.certs import make_node_key
     from server.deploy.superlink import CloudConfig, start_cloud
-    from shared.app_signing import generate_key
+    from shared.platform.app_signing import generate_key
     from shared.config import load_config
-    from shared.processes import free_port
+    from shared.platform.processes import free_port
 
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
                                     link_port=free_port(), names=["localhost", "127.0.0.1"],

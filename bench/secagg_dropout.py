@@ -47,10 +47,10 @@ def har_updates(data: Path, clients: int, rounds: int, batch: int, seed: int):
     """{client: [one flattened gradient per round]} and the record layout (real HAR windows)."""
     import torch
 
-    from shared.datasets import get_spec
-    from shared.engine import KDHparams, StepSchedule, UniKDNets, target_terms
+    from shared.data.datasets import get_spec
+    from shared.unikd.engine import KDHparams, StepSchedule, UniKDNets, target_terms
     from shared.protocol import wire
-    from shared.secagg_math import flatten
+    from shared.privacy.secagg_math import flatten
 
     torch.manual_seed(seed)
     spec = get_spec("HAR")
@@ -130,7 +130,7 @@ def run(data: Path, clients: int, rounds: int, drop: float, fraction: float, cli
     from server.fed.ledger import record_bytes
     from server.fed.secagg import layout_of, secure_round
     from shared.protocol import wire
-    from shared.secagg_math import clip_and_check, flatten, threshold_for
+    from shared.privacy.secagg_math import clip_and_check, flatten, threshold_for
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

@@ -19,9 +19,9 @@ from torch import nn
 
 from shared.data.loaders import Normalizer, epoch_batches, eval_chunks
 from shared.data.synth import SynthConfig, generate_domain
-from shared.datasets import get_spec
-from shared.metrics import macro_f1
-from shared.models import student_for
+from shared.data.datasets import get_spec
+from shared.unikd.metrics import macro_f1
+from shared.unikd.models import student_for
 
 SHIFTS = (0.0, 1.0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from shared.config import METHODS, load_config, resolve_config
-from shared.datasets import DatasetSpec, format_scenario, parse_scenario_list
+from shared.data.datasets import DatasetSpec, format_scenario, parse_scenario_list
 from shared.errors import UnikdError
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from client.node.executor import bundle_modules, check_bundle
 from client.node.warm_bundle import forget_modules
 from client.node.supernode import EdgeConfig, validate
 from server.deploy.superlink import FlwrCli, read_signature_file
-from shared import app_signing, flower_internals
-from shared.cli import main
+from shared.platform import app_signing, flower_internals
+from shared.cli.main import main
 from shared.errors import UnikdError
 
 REPO = Path(__file__).resolve().parents[1]

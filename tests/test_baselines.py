@@ -12,9 +12,9 @@ from shared.config import load_config
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import ScenarioData
-from shared.datasets import get_spec
-from shared.models import TeacherEnsemble, student_for, teacher_for
-from shared.steps import seed_init
+from shared.data.datasets import get_spec
+from shared.unikd.models import TeacherEnsemble, student_for, teacher_for
+from shared.clock.steps import seed_init
 
 SPEC = get_spec("HAR")
 N = 64  # windows per split: two batches of 32 per epoch

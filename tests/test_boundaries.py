@@ -100,7 +100,7 @@ def test_checker_reports_file_and_line(tmp_path, pkg, source, expected):
 def test_checker_allows_legal_imports(tmp_path):
     for p in PACKAGES:
         (tmp_path / p).mkdir()
-    (tmp_path / "client" / "a.py").write_text("from shared.models import CNN1d\nfrom . import b\n")
+    (tmp_path / "client" / "a.py").write_text("from shared.unikd.models import CNN1d\nfrom . import b\n")
     (tmp_path / "server" / "a.py").write_text("import shared.config\nfrom protos import wire_pb2\n")
     (tmp_path / "shared" / "a.py").write_text("from .models import CNN1d\nimport torch\n")
     assert violations(tmp_path) == []
@@ -208,3 +208,72 @@ def test_cycle_and_private_name_checkers_catch_offenders(tmp_path):
     (tmp_path / "server" / "b.py").write_text("def f():\n    from server.a import _g\n")
     assert import_cycles(tmp_path) == [["server.a", "server.b"]]
     assert private_imports(tmp_path) == ["server/b.py:2 imports _g from server.a"]
+
+
+# ---------------------------------------------------------------- the layers of shared/
+
+# Each layer of shared/ and the other layers it may import (README "Architecture"). The method
+# and its maths (unikd, clock, data, config, privacy) import no platform code and no Flower:
+# they run the same in a notebook, the centralized trainer, a simulated or a deployed node.
+SHARED_LAYERS = {
+    "errors": set(),
+    "clock": {"data", "errors"},
+    "config": {"data", "errors"},
+    "data": {"clock", "config", "errors"},
+    "unikd": {"clock", "data", "errors"},
+    "privacy": {"clock", "errors"},
+    "protocol": {"clock", "config", "data", "errors", "platform", "unikd"},
+    "platform": {"config", "errors"},
+    "cli": {"clock", "config", "data", "errors", "platform", "privacy", "protocol", "unikd"},
+}
+PLATFORM_FREE = {"clock", "config", "data", "unikd", "privacy"}
+PLATFORM_PACKAGES = {"flwr", "grpc"}
+
+
+def layer_of(rel: Path) -> str:
+    return rel.parts[1].removesuffix(".py")
+
+
+def layer_violations(root: Path) -> list[str]:
+    """'file:line imports X (layer L may not import M)' for every import across shared/ layers."""
+    out: list[str] = []
+    for file in sorted((root / "shared").rglob("*.py")):
+        rel = file.relative_to(root)
+        if len(rel.parts) < 3 and rel.name == "__init__.py":
+            continue  # shared/__init__.py: the package docstring only
+        layer = layer_of(rel)
+        module = ".".join(rel.with_suffix("").parts)
+        for line, name in imported_modules(file.read_text(encoding="utf-8"), module):
+            parts = name.split(".")
+            if parts[0] == "shared" and len(parts) > 1 and parts[1] != layer:
+                if layer not in SHARED_LAYERS or parts[1] not in SHARED_LAYERS[layer]:
+                    out.append(f"{rel}:{line} imports {name} (layer {layer} may not import "
+                               f"shared.{parts[1]})")
+            elif parts[0] in PLATFORM_PACKAGES and layer in PLATFORM_FREE:
+                out.append(f"{rel}:{line} imports {name} (layer {layer} imports no platform "
+                           f"code)")
+    return out
+
+
+def test_shared_is_in_known_layers():
+    found = {layer_of(f.relative_to(REPO_ROOT)) for f in (REPO_ROOT / "shared").rglob("*.py")
+             if len(f.relative_to(REPO_ROOT).parts) > 2 or f.name != "__init__.py"}
+    assert found == set(SHARED_LAYERS), f"layers of shared/ not in SHARED_LAYERS: {found}"
+
+
+def test_shared_layers_hold():
+    found = layer_violations(REPO_ROOT)
+    assert not found, "layer violations in shared/:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("layer, source, expected", [
+    ("unikd", "from shared.platform import processes\n", "layer unikd may not import"),
+    ("clock", "import flwr\n", "layer clock imports no platform code"),
+    ("privacy", "from shared.protocol import wire\n", "layer privacy may not import"),
+])
+def test_layer_checker_reports_offenders(tmp_path, layer, source, expected):
+    (tmp_path / "shared" / layer).mkdir(parents=True)
+    (tmp_path / "shared" / layer / "mod.py").write_text(source)
+    found = layer_violations(tmp_path)
+    assert len(found) == 1 and expected in found[0], found
+    assert found[0].startswith(f"shared/{layer}/mod.py:1 imports")

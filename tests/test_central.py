@@ -18,8 +18,8 @@ from server.central.runner import run_distill
 from server.central.teacher import load_teacher, train_dann_teacher
 from shared.config import load_config
 from shared.data.scenario import load_scenario
-from shared.engine import KDHparams, StepSchedule, source_terms, target_terms, teacher_outputs
-from shared.models import student_for
+from shared.unikd.engine import KDHparams, StepSchedule, source_terms, target_terms, teacher_outputs
+from shared.unikd.models import student_for
 
 TINY = ["distill.epochs=2", "teacher.epochs=1"]
 
@@ -45,7 +45,7 @@ def _states_equal(a: dict, b: dict) -> bool:
 
 
 def _explicit_kd(zt: torch.Tensor, zs: torch.Tensor, w: torch.Tensor, temp: float) -> torch.Tensor:
-    """T^2 * mean_i w_i * sum_c p_t (log p_t - log p_s), written out without shared.losses."""
+    """T^2 * mean_i w_i * sum_c p_t (log p_t - log p_s), written out without shared.unikd.losses."""
     at, as_ = zt.double() / temp, zs.double() / temp
     log_pt = at - at.exp().sum(1, keepdim=True).log()
     log_ps = as_ - as_.exp().sum(1, keepdim=True).log()

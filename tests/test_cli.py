@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
+from shared.cli.main import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "--help"], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "shared.cli.main", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: unikd" in proc.stdout

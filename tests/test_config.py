@@ -135,8 +135,8 @@ def test_distill_method_is_read_and_validated(tmp_path):
 
 
 def test_config_show_lists_every_key_with_its_default_and_value(tmp_path, capsys):
-    from shared.cli import main
-    from shared.commands.config import rows
+    from shared.cli.main import main
+    from shared.cli.commands.config import rows
     from shared.config import RunConfig
 
     file = _yaml(tmp_path, "seed: 5\nfed:\n  clients: 7\n")

@@ -12,9 +12,9 @@ import itertools
 
 import torch
 
-from shared import losses
-from shared.datasets import get_spec
-from shared.engine import KDHparams, StepSchedule, TeacherOut, UniKDNets, source_terms, target_terms
+from shared.unikd import losses
+from shared.data.datasets import get_spec
+from shared.unikd.engine import KDHparams, StepSchedule, TeacherOut, UniKDNets, source_terms, target_terms
 
 SPEC = get_spec("HAR")
 T = 4.0

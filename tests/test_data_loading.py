@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.cli import main
+from shared.cli.main import main
 from shared.data.adatime import check_dir, load_domain
 from shared.data.loaders import Normalizer, epoch_batches, eval_chunks
-from shared.datasets import get_spec
+from shared.data.datasets import get_spec
 from shared.errors import DataError
 
 HAR = get_spec("HAR")

@@ -27,8 +27,8 @@ from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, node_co
 from server.deploy.certs import describe, init_all, make_ca, make_node_key
 from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
                                      start_cloud, submit, superlink_command)
-from shared.app_signing import generate_key as generate_app_key
-from shared.processes import ProcessGroup, free_port, group_members, start_group
+from shared.platform.app_signing import generate_key as generate_app_key
+from shared.platform.processes import ProcessGroup, free_port, group_members, start_group
 from shared.config import load_config
 from shared.errors import UnikdError
 
@@ -158,7 +158,7 @@ def test_stopping_a_group_takes_its_children_along(tmp_path):
 def test_a_killed_launcher_takes_its_superlink_down(tmp_path):
     """SIGKILL on the process that started a group (no cleanup runs) still ends the child."""
     code = ("import os, sys, time; sys.path.insert(0, %r)\n"
-            "from shared.processes import start_group\n"
+            "from shared.platform.processes import start_group\n"
             "p = start_group('s', ['sleep', '60'], None, dict(os.environ))\n"
             "print(p.pid, flush=True); time.sleep(60)\n" % str(REPO_ROOT))
     launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -190,7 +190,7 @@ def test_edge_side_installs_and_runs_without_cloud_code():
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import client.node.client_app, client.node.commands\n"
-        "from shared.cli import main\n"
+        "from shared.cli.main import main\n"
         "sys.exit(main(['--help']))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -211,7 +211,7 @@ def test_submit_refuses_run_config_keys_the_app_does_not_declare(tmp_path):
 def test_cloud_command_insecure_warns_and_stops_cleanly(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "cloud", "--insecure", "--host", "127.0.0.1",
+        [sys.executable, "-m", "shared.cli.main", "cloud", "--insecure", "--host", "127.0.0.1",
          "--port", str(port), "--link-port", str(free_port()), "--state-dir",
          str(tmp_path / "state")],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -377,7 +377,7 @@ def test_two_round_deployed_run_completes_with_the_simulations_numbers(deploymen
 
 
 def test_failed_run_makes_submit_exit_nonzero(deployment, tmp_path):
-    from shared.cli import main
+    from shared.cli.main import main
 
     code = main(["submit", "--state-dir", str(deployment.cloud.cfg.state_dir), "--out",
                  str(tmp_path), "--set", "data.path=/nonexistent/unikd-data",

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from server.deploy.superlink import DEFAULT_PORT
-from shared.cli import build_parser
+from shared.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -65,7 +65,7 @@ def pins() -> dict[str, str]:
 
 
 def test_cli_lists_the_deployment_commands():
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "--help"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "shared.cli.main", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     listed = set(re.findall(r"^\s{4}([a-z][a-z-]+)\s", proc.stdout, re.M))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-from shared.datasets import get_spec, parse_scenario
+from shared.data.datasets import get_spec, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 

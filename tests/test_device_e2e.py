@@ -30,12 +30,12 @@ from client.node.local_data import simulated_split
 from protos import edge_pb2, edge_pb2_grpc
 from server.deploy.certs import make_node_key
 from server.deploy.superlink import CloudConfig, config_overrides, start_cloud, submit
-from shared.app_signing import generate_key as generate_app_key
+from shared.platform.app_signing import generate_key as generate_app_key
 from shared.config import load_config
 from shared.data.loaders import Normalizer
-from shared.datasets import get_spec
-from shared.engine import UniKDNets
-from shared.processes import free_port, group_members, start_group
+from shared.data.datasets import get_spec
+from shared.unikd.engine import UniKDNets
+from shared.platform.processes import free_port, group_members, start_group
 from shared.protocol.records import student_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ ROUNDS = 4
 # The edges ask the cloud for work every 0.3 s (default 0.1): each ask costs the SuperLink a
 # TLS request, and an idle deployment at 0.1 s keeps half of a 2-core box busy.
 NODE_POLL = 0.3
-UNIKD = [sys.executable, "-m", "shared.cli"]
+UNIKD = [sys.executable, "-m", "shared.cli.main"]
 
 
 def _env() -> dict[str, str]:

@@ -23,11 +23,11 @@ from protos import edge_pb2, edge_pb2_grpc
 from server.fed.delivery import load_latest
 from server.fed.harness import FaultPlan, InProcessGrid, load_component
 from server.fed.rounds import federate
-from shared.cli import main as unikd
+from shared.cli.main import main as unikd
 from shared.config import load_config
 from shared.data.loaders import Normalizer
-from shared.datasets import get_spec
-from shared.engine import UniKDNets
+from shared.data.datasets import get_spec
+from shared.unikd.engine import UniKDNets
 from shared.protocol import wire
 from shared.protocol.records import student_state
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-from shared.datasets import get_spec, parse_scenario_list, scenario_targets
+from shared.data.datasets import get_spec, parse_scenario_list, scenario_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_committed_domain_groups_are_the_seeded_draw_and_disjoint_from_adatime()
 
 def test_bench_federated_runs_each_group_as_one_edge_per_target():
     from server.bench.federated import clients_per_scenario
-    from shared.datasets import format_scenario
+    from shared.data.datasets import format_scenario
 
     listed = (ROOT / "configs" / "har-domain-groups.txt").read_text().splitlines()[-1]
     scenarios = [format_scenario(p) for p in parse_scenario_list(listed)]

@@ -14,7 +14,7 @@ import pytest
 
 from client.node.executor import main as executor_main
 from client.node.launcher import executor_command, parse_args
-from shared import flower_internals
+from shared.platform import flower_internals
 from shared.errors import UnikdError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def fresh_python(code: str) -> list[str]:
 
 def test_supernode_patch_shortens_polls_in_that_process_only():
     code = ("import time\n"
-            "from shared import flower_internals as fi\n"
+            "from shared.platform import flower_internals as fi\n"
             "import flwr.supernode.start_client_internal as sci\n"
             "from flwr.supercore.inflatable import inflatable_utils as iu\n"
             "from client.node.polling import IdleBackoff\n"
@@ -133,7 +133,7 @@ def test_edge_with_a_broken_operator_key_stops_before_starting(tmp_path, make_do
     (tmp_path / "ca.crt").write_text("x")
     (tmp_path / "op.pub").write_text("-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n")
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "edge", "--superlink", "c:1",
+    out = subprocess.run([sys.executable, "-m", "shared.cli.main", "edge", "--superlink", "c:1",
                           "--data", str(tmp_path / "d"), "--ca", str(tmp_path / "ca.crt"),
                           "--app-key", str(tmp_path / "op.pub"), "--dry-run"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -32,9 +32,9 @@ from client.edge_service.windows import WindowError, WindowShape, decode_window,
 from client.edge_service.export import write_round_bundle
 from protos import edge_pb2, edge_pb2_grpc
 from shared.data.loaders import Normalizer
-from shared.datasets import get_spec
+from shared.data.datasets import get_spec
 from shared.errors import DataError, UnikdError
-from shared.models import student_for
+from shared.unikd.models import student_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HAR = get_spec("HAR")
@@ -465,7 +465,7 @@ def test_store_persists_its_shape_and_rounds(tmp_path):
 def _start_serve(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """`unikd serve` in its own session (so os.killpg takes it and nothing else)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "--store", str(store), "--dataset", "HAR",
+        [sys.executable, "-m", "shared.cli.main", "serve", "--store", str(store), "--dataset", "HAR",
          "--address", "127.0.0.1:0", "--watch", "0"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log.open("a"), text=True,
         start_new_session=True)

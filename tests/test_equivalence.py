@@ -1,6 +1,6 @@
 """One engine, two placements: a 1-client federation with 1 local step IS centralized UNI-KD.
 
-Both call the same shared.engine terms with the same batches and dropout seeds; the federated
+Both call the same shared.unikd.engine terms with the same batches and dropout seeds; the federated
 split only moves the target gradient over the wire (float32, lossless) and adds it to the
 source gradient with weight n/N = 1.0. So losses and weights must agree to the bit; BN running
 statistics are recomposed from EMA updates, r_c + (1-m)(r_src - r0), which reorders float

@@ -19,12 +19,12 @@ from client.edge_service.windows import WindowShape, encode_window
 from client.edge_service.export import export_student, load_run_student
 from protos import edge_pb2, edge_pb2_grpc
 from shared.protocol import checkpoints
-from shared.cli import main as unikd
+from shared.cli.main import main as unikd
 from shared.config import load_config
 from shared.data.loaders import Normalizer
-from shared.datasets import get_spec
+from shared.data.datasets import get_spec
 from shared.errors import UnikdError
-from shared.models import student_for
+from shared.unikd.models import student_for
 
 HAR = get_spec("HAR")
 

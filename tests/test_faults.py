@@ -237,7 +237,7 @@ def _cli(out: Path | None, *extra: str) -> list[str]:
     sets = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128",
             "fed.teacher_placement=source-only", "fed.clients=2", "fed.checkpoint_every=2",
             f"out={out}"] if out is not None else []
-    return [sys.executable, "-c", "from shared.cli import main; raise SystemExit(main())",
+    return [sys.executable, "-c", "from shared.cli.main import main; raise SystemExit(main())",
             "federate", "--quiet", *[a for s in sets for a in ("--set", s)], *extra]
 
 

@@ -54,7 +54,7 @@ def test_one_clients_scores_are_the_federation_scores():
     import torch
 
     from server.fed.rounds import confusion_scores
-    from shared.metrics import macro_f1
+    from shared.unikd.metrics import macro_f1
 
     conf = torch.tensor([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
     y_true = torch.tensor([0] * 6 + [1] * 6 + [2] * 4)

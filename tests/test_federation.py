@@ -355,7 +355,7 @@ def test_a_node_keeps_its_windows_across_teacher_members_and_the_student_phase()
 def test_a_malformed_prototype_record_is_an_error_naming_it():
     from flwr.app import RecordDict
 
-    from shared.datasets import get_spec
+    from shared.data.datasets import get_spec
     from shared.protocol.records import spec_to_record, to_record
 
     spec = get_spec("SYNTH")

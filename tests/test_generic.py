@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.cli import main
+from shared.cli.main import main
 from shared.config import load_config
-from shared.datasets import DatasetSpec, first_conv, generic_spec, get_spec
+from shared.data.datasets import DatasetSpec, first_conv, generic_spec, get_spec
 
 CHANNELS, LENGTH, CLASSES = 1, 1024, 9
 FAST = ["--set", "teacher.epochs=1", "--set", "distill.epochs=1", "--quiet"]
@@ -77,9 +77,9 @@ def test_spec_survives_the_wire_record():
 
 
 def test_scenario_syntax_is_parsed_in_one_place():
-    from shared.datasets import format_scenario, parse_scenario, parse_scenario_list
+    from shared.data.datasets import format_scenario, parse_scenario, parse_scenario_list
     from shared.errors import UnikdError
-    from shared.partition import PartitionSpec, client_domains
+    from shared.data.partition import PartitionSpec, client_domains
 
     assert parse_scenario("2->11") == parse_scenario("2:11") == ("2", "11")
     assert parse_scenario("2->11+13+16") == parse_scenario("2->11,13,16") == ("2", "11,13,16")
@@ -263,7 +263,7 @@ def test_edge_nodes_build_their_models_from_the_round_alone(generic_dir, tmp_pat
         for split in ("train", "test"):
             shutil.copy(generic_dir / f"{split}_{d}.pt", dev)
         devices.append((dev, d))
-    monkeypatch.setattr("shared.datasets.REGISTRY", {})  # get_spec fails for every name
+    monkeypatch.setattr("shared.data.datasets.REGISTRY", {})  # get_spec fails for every name
     specs = []
 
     def tap(request, reply):

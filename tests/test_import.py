@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.cli import main
+from shared.cli.main import main
 from shared.data.adatime import check_dir, list_domains, load_domain
 from shared.data.importer import import_windows
 from shared.errors import UnikdError

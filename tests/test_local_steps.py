@@ -15,8 +15,8 @@ import torch
 
 import client.node.target_side as target_side
 from client.node.client_app import reestimate_bn
-from shared.datasets import get_spec
-from shared.engine import TeacherOut, UniKDNets, target_terms
+from shared.data.datasets import get_spec
+from shared.unikd.engine import TeacherOut, UniKDNets, target_terms
 from shared.protocol.records import RoundConfig, group_named_params
 
 SPEC = get_spec("HAR")

@@ -1,5 +1,5 @@
-"""UNI-KD loss terms (shared.losses) on hand-computed cases, and the gradient routing of
-shared.engine that the reference-code switches (spec §8.2, §8.6) are about.
+"""UNI-KD loss terms (shared.unikd.losses) on hand-computed cases, and the gradient routing of
+shared.unikd.engine that the reference-code switches (spec §8.2, §8.6) are about.
 
 Expected numbers come from the formulas written out with `math`, never from the function
 under test.
@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from shared import losses
-from shared.datasets import get_spec
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
+from shared.unikd import losses
+from shared.data.datasets import get_spec
+from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
                            source_terms, target_terms)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from shared.metrics import accuracy, macro_f1, scores
+from shared.unikd.metrics import accuracy, macro_f1, scores
 
 
 def _sk(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.datasets import get_spec
-from shared.models import (
+from shared.data.datasets import get_spec
+from shared.unikd.models import (
     Adapter, DomainDisc, FeatureDisc, count_macs, count_params, grad_reverse, student_for, teacher_for,
 )
 

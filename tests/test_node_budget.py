@@ -15,7 +15,7 @@ from client.node import budget
 from server.fed.run import run_federate
 from shared.config import load_config
 from shared.errors import UnikdError
-from shared.dp_ledger import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, record_epsilon, \
+from shared.privacy.accounting import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, record_epsilon, \
     step_rdp
 
 RECORD_RUN = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=2",

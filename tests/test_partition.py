@@ -1,4 +1,4 @@
-"""shared.partition: spec parsing, iid/dirichlet splits of one domain, per-domain client mapping."""
+"""shared.data.partition: spec parsing, iid/dirichlet splits of one domain, per-domain client mapping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shared.errors import UnikdError
-from shared.partition import PartitionSpec, client_domains, partition_indices
+from shared.data.partition import PartitionSpec, client_domains, partition_indices
 
 IID = PartitionSpec("iid")
 PER_DOMAIN = PartitionSpec("per-domain")

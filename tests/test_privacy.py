@@ -23,10 +23,10 @@ from server.fed.rounds import federate
 from shared.protocol import wire
 from shared.config import load_config
 from shared.errors import ConfigError, UnikdError
-from shared.privacy import (add_noise, central_noise_std, clip_update, local_noise_std,
+from shared.privacy.clipping import (add_noise, central_noise_std, clip_update, local_noise_std,
                             noise_generator, update_norm)
 from shared.protocol.records import RoundConfig, from_record, to_record
-from shared.seeding import client_stream
+from shared.clock.seeding import client_stream
 
 CLIENTS = 3
 ROUNDS = 3

@@ -16,9 +16,9 @@ from server.deploy.proxy import FLEET_PREFIX, HEALTH_PATH, ProxyConfig, caddy_co
 from server.deploy.superlink import (CLOUD_TASK_POLL, CloudConfig, cloud_env, ensure_certs,
                                      proxy_config, start_cloud, superlink_command)
 from server.fed.run_folder import resume_dir
-from shared.cli import main
+from shared.cli.main import main
 from shared.errors import UnikdError
-from shared.processes import free_port
+from shared.platform.processes import free_port
 
 
 def test_the_fleet_prefix_is_flowers_own():

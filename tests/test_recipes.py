@@ -1,4 +1,4 @@
-"""Per-dataset recipes (shared/recipes/): the recommended settings are what a command runs when
+"""Per-dataset recipes (shared/config/recipes/): the recommended settings are what a command runs when
 no config file is given. Layers: dataclass defaults < recipe < config file < --set, and a config
 file replaces the recipe altogether."""
 
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import shared.config as config
+import shared.config.loader as config_loader
 from shared.config import RunConfig, find_recipe, load_config, resolve_config
 from shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-HAR_RECIPE = ROOT / "shared" / "recipes" / "har.yaml"
+HAR_RECIPE = ROOT / "shared" / "config" / "recipes" / "har.yaml"
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -46,7 +46,7 @@ def _bench_cfg(tmp_path: Path, kind: str, *extra: str) -> RunConfig:
     """The config one `unikd bench KIND` worker runs, resolved exactly as the bench does."""
     from server.bench.central import scenario_cfg
     from server.commands import bench_plan
-    from shared.cli import build_parser
+    from shared.cli.main import build_parser
 
     args = build_parser().parse_args(["bench", kind, "--dataset", "HAR", "--data", str(tmp_path),
                                       "--scenarios", "2->11", "--out", str(tmp_path / "o"),
@@ -78,7 +78,7 @@ def test_bench_set_overrides_and_config_file_replaces_the_recipe(tmp_path):
 
 @pytest.mark.parametrize("command", ["federate", "distill", "teacher"])
 def test_commands_with_set_dataset_run_the_recipe(tmp_path, command, caplog):
-    from shared.cli import build_parser
+    from shared.cli.main import build_parser
 
     args = build_parser().parse_args([command, "--set", "data.dataset=HAR",
                                       "--set", f"data.path={tmp_path}"])
@@ -148,7 +148,7 @@ def test_configs_har_yaml_mirrors_the_recipe():
 def test_a_bad_recipe_is_an_error_naming_the_recipe_file(tmp_path, monkeypatch, text, key,
                                                           problem):
     (tmp_path / "har.yaml").write_text(text)
-    monkeypatch.setattr(config, "RECIPE_DIR", tmp_path)
+    monkeypatch.setattr(config_loader, "RECIPE_DIR", tmp_path)
     with pytest.raises(ConfigError) as info:
         load_config(None, ["data.dataset=HAR"])
     msg = str(info.value)
@@ -158,7 +158,7 @@ def test_a_bad_recipe_is_an_error_naming_the_recipe_file(tmp_path, monkeypatch, 
 def test_a_recipe_preset_never_overrides_a_switch_the_user_set(tmp_path, monkeypatch):
     (tmp_path / "har.yaml").write_text("distill:\n  reference_compat: true\n"
                                        "  cross_kd: expected\n")
-    monkeypatch.setattr(config, "RECIPE_DIR", tmp_path)
+    monkeypatch.setattr(config_loader, "RECIPE_DIR", tmp_path)
     cfg = load_config(None, ["data.dataset=HAR"])
     assert cfg.distill.reference_compat and not cfg.distill.target_kd
     assert cfg.distill.cross_kd == "expected"
@@ -172,7 +172,7 @@ def test_a_recipe_preset_never_overrides_a_switch_the_user_set(tmp_path, monkeyp
 
 
 def test_config_show_names_the_recipe_and_each_value_source(capsys):
-    from shared.cli import main
+    from shared.cli.main import main
 
     assert main(["config", "show", "--set", "data.dataset=HAR", "--set", "distill.epochs=5"]) == 0
     out = capsys.readouterr().out
@@ -201,11 +201,11 @@ def test_deploy_sends_what_the_cloud_needs_to_rebuild_the_config_over_the_recipe
 
 
 def test_recipes_ship_as_package_data():
-    """An install from the repo carries shared/recipes/*.yaml (pyproject's package data)."""
+    """An install from the repo carries shared/config/recipes/*.yaml (pyproject's package data)."""
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert any(p == "shared*" for p in meta["packages"]["find"]["include"])
     assert "*.yaml" in meta["package-data"]["*"]
-    assert (ROOT / "shared" / "recipes" / "__init__.py").is_file()  # a regular package
+    assert (ROOT / "shared" / "config" / "recipes" / "__init__.py").is_file()  # a regular package
 
 
 def test_the_private_har_config_is_valid_and_its_noise_shares_are_sound():

@@ -15,11 +15,11 @@ from server.fed.privacy import (RDP_ORDERS, record_event, calibrate_record_noise
                                 record_epsilon)
 from server.fed.run import run_federate
 from shared.config import load_config
-from shared.datasets import get_spec
-from shared.dp_sgd import (clipped_sum, dp_generator, frozen_bn, noisy_mean, per_sample_grads,
+from shared.data.datasets import get_spec
+from shared.privacy.dp_sgd import (clipped_sum, dp_generator, frozen_bn, noisy_mean, per_sample_grads,
                            per_sample_norms, poisson_batch, sampling_rate)
-from shared.engine import KDHparams, StepSchedule, TeacherOut, UniKDNets
-from shared.models import DomainDisc, teacher_for
+from shared.unikd.engine import KDHparams, StepSchedule, TeacherOut, UniKDNets
+from shared.unikd.models import DomainDisc, teacher_for
 from shared.protocol import wire
 from shared.protocol.records import RoundConfig
 
@@ -184,7 +184,7 @@ def test_per_network_clipping_bounds_each_network_and_the_whole():
     C / sqrt(G) on its own, so a large D_d gradient no longer shrinks the student's, and every
     window's whole gradient still has norm <= C (the sensitivity the accountant assumes)."""
     from client.node.record_dp import network_of
-    from shared.dp_sgd import clipped_sum
+    from shared.privacy.dp_sgd import clipped_sum
 
     g = torch.Generator().manual_seed(0)
     per_sample = {"nets.student.w": torch.randn(4, 10, generator=g) * 0.01,  # small: kept whole

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from shared.schedules import grl_alpha, kd_beta, training_progress
+from shared.clock.schedules import grl_alpha, kd_beta, training_progress
 
 # ---------------------------------------------------------------- beta
 

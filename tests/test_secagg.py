@@ -20,7 +20,7 @@ from server.fed.harness import InProcessGrid
 from server.fed.secagg import layout_of, secure_round
 from shared.protocol import wire
 from shared.protocol.records import RoundConfig
-from shared.secagg_math import SecAggError, decode, flatten, threshold_for
+from shared.privacy.secagg_math import SecAggError, decode, flatten, threshold_for
 
 CLIP, BITS = 4.0, 24
 SHAPES = {wire.STUDENT_GRAD: {"student.w": (40,), "adapter.b": (6,)},
@@ -276,7 +276,7 @@ def test_record_dp_with_secure_aggregation_and_a_dropout_end_to_end(tmp_path, mo
     import csv
     import json
 
-    from shared.secagg_math import clip_and_check
+    from shared.privacy.secagg_math import clip_and_check
 
     dp = ["fed.dp=record", "fed.dp_epsilon=8"]
     plain_dir, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
@@ -329,7 +329,7 @@ def test_distributed_noise_with_a_dropout_carries_at_least_the_central_noise(tmp
     sqrt(|U2| / t) z C / |U2| = z C / |U2|, the central mechanism's, and the ledger charges it."""
     import json
 
-    from shared.secagg_math import clip_and_check
+    from shared.privacy.secagg_math import clip_and_check
 
     dp = ["fed.dp=central", "fed.dp_epsilon=8", "fed.dp_clip=0.5"]
     _, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
@@ -351,7 +351,7 @@ def test_local_dp_updates_are_masked_as_sent_not_reclipped_to_the_dp_clip(tmp_pa
     norm is mostly noise (~2 z C sqrt(d)). Masking clips to fed.secagg_clip (a range bound),
     so the unmasked mean is the mean of the local-DP updates as the plain path sends them.
     (Clipping them to dp_clip again shrank each by ~2 z sqrt(d), hundreds of times.)"""
-    from shared.secagg_math import clip_and_check
+    from shared.privacy.secagg_math import clip_and_check
 
     dp = ["fed.dp=local", "fed.dp_epsilon=8", "fed.dp_clip=1.0", "fed.secagg_clip=2000"]
     _, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
@@ -377,7 +377,7 @@ def test_record_dp_noise_shares_leave_the_full_noise_only_in_the_sum(tmp_path, m
     same as full per-node noise) charges it."""
     import csv
 
-    from shared.secagg_math import clip_and_check
+    from shared.privacy.secagg_math import clip_and_check
 
     clean: dict[tuple[int, int], np.ndarray] = {}
     real_advertise = secagg.advertise

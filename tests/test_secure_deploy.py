@@ -22,9 +22,9 @@ import pytest
 from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, start_edge
 from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
                                      start_cloud, submit)
-from shared.cli import main
+from shared.cli.main import main
 from shared.config import load_config
-from shared.processes import free_port, group_members
+from shared.platform.processes import free_port, group_members
 
 ONE_ROUND = ["fed.clients=2", "fed.rounds=1"]
 # The edges ask the cloud for work every 0.3 s (default 0.1): each ask costs the SuperLink a
@@ -139,7 +139,7 @@ def test_signed_run_trains_through_the_proxy(secure, tmp_path):
 
 
 def test_unsigned_and_foreign_signed_bundles_are_refused_on_the_edges(secure, tmp_path):
-    from shared.app_signing import generate_key as app_keygen
+    from shared.platform.app_signing import generate_key as app_keygen
 
     app_keygen(tmp_path / "mallory.key")
     overrides = config_overrides(None, ONE_ROUND + [f"teacher.checkpoint={secure.teacher}"])

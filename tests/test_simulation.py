@@ -35,7 +35,7 @@ def test_ray_simulation_matches_inprocess_harness(tmp_path):
     cfg = load_config(overrides=SETTINGS)
     harness = run_inprocess(cfg, progress=False)
 
-    cmd = [sys.executable, "-m", "shared.cli", "federate", "--quiet", "--set", "fed.engine=ray",
+    cmd = [sys.executable, "-m", "shared.cli.main", "federate", "--quiet", "--set", "fed.engine=ray",
            "--set", f"out={tmp_path}"] + [a for s in SETTINGS for a in ("--set", s)]
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_BOUND_S, env=env)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.cli import main as cli_main
+from shared.cli.main import main as cli_main
 from shared.data.adatime import check_dir, list_domains, load_domain
 from shared.data.synth import (
     CLASSES, DOWNSTAIRS, FS, LIE, SIT, STAND, UPSTAIRS, WALK, SynthConfig, domain_shift,
     generate_domain, write_synthetic,
 )
-from shared.datasets import get_spec
+from shared.data.datasets import get_spec
 from shared.errors import ConfigError
 
 SMALL = SynthConfig(domains=3, windows_per_class=20, shift=1.0, seed=0)

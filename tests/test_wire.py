@@ -24,9 +24,9 @@ from server.fed.rounds import federate
 from shared.protocol import wire
 from shared.config import load_config
 from shared.data.loaders import Normalizer
-from shared.datasets import get_spec
-from shared.engine import UniKDNets
-from shared.models import DomainDisc, teacher_for
+from shared.data.datasets import get_spec
+from shared.unikd.engine import UniKDNets
+from shared.unikd.models import DomainDisc, teacher_for
 from shared.protocol.records import RoundConfig, SimSetup, from_record, to_record
 
 CLIENTS = 3

@@ -20,7 +20,7 @@ from client.edge_service.export import (ExportResult, export_student, find_check
 from client.edge_service.versions import Installed
 from client.edge_service.windows import WindowShape
 from shared.data.loaders import Normalizer
-from shared.datasets import DatasetSpec
+from shared.data.datasets import DatasetSpec
 
 
 def install_delivered(model_dir: str | Path, state: dict[str, torch.Tensor], norm: Normalizer,

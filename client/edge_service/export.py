@@ -30,13 +30,13 @@ from shared.config import RunConfig, load_config
 from shared.data.adatime import load_domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
-from shared.datasets import DatasetSpec, get_spec, parse_scenario
+from shared.data.datasets import DatasetSpec, get_spec, parse_scenario
 from shared.errors import UnikdError
-from shared.metrics import macro_f1
-from shared.models import CNN1d
-from shared.models.cnn1d import STUDENT_FEATURES, STUDENT_WIDTH
+from shared.unikd.metrics import macro_f1
+from shared.unikd.models import CNN1d
+from shared.unikd.models.cnn1d import STUDENT_FEATURES, STUDENT_WIDTH
 from shared.protocol import checkpoints
-from shared.runs import atomic_write_bytes, write_json
+from shared.platform.runs import atomic_write_bytes, write_json
 
 if TYPE_CHECKING:
     import onnx

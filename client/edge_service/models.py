@@ -23,7 +23,7 @@ from torch import nn
 from client.edge_service.windows import WindowShape
 from shared.errors import UnikdError
 from shared.protocol import checkpoints
-from shared.models import CNN1d
+from shared.unikd.models import CNN1d
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from client.edge_service.windows import WindowShape
 from shared.errors import UnikdError
-from shared.runs import atomic_write_bytes
+from shared.platform.runs import atomic_write_bytes
 
 CURRENT = "current.pt"
 SERVICE = "service.json"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
 
-from shared.dp_ledger import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, step_rdp
+from shared.privacy.accounting import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, step_rdp
 from shared.errors import UnikdError
 from shared.protocol.records import RoundConfig
 

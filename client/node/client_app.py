@@ -22,14 +22,14 @@ from client.node.record_dp import (node_secret, record_dann_round, record_unikd_
 from client.node.target_side import dann_round, unikd_round
 from shared.protocol import wire
 from shared.data.loaders import Normalizer
-from shared.datasets import DatasetSpec
-from shared.dp_sgd import sampling_rate
-from shared.engine import TeacherOut, UniKDNets, teacher_outputs
+from shared.data.datasets import DatasetSpec
+from shared.privacy.dp_sgd import sampling_rate
+from shared.unikd.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import UnikdError
-from shared.evaluation import predict
-from shared.metrics import confusion
-from shared.models import DomainDisc, teacher_for
-from shared.models.cnn1d import TEACHER_FEATURES
+from shared.unikd.evaluation import predict
+from shared.unikd.metrics import confusion
+from shared.unikd.models import DomainDisc, teacher_for
+from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_record,
                                      group_named_params, load_student_state, spec_from_record,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from client.node.polling import TASK_IDLE_POLL, IdleBackoff
 from client.node.warm_bundle import WarmBundle, forget_modules
-from shared import app_signing, flower_internals
+from shared.platform import app_signing, flower_internals
 from shared.errors import UnikdError
 
 log = logging.getLogger("unikd.executor")

@@ -3,7 +3,7 @@
     python -m client.node.launcher --runtime-api-address 127.0.0.1:9094 --app-key op.pub \
         [--task-poll 0.05] [--node-poll 0.1] -- <flower-supernode arguments>
 
-It checks the installed flwr (shared/flower_internals.py), shortens the SuperNode's hard-coded
+It checks the installed flwr (shared/platform/flower_internals.py), shortens the SuperNode's hard-coded
 waits in this process only (idle poll 3 s -> --node-poll, object-pull backoff 1..10 s ->
 0.05..0.5 s), starts the executor (client/node/executor.py) as its child, and then runs
 Flower's own `flower-supernode` entry point with `--isolation process`, so Flower starts no
@@ -22,9 +22,9 @@ import threading
 import time
 
 from client.node.polling import NODE_IDLE_POLL, TASK_IDLE_POLL, IdleBackoff
-from shared import flower_internals
+from shared.platform import flower_internals
 from shared.errors import UnikdError
-from shared.processes import child_preexec
+from shared.platform.processes import child_preexec
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

@@ -17,8 +17,8 @@ from shared.config import DataConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, subset
-from shared.datasets import DatasetSpec
-from shared.partition import PartitionSpec, client_domains, partition_indices, pooled_domains
+from shared.data.datasets import DatasetSpec
+from shared.data.partition import PartitionSpec, client_domains, partition_indices, pooled_domains
 from shared.errors import DataError, UnikdError
 from shared.protocol.records import RoundConfig, SimSetup
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from shared.dp_sgd import dp_generator
-from shared.privacy import NOISE_PURPOSE, add_noise, clip_update, local_noise_std
+from shared.privacy.dp_sgd import dp_generator
+from shared.privacy.clipping import NOISE_PURPOSE, add_noise, clip_update, local_noise_std
 from shared.protocol.records import RoundConfig, from_record
-from shared.seeding import client_stream
+from shared.clock.seeding import client_stream
 
 Grads = dict[str, dict[str, torch.Tensor]]
 

@@ -1,6 +1,6 @@
 """Record-level DP on the edge (`fed.dp: record`): per-window DP-SGD for UNI-KD and DANN rounds.
 
-Every local step is one DP-SGD step of shared/dp_sgd.py over the node's private windows:
+Every local step is one DP-SGD step of shared/privacy/dp_sgd.py over the node's private windows:
 Poisson batch with rate q = B / ñ, per-window gradients of the target-side loss over student,
 adapter, D_f and D_d together (one clipping bound C), BatchNorm frozen at the statistics the
 cloud sent, N(0, (z C)^2) on the sum, divided by the expected batch size. The federated DANN
@@ -18,15 +18,15 @@ import os
 import torch
 from torch import nn
 
-from shared.dp_sgd import (PHASE_TEACHER, PHASE_UNIKD, PURPOSE_COUNT, PURPOSE_DP_NOISE,
+from shared.privacy.dp_sgd import (PHASE_TEACHER, PHASE_UNIKD, PURPOSE_COUNT, PURPOSE_DP_NOISE,
                            PURPOSE_POISSON, dp_generator, dp_sgd_gradient, frozen_bn,
                            noisy_count, sampling_rate)
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
+from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
-from shared.models import CNN1d, DomainDisc
+from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol.records import RoundConfig
-from shared.seeding import client_stream
-from shared.steps import seed_side
+from shared.clock.seeding import client_stream
+from shared.clock.steps import seed_side
 
 Grads = dict[str, dict[str, torch.Tensor]]
 SECRET_KEY = "dp-secret"  # context.state ConfigRecord key of the node's noise secret

@@ -29,13 +29,13 @@ from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, Metric
                       RecordDict)
 from flwr.clientapp import ClientApp
 
-from shared.dp_sgd import dp_generator
+from shared.privacy.dp_sgd import dp_generator
 from shared.protocol import wire
 from shared.protocol.records import RoundConfig
-from shared.secagg_math import (SecAggError, agree, clip_and_check, decrypt, encode, encrypt,
+from shared.privacy.secagg_math import (SecAggError, agree, clip_and_check, decrypt, encode, encrypt,
                                 expand, flatten, new_key, pairwise_mask, private_bytes,
                                 public_bytes, split_secret, to_u8)
-from shared.seeding import client_stream
+from shared.clock.seeding import client_stream
 
 STATE = "secagg-state"  # ConfigRecord: round, ids, threshold, sets, flags
 SECRETS = "secagg-secrets"  # ArrayRecord: private keys, self-mask seed, own shares, the update

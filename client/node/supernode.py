@@ -28,9 +28,9 @@ from pathlib import Path
 
 from client.node.polling import NODE_IDLE_POLL
 from shared.errors import UnikdError
-from shared.secrets import write_secret
-from shared.flower_tools import flwr_env
-from shared.processes import child_preexec
+from shared.platform.secrets import write_secret
+from shared.platform.flower_tools import flwr_env
+from shared.platform.processes import child_preexec
 
 DEFAULT_RUNTIME_PORT = 9094  # the SuperNode's local (loopback) runtime API
 
@@ -138,7 +138,7 @@ def check_trust(cfg: EdgeConfig) -> None:
     if cfg.key is not None and cfg.key.stat().st_mode & 0o077:
         raise UnikdError(f"--key {cfg.key}: readable by others; chmod 600 it")
     if cfg.app_key is not None:
-        from shared.app_signing import load_public_key
+        from shared.platform.app_signing import load_public_key
 
         try:
             load_public_key(cfg.app_key)

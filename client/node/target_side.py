@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from shared.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
-from shared.models import CNN1d, DomainDisc
+from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
+from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol.records import RoundConfig, bn_buffers, group_named_params
-from shared.seeding import client_stream
-from shared.steps import EpochLog, batch_plan, seed_side
+from shared.clock.seeding import client_stream
+from shared.clock.steps import EpochLog, batch_plan, seed_side
 
 Grads = dict[str, dict[str, torch.Tensor]]
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared import flower_internals
+from shared.platform import flower_internals
 
 log = logging.getLogger("unikd.executor")
 

@@ -18,8 +18,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from shared.config import RunConfig, load_config
-from shared.datasets import DatasetSpec, parse_scenario
-from shared.runs import write_json
+from shared.data.datasets import DatasetSpec, parse_scenario
+from shared.platform.runs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run_bench(base: dict, spec: DatasetSpec, methods: list[str], scenarios: list
             r = runs[-1]
             log.info("%-12s %-7s seed %d: MF1 %6.2f (%.1fs)", r["method"], r["scenario"], r["seed"],
                      r["mf1"], r["train_seconds"])
-    from shared.commands.info import model_info
+    from shared.cli.commands.info import model_info
 
     runs = merge_previous(out / "results.json", runs)
     report = {"dataset": spec.name, "runs": runs, "teachers": teachers,

@@ -17,11 +17,11 @@ from pathlib import Path
 from server.bench.central import (markdown_report, merge_previous, peak_rss_mb, scenario_cfg,
                                   teacher_path)
 from shared.config import RunConfig
-from shared.datasets import DatasetSpec, parse_scenario, scenario_targets
+from shared.data.datasets import DatasetSpec, parse_scenario, scenario_targets
 from shared.errors import UnikdError
-from shared.metrics import median
-from shared.partition import PartitionSpec, client_domains
-from shared.runs import write_json
+from shared.unikd.metrics import median
+from shared.data.partition import PartitionSpec, client_domains
+from shared.platform.runs import write_json
 
 DEFAULT_CLIENTS = 5
 
@@ -173,7 +173,7 @@ def run_fed_bench(base: dict, spec: DatasetSpec, scenarios: list[str], seeds: li
             log.info("%s %s seed %d: MF1 %.2f, %d rounds, %.1f MB, %.0fs", r["method"],
                      r["scenario"], r["seed"], r["mf1"] or float("nan"), r["rounds"],
                      (r["bytes_up"] + r["bytes_down"]) / 1e6, r["train_seconds"])
-    from shared.commands.info import model_info
+    from shared.cli.commands.info import model_info
 
     runs = merge_previous(out / "results.json", runs)
     teachers = [{"scenario": r["scenario"], "seed": r["seed"], "mf1": float("nan"),

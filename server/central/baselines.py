@@ -1,7 +1,7 @@
 """Baseline students of spec §6 (and the §3.4 lower bound), on UNI-KD's student backbone.
 
 Every method has the signature of `server.central.runner.Method`: (cfg, data, teacher, progress) ->
-StudentResult. They share UNI-KD's step clock (`shared.steps.iterate_steps`: same batches, same
+StudentResult. They share UNI-KD's step clock (`shared.clock.steps.iterate_steps`: same batches, same
 epoch length min(#src, #trg batches)), its seeding (`seed_init` before models are built,
 `seed_side` before each side's forward: source stream 0, target = client 0's stream), its
 optimizer settings (cfg.distill lr / weight decay / betas / epochs / batch size, no LR schedule),
@@ -10,7 +10,7 @@ and its evaluation of the final-epoch student (`server.central.trainer.score_stu
 Common departures from the reference code, stated once here and again where they matter:
 * The teacher we are given is the project's DANN teacher (frozen, eval mode). OFF's MobileDA and
   AAD used a *source-only* teacher checkpoint; RCD used a DANN teacher, as we do.
-* A frozen teacher's outputs are computed once per window (`shared.engine.teacher_outputs`, via
+* A frozen teacher's outputs are computed once per window (`shared.unikd.engine.teacher_outputs`, via
   `server.central.trainer.CachedTeacher`, so `distill.cache_teacher=false` runs it per batch instead)
   and looked up per batch; in eval mode both give the same numbers.
 * KL is computed with log_softmax on both sides (no log(0); spec §8.13).
@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 from server.central.trainer import CachedTeacher, StudentResult
-from shared import losses
+from shared.unikd import losses
 from shared.config import RunConfig
 from shared.data.adatime import Domain
 from shared.data.scenario import ScenarioData
-from shared.engine import TeacherOut, dann_source_terms, dann_target_terms
-from shared.models import Adapter, CNN1d, DomainDisc, FeatureDisc, TeacherEnsemble, student_for
-from shared.schedules import grl_alpha, kd_beta, training_progress
-from shared.seeding import SOURCE_STREAM, client_stream
-from shared.steps import StepInfo, run_epochs, seed_init, seed_side
+from shared.unikd.engine import TeacherOut, dann_source_terms, dann_target_terms
+from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, TeacherEnsemble, student_for
+from shared.clock.schedules import grl_alpha, kd_beta, training_progress
+from shared.clock.seeding import SOURCE_STREAM, client_stream
+from shared.clock.steps import StepInfo, run_epochs, seed_init, seed_side
 
 # Hyperparameters the reference hard-codes per method (spec §6).
 MOBILEDA_T, MOBILEDA_KD_WT, MOBILEDA_CORAL_WT = 2.0, 0.7, 0.3
@@ -47,7 +47,7 @@ MMD_KERNELS, MMD_MUL = 5, 2.0
 Baseline = Callable[[RunConfig, ScenarioData, nn.Module, bool], StudentResult]
 
 
-# ---------------------------------------------------------------- losses not in shared.losses
+# ---------------------------------------------------------------- losses not in shared.unikd.losses
 
 
 def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -200,7 +200,7 @@ def dann_student(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
 
     Loss = CE(S(x_s), y_s) + CE(D_d(GRL_a(S_fe(x_s))), 1) + CE(D_d(GRL_a(S_fe(x_t))), 0), with
     D_d = DomainDisc(32, spec.d_d_hidden), weights (1, 1) as AdaTime's HAR DANN. It reuses the
-    teacher's DANN terms from shared.engine. Departures: alpha follows
+    teacher's DANN terms from shared.unikd.engine. Departures: alpha follows
     `training_progress(..., ramp=cfg.distill.grl_ramp)` (default: ramps from 0 over the run;
     `reference_compat` gives AdaTime's saturated schedule, spec §8.7); student and D_d share
     one Adam (identical to two Adams with the same settings, as Adam is per-parameter).

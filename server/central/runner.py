@@ -14,9 +14,9 @@ from server.central.teacher import content_hash, load_teacher, save_teacher, tra
 from shared.config import RunConfig
 from shared.data.scenario import ScenarioData, load_scenario
 from shared.errors import UnikdError
-from shared.evaluation import evaluate
+from shared.unikd.evaluation import evaluate
 from shared.protocol import checkpoints
-from shared.runs import append_jsonl, make_run_dir, plot_curves, write_csv, write_json
+from shared.platform.runs import append_jsonl, make_run_dir, plot_curves, write_csv, write_json
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from torch import nn
 
 from shared.config import RunConfig, TeacherConfig
 from shared.data.scenario import ScenarioData
-from shared.datasets import DatasetSpec
-from shared.engine import dann_source_terms, dann_target_terms
+from shared.data.datasets import DatasetSpec
+from shared.unikd.engine import dann_source_terms, dann_target_terms
 from shared.errors import UnikdError
-from shared.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
+from shared.unikd.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import teacher_state
-from shared.schedules import grl_alpha, training_progress
-from shared.seeding import SOURCE_STREAM, client_stream, seed_for
-from shared.steps import StepInfo, run_epochs, seed_init, seed_side
+from shared.clock.schedules import grl_alpha, training_progress
+from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_for
+from shared.clock.steps import StepInfo, run_epochs, seed_init, seed_side
 
 log = logging.getLogger(__name__)
 TEACHER_BETAS = (0.5, 0.99)
@@ -117,9 +117,9 @@ def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: in
                          progress: bool = False) -> CNN1d:
     """A teacher that never saw target windows: source CE only (the `source-only` placement)."""
     from shared.data.loaders import epoch_batches
-    from shared.engine import losses
-    from shared.seeding import generator_for
-    from shared.steps import PURPOSE_BATCHES
+    from shared.unikd.engine import losses
+    from shared.clock.seeding import generator_for
+    from shared.clock.steps import PURPOSE_BATCHES
 
     seed_init(seed, what=101)
     teacher = teacher_for(spec)

@@ -1,7 +1,7 @@
-"""Centralized UNI-KD: the same shared.engine terms the federation splits, on one machine.
+"""Centralized UNI-KD: the same shared.unikd.engine terms the federation splits, on one machine.
 
 Each step runs the source terms, then the target terms (client 0's stream), accumulates both
-gradients and steps the three optimizers together; see shared/engine.py for the update order.
+gradients and steps the three optimizers together; see shared/unikd/engine.py for the update order.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from torch import nn
 
 from shared.config import RunConfig
 from shared.data.scenario import ScenarioData
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
+from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            expected_cross_kd, make_optimizers, scalars, source_terms, step_all,
                            target_terms, teacher_outputs, zero_all)
-from shared.evaluation import evaluate
-from shared.models import CNN1d
-from shared.seeding import SOURCE_STREAM, client_stream
-from shared.steps import StepInfo, run_epochs, seed_init, seed_side
+from shared.unikd.evaluation import evaluate
+from shared.unikd.models import CNN1d
+from shared.clock.seeding import SOURCE_STREAM, client_stream
+from shared.clock.steps import StepInfo, run_epochs, seed_init, seed_side
 
 log = logging.getLogger(__name__)
 

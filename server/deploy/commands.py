@@ -217,7 +217,7 @@ def submit_cmd(args: argparse.Namespace) -> int:
 
 
 def app_keygen_cmd(args: argparse.Namespace) -> int:
-    from shared.app_signing import generate_key
+    from shared.platform.app_signing import generate_key
 
     pub = generate_key(Path(args.path), overwrite=args.force)
     if args.pub_out:  # a second copy where the edges' public files are collected
@@ -230,7 +230,7 @@ def app_keygen_cmd(args: argparse.Namespace) -> int:
 
 def app_sign_cmd(args: argparse.Namespace) -> int:
     from server.deploy.superlink import app_dir
-    from shared import app_signing, flower_internals
+    from shared.platform import app_signing, flower_internals
 
     flower_internals.check()
     app = app_dir(Path(args.app) if args.app else None)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import UnikdError
-from shared.processes import ProcessGroup, start_group
+from shared.platform.processes import ProcessGroup, start_group
 
 FLEET_PREFIX = "/v1/fleet/"  # the only API the public port carries
 HEALTH_PATH = "/health"

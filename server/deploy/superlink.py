@@ -48,8 +48,8 @@ from pathlib import Path
 from server.deploy.certs import CertPaths, init_all
 from server.deploy.proxy import ProxyConfig, start_proxy
 from shared.errors import UnikdError
-from shared.flower_tools import flwr_env, flwr_tool, minimal_env
-from shared.processes import ProcessGroup, start_group
+from shared.platform.flower_tools import flwr_env, flwr_tool, minimal_env
+from shared.platform.processes import ProcessGroup, start_group
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ class FlwrCli:
         """`call(client)` on the in-process Control API client (`flower_internals`): the
         status calls a deployment repeats (node lists, run status) without a `flwr` process
         each. Any failure is a UnikdError naming `what`; the client is rebuilt next time."""
-        from shared import flower_internals
+        from shared.platform import flower_internals
 
         try:
             if self._control is None:
@@ -401,14 +401,14 @@ class FlwrCli:
     def register(self, public_key: Path, name: str | None = None) -> int:
         """`flwr supernode register KEY --name NAME`; the node id. A key already registered
         is an error whose text says "already in use" (the SuperLink's words)."""
-        from shared.flower_internals import register_node
+        from shared.platform.flower_internals import register_node
 
         return self.control(f"registering {public_key}",
                             lambda c: register_node(c, public_key, name or None))
 
     def nodes(self) -> list[dict]:
         """Every registered node: node-id, owner-name, status (as `flwr supernode list`)."""
-        from shared.flower_internals import list_nodes
+        from shared.platform.flower_internals import list_nodes
 
         return self.control("listing the nodes", list_nodes)
 
@@ -419,7 +419,7 @@ class FlwrCli:
     def app_signature(self, fab_hash: str, app: Path) -> str | None:
         """The operator's signature over the bundle's hash: made here with `sign_key`, or read
         from a `unikd app sign` file (checked against this bundle)."""
-        from shared import app_signing
+        from shared.platform import app_signing
 
         if self.sign_key is None and self.signature is None:
             return None
@@ -430,8 +430,8 @@ class FlwrCli:
     def start_run(self, app: Path, run_config: dict) -> int:
         """`flwr run APP` in-process: the bundle is built once, so the signature in the run
         config signs exactly the bytes sent."""
-        from shared import flower_internals
-        from shared.app_signing import RUN_CONFIG_KEY
+        from shared.platform import flower_internals
+        from shared.platform.app_signing import RUN_CONFIG_KEY
 
         flower_internals.check()
         fab = flower_internals.fab_bytes(app)
@@ -444,7 +444,7 @@ class FlwrCli:
 
     def run_info(self, run_id: int) -> dict:
         """run-id, status ('finished:completed', ...) and status-details (as `flwr ls`)."""
-        from shared.flower_internals import run_status
+        from shared.platform.flower_internals import run_status
 
         info = self.control(f"reading run {run_id}'s status", lambda c: run_status(c, run_id))
         if info is None:
@@ -463,7 +463,7 @@ class FlwrCli:
 
     def logs(self, run_id: int) -> str:
         """The run's log (`flwr log RUN --show`); empty when the cloud cannot be read."""
-        from shared.flower_internals import run_logs
+        from shared.platform.flower_internals import run_logs
 
         try:
             return self.control(f"reading run {run_id}'s log", lambda c: run_logs(c, run_id))
@@ -501,7 +501,7 @@ def config_overrides(config: str | None, sets: list[str]) -> list[str]:
 
     The cloud rebuilds exactly this RunConfig from the defaults, so a config file on the
     submitting machine need not exist on the cloud. Without a config file there, the cloud
-    applies the dataset's recipe (shared/config.py) under these values, from the same app
+    applies the dataset's recipe (shared/config/schema.py) under these values, from the same app
     bundle: so every key that differs from the defaults OR from that recipe travels.
     """
     from shared.config import RunConfig, load_config
@@ -646,7 +646,7 @@ def submit(cli: FlwrCli, overrides: list[str], out: Path, state_dir: Path | None
 
 def fetch_run(cli: FlwrCli, result: SubmitResult, out: Path, resumed: bool = False) -> Path:
     """The run folder on this machine: the cloud's folder (when reachable), log and status."""
-    from shared.runs import make_run_dir, write_json
+    from shared.platform.runs import make_run_dir, write_json
 
     remote = None
     if resumed and result.remote_dir is not None and result.remote_dir.is_dir():

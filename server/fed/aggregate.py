@@ -16,8 +16,8 @@ from flwr.app import Message
 
 from shared.protocol import wire
 from shared.errors import ReplyError
-from shared.metrics import lower_median
-from shared.privacy import update_norm
+from shared.unikd.metrics import lower_median
+from shared.privacy.clipping import update_norm
 from shared.protocol.records import from_record
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The cloud keeps the master student+adapter, D_f and D_d, their three Adam optimi
 teacher and the labelled source data. Each round it
 
 1. sends the current weights and the round's schedule to every client;
-2. runs the source-side terms on one source batch (same `shared.engine` call as centralized);
+2. runs the source-side terms on one source batch (same `shared.unikd.engine` call as centralized);
 3. adds the clients' target gradients, weighted by their sample counts, to its own;
 4. composes the BN running statistics (source update first, then the clients' mean target
    update, the order of the centralized step) and steps all three optimizers.
@@ -28,15 +28,15 @@ from shared.config import RunConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
-from shared.datasets import DatasetSpec, parse_scenario
-from shared.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
+from shared.data.datasets import DatasetSpec, parse_scenario
+from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
-from shared.losses import class_prototypes
+from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
                                      spec_to_record, student_state, to_record)
-from shared.seeding import SOURCE_STREAM
-from shared.steps import batch_plan, seed_init, seed_side
+from shared.clock.seeding import SOURCE_STREAM
+from shared.clock.steps import batch_plan, seed_init, seed_side
 
 log = logging.getLogger(__name__)
 

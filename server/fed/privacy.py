@@ -6,7 +6,7 @@ every node is asked every round, so there is no amplification by sampling). Afte
 round the cloud records the epsilon spent so far in that round's row; `write_privacy_ledger`
 writes them to `privacy.csv` and a summary to `privacy.json` in the run folder.
 
-Modes (`fed.dp`), see shared/privacy.py for the maths:
+Modes (`fed.dp`), see shared/privacy/clipping.py for the maths:
 - `central`: trusted cloud. It clips every client's whole update (student, D_f, D_d gradients)
   to C, takes the *uniform* mean (weights by sample count would let one large client exceed the
   bound) and adds N(0, (z C / n)^2). The source gradient (the cloud's own data) is not noised.
@@ -40,11 +40,11 @@ from server.fed.aggregate import ClientUpdate
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
-from shared.metrics import median
-from shared.dp_sgd import dp_generator
-from shared.dp_ledger import RDP_ORDERS, record_epsilon, record_event  # noqa: F401 (re-exported)
-from shared.privacy import NOISE_PURPOSE, add_noise, central_noise_std, clip_update
-from shared.runs import write_csv, write_json
+from shared.unikd.metrics import median
+from shared.privacy.dp_sgd import dp_generator
+from shared.privacy.accounting import RDP_ORDERS, record_epsilon, record_event  # noqa: F401 (re-exported)
+from shared.privacy.clipping import NOISE_PURPOSE, add_noise, central_noise_std, clip_update
+from shared.platform.runs import write_csv, write_json
 
 log = logging.getLogger(__name__)
 CENTRAL_STREAM = 1_000_003  # noise stream id of the cloud (client streams are 1 + client id)
@@ -298,7 +298,7 @@ class RecordPlan:
     mode: str = "record"
 
     def rates(self, client: int) -> tuple[float, float]:
-        from shared.dp_sgd import sampling_rate
+        from shared.privacy.dp_sgd import sampling_rate
 
         n = self.counts[client]
         return sampling_rate(self.teacher_batch, n), sampling_rate(self.student_batch, n)
@@ -313,7 +313,7 @@ def plan_record_privacy(cfg: RunConfig, counts: dict[int, int], teacher_steps: i
                         student_steps: int, spec) -> RecordPlan:
     """Calibrate z for (eps, delta) over the planned teacher and student steps of every node."""
     f = cfg.fed
-    from shared.dp_sgd import sampling_rate
+    from shared.privacy.dp_sgd import sampling_rate
 
     n_min = min(counts.values())
     t_batch, s_batch = cfg.teacher.batch_for(spec), cfg.distill.batch_for(spec)
@@ -378,7 +378,7 @@ class RecordLedger:
 
 def federated_teacher_rounds(cfg: RunConfig, n_src: int, n_trg: int, spec) -> int:
     """DANN teacher rounds the edges will train (0 with a checkpoint or a source-only teacher)."""
-    from shared.steps import steps_per_epoch
+    from shared.clock.steps import steps_per_epoch
 
     if cfg.teacher.checkpoint or cfg.fed.teacher_placement == "source-only":
         return 0

@@ -32,11 +32,11 @@ from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.errors import UnikdError
-from shared.metrics import macro_f1
+from shared.unikd.metrics import macro_f1
 from shared.protocol.records import bn_buffers, student_state
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import capture_rng, restore_rng, teacher_state
-from shared.steps import steps_per_epoch
+from shared.clock.steps import steps_per_epoch
 
 log = logging.getLogger(__name__)
 TRAIN_RECORDS = (wire.STUDENT_GRAD, wire.D_F_GRAD, wire.D_D_GRAD, wire.STUDENT_BN)

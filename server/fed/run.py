@@ -12,7 +12,7 @@ from server.fed.harness import InProcessGrid, load_component
 from server.fed.rounds import FedResult, federate
 from server.fed.run_folder import open_run_dir, write_fed_run
 from shared.config import RunConfig
-from shared.flower_tools import FLWR_ENV
+from shared.platform.flower_tools import FLWR_ENV
 
 log = logging.getLogger(__name__)
 CLIENT_APP = "client.node.client_app:app"  # the [tool.flwr.app.components] clientapp reference

@@ -12,11 +12,11 @@ from server.fed.privacy import write_privacy_ledger
 from server.fed.rounds import FedResult
 from shared.config import RunConfig, load_config
 from shared.errors import UnikdError
-from shared.metrics import median
+from shared.unikd.metrics import median
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import teacher_state
 from shared.protocol.records import student_state
-from shared.runs import make_run_dir, plot_curves, write_csv, write_json
+from shared.platform.runs import make_run_dir, plot_curves, write_csv, write_json
 
 
 def open_run_dir(cfg: RunConfig, resume: Path | None) -> Path:

@@ -15,7 +15,7 @@ node's side of each):
 
 A round whose U0, U1, U2 or set of unmasking replies falls below t is skipped cleanly: nothing
 is applied and the round is logged. The cloud sees no individual update, so it cannot check one:
-the nodes clip and range-check their own update before masking (shared/secagg_math.py). The sum
+the nodes clip and range-check their own update before masking (shared/privacy/secagg_math.py). The sum
 is applied as the uniform mean of the survivors' updates; BN statistics and scalar metrics are
 not sent under secure aggregation (the cloud keeps source-only BN statistics).
 """
@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from server.fed.aggregate import ClientUpdate
 from shared.protocol import wire
-from shared.secagg_math import (SecAggError, agree, combine_secret, decode, expand,
+from shared.privacy.secagg_math import (SecAggError, agree, combine_secret, decode, expand,
                                 threshold_for, unflatten)
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.fed.rounds import federate
 from server.fed.run_folder import open_run_dir, resume_config, resume_dir, write_fed_run
-from shared import flower_internals
+from shared.platform import flower_internals
 from shared.config import RunConfig, load_config
 
 app = ServerApp()

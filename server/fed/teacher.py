@@ -19,12 +19,12 @@ from server.fed.cloud import SourceData, sim_setup
 from server.central.teacher import TEACHER_BETAS, member_seed
 from shared.protocol import wire
 from shared.config import RunConfig
-from shared.engine import dann_source_terms
-from shared.models import DomainDisc, TeacherEnsemble, teacher_for
+from shared.unikd.engine import dann_source_terms
+from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol.records import RoundConfig, bn_buffers, spec_to_record, to_record
-from shared.schedules import grl_alpha, training_progress
-from shared.seeding import SOURCE_STREAM
-from shared.steps import batch_plan, seed_init, seed_side, steps_per_epoch
+from shared.clock.schedules import grl_alpha, training_progress
+from shared.clock.seeding import SOURCE_STREAM
+from shared.clock.steps import batch_plan, seed_init, seed_side, steps_per_epoch
 
 log = logging.getLogger(__name__)
 RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)

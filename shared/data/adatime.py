@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.datasets import DatasetSpec, generic_spec, get_spec
+from shared.data.datasets import DatasetSpec, generic_spec, get_spec
 from shared.errors import DataError, UnikdError
 
 SPLITS = ("train", "test")

@@ -10,7 +10,7 @@ import torch
 from shared.config import DataConfig
 from shared.data.adatime import Domain, dataset_spec, load_domain
 from shared.data.loaders import Normalizer
-from shared.datasets import DatasetSpec, format_scenario, parse_scenario
+from shared.data.datasets import DatasetSpec, format_scenario, parse_scenario
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from shared.errors import UnikdError
-from shared.runs import atomic_write_bytes
+from shared.platform.runs import atomic_write_bytes
 
 TEACHER = "teacher"
 CENTRAL_STUDENT = "central-student"
@@ -94,7 +94,7 @@ def check(obj: Any, wanted: tuple[str, ...], name: str) -> dict[str, Any]:
 
 
 def teacher_members(teacher: nn.Module) -> list[nn.Module]:
-    from shared.models import TeacherEnsemble
+    from shared.unikd.models import TeacherEnsemble
 
     return list(teacher.members) if isinstance(teacher, TeacherEnsemble) else [teacher]
 
@@ -105,7 +105,7 @@ def teacher_state(teacher: nn.Module) -> list[dict[str, torch.Tensor]]:
 
 def teacher_from_state(states: list[dict[str, torch.Tensor]], spec) -> nn.Module:
     """A frozen teacher (an ensemble when several members) in eval mode, from member states."""
-    from shared.models import TeacherEnsemble, teacher_for
+    from shared.unikd.models import TeacherEnsemble, teacher_for
 
     members = []
     for sd in states:

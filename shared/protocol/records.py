@@ -10,8 +10,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from torch import nn
 
-from shared.datasets import DatasetSpec
-from shared.engine import KDHparams, StepSchedule, UniKDNets
+from shared.data.datasets import DatasetSpec
+from shared.unikd.engine import KDHparams, StepSchedule, UniKDNets
 from shared.protocol import npy
 
 

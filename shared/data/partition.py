@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from shared.datasets import scenario_targets
+from shared.data.datasets import scenario_targets
 from shared.errors import UnikdError
 
 Kind = Literal["iid", "dirichlet", "per-domain"]

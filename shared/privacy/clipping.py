@@ -14,7 +14,7 @@ Noise:
 - local: each client adds N(0, (2 z C)^2) to its own clipped update before it leaves the node
   (any two clipped updates differ by at most 2C, so each report alone is (eps, delta)-DP).
 
-The noise generator is `shared.dp_sgd.dp_generator(seed, stream, round, NOISE_PURPOSE, secret)`:
+The noise generator is `shared.privacy.dp_sgd.dp_generator(seed, stream, round, NOISE_PURPOSE, secret)`:
 keyed by the node's secret (local, client/node/privacy.py) or the cloud's per-run secret
 (central, server/fed/privacy.py), because the run seed is no secret (every node receives it).
 With secret None (the in-process simulation only) it is `generator_for(seed, stream, round,
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from shared.seeding import generator_for
+from shared.clock.seeding import generator_for
 
 NOISE_PURPOSE = 7  # purpose id of the client-level noise: never reuses batch or dropout seeds
 

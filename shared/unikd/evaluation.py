@@ -7,7 +7,7 @@ from torch import nn
 
 from shared.data.adatime import Domain
 from shared.data.loaders import eval_chunks
-from shared.metrics import scores
+from shared.unikd.metrics import scores
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from shared.seeding import seed_for
+from shared.clock.seeding import seed_for
 
 # Purposes for seeding: DP draws never share a stream with batches, dropout or init.
 PURPOSE_POISSON, PURPOSE_DP_NOISE, PURPOSE_COUNT = 40, 41, 42

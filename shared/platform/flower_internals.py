@@ -56,7 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import UnikdError
-from shared.runs import atomic_write_bytes
+from shared.platform.runs import atomic_write_bytes
 
 FLWR_VERSION = "1.42.0"
 
@@ -151,7 +151,7 @@ def check() -> None:
     if problems:
         raise FlowerChanged("FedUNI-KD's edge executor, node launcher, app signing and "
                             "Control API status calls use "
-                            f"flwr {FLWR_VERSION} internals (shared/flower_internals.py); "
+                            f"flwr {FLWR_VERSION} internals (shared/platform/flower_internals.py); "
                             + "; ".join(problems)
                             + ". Re-check them as README 'Upgrading flwr' lists, or install "
                             f"flwr=={FLWR_VERSION}.")

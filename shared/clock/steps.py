@@ -2,7 +2,7 @@
 
 The centralized trainers (DANN teacher, UNI-KD, baselines) and the federated rounds use it alike.
 
-Batches and dropout masks come from per-(seed, stream, step) generators (shared.seeding), the
+Batches and dropout masks come from per-(seed, stream, step) generators (shared.clock.seeding), the
 same ones the federation uses: the source side draws from stream 0 and the target side from
 client 0's stream.
 """
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from shared.data.loaders import epoch_batches
-from shared.seeding import SOURCE_STREAM, client_stream, generator_for, seed_for
+from shared.clock.seeding import SOURCE_STREAM, client_stream, generator_for, seed_for
 
 # Purposes mixed into seed_for, so each random draw has its own stream.
 PURPOSE_BATCHES, PURPOSE_DROPOUT, PURPOSE_INIT = 1, 2, 3

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from shared.data.adatime import dataset_spec
-from shared.datasets import DatasetSpec
-from shared.models import count_macs, count_params, student_for, teacher_for
+from shared.data.datasets import DatasetSpec
+from shared.unikd.models import count_macs, count_params, student_for, teacher_for
 
 
 def model_info(spec: DatasetSpec) -> dict:

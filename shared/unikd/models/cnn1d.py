@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.datasets import DatasetSpec
+from shared.data.datasets import DatasetSpec
 
 TEACHER_WIDTH, TEACHER_FEATURES = 64, 128
 STUDENT_WIDTH, STUDENT_FEATURES = 16, 32

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from shared import losses
-from shared.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
-from shared.datasets import DatasetSpec
-from shared.schedules import grl_alpha, kd_beta, training_progress
+from shared.unikd import losses
+from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
+from shared.data.datasets import DatasetSpec
+from shared.clock.schedules import grl_alpha, kd_beta, training_progress
 
 SOURCE_DOMAIN, TARGET_DOMAIN = 1, 0  # D_d class labels, as in the reference
 

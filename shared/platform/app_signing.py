@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.errors import UnikdError
-from shared.secrets import write_secret
+from shared.platform.secrets import write_secret
 
 DOMAIN = b"fedunikd-app-v1\0"
 RUN_CONFIG_KEY = "app-signature"  # declared in pyproject [tool.flwr.app.config]

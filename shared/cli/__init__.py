@@ -1,0 +1,1 @@
+"""The `unikd` command line: main.py dispatches to each installed side's subcommands."""
