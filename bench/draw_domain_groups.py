@@ -52,7 +52,7 @@ def text(groups: list[tuple[int, list[int]]]) -> str:
 
 
 def main() -> int:
-    return run_cli(__doc__.splitlines()[0], text(draw()), LIST)
+    return run_cli(__doc__.splitlines()[0], {"HAR": (text(draw()), LIST)})
 
 
 if __name__ == "__main__":
