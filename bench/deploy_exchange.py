@@ -46,8 +46,10 @@ from bench.deploy_walltime import edge_data  # noqa: E402
 from client.node.supernode import (EdgeConfig, EdgeProcess, edge_env, start_edge,  # noqa: E402
                                    supernode_command)
 from server.deploy.certs import make_node_key  # noqa: E402
-from server.deploy.superlink import (LINK_STATES, CloudConfig, config_overrides,  # noqa: E402
-                                     start_cloud, submit)
+from server.deploy.cloud_config import LINK_STATES, CloudConfig  # noqa: E402
+from server.deploy.run_overrides import config_overrides  # noqa: E402
+from server.deploy.submit import submit  # noqa: E402
+from server.deploy.superlink import start_cloud  # noqa: E402
 from shared.platform.app_signing import generate_key as generate_app_key  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.platform.flower_tools import flwr_tool  # noqa: E402

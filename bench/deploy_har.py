@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.deploy_exchange import comma_choices, inprocess_run, one_run  # noqa: E402
-from server.deploy.superlink import LINK_STATES  # noqa: E402
+from server.deploy.cloud_config import LINK_STATES  # noqa: E402
 
 
 def main() -> int:

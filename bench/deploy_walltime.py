@@ -28,8 +28,10 @@ import torch  # noqa: E402
 from client.node.supernode import EdgeConfig, start_edge  # noqa: E402
 from client.node.local_data import write_device_folder  # noqa: E402
 from server.deploy.certs import make_node_key  # noqa: E402
-from server.deploy.superlink import (CloudConfig, config_overrides, start_cloud,  # noqa: E402
-                                     submit)
+from server.deploy.cloud_config import CloudConfig  # noqa: E402
+from server.deploy.run_overrides import config_overrides  # noqa: E402
+from server.deploy.submit import submit  # noqa: E402
+from server.deploy.superlink import start_cloud  # noqa: E402
 from shared.platform.app_signing import generate_key as generate_app_key  # noqa: E402
 from shared.platform.processes import free_port, group_members  # noqa: E402
 from shared.unikd.metrics import median

@@ -45,7 +45,8 @@ def measure(root: Path, seconds: float, settle: float) -> dict:
     from client.node.local_data import write_device_folder
     from client.node.supernode import EdgeConfig, start_edge
     from server.deploy.certs import make_node_key
-    from server.deploy.superlink import CloudConfig, start_cloud
+    from server.deploy.cloud_config import CloudConfig
+    from server.deploy.superlink import start_cloud
     from shared.platform.app_signing import generate_key
     from shared.config import load_config
     from shared.platform.processes import free_port

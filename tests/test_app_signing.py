@@ -16,8 +16,9 @@ import pytest
 from client.node.executor import bundle_modules, check_bundle
 from client.node.warm_bundle import forget_modules
 from client.node.supernode import EdgeConfig, validate
-from server.deploy.superlink import FlwrCli, read_signature_file
-from shared.platform import app_signing, flower_internals
+from server.deploy import control_internals
+from server.deploy.flwr_cli import FlwrCli, read_signature_file
+from shared.platform import app_signing
 from shared.cli.main import main
 from shared.errors import UnikdError
 
@@ -81,11 +82,11 @@ def test_bundle_hash_is_the_one_flwr_run_sends_and_is_deterministic(tmp_path):
     from flwr.cli.build import build_fab_from_disk
 
     app = tiny_app(tmp_path / "app")
-    h = flower_internals.fab_hash(app)
+    h = control_internals.fab_hash(app)
     assert h == hashlib.sha256(build_fab_from_disk(app)).hexdigest() == \
-        flower_internals.fab_hash(app)
+        control_internals.fab_hash(app)
     (app / "tinypkg" / "cli.py").write_text("app = 1\n")
-    assert flower_internals.fab_hash(app) != h
+    assert control_internals.fab_hash(app) != h
 
 
 def test_app_sign_file_is_accepted_only_for_the_same_bundle(tmp_path, keys):
@@ -93,14 +94,14 @@ def test_app_sign_file_is_accepted_only_for_the_same_bundle(tmp_path, keys):
     assert main(["app", "sign", "--key", str(tmp_path / "op.key"), "--app", str(app),
                  "--out", str(tmp_path / "app.sig")]) == 0
     data = json.loads((tmp_path / "app.sig").read_text())
-    h = flower_internals.fab_hash(app)
+    h = control_internals.fab_hash(app)
     assert data["fab_hash"] == h
     assert read_signature_file(tmp_path / "app.sig", h, app) == data["signature"]
     cli = FlwrCli("127.0.0.1:1", None, tmp_path / "home", signature=tmp_path / "app.sig")
     assert app_signing.check(keys[1], h, cli.app_signature(h, app)) is None
     (app / "tinypkg" / "srv.py").write_text("app = 2\n")  # the cloud's copy differs
     with pytest.raises(UnikdError, match="differs from the one the operator signed"):
-        cli.app_signature(flower_internals.fab_hash(app), app)
+        cli.app_signature(control_internals.fab_hash(app), app)
     with pytest.raises(UnikdError, match="not a `unikd app sign` file"):
         read_signature_file(tmp_path / "op.key.pub", h, app)
 
@@ -144,7 +145,7 @@ def test_bundle_modules_are_its_top_level_packages():
 def test_our_own_bundle_provides_the_packages_the_warm_executor_has_loaded():
     """The executor imports client.* and shared.*: the bundle must provide them, so that the
     task drops ours and imports the signed bundle's copies."""
-    mods = bundle_modules(flower_internals.fab_bytes(REPO))
+    mods = bundle_modules(control_internals.fab_bytes(REPO))
     assert {"client", "shared"} <= mods
 
 

@@ -25,8 +25,11 @@ import torch
 from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, node_config, start_edge, \
     supernode_command, validate
 from server.deploy.certs import describe, init_all, make_ca, make_node_key
-from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
-                                     start_cloud, submit, superlink_command)
+from server.deploy.cloud_config import CloudConfig
+from server.deploy.flwr_cli import FlwrCli
+from server.deploy.run_overrides import config_overrides
+from server.deploy.submit import submit
+from server.deploy.superlink import CloudProcesses, start_cloud, superlink_command
 from shared.platform.app_signing import generate_key as generate_app_key
 from shared.platform.processes import ProcessGroup, free_port, group_members, start_group
 from shared.config import load_config
@@ -89,7 +92,7 @@ def test_superlink_defaults_are_secure_and_insecure_drops_auth(tmp_path):
 
 
 def test_cloud_makes_its_certificates_once_and_refuses_a_broken_folder(tmp_path):
-    from server.deploy.superlink import ensure_certs
+    from server.deploy.cloud_certs import ensure_certs
 
     cfg = CloudConfig(tmp_path / "state", names=["cloud.lan"], dev_certs=True)
     made = ensure_certs(cfg)
@@ -412,7 +415,7 @@ def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
     (Rounds take a second or two now, far less than the SuperLink's ~60 s heartbeat expiry, so
     the edge restart happens before the run rather than inside it; a node restarted mid-run
     being sent the teacher again is tests/test_device_loop.py's.)"""
-    from server.deploy.superlink import RESUME_KEY, app_config_keys, app_dir
+    from server.deploy.submit import RESUME_KEY, app_config_keys, app_dir
 
     can_resume = RESUME_KEY in app_config_keys(app_dir())
     rounds = 5  # killed after round 3, resumed for the last 2

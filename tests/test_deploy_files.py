@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from server.deploy.superlink import DEFAULT_PORT
+from server.deploy.cloud_config import DEFAULT_PORT
 from shared.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]

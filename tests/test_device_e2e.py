@@ -29,7 +29,10 @@ from client.edge_service.windows import WindowShape, encode_window
 from client.node.local_data import simulated_split
 from protos import edge_pb2, edge_pb2_grpc
 from server.deploy.certs import make_node_key
-from server.deploy.superlink import CloudConfig, config_overrides, start_cloud, submit
+from server.deploy.cloud_config import CloudConfig
+from server.deploy.run_overrides import config_overrides
+from server.deploy.submit import submit
+from server.deploy.superlink import start_cloud
 from shared.platform.app_signing import generate_key as generate_app_key
 from shared.config import load_config
 from shared.data.loaders import Normalizer

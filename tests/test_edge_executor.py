@@ -14,14 +14,15 @@ import pytest
 
 from client.node.executor import main as executor_main
 from client.node.launcher import executor_command, parse_args
-from shared.platform import flower_internals
+from client.node import supernode_internals
+from shared.platform import flower_pins
 from shared.errors import UnikdError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_installed_flower_is_the_one_our_internals_were_written_for():
-    flower_internals.check()  # flwr 1.42.0 with every attribute and parameter we use
+    flower_pins.check()  # flwr 1.42.0 with every attribute and parameter we use
 
 
 def test_another_flower_version_or_a_missing_internal_fails_loudly(monkeypatch):
@@ -29,13 +30,13 @@ def test_another_flower_version_or_a_missing_internal_fails_loudly(monkeypatch):
     import flwr.supernode.runtime.run_clientapp as rc
 
     monkeypatch.setattr(flwr, "__version__", "1.43.0")
-    with pytest.raises(flower_internals.FlowerChanged, match="flwr 1.43.0 is installed"):
-        flower_internals.check()
-    monkeypatch.setattr(flwr, "__version__", flower_internals.FLWR_VERSION)
+    with pytest.raises(flower_pins.FlowerChanged, match="flwr 1.43.0 is installed"):
+        flower_pins.check()
+    monkeypatch.setattr(flwr, "__version__", flower_pins.FLWR_VERSION)
     monkeypatch.delattr(rc, "pull_task_input")
-    with pytest.raises(flower_internals.FlowerChanged,
+    with pytest.raises(flower_pins.FlowerChanged,
                        match="run_clientapp.pull_task_input.*Upgrading flwr"):
-        flower_internals.check()
+        flower_pins.check()
 
 
 def fresh_python(code: str) -> list[str]:
@@ -48,11 +49,13 @@ def fresh_python(code: str) -> list[str]:
 
 def test_supernode_patch_shortens_polls_in_that_process_only():
     code = ("import time\n"
-            "from shared.platform import flower_internals as fi\n"
+            "from shared.platform import flower_pins\n"
+            "from client.node import supernode_internals as sn\n"
             "import flwr.supernode.start_client_internal as sci\n"
             "from flwr.supercore.inflatable import inflatable_utils as iu\n"
             "from client.node.polling import IdleBackoff\n"
-            "fi.check(); fi.patch_supernode(IdleBackoff(0.1, 2.0)); fi.check()\n"
+            "flower_pins.check(); sn.patch_supernode(IdleBackoff(0.1, 2.0))\n"
+            "flower_pins.check()\n"
             "t = time.monotonic(); sci.time.sleep(3); d = time.monotonic() - t\n"
             "print(round(d, 2) < 1.0, sci.time.monotonic() > 0,\n"
             "      iu.pull_objects.__kwdefaults__['initial_backoff'],\n"
@@ -77,23 +80,24 @@ def test_a_bundle_is_installed_once_and_reused_only_by_its_full_hash(tmp_path):
     bundle = b"bundle bytes"
     digest = hashlib.sha256(bundle).hexdigest()
     target = tmp_path / f"app.{digest[:8]}"
-    install = flower_internals.install_once(flower_install, lambda d: tmp_path / f"app.{d[:8]}")
+    install = supernode_internals.install_once(flower_install,
+                                               lambda d: tmp_path / f"app.{d[:8]}")
     assert install(bundle, skip_prompt=True) == target and len(calls) == 1
-    assert (target / flower_internals.BUNDLE_MARK).read_text() == digest
+    assert (target / supernode_internals.BUNDLE_MARK).read_text() == digest
     assert install(bundle, skip_prompt=True) == target and len(calls) == 1  # skipped
-    (target / flower_internals.BUNDLE_MARK).write_text("0" * 64)  # not this bundle's hash
+    (target / supernode_internals.BUNDLE_MARK).write_text("0" * 64)  # not this bundle's hash
     assert install(bundle, skip_prompt=True) == target and len(calls) == 2
     other = tmp_path / "other"
     other.mkdir()  # a folder that predates us (no mark): Flower decides, we never mark it
     target = other
-    install = flower_internals.install_once(flower_install, lambda d: other)
+    install = supernode_internals.install_once(flower_install, lambda d: other)
     install(bundle, skip_prompt=True)
     install(bundle, skip_prompt=True)
-    assert len(calls) == 4 and not (other / flower_internals.BUNDLE_MARK).exists()
+    assert len(calls) == 4 and not (other / supernode_internals.BUNDLE_MARK).exists()
     told = []  # where the bundle is, for the warm process: after an install and after a skip
     target = tmp_path / f"new.{digest[:8]}"
-    install = flower_internals.install_once(flower_install, lambda d: target,
-                                            lambda d, p: told.append((d, p)))
+    install = supernode_internals.install_once(flower_install, lambda d: target,
+                                               lambda d, p: told.append((d, p)))
     install(bundle, skip_prompt=True)
     install(bundle, skip_prompt=True)
     assert told == [(digest, target), (digest, target)] and len(calls) == 5
@@ -172,7 +176,7 @@ def test_supernode_sleeps_treat_a_pending_reply_as_work():
             calls.append("idle")
             return 0.0
 
-    sleeps = flower_internals.ShortSleeps(Spy())
+    sleeps = supernode_internals.ShortSleeps(Spy())
     sleeps.sleep(3)  # Flower's idle poll: no message came
     sleeps.sleep(0.5)  # waiting for a pulled message's reply: a run is sending work
     assert calls == ["idle", "busy"]

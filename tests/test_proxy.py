@@ -13,8 +13,10 @@ import pytest
 
 from server.deploy.certs import cloud_files, init_all
 from server.deploy.proxy import FLEET_PREFIX, HEALTH_PATH, ProxyConfig, caddy_config
-from server.deploy.superlink import (CLOUD_TASK_POLL, CloudConfig, cloud_env, ensure_certs,
-                                     proxy_config, start_cloud, superlink_command)
+from server.deploy.cloud_certs import ensure_certs
+from server.deploy.cloud_config import CloudConfig
+from server.deploy.superlink import (CLOUD_TASK_POLL, cloud_env, proxy_config, start_cloud,
+                                     superlink_command)
 from server.fed.run_folder import resume_dir
 from shared.cli.main import main
 from shared.errors import UnikdError

@@ -190,7 +190,7 @@ def test_config_show_names_the_recipe_and_each_value_source(capsys):
 def test_deploy_sends_what_the_cloud_needs_to_rebuild_the_config_over_the_recipe(tmp_path):
     """The cloud rebuilds a submitted config from `--set` values alone, so it applies the recipe
     under them: a file's value equal to the dataclass default must still travel."""
-    from server.deploy.superlink import config_overrides
+    from server.deploy.run_overrides import config_overrides
 
     file = tmp_path / "run.yaml"
     file.write_text("data:\n  dataset: HAR\nteacher:\n  ensemble: 1\n")

@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 
 from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, start_edge
-from server.deploy.superlink import (CloudConfig, CloudProcesses, FlwrCli, config_overrides,
-                                     start_cloud, submit)
+from server.deploy.cloud_config import CloudConfig
+from server.deploy.flwr_cli import FlwrCli
+from server.deploy.run_overrides import config_overrides
+from server.deploy.submit import submit
+from server.deploy.superlink import CloudProcesses, start_cloud
 from shared.cli.main import main
 from shared.config import load_config
 from shared.platform.processes import free_port, group_members

@@ -37,9 +37,10 @@ import time
 import zipfile
 from pathlib import Path
 
+from client.node import supernode_internals
 from client.node.polling import TASK_IDLE_POLL, IdleBackoff
 from client.node.warm_bundle import WarmBundle, forget_modules
-from shared.platform import app_signing, flower_internals
+from shared.platform import app_signing, flower_pins, flower_pulls
 from shared.errors import UnikdError
 
 log = logging.getLogger("unikd.executor")
@@ -61,7 +62,7 @@ def bundle_modules(fab_content: bytes) -> set[str]:
 
 
 def check_bundle(public, allow_unsigned: bool, preloaded: tuple[str, Path] | None = None):
-    """The check each task runs on its bundle (see flower_internals.run_clientapp_checked).
+    """The check each task runs on its bundle (see supernode_internals.run_clientapp_checked).
     `preloaded`: (sha256, folder) of the bundle a warm process imported before forking this
     task (warm_bundle.py); its modules are kept only when the task runs that same bundle."""
 
@@ -126,8 +127,8 @@ def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check,
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # run_clientapp installs its own handlers
-        flower_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say,
-                                               report)
+        supernode_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say,
+                                                  report)
         code = 0
     except SystemExit as done:  # Flower ends its task process with sys.exit
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
@@ -244,14 +245,14 @@ class Executor:
         log.info("task %d of run %d: started in process %d", task_id, run_id, pid)
 
     def loop(self) -> None:
-        client = flower_internals.runtime_client(self.address)
+        client = supernode_internals.runtime_client(self.address)
         waiting_since = None
         try:
             while not self.stopping:
                 self.read_reports()
                 self.reap()
                 try:
-                    task = flower_internals.acquire_clientapp_task(client)
+                    task = supernode_internals.acquire_clientapp_task(client)
                     waiting_since = None
                 except Exception as err:  # the SuperNode is (re)starting: keep polling
                     waiting_since = waiting_since or time.monotonic()
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     log.propagate = False
     args = parse_args(argv)
     try:
-        flower_internals.check()
+        flower_pins.check()
         if args.allow_unsigned_apps:
             public = None
             log.warning("--allow-unsigned-apps: this edge runs ANY app bundle its cloud sends")
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_up()
     # Tasks pull their message's objects from the SuperNode, which may still be fetching them
     # from the SuperLink: retry within milliseconds, not after Flower's 1 s first backoff.
-    flower_internals.shorten_object_backoff()
+    flower_pulls.shorten_object_backoff()
     ex = Executor(args.runtime_api_address, public, args.allow_unsigned_apps, args.poll,
                   args.idle_poll)
     signal.signal(signal.SIGTERM, ex.stop)

@@ -3,7 +3,7 @@
     python -m client.node.launcher --runtime-api-address 127.0.0.1:9094 --app-key op.pub \
         [--task-poll 0.05] [--node-poll 0.1] -- <flower-supernode arguments>
 
-It checks the installed flwr (shared/platform/flower_internals.py), shortens the SuperNode's hard-coded
+It checks the installed flwr (shared/platform/flower_pins.py), shortens the SuperNode's hard-coded
 waits in this process only (idle poll 3 s -> --node-poll, object-pull backoff 1..10 s ->
 0.05..0.5 s), starts the executor (client/node/executor.py) as its child, and then runs
 Flower's own `flower-supernode` entry point with `--isolation process`, so Flower starts no
@@ -21,8 +21,9 @@ import sys
 import threading
 import time
 
+from client.node import supernode_internals
 from client.node.polling import NODE_IDLE_POLL, TASK_IDLE_POLL, IdleBackoff
-from shared.platform import flower_internals
+from shared.platform import flower_pins
 from shared.errors import UnikdError
 from shared.platform.processes import child_preexec
 
@@ -60,8 +61,8 @@ def watch(executor: subprocess.Popen, plain_handler) -> None:
     Flower's graceful exit: a second SIGTERM would kill it before it deactivates at the
     SuperLink, so give that exit its time first (it ends this process)."""
     code = executor.wait()
-    if flower_internals.supernode_exit_under_way(plain_handler):
-        time.sleep(flower_internals.supernode_exit_seconds())
+    if supernode_internals.supernode_exit_under_way(plain_handler):
+        time.sleep(supernode_internals.supernode_exit_seconds())
     if code != 0:  # 0: it was stopped along with this node's process group
         print(f"unikd: the task executor exited with code {code}; stopping the node",
               file=sys.stderr, flush=True)
@@ -71,17 +72,17 @@ def watch(executor: subprocess.Popen, plain_handler) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args, supernode_argv = parse_args(argv)
-        flower_internals.check()
+        flower_pins.check()
     except UnikdError as err:
         print(f"unikd: {err}", file=sys.stderr)
         return 2
-    flower_internals.patch_supernode(IdleBackoff(args.node_poll, args.idle_poll))
+    supernode_internals.patch_supernode(IdleBackoff(args.node_poll, args.idle_poll))
     executor = subprocess.Popen(executor_command(args), stdin=subprocess.DEVNULL,
                                 preexec_fn=child_preexec())  # same group: stopped with us
     plain = signal.getsignal(signal.SIGTERM)  # Flower's handler puts this back when it exits
     threading.Thread(target=watch, args=(executor, plain), daemon=True).start()
     try:
-        flower_internals.run_supernode([*supernode_argv, "--isolation", "process"])
+        supernode_internals.run_supernode([*supernode_argv, "--isolation", "process"])
     finally:
         if executor.poll() is None:
             executor.terminate()

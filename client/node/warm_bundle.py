@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.platform import flower_internals
+from client.node import supernode_internals
 
 log = logging.getLogger("unikd.executor")
 
@@ -110,7 +110,7 @@ def serve(tasks: int, digest: str, app_dir: Path, modules: set[str], launch: Lau
     started = time.perf_counter()
     forget_modules(modules)
     try:
-        flower_internals.preload_clientapp(app_dir)
+        supernode_internals.preload_clientapp(app_dir)
         warm = True
         log.info("bundle %s: its ClientApp imported once in %.2f s; later tasks fork from here",
                  digest[:12], time.perf_counter() - started)

@@ -27,7 +27,9 @@ def _cloud_info(state_dir: Path) -> dict:
 
 
 def cloud_cmd(args: argparse.Namespace) -> int:
-    from server.deploy.superlink import CloudConfig, health, start_cloud
+    from server.deploy.cloud_config import CloudConfig
+    from server.deploy.health import health
+    from server.deploy.superlink import start_cloud
 
     if args.health_check:  # through the proxy: what the edges see
         info = _cloud_info(args.state_dir)
@@ -112,7 +114,7 @@ def certs_init_cmd(args: argparse.Namespace) -> int:
 
 def _cli_from(args: argparse.Namespace):
     """A flwr CLI for --superlink/--ca, or the cloud recorded in --state-dir."""
-    from server.deploy.superlink import FlwrCli
+    from server.deploy.flwr_cli import FlwrCli
 
     if getattr(args, "superlink", None):
         if not args.insecure and not args.ca:
@@ -183,7 +185,8 @@ def certs_show_cmd(args: argparse.Namespace) -> int:
 
 
 def submit_cmd(args: argparse.Namespace) -> int:
-    from server.deploy.superlink import config_overrides, submit
+    from server.deploy.run_overrides import config_overrides
+    from server.deploy.submit import submit
 
     cli = _cli_from(args)
     if cli.sign_key is None and cli.signature is None:
@@ -229,12 +232,13 @@ def app_keygen_cmd(args: argparse.Namespace) -> int:
 
 
 def app_sign_cmd(args: argparse.Namespace) -> int:
-    from server.deploy.superlink import app_dir
-    from shared.platform import app_signing, flower_internals
+    from server.deploy import control_internals
+    from server.deploy.submit import app_dir
+    from shared.platform import app_signing, flower_pins
 
-    flower_internals.check()
+    flower_pins.check()
     app = app_dir(Path(args.app) if args.app else None)
-    fab_hash = flower_internals.fab_hash(app)
+    fab_hash = control_internals.fab_hash(app)
     signature = app_signing.sign(app_signing.load_private_key(Path(args.key)), fab_hash)
     out = Path(args.out)
     out.write_text(json.dumps({"fab_hash": fab_hash, "signature": signature,
@@ -245,7 +249,7 @@ def app_sign_cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from server.deploy.superlink import DEFAULT_LINK_PORT, DEFAULT_PORT
+    from server.deploy.cloud_config import DEFAULT_LINK_PORT, DEFAULT_PORT
 
     p = sub.add_parser("cloud", allow_abbrev=False,
                        help="start the cloud SuperLink (TLS + node auth by default)")

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.fed.rounds import federate
 from server.fed.run_folder import open_run_dir, resume_config, resume_dir, write_fed_run
-from shared.platform import flower_internals
+from shared.platform import flower_pins, flower_pulls
 from shared.config import RunConfig, load_config
 
 app = ServerApp()
@@ -32,8 +32,8 @@ def main(grid: Grid, context: Context) -> None:
             logger.addHandler(handler)
     # Replies reach the SuperLink before their objects; Flower's object pull then waits 1 s
     # before its first retry. On the deployed path only (the simulations pull nothing).
-    flower_internals.check()
-    flower_internals.shorten_object_backoff()
+    flower_pins.check()
+    flower_pulls.shorten_object_backoff()
     rc = context.run_config
     overrides = [o for o in str(rc.get("overrides", "")).split() if o]
     resume = str(rc.get("resume", "")) or None
