@@ -14,7 +14,7 @@ from shared.data.loaders import Normalizer
 from shared.data.scenario import ScenarioData
 from shared.data.datasets import get_spec
 from shared.unikd.models import TeacherEnsemble, student_for, teacher_for
-from shared.clock.steps import seed_init
+from shared.clock.seeding import seed_init
 
 SPEC = get_spec("HAR")
 N = 64  # windows per split: two batches of 32 per epoch

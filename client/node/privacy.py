@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 
 from shared.privacy.dp_sgd import dp_generator
-from shared.privacy.clipping import NOISE_PURPOSE, add_noise, clip_update, local_noise_std
+from shared.privacy.clipping import add_noise, clip_update, local_noise_std
 from shared.protocol.records import RoundConfig, from_record
-from shared.clock.seeding import client_stream
+from shared.clock.seeding import UPDATE_NOISE, client_stream
 
 Grads = dict[str, dict[str, torch.Tensor]]
 
@@ -41,7 +41,7 @@ def privatize(grads: Grads, buffers: dict[str, torch.Tensor], received_student,
     received = from_record(received_student)
     clip, z = rc.dp_clip, rc.dp_noise
     clipped, _ = clip_update(grads, clip)
-    gen = dp_generator(rc.seed, client_stream(client), rc.round, NOISE_PURPOSE, secret)
+    gen = dp_generator(rc.seed, client_stream(client), rc.round, UPDATE_NOISE.number(), secret)
     noisy = add_noise(clipped, local_noise_std(z, clip), gen)
     withheld = {k: received[k].clone() if k in received else v for k, v in buffers.items()}
     return noisy, withheld

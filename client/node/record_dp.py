@@ -18,15 +18,14 @@ import os
 import torch
 from torch import nn
 
-from shared.privacy.dp_sgd import (PHASE_TEACHER, PHASE_UNIKD, PURPOSE_COUNT, PURPOSE_DP_NOISE,
-                           PURPOSE_POISSON, dp_generator, dp_sgd_gradient, frozen_bn,
-                           noisy_count, sampling_rate)
+from shared.privacy.dp_sgd import (dp_generator, dp_sgd_gradient, frozen_bn, noisy_count,
+                                   sampling_rate)
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol.records import RoundConfig
-from shared.clock.seeding import client_stream
-from shared.clock.steps import seed_side
+from shared.clock.seeding import (DP_COUNT, DP_POISSON, DP_STEP_NOISE, PHASE_TEACHER, PHASE_UNIKD,
+                                  client_stream, record_dp_offset, seed_side)
 
 Grads = dict[str, dict[str, torch.Tensor]]
 SECRET_KEY = "dp-secret"  # context.state ConfigRecord key of the node's noise secret
@@ -55,7 +54,7 @@ def released_count(n: int, rc: RoundConfig, client: int, secret: bytes | None,
     """
     if state is not None and COUNT_KEY in state:
         return int(state[COUNT_KEY]["count"])
-    gen = dp_generator(rc.seed, client_stream(client), 0, PURPOSE_COUNT, secret)
+    gen = dp_generator(rc.seed, client_stream(client), 0, DP_COUNT.number(), secret)
     count = noisy_count(n, rc.dp_count_std, gen)
     if state is not None:
         from flwr.app import ConfigRecord
@@ -109,12 +108,12 @@ def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, c
     stage, client/node/secagg.py) and the sum is divided by the batch size B itself, the same
     public divisor on every node, so the survivors' summed noise covers any node's window."""
     q, shares = sampling_rate(rc.batch_size, released), rc.dp_shares
-    stream, purpose = client_stream(client), 16 * (2 * sub + phase)
+    stream, offset = client_stream(client), record_dp_offset(sub, phase)
     grads, _ = dp_sgd_gradient(
         loss, data, q, rc.dp_clip, 0.0 if shares else rc.dp_noise,
         rc.batch_size if shares else q * released,
-        dp_generator(rc.seed, stream, rc.global_step, PURPOSE_POISSON + purpose, secret),
-        dp_generator(rc.seed, stream, rc.global_step, PURPOSE_DP_NOISE + purpose, secret),
+        dp_generator(rc.seed, stream, rc.global_step, DP_POISSON.number(offset), secret),
+        dp_generator(rc.seed, stream, rc.global_step, DP_STEP_NOISE.number(offset), secret),
         before_forward=lambda: seed_side(rc.seed, stream, rc.global_step, sub=sub),
         group_of=network_of if rc.dp_clip_scope == "per-network" else None)
     return grads

@@ -35,13 +35,12 @@ from shared.protocol.records import RoundConfig
 from shared.privacy.secagg_math import (SecAggError, agree, clip_and_check, decrypt, encode, encrypt,
                                 expand, flatten, new_key, pairwise_mask, private_bytes,
                                 public_bytes, split_secret, to_u8)
-from shared.clock.seeding import client_stream
+from shared.clock.seeding import NOISE_SHARE, client_stream
 
 STATE = "secagg-state"  # ConfigRecord: round, ids, threshold, sets, flags
 SECRETS = "secagg-secrets"  # ArrayRecord: private keys, self-mask seed, own shares, the update
 PEER_KEYS = "secagg-peer-keys"  # ArrayRecord: the participants' public keys
 INBOX = "secagg-inbox"  # ArrayRecord: ciphertexts addressed to this node
-PURPOSE_NOISE_SHARE = 43  # seeding purpose of the distributed-DP noise share
 
 
 def _bytes(rec: ArrayRecord, name: str) -> bytes:
@@ -148,7 +147,7 @@ def handle_mask(msg: Message, state: RecordDict, me: int, secret: bytes | None) 
     if float(st["share_std"]) > 0:  # distributed DP: this node's 1/t share of the noise
         std = float(st["share_std"]) / np.sqrt(t)
         gen = dp_generator(int(st["seed"]), client_stream(int(st["client"])), rnd,
-                           PURPOSE_NOISE_SHARE, secret)
+                           NOISE_SHARE.number(), secret)
         x = x + torch.randn(len(x), generator=gen, dtype=torch.float64).numpy() * std
     y = encode(x, float(st["clip"]), int(st["bits"]))
     y = y + expand(_bytes(secrets, "b"), len(y), "self")

@@ -13,8 +13,8 @@ import torch
 from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol.records import RoundConfig, bn_buffers, group_named_params
-from shared.clock.seeding import client_stream
-from shared.clock.steps import EpochLog, batch_plan, seed_side
+from shared.clock.seeding import client_stream, seed_side
+from shared.clock.steps import EpochLog, batch_plan
 
 Grads = dict[str, dict[str, torch.Tensor]]
 

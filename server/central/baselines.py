@@ -35,8 +35,8 @@ from shared.data.scenario import ScenarioData
 from shared.unikd.engine import TeacherOut, dann_source_terms, dann_target_terms
 from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, TeacherEnsemble, student_for
 from shared.clock.schedules import grl_alpha, kd_beta, training_progress
-from shared.clock.seeding import SOURCE_STREAM, client_stream
-from shared.clock.steps import StepInfo, run_epochs, seed_init, seed_side
+from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_init, seed_side
+from shared.clock.steps import StepInfo, run_epochs
 
 # Hyperparameters the reference hard-codes per method (spec §6).
 MOBILEDA_T, MOBILEDA_KD_WT, MOBILEDA_CORAL_WT = 2.0, 0.7, 0.3

@@ -22,8 +22,9 @@ from shared.unikd.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import teacher_state
 from shared.clock.schedules import grl_alpha, training_progress
-from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_for
-from shared.clock.steps import StepInfo, run_epochs, seed_init, seed_side
+from shared.clock.seeding import (INIT_DANN_TEACHER, INIT_SOURCE_TEACHER, MEMBER_SEEDS,
+                                  SOURCE_STREAM, client_stream, seed_for, seed_init, seed_side)
+from shared.clock.steps import StepInfo, run_epochs
 
 log = logging.getLogger(__name__)
 TEACHER_BETAS = (0.5, 0.99)
@@ -36,7 +37,7 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
 
     grl_ramp=False reproduces AdaTime's unnormalised progress (alpha ~ 1 at once, spec §8.7).
     """
-    seed_init(seed, what=100)
+    seed_init(seed, what=INIT_DANN_TEACHER)
     teacher = teacher_for(spec)
     disc = DomainDisc(teacher.features_dim, spec.d_d_hidden)
     opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
@@ -71,7 +72,9 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
 
 def member_seed(seed: int, member: int) -> int:
     """Member 0 uses the run seed itself; further members get derived seeds."""
-    return seed if member == 0 else seed_for(seed, SOURCE_STREAM, member, 7) % 2**31
+    if member == 0:
+        return seed
+    return seed_for(seed, SOURCE_STREAM, member, MEMBER_SEEDS.number()) % 2**31
 
 
 def train_teacher(cfg: RunConfig, data: ScenarioData, progress: bool = True,
@@ -118,10 +121,9 @@ def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: in
     """A teacher that never saw target windows: source CE only (the `source-only` placement)."""
     from shared.data.loaders import epoch_batches
     from shared.unikd.engine import losses
-    from shared.clock.seeding import generator_for
-    from shared.clock.steps import PURPOSE_BATCHES
+    from shared.clock.seeding import BATCHES, generator_for
 
-    seed_init(seed, what=101)
+    seed_init(seed, what=INIT_SOURCE_TEACHER)
     teacher = teacher_for(spec)
     opt = torch.optim.Adam(teacher.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                            betas=TEACHER_BETAS)
@@ -129,7 +131,7 @@ def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: in
     for epoch in range(1, tcfg.epochs + 1):
         for i, idx in enumerate(epoch_batches(len(train), tcfg.batch_for(spec),
                                               generator_for(seed, SOURCE_STREAM, epoch,
-                                                            PURPOSE_BATCHES))):
+                                                            BATCHES.number()))):
             opt.zero_grad(set_to_none=True)
             seed_side(seed, SOURCE_STREAM, epoch * 100_000 + i)
             losses.source_ce(teacher(train.x[idx]), train.y[idx]).backward()

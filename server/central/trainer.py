@@ -21,8 +21,8 @@ from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
                            target_terms, teacher_outputs, zero_all)
 from shared.unikd.evaluation import evaluate
 from shared.unikd.models import CNN1d
-from shared.clock.seeding import SOURCE_STREAM, client_stream
-from shared.clock.steps import StepInfo, run_epochs, seed_init, seed_side
+from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_init, seed_side
+from shared.clock.steps import StepInfo, run_epochs
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
                                      spec_to_record, student_state, to_record)
-from shared.clock.seeding import SOURCE_STREAM
-from shared.clock.steps import batch_plan, seed_init, seed_side
+from shared.clock.seeding import SOURCE_STREAM, seed_init, seed_side
+from shared.clock.steps import batch_plan
 
 log = logging.getLogger(__name__)
 

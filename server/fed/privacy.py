@@ -43,11 +43,11 @@ from shared.errors import UnikdError
 from shared.unikd.metrics import median
 from shared.privacy.dp_sgd import dp_generator
 from shared.privacy.accounting import RDP_ORDERS, record_epsilon, record_event  # noqa: F401 (re-exported)
-from shared.privacy.clipping import NOISE_PURPOSE, add_noise, central_noise_std, clip_update
+from shared.privacy.clipping import add_noise, central_noise_std, clip_update
+from shared.clock.seeding import CENTRAL_STREAM, UPDATE_NOISE
 from shared.platform.runs import write_csv, write_json
 
 log = logging.getLogger(__name__)
-CENTRAL_STREAM = 1_000_003  # noise stream id of the cloud (client streams are 1 + client id)
 
 
 # ---------------------------------------------------------------- accounting
@@ -181,7 +181,7 @@ def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int,
             clipped.append(ClientUpdate(u.client, u.num_examples, arrays, u.metrics))
         mean = uniform_mean(clipped)
         std = central_noise_std(plan.noise_multiplier, plan.clip, len(updates))
-        mean = add_noise(mean, std, dp_generator(seed, CENTRAL_STREAM, rnd, NOISE_PURPOSE,
+        mean = add_noise(mean, std, dp_generator(seed, CENTRAL_STREAM, rnd, UPDATE_NOISE.number(),
                                                  secret))
     else:  # local: the nodes clipped and noised already
         mean = uniform_mean(updates)

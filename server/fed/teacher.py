@@ -23,8 +23,8 @@ from shared.unikd.engine import dann_source_terms
 from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol.records import RoundConfig, bn_buffers, spec_to_record, to_record
 from shared.clock.schedules import grl_alpha, training_progress
-from shared.clock.seeding import SOURCE_STREAM
-from shared.clock.steps import batch_plan, seed_init, seed_side, steps_per_epoch
+from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, seed_init, seed_side
+from shared.clock.steps import batch_plan, steps_per_epoch
 
 log = logging.getLogger(__name__)
 RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
@@ -59,7 +59,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
     DP-SGD, send no BN statistics, are weighted by their released counts and charged per round;
     `first_round` numbers the rounds of this member in that ledger."""
     tcfg, spec = cfg.teacher, source.spec
-    seed_init(seed, what=100)  # as train_dann_teacher
+    seed_init(seed, what=INIT_DANN_TEACHER)  # as train_dann_teacher
     teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
     opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                              betas=TEACHER_BETAS) for m in (teacher, disc)]

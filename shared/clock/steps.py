@@ -1,10 +1,10 @@
-"""The step clock: batches, dropout seeds and epoch bookkeeping for every trainer.
+"""The step clock: batches and epoch bookkeeping for every trainer.
 
 The centralized trainers (DANN teacher, UNI-KD, baselines) and the federated rounds use it alike.
 
-Batches and dropout masks come from per-(seed, stream, step) generators (shared.clock.seeding), the
-same ones the federation uses: the source side draws from stream 0 and the target side from
-client 0's stream.
+Batches come from per-(seed, stream, step) generators (shared.clock.seeding, which also seeds the
+dropout masks and model construction), the same ones the federation uses: the source side draws
+from stream 0 and the target side from client 0's stream.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import torch
 from tqdm import tqdm
 
 from shared.data.loaders import epoch_batches
-from shared.clock.seeding import SOURCE_STREAM, client_stream, generator_for, seed_for
-
-# Purposes mixed into seed_for, so each random draw has its own stream.
-PURPOSE_BATCHES, PURPOSE_DROPOUT, PURPOSE_INIT = 1, 2, 3
+from shared.clock.seeding import BATCHES, SOURCE_STREAM, client_stream, generator_for
 
 
 @dataclass
@@ -39,7 +36,7 @@ def steps_per_epoch(n_src: int, n_trg: int, batch_size: int) -> int:
 
 
 def batch_plan(seed: int, stream: int, epoch: int, n: int, batch_size: int) -> list[torch.Tensor]:
-    return epoch_batches(n, batch_size, generator_for(seed, stream, epoch, PURPOSE_BATCHES))
+    return epoch_batches(n, batch_size, generator_for(seed, stream, epoch, BATCHES.number()))
 
 
 # Progress bars draw on a terminal only (tqdm's disable=None); logs and CI get round lines.
@@ -60,19 +57,6 @@ def iterate_steps(seed: int, n_src: int, n_trg: int, batch_size: int, num_epochs
             g += 1
             bar.update(1)
     bar.close()
-
-
-def seed_side(seed: int, stream: int, global_step: int, sub: int = 0) -> None:
-    """Seed the global torch RNG (dropout masks) for one side of one step.
-
-    `sub` numbers a client's local steps inside one round; sub 0 is the centralized step.
-    """
-    torch.manual_seed(seed_for(seed, stream, global_step, PURPOSE_DROPOUT + 16 * sub))
-
-
-def seed_init(seed: int, what: int = 0) -> None:
-    """Seed model construction; the federated server builds its models the same way."""
-    torch.manual_seed(seed_for(seed, SOURCE_STREAM, what, PURPOSE_INIT))
 
 
 class EpochLog:

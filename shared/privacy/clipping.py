@@ -14,11 +14,11 @@ Noise:
 - local: each client adds N(0, (2 z C)^2) to its own clipped update before it leaves the node
   (any two clipped updates differ by at most 2C, so each report alone is (eps, delta)-DP).
 
-The noise generator is `shared.privacy.dp_sgd.dp_generator(seed, stream, round, NOISE_PURPOSE, secret)`:
-keyed by the node's secret (local, client/node/privacy.py) or the cloud's per-run secret
+The noise generator is dp_sgd.py's `dp_generator(seed, stream, round, UPDATE_NOISE.number(),
+secret)`: keyed by the node's secret (local, client/node/privacy.py) or the cloud's per-run secret
 (central, server/fed/privacy.py), because the run seed is no secret (every node receives it).
 With secret None (the in-process simulation only) it is `generator_for(seed, stream, round,
-NOISE_PURPOSE)`, so simulated runs, and their resumes, draw exactly the same noise.
+UPDATE_NOISE.number())`, so simulated runs, and their resumes, draw exactly the same noise.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from shared.clock.seeding import generator_for
-
-NOISE_PURPOSE = 7  # purpose id of the client-level noise: never reuses batch or dropout seeds
+from shared.clock.seeding import UPDATE_NOISE, generator_for
 
 Update = Mapping[str, Mapping[str, torch.Tensor]]  # record key -> array name -> tensor
 
@@ -73,7 +71,7 @@ def add_noise(update: Update, std: float, gen: torch.Generator
 def noise_generator(seed: int, stream: int, rnd: int) -> torch.Generator:
     """The seed-only noise stream: what anyone who knows the run seed can regenerate (the
     reproducible simulation's draw; deployed nodes and clouds key theirs with a secret)."""
-    return generator_for(seed, stream, rnd, NOISE_PURPOSE)
+    return generator_for(seed, stream, rnd, UPDATE_NOISE.number())
 
 
 def local_noise_std(noise_multiplier: float, clip: float) -> float:

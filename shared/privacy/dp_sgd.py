@@ -28,14 +28,12 @@ from torch.func import functional_call, grad, vmap
 
 from shared.clock.seeding import seed_for
 
-# Purposes for seeding: DP draws never share a stream with batches, dropout or init.
-PURPOSE_POISSON, PURPOSE_DP_NOISE, PURPOSE_COUNT = 40, 41, 42
-PHASE_UNIKD, PHASE_TEACHER = 0, 1  # mixed into the purpose: the two phases never share draws
-
 
 def dp_generator(seed: int, stream: int, step: int, purpose: int, secret: bytes | None
                  ) -> torch.Generator:
     """A generator per (seed, stream, step, purpose), keyed by the node's secret when it has one.
+
+    `purpose` is a number from the table in shared/clock/seeding.py (`DP_POISSON.number(k)`, ...).
 
     Without a secret the draws are a function of the run seed, which the cloud knows: fine for
     reproducible simulations, worthless as privacy against the cloud. A deployed node mixes in
