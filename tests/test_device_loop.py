@@ -300,7 +300,7 @@ def test_the_served_student_has_the_bn_statistics_its_evaluation_used(tmp_path):
     scored); the weights are the delivered ones, and the version tag is the delivery's."""
     import torch
 
-    from client.node.client_app import reestimate_bn
+    from client.node.target_side import reestimate_bn
     from shared.protocol import checkpoints
 
     grid = device_grid(tmp_path, [23, 31])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import client.node.target_side as target_side
-from client.node.client_app import reestimate_bn
+from client.node.target_side import reestimate_bn
 from shared.data.datasets import get_spec
 from shared.unikd.engine import TeacherOut, UniKDNets, target_terms
 from shared.protocol.records import RoundConfig, group_named_params
@@ -95,3 +95,43 @@ def test_reestimated_bn_statistics_are_the_node_windows_statistics():
     dims = [0, 2] if inputs.dim() == 3 else [0]
     assert torch.allclose(first_bn.running_mean, inputs.mean(dims), atol=1e-4)
     assert torch.allclose(first_bn.running_var, inputs.var(dims, unbiased=True), rtol=1e-3)
+
+
+def test_local_sgd_moves_after_every_step_but_the_last_and_returns_the_mean():
+    """The one local-SGD helper plain and record-DP steps share, on g_j = w - c_j."""
+    from shared.clock.local_steps import LocalSteps
+
+    targets = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [4.0, -1.0]], dtype=torch.float64)
+    w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    frozen = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))  # never gets a gradient
+    seen = []
+
+    def gradient(j: int) -> dict:
+        seen.append(w.detach().clone())
+        return {"w": w.detach() - targets[j], "frozen": None}
+
+    mean = target_side.local_sgd({"w": w, "frozen": frozen}, LocalSteps(3), 0.5, gradient)
+    expected, grads = torch.zeros(2, dtype=torch.float64), []
+    for j in range(3):
+        assert torch.equal(seen[j], expected)
+        grads.append(expected - targets[j])
+        if j < 2:
+            expected = expected - 0.5 * grads[-1]
+    assert torch.equal(w.detach(), expected)  # the last step's gradient moves nothing
+    assert torch.allclose(mean["w"], sum(grads) / 3)
+    assert torch.equal(mean["frozen"], torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(frozen.detach(), torch.ones(2, dtype=torch.float64))
+
+
+def test_what_local_steps_means_on_both_sides():
+    from shared.clock.local_steps import TEACHER_ROUND, LocalSteps
+
+    three = LocalSteps(3)
+    assert three.first_batch(2) == 6
+    assert [three.moves_after(j) for j in range(3)] == [True, True, False]
+    assert three.dp_steps() == 3 and three.dp_steps(rounds=5) == 15
+    assert torch.equal(three.pseudo_gradient(torch.tensor([3.0, 6.0])), torch.tensor([1.0, 2.0]))
+    assert TEACHER_ROUND.dp_steps(rounds=4) == 4
+    assert LocalSteps(1).takes_noise_shares and not three.takes_noise_shares
+    with pytest.raises(ValueError, match="local_steps=0"):
+        LocalSteps(0)

@@ -12,6 +12,7 @@ import pytest
 
 import server.fed.run as run_mod
 from client.node import budget
+from client.node.node_config import DEFAULT_DELTA, LEDGER_KEY, MAX_EPSILON_KEY, Budget, NodeConfig
 from server.fed.run import run_federate
 from shared.config import load_config
 from shared.errors import UnikdError
@@ -48,14 +49,14 @@ def test_node_ledger_matches_the_cloud_and_refuses_past_its_budget(tmp_path, mon
     assert len(cloud) >= 4 and cloud == sorted(cloud)
     cap = (cloud[-2] + cloud[-1]) / 2  # room for every release but the last
     ledger = tmp_path / "edge-1" / "dp-ledger.json"
-    _with_node_config(monkeypatch, {1: {budget.MAX_EPSILON_KEY: cap,
-                                        budget.LEDGER_KEY: str(ledger)}})
+    _with_node_config(monkeypatch, {1: {MAX_EPSILON_KEY: cap,
+                                        LEDGER_KEY: str(ledger)}})
     # Act
     capped = run_federate(load_config(overrides=[*RECORD_RUN, f"out={tmp_path / 'capped'}"]),
                           progress=False)
     # Assert: the node stopped inside its budget, at the cloud's own figure for it
     data = json.loads(ledger.read_text())
-    spent = epsilon_from_rdp(tuple(data["rdp"]), budget.DEFAULT_DELTA)
+    spent = epsilon_from_rdp(tuple(data["rdp"]), DEFAULT_DELTA)
     assert spent <= cap and spent == pytest.approx(cloud[-2], rel=1e-6)
     assert ledger.stat().st_mode & 0o777 == 0o600
     query, *trains = data["entries"]
@@ -67,8 +68,8 @@ def test_node_ledger_matches_the_cloud_and_refuses_past_its_budget(tmp_path, mon
     results = json.loads((capped / "results.json").read_text())
     assert results["rejected_updates"] >= 1
     # and in a second run on the same ledger the node trains no more (the budget spans runs)
-    _with_node_config(monkeypatch, {0: {budget.MAX_EPSILON_KEY: cap,
-                                        budget.LEDGER_KEY: str(ledger)}})
+    _with_node_config(monkeypatch, {0: {MAX_EPSILON_KEY: cap,
+                                        LEDGER_KEY: str(ledger)}})
     try:
         run_federate(load_config(overrides=[*RECORD_RUN, "fed.clients=1",
                                             f"out={tmp_path / 'again'}"]), progress=False)
@@ -77,11 +78,11 @@ def test_node_ledger_matches_the_cloud_and_refuses_past_its_budget(tmp_path, mon
     after = json.loads(ledger.read_text())
     new = after["entries"][len(data["entries"]):]
     assert [e["what"] for e in new] == ["count query"]  # its count fit; no step did
-    assert epsilon_from_rdp(tuple(after["rdp"]), budget.DEFAULT_DELTA) <= cap
+    assert epsilon_from_rdp(tuple(after["rdp"]), DEFAULT_DELTA) <= cap
 
 
 def test_a_budgeted_node_refuses_rounds_that_are_not_record_dp(tmp_path, monkeypatch):
-    _with_node_config(monkeypatch, {0: {budget.MAX_EPSILON_KEY: 100.0}})
+    _with_node_config(monkeypatch, {0: {MAX_EPSILON_KEY: 100.0}})
     cfg = load_config(overrides=["distill.epochs=1", "teacher.epochs=1", "fed.clients=2",
                                  "fed.rounds=2", f"out={tmp_path}"])
     run_dir = run_federate(cfg, progress=False)
@@ -99,11 +100,12 @@ def test_the_ledger_composes_what_the_accountant_composes():
 
 
 def test_bad_budget_settings_and_ledgers_are_errors_naming_them(tmp_path):
-    assert budget.node_budget({}) is None and budget.node_budget({"max-epsilon": 0}) is None
+    assert NodeConfig.from_node_config({}).budget is None
+    assert NodeConfig.from_node_config({"max-epsilon": 0}).budget is None
     with pytest.raises(UnikdError, match="max-epsilon"):
-        budget.node_budget({"max-epsilon": "lots"})
+        NodeConfig.from_node_config({"max-epsilon": "lots"})
     with pytest.raises(UnikdError, match="dp-delta"):
-        budget.node_budget({"max-epsilon": 3.0, "dp-delta": 2.0})
+        NodeConfig.from_node_config({"max-epsilon": 3.0, "dp-delta": 2.0})
     bad = tmp_path / "dp-ledger.json"
     bad.write_text("{not json")
     with pytest.raises(UnikdError, match=str(bad)):
@@ -122,8 +124,8 @@ def test_the_edge_command_hands_its_budget_to_the_node(tmp_path, make_domain_fil
     cfg = EdgeConfig("cloud:8000", tmp_path / "data", insecure=True, home=tmp_path / "home",
                      max_epsilon=3.0, dp_delta=1e-6, allow_unsigned=True)
     parsed = parse_config_args([node_config(cfg, "3")])
-    assert budget.node_budget(parsed) == budget.Budget(3.0, 1e-6,
-                                                       tmp_path / "home" / "dp-ledger.json")
+    assert NodeConfig.from_node_config(parsed).budget == Budget(3.0, 1e-6,
+                                                                tmp_path / "home" / "dp-ledger.json")
     assert validate(cfg) == "3"
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dp-ledger.json").write_text("[]")

@@ -18,7 +18,8 @@ the full z all the same, which holds while at least t nodes survive to the unmas
 cloud's secure aggregation refuses fewer, docs/secure-aggregation.md).
 
 The ledger lives in the run's node state and, where the node config names a `dp-ledger` file (a
-deployed edge: `<edge home>/dp-ledger.json`, mode 0600), in that file, so it spans runs.
+deployed edge: `<edge home>/dp-ledger.json`, mode 0600), in that file, so it spans runs. The
+budget's node-config keys are read in client/node/node_config.py.
 """
 
 from __future__ import annotations
@@ -26,45 +27,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
 
+from client.node.node_config import MAX_EPSILON_KEY, read_node_config
 from shared.privacy.accounting import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, step_rdp
 from shared.errors import UnikdError
 from shared.protocol.records import RoundConfig
 
-MAX_EPSILON_KEY = "max-epsilon"  # node config: the operator's budget (absent or 0: none)
-DELTA_KEY = "dp-delta"  # node config: the delta the budget is stated at (default 1e-5)
-LEDGER_KEY = "dp-ledger"  # node config: a JSON file that carries the ledger across runs
 LEDGER_FILE = "dp-ledger.json"  # the ledger's name in a deployed edge's home
 STATE_KEY = "dp-budget"  # node state: this run's ledger (and whether its count was charged)
-DEFAULT_DELTA = 1e-5
-
-
-@dataclass(frozen=True)
-class Budget:
-    max_epsilon: float
-    delta: float
-    ledger: Path | None
-
-
-def node_budget(node_config: dict) -> Budget | None:
-    """The operator's budget from the node config, or None when none is set."""
-    raw = node_config.get(MAX_EPSILON_KEY)
-    if raw in (None, "", 0, 0.0, "0"):
-        return None
-    try:
-        max_eps, delta = float(raw), float(node_config.get(DELTA_KEY, DEFAULT_DELTA))
-    except (TypeError, ValueError):
-        raise UnikdError(f"node config {MAX_EPSILON_KEY}={raw!r} / {DELTA_KEY}: not numbers"
-                         ) from None
-    if not (max_eps > 0 and 0 < delta < 1):
-        raise UnikdError(f"node config {MAX_EPSILON_KEY}={max_eps}, {DELTA_KEY}={delta}: need "
-                         f"epsilon > 0 and 0 < delta < 1")
-    ledger = node_config.get(LEDGER_KEY)
-    return Budget(max_eps, delta, Path(str(ledger)) if ledger else None)
 
 
 def _zero() -> tuple[float, ...]:
@@ -111,7 +84,7 @@ def charge(context: Context, rc: RoundConfig, what: str, steps: int = 0,
 
     Returns the epsilon spent after it, or None when the operator set no budget.
     """
-    budget = node_budget(dict(context.node_config))
+    budget = read_node_config(context.node_config).budget
     if budget is None:
         return None
     if rc.dp_mode != "record":

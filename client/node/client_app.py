@@ -15,11 +15,12 @@ from flwr.clientapp import ClientApp
 
 from client.node import budget, secagg
 from client.node.local_data import LocalData, check_shape, local_data
+from client.node.node_config import NodeConfig, read_node_config
 from client.node.packing import packing_mod
 from client.node.privacy import privatize
 from client.node.record_dp import (node_secret, record_dann_round, record_unikd_round,
                                    released_count)
-from client.node.target_side import dann_round, unikd_round
+from client.node.target_side import dann_round, reestimate_bn, unikd_round
 from shared.protocol import wire
 from shared.data.loaders import Normalizer
 from shared.data.datasets import DatasetSpec
@@ -31,6 +32,7 @@ from shared.unikd.metrics import confusion
 from shared.unikd.models import DomainDisc, teacher_for
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
+from shared.clock.local_steps import LocalSteps
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_record,
                                      group_named_params, load_student_state, spec_from_record,
                                      student_state, to_record)
@@ -43,18 +45,19 @@ TEACHER_OUT = "teacher-out"  # ArrayRecord in context.state: teacher feat/logits
 TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord in context.state: the snapshot (store nodes)
 
 
-def client_id(context: Context) -> int:
-    return int(context.node_config.get("partition-id", 0))
+def node_of(context: Context) -> NodeConfig:
+    """This node's config, typed (client/node/node_config.py)."""
+    return read_node_config(context.node_config)
 
 
 def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, LocalData]:
     """The round's config, this node's client id and its (cached) local windows."""
     rc = RoundConfig.from_record(msg.content[wire.CONFIG])
     sim = SimSetup.from_record(msg.content[wire.SIM])
-    cid = client_id(context)
+    node = node_of(context)
     spec = decode_spec(msg.content)
-    data = local_data(rc, sim, dict(context.node_config), cid, decode_norm(msg.content), spec)
-    return rc, cid, check_shape(data, spec, dict(context.node_config))
+    data = local_data(rc, sim, node, node.client_id, decode_norm(msg.content), spec)
+    return rc, node.client_id, check_shape(data, spec, node)
 
 
 def decode_spec(content: RecordDict) -> DatasetSpec:
@@ -62,7 +65,7 @@ def decode_spec(content: RecordDict) -> DatasetSpec:
     return spec_from_record(content[wire.SPEC])
 
 
-def decode_nets(content: RecordDict, rc: RoundConfig) -> UniKDNets:
+def decode_nets(content: RecordDict) -> UniKDNets:
     nets = UniKDNets.for_spec(decode_spec(content))
     load_student_state(nets, from_record(content[wire.STUDENT]))
     nets.d_f.load_state_dict(from_record(content[wire.D_F]))
@@ -95,14 +98,14 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
     elif same_teacher and TEACHER_ARRAYS in context.state:
         arrays, members = from_record(context.state[TEACHER_ARRAYS]), int(meta["members"])
     else:
-        raise UnikdError(f"client {client_id(context)}, round {rc.round}: teacher snapshot "
+        raise UnikdError(f"client {node_of(context).client_id}, round {rc.round}: teacher snapshot "
                          f"{rc.teacher_hash[:12]} is not cached on this node")
     teacher = teacher_from_arrays(arrays, members, decode_spec(msg.content))
     out = teacher_outputs(teacher, data.x_train)
     context.state[TEACHER_OUT] = to_record({"feat": out.feat, "logits": out.logits})
     context.state[TEACHER_META] = ConfigRecord({"hash": rc.teacher_hash, "windows": windows,
                                                 "members": members})
-    if "store-path" in context.node_config:  # its windows change: keep the snapshot itself
+    if node_of(context).store_path is not None:  # its windows change: keep the snapshot itself
         context.state[TEACHER_ARRAYS] = to_record(arrays)
     return out
 
@@ -132,13 +135,14 @@ def train(msg: Message, context: Context) -> Message:
     rc, cid, data = node_inputs(msg, context)
     teacher = cached_teacher(msg, context, rc, data)
     prototypes = hint_prototypes(msg.content)
-    nets = decode_nets(msg.content, rc)
+    nets = decode_nets(msg.content)
     if rc.bn_policy == "local" and "bn-local" in context.state:
         nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
     if rc.dp_mode == "record":  # per-window DP-SGD: no BN statistics, no losses leave the node
-        secret = node_secret(dict(context.node_config), context.state)
+        secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
-        budget.charge(context, rc, "train", rc.local_steps, sampling_rate(rc.batch_size, count))
+        budget.charge(context, rc, "train", LocalSteps(rc.local_steps).dp_steps(),
+                      sampling_rate(rc.batch_size, count))
         grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
                                    prototypes)
         buffers, metrics = None, {}
@@ -146,8 +150,7 @@ def train(msg: Message, context: Context) -> Message:
         budget.charge(context, rc, "train")  # refused where the operator set a budget
         grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
                                               prototypes)
-        secret = (node_secret(dict(context.node_config), context.state)
-                  if rc.dp_mode == "local" else None)
+        secret = node_secret(node_of(context), context.state) if rc.dp_mode == "local" else None
         grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,
                                    secret)  # local DP: noise keyed by the node's secret
         count = data.num_examples
@@ -170,10 +173,11 @@ def train(msg: Message, context: Context) -> Message:
     if buffers is not None:
         reply[wire.STUDENT_BN] = to_record(buffers)
     wire.check_outgoing(reply, up_shapes(nets))
-    if "store-path" in context.node_config:  # the service's Status reports the last round
+    store = node_of(context).store_path
+    if store is not None:  # the service's Status reports the last round
         from client.edge_service.store import record_round
 
-        record_round(str(context.node_config["store-path"]), rc.round)
+        record_round(store, rc.round)
     return Message(reply, reply_to=msg)
 
 
@@ -192,7 +196,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
     teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
     disc.load_state_dict(from_record(msg.content[wire.TEACHER_DISC]))
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
-        secret = node_secret(dict(context.node_config), context.state)
+        secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         budget.charge(context, rc, "teacher train", 1, sampling_rate(rc.batch_size, count))
         grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.lam_dom)
@@ -243,33 +247,21 @@ def adapt_bn(nets: UniKDNets, rc: RoundConfig, context: Context, x_train: torch.
         reestimate_bn(nets.student, x_train)
 
 
-@torch.no_grad()
-def reestimate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Recompute BN running statistics on local windows (cumulative average, eval afterwards)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for i in range(0, len(x), 256):
-        model(x[i:i + 256])
-    model.eval()
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """How many training windows this node holds (the server sizes its clock with it)."""
     rc, cid, data = node_inputs(msg, context)
     count = data.num_examples
     if rc.dp_mode == "record":  # the count is released once, with Gaussian noise (accounted)
-        count = released_count(count, rc, cid, node_secret(dict(context.node_config),
-                                                           context.state), context.state)
+        count = released_count(count, rc, cid, node_secret(node_of(context), context.state),
+                               context.state)
     budget.charge(context, rc, "count query")  # the node's own ledger, where one is set
     metrics = {"client-id": cid, "round": rc.round, "num-examples": count}
-    if "model-dir" in context.node_config:  # the cloud re-delivers a student this node missed
+    model_dir = node_of(context).model_dir
+    if model_dir is not None:  # the cloud re-delivers a student this node missed
         from client.edge_service.delivery import installed_tag
 
-        metrics["model-tag"] = wire.tag_number(installed_tag(str(context.node_config["model-dir"])))
+        metrics["model-tag"] = wire.tag_number(installed_tag(model_dir))
     reply = RecordDict({wire.METRICS: MetricRecord(metrics)})
     wire.check_outgoing(reply, {}, wire.TRAIN_METRICS)
     return Message(reply, reply_to=msg)
@@ -277,7 +269,7 @@ def query(msg: Message, context: Context) -> Message:
 
 # ---- secure aggregation stages 1-3 (client/node/secagg.py): keys, shares and masks only
 secagg.add_stage_handlers(
-    app, secret=lambda context: node_secret(dict(context.node_config), context.state))
+    app, secret=lambda context: node_secret(node_of(context), context.state))
 
 
 def served_student(msg: Message, context: Context, rc: RoundConfig) -> dict[str, torch.Tensor]:
@@ -300,12 +292,11 @@ def deliver(msg: Message, context: Context) -> Message:
     (node config `model-dir`, the directory `unikd serve --model-dir` serves). A node without
     one installs nothing and answers version 0."""
     torch.set_num_threads(1)
-    rc, cid = RoundConfig.from_record(msg.content[wire.CONFIG]), client_id(context)
-    version = 0
-    if "model-dir" in context.node_config:
+    rc, node = RoundConfig.from_record(msg.content[wire.CONFIG]), node_of(context)
+    cid, model_dir, version = node.client_id, node.model_dir, 0
+    if model_dir is not None:
         from client.edge_service.delivery import install_delivered
 
-        model_dir = str(context.node_config["model-dir"])
         info = msg.content[wire.DELIVERY]
         try:
             installed = install_delivered(model_dir, served_student(msg, context, rc),

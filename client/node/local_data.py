@@ -7,12 +7,14 @@ them, serve federated evaluation, which returns only a confusion matrix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from client.node.node_config import NodeConfig, read_node_config
 from shared.config import DataConfig
 from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
@@ -113,9 +115,10 @@ def store_training_windows(path: str, rc: RoundConfig, client: int,
     return x
 
 
-def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
-               norm: Normalizer, spec: DatasetSpec | None = None) -> LocalData:
-    """Where this node's windows come from, first match wins:
+def local_data(rc: RoundConfig, sim: SimSetup, node_config: NodeConfig | Mapping[str, object],
+               client: int, norm: Normalizer, spec: DatasetSpec | None = None) -> LocalData:
+    """Where this node's windows come from (its node config, typed or as Flower hands it over),
+    first match wins:
 
     * `store-path`: the windows sensor apps ingested through `unikd serve` (read fresh each
       round, so windows ingested on the device train the next round); labelled test windows
@@ -123,16 +126,16 @@ def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
     * `data-path`: a device's own AdaTime folder;
     * otherwise the simulator's partition of the target domain.
     """
-    if "store-path" in node_config:
-        x = store_training_windows(str(node_config["store-path"]), rc, client, spec)
-        test = (_device(rc.dataset, str(node_config["data-path"]),
-                        str(node_config.get("domain", sim.target)))[1]
-                if "data-path" in node_config else None)
+    node = read_node_config(node_config)
+    domain = node.domain if node.domain is not None else sim.target
+    if node.store_path is not None:
+        x = store_training_windows(node.store_path, rc, client, spec)
+        test = (_device(rc.dataset, node.data_path, domain)[1]
+                if node.data_path is not None else None)
         norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
         return LocalData(norm(x), norm_test)
-    if "data-path" in node_config:
-        train, test = _device(rc.dataset, str(node_config["data-path"]),
-                              str(node_config.get("domain", sim.target)))
+    if node.data_path is not None:
+        train, test = _device(rc.dataset, node.data_path, domain)
     else:
         train, test = simulated_split(rc.dataset, sim.data_path, sim.synth_shift, sim.target,
                                  sim.partition, sim.num_clients, client, sim.seed)
@@ -140,9 +143,11 @@ def local_data(rc: RoundConfig, sim: SimSetup, node_config: dict, client: int,
     return LocalData(norm(train.x), norm_test)
 
 
-def check_shape(data: LocalData, spec: DatasetSpec, node_config: dict) -> LocalData:
+def check_shape(data: LocalData, spec: DatasetSpec,
+                node_config: NodeConfig | Mapping[str, object]) -> LocalData:
     """This node's windows against the model shape the round's `spec` record gives."""
-    where = str(node_config.get("store-path") or node_config.get("data-path") or "simulated data")
+    node = read_node_config(node_config)
+    where = node.store_path or node.data_path or "simulated data"
     got = tuple(data.x_train.shape[1:])
     if got != (spec.channels, spec.length):
         raise UnikdError(f"{where}: this node's windows are {got[0]} channels x {got[1]} samples; "

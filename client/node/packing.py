@@ -11,6 +11,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from client.node.node_config import read_node_config
 from shared.errors import UnikdError
 from shared.protocol.packing import PackError, is_packed, pack_content, unpack_content
 
@@ -21,7 +22,7 @@ def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     try:
         content = unpack_content(msg.content)
     except PackError as err:
-        raise UnikdError(f"client {context.node_config.get('partition-id', '?')}, round "
+        raise UnikdError(f"client {read_node_config(context.node_config).client_id}, round "
                          f"{msg.metadata.group_id}: the cloud's message does not unpack: {err}"
                          ) from None
     reply = call_next(Message(metadata=msg.metadata, content=content), context)

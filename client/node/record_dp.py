@@ -14,6 +14,7 @@ steps), the released window count ñ (noised once, accounted) and the round's bo
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from shared.privacy.dp_sgd import (dp_generator, dp_sgd_gradient, frozen_bn, noi
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
+from shared.clock.local_steps import LocalSteps
+from client.node.node_config import NodeConfig, read_node_config
+from client.node.target_side import local_sgd
 from shared.protocol.records import RoundConfig
 from shared.clock.seeding import (DP_COUNT, DP_POISSON, DP_STEP_NOISE, PHASE_TEACHER, PHASE_UNIKD,
                                   client_stream, record_dp_offset, seed_side)
@@ -32,10 +36,10 @@ SECRET_KEY = "dp-secret"  # context.state ConfigRecord key of the node's noise s
 COUNT_KEY = "dp-count"  # context.state ConfigRecord key of the node's released window count
 
 
-def node_secret(node_config: dict, state) -> bytes | None:
+def node_secret(node_config: NodeConfig | Mapping[str, object], state) -> bytes | None:
     """The node's private randomness key; None (reproducible draws) only if the node config
     says `dp-reproducible` (the in-process simulation, where cloud and nodes share a process)."""
-    if node_config.get("dp-reproducible"):
+    if read_node_config(node_config).dp_reproducible:
         return None
     if SECRET_KEY not in state:
         from flwr.app import ConfigRecord
@@ -132,28 +136,24 @@ def network_of(name: str) -> str:
 def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                        rc: RoundConfig, client: int, secret: bytes | None, released: int,
                        prototypes: torch.Tensor | None = None) -> Grads:
-    """K DP-SGD steps on the target terms; returns the mean noisy gradient (pseudo-gradient).
+    """L DP-SGD steps on the target terms (`local_sgd`, the local SGD on the noisy gradients
+    being post-processing); returns the mean noisy gradient (pseudo-gradient).
 
     With `rc.dp_shares` (record DP + SecAgg, `fed.record_noise=shares`) the one step is returned
     un-noised: it never leaves the node unmasked, and its noise share is added before masking.
     """
-    if rc.dp_shares and (rc.local_steps != 1 or not rc.secagg):
+    steps = LocalSteps(rc.local_steps)
+    if rc.dp_shares and (not steps.takes_noise_shares or not rc.secagg):
         raise ValueError(f"round {rc.round}: noise shares need secure aggregation and one local "
                          f"step (local_steps={rc.local_steps}, secagg={rc.secagg}); refused")
     loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
-    total = {k: torch.zeros_like(p) for k, p in params.items()}
     nets.train()
     with frozen_bn(nets):
-        for j in range(rc.local_steps):
-            g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
-            with torch.no_grad():
-                for k, p in params.items():
-                    total[k] += g[k]
-                    if j < rc.local_steps - 1:
-                        p -= rc.lr * g[k]  # local SGD on the noisy gradient (post-processing)
-    return _wire_groups({k: v / rc.local_steps for k, v in total.items()})
+        mean = local_sgd(params, steps, rc.lr, lambda j: _dp_step(
+            loss, data, rc, client, secret, released, PHASE_UNIKD, j))
+    return _wire_groups(mean)
 
 
 def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: RoundConfig,

@@ -1,11 +1,9 @@
 """Real deployment, edge side: a Flower SuperNode pointed at this device's target windows.
 
 Imports nothing from the cloud side (server/) and needs no source data: the ClientApp code
-arrives inside the app bundle the cloud sends, and reads the windows named by the node config:
-
-    data-path  this device's AdaTime folder (train_<domain>.pt, optionally test_<domain>.pt)
-    domain     which domain file to read (default: the folder's only domain)
-    partition-id  the client id (seeds and reply order; unique per edge)
+arrives inside the app bundle the cloud sends, and reads the windows named by the node config
+(client/node/node_config.py): its AdaTime folder and domain, or its window store, its client id,
+its model directory and its operator's privacy budget.
 
 TLS is on unless `insecure`: the SuperLink's certificate must chain to `ca`. With `key`, the node
 authenticates with its ECDSA key, which the operator registered (`unikd certs register`).
@@ -26,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.node.node_config import Budget, NodeConfig
 from client.node.polling import NODE_IDLE_POLL
 from shared.errors import UnikdError
 from shared.platform.secrets import write_secret
@@ -96,10 +95,9 @@ def validate(cfg: EdgeConfig) -> str | None:
 
         check_device(cfg.store, cfg.model_dir)
     if cfg.max_epsilon:
-        from client.node.budget import node_budget, read_ledger
+        from client.node.budget import read_ledger
 
-        budget = node_budget(budget_keys(cfg))  # in range, read as the ClientApp will
-        read_ledger(budget.ledger)  # a damaged ledger stops the start, not a run
+        read_ledger(operator_budget(cfg).ledger)  # a damaged ledger stops the start, not a run
     domain = data_domain(cfg) if cfg.data is not None else None
     check_trust(cfg)
     return domain
@@ -149,33 +147,25 @@ def check_trust(cfg: EdgeConfig) -> None:
                          "the operator signed (dev only: --allow-unsigned-apps)")
 
 
-def quoted(path: Path) -> str:
-    return '"' + str(path).replace('"', '\\"') + '"'
-
-
 def node_config(cfg: EdgeConfig, domain: str | None) -> str:
-    """What the ClientApp reads (client/node/local_data.py): its windows and its client id."""
-    keys = []
-    if cfg.data is not None:  # training windows, or only labelled test windows beside a store
-        keys += [f"data-path={quoted(cfg.data)}", f"domain={quoted(domain)}"]
-    keys.append(f"partition-id={cfg.client_id}")
-    if cfg.store is not None:
-        keys.append(f"store-path={quoted(cfg.store)}")
-    if cfg.model_dir is not None:
-        keys.append(f"model-dir={quoted(cfg.model_dir)}")
-    if cfg.max_epsilon > 0:
-        keys += [f"{k}={quoted(v) if isinstance(v, Path) else repr(v)}"
-                 for k, v in budget_keys(cfg).items()]
-    return " ".join(keys)
+    """The `--node-config` the ClientApp reads (client/node/node_config.py): its windows (an
+    AdaTime folder's `domain`, or only labelled test windows beside a store), its client id,
+    its model directory and its operator's budget."""
+    def text(path: Path | None) -> str | None:
+        return None if path is None else str(path)
+
+    return NodeConfig(client_id=cfg.client_id, data_path=text(cfg.data),
+                      domain=domain if cfg.data is not None else None,
+                      store_path=text(cfg.store), model_dir=text(cfg.model_dir),
+                      budget=operator_budget(cfg) if cfg.max_epsilon > 0 else None).to_arg()
 
 
-def budget_keys(cfg: EdgeConfig) -> dict[str, float | Path]:
-    """The node-config keys of the operator's privacy budget (client/node/budget.py), with the
-    ledger kept beside the node's app bundles, across runs."""
-    from client.node.budget import DELTA_KEY, LEDGER_FILE, LEDGER_KEY, MAX_EPSILON_KEY
+def operator_budget(cfg: EdgeConfig) -> Budget:
+    """The operator's privacy budget (client/node/budget.py), checked as the ClientApp will,
+    with the ledger kept beside the node's app bundles, across runs."""
+    from client.node.budget import LEDGER_FILE
 
-    return {MAX_EPSILON_KEY: cfg.max_epsilon, DELTA_KEY: cfg.dp_delta,
-            LEDGER_KEY: cfg.home / LEDGER_FILE}
+    return Budget(cfg.max_epsilon, cfg.dp_delta, cfg.home / LEDGER_FILE)
 
 
 def launcher_args(cfg: EdgeConfig) -> list[str]:

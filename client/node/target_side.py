@@ -1,12 +1,16 @@
 """The edge's share of a UNI-KD round: target-side terms on private windows (spec §9).
 
-With `local_steps` = K the client takes K plain-SGD steps on the target terms and returns the
-pseudo-gradient mean_j g_j, the average gradient along its path. For K = 1 that is exactly
-the gradient at the received weights, which the cloud adds to its source gradient: one round
-is then one centralized step.
+With `local_steps` = L the client takes L local steps on the target terms (`local_sgd`) and
+returns the pseudo-gradient, the mean gradient along its path; shared/clock/local_steps.py says
+what a round is. For L = 1 that is exactly the gradient at the received weights, which the cloud
+adds to its source gradient: one round is then one centralized step. The node's other tensor
+math lives here too: re-estimating BN statistics on its windows (`reestimate_bn`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import TypeVar
 
 import torch
 
@@ -14,9 +18,11 @@ from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalar
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol.records import RoundConfig, bn_buffers, group_named_params
 from shared.clock.seeding import client_stream, seed_side
+from shared.clock.local_steps import LocalSteps
 from shared.clock.steps import EpochLog, batch_plan
 
 Grads = dict[str, dict[str, torch.Tensor]]
+Key = TypeVar("Key", bound=Hashable)  # how a caller names its parameters
 
 
 def _local_batches(rc: RoundConfig, client: int, n: int) -> list[torch.Tensor]:
@@ -26,11 +32,34 @@ def _local_batches(rc: RoundConfig, client: int, n: int) -> list[torch.Tensor]:
     round count needs still sees all of them, not one batch again and again. Within the first
     n // batch_size batches this is exactly the centralized `epoch_batches` plan.
     """
+    steps = LocalSteps(rc.local_steps)
     perm = torch.cat(batch_plan(rc.seed, client_stream(client), rc.epoch, n, n))  # one shuffle
     bs = min(rc.batch_size, n)
-    first = rc.step * rc.local_steps * bs
+    first = steps.first_batch(rc.step) * bs
     return [perm[torch.arange(first + j * bs, first + (j + 1) * bs) % n]
-            for j in range(rc.local_steps)]
+            for j in range(steps.count)]
+
+
+def local_sgd(params: Mapping[Key, torch.Tensor], steps: LocalSteps, lr: float,
+              gradient: Callable[[int], Mapping[Key, torch.Tensor | None]]
+              ) -> dict[Key, torch.Tensor]:
+    """The edge's L local steps and its pseudo-gradient (shared/clock/local_steps.py).
+
+    `gradient(j)` forms local step j's gradient at the current weights, by parameter (None: the
+    parameter got none, it counts as zero); plain and record-DP target steps differ only there.
+    After every step but the last the weights move by plain SGD. Returns the mean gradient.
+    """
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    for j in range(steps.count):
+        grads = gradient(j)
+        with torch.no_grad():
+            for k, p in params.items():
+                g = grads.get(k)
+                if g is not None:
+                    total[k] += g
+                    if steps.moves_after(j):
+                        p -= lr * g  # local SGD step towards the next batch
+    return {k: steps.pseudo_gradient(v) for k, v in total.items()}
 
 
 def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc: RoundConfig,
@@ -39,27 +68,25 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
     """Returns (pseudo-gradients by group, BN buffers, mean metrics). `prototypes`: the
     cloud's per-class teacher features for the hint when the teacher stays in the cloud."""
     groups = group_named_params(nets)
-    total: Grads = {g: {k: torch.zeros_like(p) for k, p in ps.items()} for g, ps in groups.items()}
+    params = {(g, k): p for g, ps in groups.items() for k, p in ps.items()}
+    batches = _local_batches(rc, client, len(x))
     log = EpochLog()
     nets.train()
-    for j, idx in enumerate(_local_batches(rc, client, len(x))):
-        for ps in groups.values():
-            for p in ps.values():
-                p.grad = None
+
+    def gradient(j: int) -> dict[tuple[str, str], torch.Tensor | None]:
+        idx = batches[j]
+        for p in params.values():
+            p.grad = None
         seed_side(rc.seed, client_stream(client), rc.global_step, sub=j)
         terms = target_terms(nets, x[idx], teacher[idx] if teacher is not None else None,
                              rc.schedule, rc.hparams, source_kd=rc.source_kd,
                              prototypes=prototypes)
         terms["loss"].backward()
         log.add(scalars(terms))
-        with torch.no_grad():
-            for g, ps in groups.items():
-                for k, p in ps.items():
-                    if p.grad is not None:
-                        total[g][k] += p.grad
-                        if j < rc.local_steps - 1:
-                            p -= rc.lr * p.grad  # local SGD step towards the next batch
-    grads = {g: {k: v / rc.local_steps for k, v in gs.items()} for g, gs in total.items()}
+        return {key: p.grad for key, p in params.items()}
+
+    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr, gradient)
+    grads = {g: {k: mean[(g, k)] for k in ps} for g, ps in groups.items()}
     return grads, bn_buffers(nets.student), log.means()
 
 
@@ -81,3 +108,16 @@ def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: RoundConfi
 
     return ({"teacher": grads(teacher), "disc": grads(disc)}, bn_buffers(teacher, ""),
             {"teacher-dann-dom": terms["dom"].item()})
+
+
+@torch.no_grad()
+def reestimate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Recompute BN running statistics on local windows (cumulative average, eval afterwards)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, len(x), 256):
+        model(x[i:i + 256])
+    model.eval()

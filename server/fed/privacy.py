@@ -46,6 +46,7 @@ from shared.privacy.accounting import RDP_ORDERS, record_epsilon, record_event  
 from shared.privacy.clipping import add_noise, central_noise_std, clip_update
 from shared.clock.seeding import CENTRAL_STREAM, UPDATE_NOISE
 from shared.platform.runs import write_csv, write_json
+from shared.clock.local_steps import TEACHER_ROUND, LocalSteps
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def check_record_noise(cfg: RunConfig) -> None:
     wrong = [f"{k}={v}" for k, v, ok in (("fed.dp", f.dp, f.dp == "record"),
                                          ("fed.secure_aggregation", f.secure_aggregation,
                                           f.secure_aggregation),
-                                         ("fed.local_steps", f.local_steps, f.local_steps == 1))
+                                         ("fed.local_steps", f.local_steps,
+                                          LocalSteps(f.local_steps).takes_noise_shares))
              if not ok]
     if wrong:
         raise UnikdError(f"fed.record_noise=shares needs fed.dp=record, "
@@ -392,7 +394,8 @@ def plan_run_privacy(cfg: RunConfig, rounds: int, counts: dict[int, int], n_src:
     if cfg.fed.dp != "record":
         return plan_privacy(cfg, rounds), None
     teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()), spec)
-    plan = plan_record_privacy(cfg, counts, teacher, rounds * cfg.fed.local_steps, spec)
+    plan = plan_record_privacy(cfg, counts, teacher,
+                               LocalSteps(cfg.fed.local_steps).dp_steps(rounds), spec)
     return plan, RecordLedger(plan)
 
 
@@ -410,7 +413,7 @@ def replay_ledger(ledger: RecordLedger | None, teacher_rounds: int, student_roun
         return
     clients = {c: 1 for c in ledger.plan.counts}
     for r in range(1, teacher_rounds + 1):
-        charge_round(ledger, r, clients, 1, "teacher")
+        charge_round(ledger, r, clients, TEACHER_ROUND.dp_steps(), "teacher")
     for r in range(1, student_rounds + 1):
         charge_round(ledger, r, clients, local_steps)
 

@@ -37,6 +37,7 @@ from shared.protocol.records import bn_buffers, student_state
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import capture_rng, restore_rng, teacher_state
 from shared.clock.steps import steps_per_epoch
+from shared.clock.local_steps import LocalSteps
 
 log = logging.getLogger(__name__)
 TRAIN_RECORDS = (wire.STUDENT_GRAD, wire.D_F_GRAD, wire.D_D_GRAD, wire.STUDENT_BN)
@@ -252,7 +253,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
         first = restore(cloud, fed.result, ckpt) + 1
         replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg,
                                                           source.spec),
-                      first - 1, cfg.fed.local_steps)
+                      first - 1, LocalSteps(cfg.fed.local_steps).dp_steps())
         log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
              "windows per client: %s", len(nodes), n_trg, total, clock.steps_per_epoch,
@@ -312,7 +313,8 @@ def run_round(fed: Federation, rnd: int) -> dict | None:
     src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
     cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
     updates, replies, errors, sa_row = exchange(fed, rnd, contents)
-    charge_round(fed.dp_ledger, rnd, fed.counts, cfg.fed.local_steps)  # record DP: all asked
+    charge_round(fed.dp_ledger, rnd, fed.counts,
+                 LocalSteps(cfg.fed.local_steps).dp_steps())  # record DP: every node asked
     if len(replies) < len(fed.nodes):
         log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
                     len(fed.nodes))
