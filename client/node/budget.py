@@ -33,7 +33,7 @@ from flwr.app import ConfigRecord, Context
 
 from shared.privacy.accounting import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, step_rdp
 from shared.errors import UnikdError
-from shared.protocol.records import RoundConfig
+from shared.protocol.records import SetupConfig
 
 MAX_EPSILON_KEY = "max-epsilon"  # node config: the operator's budget (absent or 0: none)
 DELTA_KEY = "dp-delta"  # node config: the delta the budget is stated at (default 1e-5)
@@ -104,7 +104,7 @@ def _run_state(context: Context) -> tuple[tuple[float, ...], bool]:
     return tuple(float(v) for v in rec["rdp"]), bool(rec["count-charged"])
 
 
-def charge(context: Context, rc: RoundConfig, what: str, steps: int = 0,
+def charge(context: Context, rc: SetupConfig, what: str, steps: int = 0,
            rate: float = 0.0) -> float | None:
     """Compose this release (the run's count, if not yet charged, and `steps` DP-SGD steps at
     sampling rate `rate` and the round's z) onto the ledger; refuse it past the budget.
