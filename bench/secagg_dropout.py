@@ -112,12 +112,13 @@ def make_app(updates):
 
 def round_config(rnd: int, clip: float, bits: int):
     from shared.protocol.records import RoundConfig
+    from shared.unikd.settings import KDHparams, StepSchedule
 
-    return RoundConfig(round=rnd, epoch=1, step=rnd - 1, global_step=rnd - 1, beta=0.5,
-                       alpha=0.5, lr=1e-3, local_steps=1, seed=0, batch_size=32,
-                       temperature=4.0, lam_ce=1.0, lam_dom=1.0, target_kd=True,
-                       adv_to_student=False, detach_weights=True, bn_policy="averaged",
-                       dataset="HAR", secagg=True, secagg_clip=clip, secagg_bits=bits)
+    return RoundConfig(round=rnd, epoch=1, step=rnd - 1, global_step=rnd - 1,
+                       schedule=StepSchedule(beta=0.5, alpha=0.5), lr=1e-3, local_steps=1,
+                       seed=0, batch_size=32, hparams=KDHparams(detach_weights=True),
+                       bn_policy="averaged", dataset="HAR", secagg=True, secagg_clip=clip,
+                       secagg_bits=bits)
 
 
 def run(data: Path, clients: int, rounds: int, drop: float, fraction: float, clip: float,

@@ -218,7 +218,7 @@ def test_cycle_and_private_name_checkers_catch_offenders(tmp_path):
 SHARED_LAYERS = {
     "errors": set(),
     "clock": {"data", "errors"},
-    "config": {"data", "errors"},
+    "config": {"data", "errors", "unikd"},
     "data": {"clock", "config", "errors"},
     "unikd": {"clock", "data", "errors"},
     "privacy": {"clock", "errors"},

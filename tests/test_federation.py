@@ -331,14 +331,14 @@ def test_a_node_keeps_its_windows_across_teacher_members_and_the_student_phase()
     or the simulation and a deployment of the same run part ways."""
     from client.node.local_data import local_data
     from shared.data.loaders import Normalizer
-    from shared.protocol.records import RoundConfig, SimSetup
+    from shared.protocol.records import SetupConfig, SimSetup
 
     run = federation("fed.teacher_placement=edge", "teacher.ensemble=2")
 
     def windows(req, node):
         c = req.content
         stats = from_record(c[wire.NORM])
-        data = local_data(RoundConfig.from_record(c[wire.CONFIG]),
+        data = local_data(SetupConfig.from_record(c[wire.CONFIG]),
                           SimSetup.from_record(c[wire.SIM]), {}, run.grid.node_ids.index(node),
                           Normalizer(stats["mean"], stats["std"]))
         return data.x_train

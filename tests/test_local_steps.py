@@ -18,15 +18,17 @@ from client.node.target_side import reestimate_bn
 from shared.data.datasets import get_spec
 from shared.unikd.engine import TeacherOut, UniKDNets, target_terms
 from shared.protocol.records import RoundConfig, group_named_params
+from shared.unikd.settings import KDHparams, StepSchedule
 
 SPEC = get_spec("HAR")
 
 
 def round_config(local_steps: int, lr: float = 0.05) -> RoundConfig:
-    return RoundConfig(round=3, epoch=1, step=2, global_step=2, beta=0.4, alpha=0.3, lr=lr,
-                       local_steps=local_steps, seed=7, batch_size=16, temperature=4.0,
-                       lam_ce=1.0, lam_dom=1.0, target_kd=True, adv_to_student=True,
-                       detach_weights=False, bn_policy="averaged", dataset="HAR")
+    return RoundConfig(round=3, epoch=1, step=2, global_step=2,
+                       schedule=StepSchedule(beta=0.4, alpha=0.3), lr=lr,
+                       local_steps=local_steps, seed=7, batch_size=16,
+                       hparams=KDHparams(adv_to_student=True, detach_weights=False),
+                       bn_policy="averaged", dataset="HAR")
 
 
 def flat_grads(nets: UniKDNets) -> dict[str, torch.Tensor]:

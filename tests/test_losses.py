@@ -244,7 +244,7 @@ def _perturb(module: torch.nn.Module) -> None:
 
 def test_detached_generator_student_grad_independent_of_d_f():
     """adv_to_student=False (reference §8.2): D_f never reaches the student or the adapter."""
-    hp = KDHparams(adv_to_student=False)
+    hp = KDHparams(adv_to_student=False, detach_weights=True)
     nets = _nets()
     before, src, trg = _grads(nets, hp)
     assert "adv" not in src and "adv" not in trg
@@ -270,7 +270,7 @@ def test_detached_generator_student_grad_independent_of_d_f():
 
 
 def test_adversarial_generator_student_grad_depends_on_d_f():
-    hp = KDHparams(adv_to_student=True)
+    hp = KDHparams(adv_to_student=True, detach_weights=True)
     nets = _nets()
     before, src, trg = _grads(nets, hp)
     assert src["adv"].item() > 0 and trg["adv"].item() > 0
@@ -282,7 +282,7 @@ def test_adversarial_generator_student_grad_depends_on_d_f():
                       {k: v for k, v in after["student"].items() if k.startswith("adapter")},
                       rtol=1e-5, atol=1e-7)
 
-    off, _, _ = _grads(_nets(), KDHparams(adv_to_student=False))
+    off, _, _ = _grads(_nets(), KDHparams(adv_to_student=False, detach_weights=True))
     on, _, _ = _grads(_nets(), hp)
     assert not _close(off["student"], on["student"], rtol=1e-5, atol=1e-7)
 
@@ -290,8 +290,8 @@ def test_adversarial_generator_student_grad_depends_on_d_f():
 def test_d_f_grad_does_not_depend_on_adv_to_student():
     """The generator term evaluates D_f through detached parameters: D_f learns only from its
     own real/fake loss, whatever adv_to_student says."""
-    off, _, _ = _grads(_nets(), KDHparams(adv_to_student=False))
-    on, _, _ = _grads(_nets(), KDHparams(adv_to_student=True))
+    off, _, _ = _grads(_nets(), KDHparams(adv_to_student=False, detach_weights=True))
+    on, _, _ = _grads(_nets(), KDHparams(adv_to_student=True, detach_weights=True))
     assert any(v.abs().sum() > 0 for v in off["d_f"].values())
     assert _close(off["d_f"], on["d_f"], rtol=1e-6, atol=1e-9)
 

@@ -26,6 +26,7 @@ from shared.errors import ConfigError, UnikdError
 from shared.privacy.clipping import (add_noise, central_noise_std, clip_update, local_noise_std,
                             noise_generator, update_norm)
 from shared.protocol.records import RoundConfig, from_record, to_record
+from shared.unikd.settings import KDHparams, StepSchedule
 from shared.clock.seeding import client_stream
 
 CLIENTS = 3
@@ -105,9 +106,9 @@ def test_central_aggregate_is_the_uniform_mean_of_clipped_updates_plus_noise():
 
 
 def _round_config(**dp) -> RoundConfig:
-    return RoundConfig(round=1, epoch=1, step=0, global_step=0, beta=0.1, alpha=0.0, lr=1e-3,
-                       local_steps=1, seed=0, batch_size=32, temperature=4.0, lam_ce=1.0,
-                       lam_dom=1.0, target_kd=True, adv_to_student=False, detach_weights=True,
+    return RoundConfig(round=1, epoch=1, step=0, global_step=0,
+                       schedule=StepSchedule(beta=0.1, alpha=0.0), lr=1e-3, local_steps=1, seed=0,
+                       batch_size=32, hparams=KDHparams(detach_weights=True),
                        bn_policy="averaged", dataset="SYNTH", **dp)
 
 
@@ -308,7 +309,7 @@ def test_wire_manifest_holds_with_local_dp():
 
     from client.node.local_data import local_data
     from shared.data.loaders import Normalizer
-    from shared.protocol.records import RoundConfig, SimSetup
+    from shared.protocol.records import SetupConfig, SimSetup
 
     cfg = load_config(overrides=[*BASE, "fed.dp=local", "fed.dp_epsilon=1"])
     seen, windows, sent_bn = [], {}, {}
@@ -317,7 +318,7 @@ def test_wire_manifest_holds_with_local_dp():
     def tap(request, reply):
         mtype, node = request.metadata.message_type, request.metadata.dst_node_id
         if mtype == "query":
-            rc = RoundConfig.from_record(request.content[wire.CONFIG])
+            rc = SetupConfig.from_record(request.content[wire.CONFIG])
             sim = SimSetup.from_record(request.content[wire.SIM])
             stats = from_record(request.content[wire.NORM])
             data = local_data(rc, sim, dict(grid.contexts[node].node_config), node - 1000,

@@ -101,9 +101,9 @@ def test_poisson_sampling_rate_and_secret_keyed_draws():
 
 
 def _rc(**kw) -> RoundConfig:
-    base = dict(round=1, epoch=1, step=0, global_step=0, beta=0.3, alpha=0.5, lr=1e-2,
-                local_steps=2, seed=0, batch_size=8, temperature=4.0, lam_ce=1.0, lam_dom=1.0,
-                target_kd=True, adv_to_student=False, detach_weights=False,
+    base = dict(round=1, epoch=1, step=0, global_step=0,
+                schedule=StepSchedule(beta=0.3, alpha=0.5), lr=1e-2, local_steps=2, seed=0,
+                batch_size=8, hparams=KDHparams(detach_weights=False),
                 bn_policy="averaged", dataset="SYNTH", dp_mode="record", dp_clip=1.0,
                 dp_noise=1.0, dp_count_std=5.0)
     return RoundConfig(**{**base, **kw})

@@ -20,6 +20,7 @@ from server.fed.harness import InProcessGrid
 from server.fed.secagg import layout_of, secure_round
 from shared.protocol import wire
 from shared.protocol.records import RoundConfig
+from shared.unikd.settings import KDHparams, StepSchedule
 from shared.privacy.secagg_math import SecAggError, decode, flatten, threshold_for
 
 CLIP, BITS = 4.0, 24
@@ -53,9 +54,9 @@ secagg.add_stage_handlers(app)
 
 
 def _rc(rnd: int = 1) -> RoundConfig:
-    return RoundConfig(round=rnd, epoch=1, step=0, global_step=rnd - 1, beta=0.1, alpha=0.0,
-                       lr=1e-3, local_steps=1, seed=0, batch_size=8, temperature=4.0, lam_ce=1.0,
-                       lam_dom=1.0, target_kd=True, adv_to_student=False, detach_weights=True,
+    return RoundConfig(round=rnd, epoch=1, step=0, global_step=rnd - 1,
+                       schedule=StepSchedule(beta=0.1, alpha=0.0), lr=1e-3, local_steps=1,
+                       seed=0, batch_size=8, hparams=KDHparams(detach_weights=True),
                        bn_policy="averaged", dataset="SYNTH", secagg=True, secagg_clip=CLIP,
                        secagg_bits=BITS)
 

@@ -27,7 +27,7 @@ from shared.data.loaders import Normalizer
 from shared.data.datasets import get_spec
 from shared.unikd.engine import UniKDNets
 from shared.unikd.models import DomainDisc, teacher_for
-from shared.protocol.records import RoundConfig, SimSetup, from_record, to_record
+from shared.protocol.records import SetupConfig, SimSetup, from_record, to_record
 
 CLIENTS = 3
 BASE = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", f"fed.clients={CLIENTS}",
@@ -138,7 +138,7 @@ def tapped_run():
     def tap(request, reply):
         mtype, node = request.metadata.message_type, request.metadata.dst_node_id
         if mtype == "query":  # the node's true window counts, read straight from its data
-            rc = RoundConfig.from_record(request.content[wire.CONFIG])
+            rc = SetupConfig.from_record(request.content[wire.CONFIG])
             sim = SimSetup.from_record(request.content[wire.SIM])
             stats = from_record(request.content[wire.NORM])
             data = local_data(rc, sim, dict(grid.contexts[node].node_config),

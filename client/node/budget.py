@@ -34,7 +34,7 @@ from flwr.app import ConfigRecord, Context
 from client.node.node_config import MAX_EPSILON_KEY, read_node_config
 from shared.privacy.accounting import RDP_ORDERS, add_rdp, count_rdp, epsilon_from_rdp, step_rdp
 from shared.errors import UnikdError
-from shared.protocol.records import RoundConfig
+from shared.protocol.records import SetupConfig
 
 LEDGER_FILE = "dp-ledger.json"  # the ledger's name in a deployed edge's home
 STATE_KEY = "dp-budget"  # node state: this run's ledger (and whether its count was charged)
@@ -77,7 +77,7 @@ def _run_state(context: Context) -> tuple[tuple[float, ...], bool]:
     return tuple(float(v) for v in rec["rdp"]), bool(rec["count-charged"])
 
 
-def charge(context: Context, rc: RoundConfig, what: str, steps: int = 0,
+def charge(context: Context, rc: SetupConfig, what: str, steps: int = 0,
            rate: float = 0.0) -> float | None:
     """Compose this release (the run's count, if not yet charged, and `steps` DP-SGD steps at
     sampling rate `rate` and the round's z) onto the ledger; refuse it past the budget.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import TypeVar
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -33,7 +34,8 @@ from shared.unikd.models import DomainDisc, teacher_for
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
 from shared.clock.local_steps import LocalSteps
-from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, from_record,
+from shared.protocol.records import (RoundConfig, SetupConfig, SimSetup, TeacherRoundConfig,
+                                     bn_buffers, from_record,
                                      group_named_params, load_student_state, spec_from_record,
                                      student_state, to_record)
 
@@ -43,6 +45,7 @@ app = ClientApp(mods=[packing_mod])  # packed messages in, packed replies out
 TEACHER_META = "teacher-meta"  # ConfigRecord in context.state: hash of the cached snapshot
 TEACHER_OUT = "teacher-out"  # ArrayRecord in context.state: teacher feat/logits per window
 TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord in context.state: the snapshot (store nodes)
+Config = TypeVar("Config", bound=SetupConfig)  # the `config` record's type of a message
 
 
 def node_of(context: Context) -> NodeConfig:
@@ -50,9 +53,10 @@ def node_of(context: Context) -> NodeConfig:
     return read_node_config(context.node_config)
 
 
-def node_inputs(msg: Message, context: Context) -> tuple[RoundConfig, int, LocalData]:
-    """The round's config, this node's client id and its (cached) local windows."""
-    rc = RoundConfig.from_record(msg.content[wire.CONFIG])
+def node_inputs(msg: Message, context: Context, kind: type[Config] = RoundConfig
+                ) -> tuple[Config, int, LocalData]:
+    """The message's config (a `kind`), this node's client id and its (cached) local windows."""
+    rc = kind.from_record(msg.content[wire.CONFIG])
     sim = SimSetup.from_record(msg.content[wire.SIM])
     node = node_of(context)
     spec = decode_spec(msg.content)
@@ -190,7 +194,7 @@ def up_shapes(nets: UniKDNets) -> dict:
 def train_teacher(msg: Message, context: Context) -> Message:
     """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
     torch.set_num_threads(1)
-    rc, cid, data = node_inputs(msg, context)
+    rc, cid, data = node_inputs(msg, context, TeacherRoundConfig)
     spec = decode_spec(msg.content)
     teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
     teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
@@ -199,11 +203,11 @@ def train_teacher(msg: Message, context: Context) -> Message:
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         budget.charge(context, rc, "teacher train", 1, sampling_rate(rc.batch_size, count))
-        grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.lam_dom)
+        grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.w_dom)
         buffers, metrics = None, {}
     else:
         budget.charge(context, rc, "teacher train")  # refused where the operator set a budget
-        grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.lam_dom)
+        grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.w_dom)
         count = data.num_examples
     reply = RecordDict({
         wire.TEACHER_GRAD: to_record(grads["teacher"]),
@@ -237,7 +241,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def adapt_bn(nets: UniKDNets, rc: RoundConfig, context: Context, x_train: torch.Tensor) -> None:
+def adapt_bn(nets: UniKDNets, rc: SetupConfig, context: Context, x_train: torch.Tensor) -> None:
     """This node's BN statistics in a student it evaluates or serves, by `bn_policy`: its own
     kept ones (`local`) or re-estimated on its windows (`reestimate`); `averaged` keeps the
     cloud's. Nothing here leaves the node."""
@@ -250,7 +254,7 @@ def adapt_bn(nets: UniKDNets, rc: RoundConfig, context: Context, x_train: torch.
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """How many training windows this node holds (the server sizes its clock with it)."""
-    rc, cid, data = node_inputs(msg, context)
+    rc, cid, data = node_inputs(msg, context, SetupConfig)
     count = data.num_examples
     if rc.dp_mode == "record":  # the count is released once, with Gaussian noise (accounted)
         count = released_count(count, rc, cid, node_secret(node_of(context), context.state),
@@ -272,14 +276,14 @@ secagg.add_stage_handlers(
     app, secret=lambda context: node_secret(node_of(context), context.state))
 
 
-def served_student(msg: Message, context: Context, rc: RoundConfig) -> dict[str, torch.Tensor]:
+def served_student(msg: Message, context: Context, rc: SetupConfig) -> dict[str, torch.Tensor]:
     """The delivered student as this node serves it: with BN statistics adapted exactly as its
     federated evaluation scored it (`adapt_bn`). Its version tag stays the delivered weights'
     hash, so a re-delivery of the same student still installs nothing."""
     state = from_record(msg.content[wire.STUDENT])
     if rc.bn_policy == "averaged":
         return state
-    _, _, data = node_inputs(msg, context)
+    _, _, data = node_inputs(msg, context, SetupConfig)
     nets = UniKDNets.for_spec(decode_spec(msg.content))
     load_student_state(nets, state)
     adapt_bn(nets, rc, context, data.x_train)
@@ -292,7 +296,7 @@ def deliver(msg: Message, context: Context) -> Message:
     (node config `model-dir`, the directory `unikd serve --model-dir` serves). A node without
     one installs nothing and answers version 0."""
     torch.set_num_threads(1)
-    rc, node = RoundConfig.from_record(msg.content[wire.CONFIG]), node_of(context)
+    rc, node = SetupConfig.from_record(msg.content[wire.CONFIG]), node_of(context)
     cid, model_dir, version = node.client_id, node.model_dir, 0
     if model_dir is not None:
         from client.edge_service.delivery import install_delivered

@@ -22,7 +22,7 @@ from shared.data.scenario import load_split, subset
 from shared.data.datasets import DatasetSpec
 from shared.data.partition import PartitionSpec, client_domains, partition_indices, pooled_domains
 from shared.errors import DataError, UnikdError
-from shared.protocol.records import RoundConfig, SimSetup
+from shared.protocol.records import SetupConfig, SimSetup
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _device(dataset: str, path: str, domain: str) -> tuple[Domain, Domain | None
     return train, test
 
 
-def store_training_windows(path: str, rc: RoundConfig, client: int,
+def store_training_windows(path: str, rc: SetupConfig, client: int,
                            spec: DatasetSpec | None = None) -> torch.Tensor:
     """Every window `unikd serve` stored so far, raw [N, C, L], oldest first, checked like a
     data file: a missing, empty, corrupt or wrongly shaped store, or a non-finite window, is an
@@ -115,7 +115,7 @@ def store_training_windows(path: str, rc: RoundConfig, client: int,
     return x
 
 
-def local_data(rc: RoundConfig, sim: SimSetup, node_config: NodeConfig | Mapping[str, object],
+def local_data(rc: SetupConfig, sim: SimSetup, node_config: NodeConfig | Mapping[str, object],
                client: int, norm: Normalizer, spec: DatasetSpec | None = None) -> LocalData:
     """Where this node's windows come from (its node config, typed or as Flower hands it over),
     first match wins:

@@ -27,7 +27,7 @@ from shared.unikd.models import CNN1d, DomainDisc
 from shared.clock.local_steps import LocalSteps
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.target_side import local_sgd
-from shared.protocol.records import RoundConfig
+from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
 from shared.clock.seeding import (DP_COUNT, DP_POISSON, DP_STEP_NOISE, PHASE_TEACHER, PHASE_UNIKD,
                                   client_stream, record_dp_offset, seed_side)
 
@@ -48,7 +48,7 @@ def node_secret(node_config: NodeConfig | Mapping[str, object], state) -> bytes 
     return bytes.fromhex(str(state[SECRET_KEY]["hex"]))
 
 
-def released_count(n: int, rc: RoundConfig, client: int, secret: bytes | None,
+def released_count(n: int, rc: SetupConfig, client: int, secret: bytes | None,
                    state=None) -> int:
     """ñ = n + round(N(0, s^2)): the only form of the window count that leaves the node.
 
@@ -105,7 +105,7 @@ def _wire_groups(flat: dict[str, torch.Tensor]) -> Grads:
     return out
 
 
-def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: RoundConfig, client: int,
+def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: SetupConfig, client: int,
              secret: bytes | None, released: int, phase: int, sub: int
              ) -> dict[str, torch.Tensor]:
     """One DP-SGD step. With `rc.dp_shares`: no noise here (the node adds its 1/t share at SecAgg's mask
@@ -156,7 +156,7 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     return _wire_groups(mean)
 
 
-def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: RoundConfig,
+def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
                       client: int, secret: bytes | None, released: int,
                       w_dom: float = 1.0) -> Grads:
     """One DP-SGD step on the DANN target half; gradients for `teacher` and `disc`."""

@@ -16,7 +16,8 @@ import torch
 
 from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
 from shared.unikd.models import CNN1d, DomainDisc
-from shared.protocol.records import RoundConfig, bn_buffers, group_named_params
+from shared.protocol.records import (RoundConfig, SetupConfig, TeacherRoundConfig, bn_buffers,
+                                     group_named_params)
 from shared.clock.seeding import client_stream, seed_side
 from shared.clock.local_steps import LocalSteps
 from shared.clock.steps import EpochLog, batch_plan
@@ -25,7 +26,7 @@ Grads = dict[str, dict[str, torch.Tensor]]
 Key = TypeVar("Key", bound=Hashable)  # how a caller names its parameters
 
 
-def _local_batches(rc: RoundConfig, client: int, n: int) -> list[torch.Tensor]:
+def _local_batches(rc: SetupConfig, client: int, n: int) -> list[torch.Tensor]:
     """The K batches of this round: batches step*K .. step*K+K-1 of this epoch's shuffle.
 
     The epoch's permutation is read cyclically, so a client holding fewer windows than the
@@ -90,8 +91,9 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
     return grads, bn_buffers(nets.student), log.means()
 
 
-def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: RoundConfig, client: int,
-               w_dom: float = 1.0) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
+def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
+               client: int, w_dom: float = 1.0
+               ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
     """Federated DANN pre-training: the target half of the domain loss, for teacher and disc."""
     idx = _local_batches(rc, client, len(x))[0]
     teacher.train()

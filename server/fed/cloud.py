@@ -120,23 +120,24 @@ class Cloud:
 
     @property
     def hp(self) -> KDHparams:
+        """The run's KD settings: the cloud's source terms and every round's config use them."""
         return KDHparams.from_config(self.cfg.distill)
 
     def schedule(self, epoch: int, step: int) -> StepSchedule:
+        """β and the GRL α of a step, from the clock and the config's schedule switches."""
         return StepSchedule.at(self.cfg.distill, epoch, step, self.clock.steps_per_epoch)
 
     def round_config(self, rnd: int) -> RoundConfig:
+        """Round `rnd`'s schedule and settings, before the privacy plan adds its own."""
         epoch, step = self.clock.at(rnd - 1) if self.clock else (1, 0)
         sched = self.schedule(epoch, step) if self.clock else StepSchedule(0.0, 0.0)
         d, f = self.cfg.distill, self.cfg.fed
         return RoundConfig(
-            round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=sched.beta,
-            alpha=sched.alpha, lr=d.lr, local_steps=f.local_steps, seed=self.cfg.seed,
-            batch_size=d.batch_for(self.source.spec), temperature=d.temperature, lam_ce=d.lam_ce,
-            lam_dom=d.lam_dom, target_kd=d.target_kd, adv_to_student=d.adv_to_student,
-            detach_weights=d.detach_weights, cross_kd=d.cross_kd, bn_policy=f.bn_policy,
+            round=rnd, epoch=epoch, step=step, global_step=rnd - 1, schedule=sched,
+            hparams=self.hp, lr=d.lr, local_steps=f.local_steps, seed=self.cfg.seed,
+            batch_size=d.batch_for(self.source.spec), bn_policy=f.bn_policy,
             teacher_hash=self.teacher_hash if f.teacher_placement != "cloud" else "",
-            dataset=self.source.spec.name, double_target_forward=d.double_target_forward)
+            dataset=self.source.spec.name)
 
     def down_content(self, rnd: int, with_teacher: bool, privacy=None) -> RecordDict:
         """What every client receives this round (snapshots: later updates do not leak in).

@@ -22,7 +22,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from shared.protocol import checkpoints, wire
-from shared.protocol.records import RoundConfig, SimSetup, to_record
+from shared.protocol.records import SetupConfig, SimSetup, to_record
 
 log = logging.getLogger(__name__)
 LATEST = "latest.pt"
@@ -53,9 +53,8 @@ def student_tag(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:32]
 
 
-def delivery_content(d: Delivery, rc: RoundConfig, sim: SimSetup) -> RecordDict:
-    rc = dataclasses.replace(rc, round=d.round, dataset=d.dataset, phase="deliver",
-                             teacher_hash="", teacher_members=0)
+def delivery_content(d: Delivery, rc: SetupConfig, sim: SimSetup) -> RecordDict:
+    rc = dataclasses.replace(rc, round=d.round, dataset=d.dataset)
     return RecordDict({
         wire.STUDENT: to_record(d.student),
         wire.NORM: to_record({"mean": d.mean, "std": d.std}),
@@ -64,7 +63,7 @@ def delivery_content(d: Delivery, rc: RoundConfig, sim: SimSetup) -> RecordDict:
         wire.DELIVERY: ConfigRecord({"tag": d.tag, "run": d.run, "round": d.round})})
 
 
-def deliver(send, grid, nodes: list[int], d: Delivery, rc: RoundConfig, sim: SimSetup
+def deliver(send, grid, nodes: list[int], d: Delivery, rc: SetupConfig, sim: SimSetup
             ) -> dict[int, int]:
     """Send the delivery to `nodes`; {client id: version now in its service} of those that
     installed it (0: a node without a model directory). Failures are logged with the node."""

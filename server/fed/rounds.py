@@ -23,7 +23,7 @@ from server.fed import delivery, transport
 from server.fed.cloud import Clock, Cloud, SourceData, load_source, sim_setup, target_w_mean
 from server.fed.ledger import Ledger
 from server.fed.transport import TransportOptions
-from server.fed.teacher import setup_content, teacher_round_config
+from server.fed.setup import setup_config, setup_content
 from server.fed.secagg import secure_updates
 from server.fed.privacy import (charge_round, check_record_noise, check_teacher_source,
                                 cloud_secret, dp_aggregate, federated_teacher_rounds,
@@ -109,8 +109,7 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int], sen
 
     `model_tags` (when given) collects, per node, the delivery tag of the student its edge
     service runs, for nodes that have one (wire.tag_number)."""
-    content = setup_content(cfg, source, teacher_round_config(cfg, source, cfg.seed, 0, 1, 0, 0.0,
-                                                             phase="query"))
+    content = setup_content(cfg, source, setup_config(cfg, source, round=0))
     replies = send(grid, nodes, {n: content for n in nodes}, "query", 0)
     counts = {}
     for r in replies:
@@ -269,8 +268,8 @@ def deliver_missed(send, grid, cfg: RunConfig, source: SourceData, model_tags: d
     if latest is not None and (missed := delivery.needs_delivery(model_tags, latest)):
         log.info("%d node(s) missed the last delivery (%s): sending it first", len(missed),
                  latest.tag[:12])
-        delivery.deliver(send, grid, missed, latest, teacher_round_config(
-            cfg, source, cfg.seed, 0, 1, 0, 0.0, phase="deliver"), sim_setup(cfg, source))
+        delivery.deliver(send, grid, missed, latest, setup_config(cfg, source, round=0),
+                         sim_setup(cfg, source))
 
 
 def use_faults(grid, cfg: RunConfig) -> None:
@@ -373,7 +372,8 @@ def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | No
                               spec=source.spec.to_dict())
     # to the nodes with an edge service (they reported a model tag at the count query)
     fed.result.delivered = delivery.deliver(fed.send_as_grid, fed.grid, sorted(fed.model_tags),
-                                            final, cloud.round_config(fed.total),
+                                            final, setup_config(fed.cfg, source, round=fed.total,
+                                                                bn_policy=fed.cfg.fed.bn_policy),
                                             sim_setup(fed.cfg, source))
     if delivery_dir is not None:
         delivery.save_latest(delivery_dir, final)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.app import RecordDict
 from tqdm import tqdm
 
 from server.fed.aggregate import (ClientUpdate, add_grads, compose_bn, split_replies,
                                   weighted_mean)
-from server.fed.cloud import SourceData, sim_setup
+from server.fed.cloud import SourceData
+from server.fed.setup import setup_config, setup_content
 from server.central.teacher import TEACHER_BETAS, member_seed
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.unikd.engine import dann_source_terms
 from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
-from shared.protocol.records import RoundConfig, bn_buffers, spec_to_record, to_record
+from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
 from shared.clock.schedules import grl_alpha, training_progress
 from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, seed_init, seed_side
 from shared.clock.steps import batch_plan, steps_per_epoch
@@ -30,26 +30,18 @@ log = logging.getLogger(__name__)
 RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
 
 
-def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int, epoch: int,
-                         step: int, alpha: float, phase: str = "teacher") -> RoundConfig:
-    """A teacher pre-training round (or, with phase "query", the round-0 count query)."""
-    t, f = cfg.teacher, cfg.fed
-    record = f.dp == "record"  # record DP: the query releases a noisy count, rounds run DP-SGD
-    return RoundConfig(
-        round=rnd, epoch=epoch, step=step, global_step=rnd - 1, beta=0.0, alpha=alpha, lr=t.lr,
-        local_steps=1, seed=seed, batch_size=t.batch_for(source.spec), temperature=1.0,
-        lam_ce=t.w_cls, lam_dom=t.w_dom, target_kd=False, adv_to_student=False,
-        detach_weights=True, bn_policy="averaged", dataset=source.spec.name, phase=phase,
-        dp_mode="record" if record else "off", dp_clip=f.dp_clip if record else 0.0,
-        dp_count_std=f.dp_count_std if record else 0.0, dp_clip_scope=f.dp_clip_scope)
+def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int,
+                         steps_per_epoch: int) -> TeacherRoundConfig:
+    """Round `rnd` of training the DANN member seeded `seed`: its step, GRL α and domain weight.
 
-
-def setup_content(cfg: RunConfig, source: SourceData, rc: RoundConfig) -> RecordDict:
-    """The records every node needs to find and normalise its windows, plus the round config."""
-    return RecordDict({
-        wire.NORM: to_record({"mean": source.normalizer.mean, "std": source.normalizer.std}),
-        wire.SIM: sim_setup(cfg, source).to_record(), wire.CONFIG: rc.to_record(),
-        wire.SPEC: spec_to_record(source.spec)})
+    The cloud's half of the round reads the same values (epoch, step, alpha)."""
+    t = cfg.teacher
+    epoch, step = (rnd - 1) // steps_per_epoch + 1, (rnd - 1) % steps_per_epoch
+    alpha = grl_alpha(training_progress(step, epoch, steps_per_epoch, t.epochs,
+                                        cfg.distill.grl_ramp))
+    return setup_config(cfg, source, TeacherRoundConfig, round=rnd, seed=seed, epoch=epoch,
+                        step=step, global_step=rnd - 1, batch_size=t.batch_for(source.spec),
+                        alpha=alpha, w_dom=t.w_dom)
 
 
 def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -72,9 +64,8 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
                                           dict(teacher.named_buffers()))
     for rnd in tqdm(range(1, total + 1), desc=f"federated DANN teacher (seed {seed})",
                     disable=None if progress else True, dynamic_ncols=True):
-        epoch, step = (rnd - 1) // spe + 1, (rnd - 1) % spe
-        alpha = grl_alpha(training_progress(step, epoch, spe, tcfg.epochs, cfg.distill.grl_ramp))
-        rc = teacher_round_config(cfg, source, seed, rnd, epoch, step, alpha)
+        rc = teacher_round_config(cfg, source, seed, rnd, spe)
+        epoch, step = rc.epoch, rc.step
         if privacy is not None:
             rc.dp_noise = privacy.plan.noise_multiplier
         content = setup_content(cfg, source, rc)
@@ -98,8 +89,8 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
         plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_for(spec))
         idx = plan[step % len(plan)]
         seed_side(seed, SOURCE_STREAM, rnd - 1)
-        terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx], alpha,
-                                  tcfg.w_cls, tcfg.w_dom)
+        terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx],
+                                  rc.alpha, tcfg.w_cls, rc.w_dom)
         terms["loss"].backward()
         for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
             add_grads(dict(module.named_parameters()), weighted_mean(updates, key))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from shared.unikd.settings import KDHparams
 
 if TYPE_CHECKING:
     from shared.data.datasets import DatasetSpec
@@ -61,8 +62,9 @@ class TeacherConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Student distillation (spec §3.3, §4). Each reference-code fix is its own switch (spec §8)."""
+class StudentTraining:
+    """How long the student trains and with which optimizer: the first keys of `distill` (a
+    base of its own so they stay first in `unikd config show` and a dumped config.yaml)."""
 
     method: Literal[METHODS] = "unikd"  # what `unikd distill` trains unless --method is given
     epochs: int = field(default=30, metadata=rng(1, 10_000))
@@ -73,24 +75,21 @@ class DistillConfig:
     weight_decay: float = field(default=1e-4, metadata=rng(0.0, 1.0))
     beta1: float = field(default=0.5, metadata=rng(0.0, 0.999999))
     beta2: float = field(default=0.99, metadata=rng(0.0, 0.999999))
-    temperature: float = field(default=4.0, metadata=rng(1e-3, 100.0))
-    lam_ce: float = field(default=1.0, metadata=rng(0.0, None))
-    lam_dom: float = field(default=1.0, metadata=rng(0.0, None))
-    # --- fixes of spec §8; `reference_compat: true` turns every one off (items 1-7) ---
+
+
+@dataclass
+class DistillConfig(KDHparams, StudentTraining):
+    """Student distillation (spec §3.3, §4). Each reference-code fix is its own switch (spec §8).
+
+    Its keys, in order: `StudentTraining`'s, then the KD loss settings, which are `KDHparams`
+    (shared/unikd/settings.py, declared once there: every round carries them and the engine
+    reads them), then the fields below.
+    """
+
+    # `reference_compat: true` turns every fix of spec §8 off (items 1-7, REFERENCE_SWITCHES)
     reference_compat: bool = False
-    target_kd: bool = True  # §8.1: target KD on the *target* logits of teacher and student
-    # With target_kd false, how the reference's cross-domain KD pairs samples: "paired" is the
-    # official code (source window i with target window i of two shuffled batches; centralized
-    # only), "expected" its expectation over that random pairing, mean_t(w) * KD_source, which
-    # the federation can split exactly (engine.py `cross_kd`).
-    cross_kd: Literal["paired", "expected"] = "paired"
-    adv_to_student: bool = False  # §8.2: adversarial feature loss reaches student and adapter
     beta_natural_log: bool = True  # §8.3: beta rises 0.1 -> 0.9
-    # §8.6: w = 1-|p0-p1| as a constant sample weight. Off by default: letting the KD reach D_d
-    # through w measured better on HAR (BENCHMARKS.md), and the federation can split it exactly.
-    detach_weights: bool = False
     grl_ramp: bool = True  # §8.7: GRL alpha ramps from 0 over progress in [0, 1]
-    double_target_forward: bool = False  # §8.14: the reference's second student pass on target
     cache_teacher: bool = True  # frozen teacher run once per window, not every step
 
     def batch_for(self, spec: DatasetSpec) -> int:

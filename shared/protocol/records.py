@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 import torch
@@ -11,7 +13,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 from torch import nn
 
 from shared.data.datasets import DatasetSpec
-from shared.unikd.engine import KDHparams, StepSchedule, UniKDNets
+from shared.unikd.engine import UniKDNets
+from shared.unikd.settings import KDHparams, StepSchedule
 from shared.protocol import npy
 
 
@@ -55,66 +58,86 @@ def group_named_params(nets: UniKDNets) -> dict[str, dict[str, nn.Parameter]]:
             "d_d": dict(nets.d_d.named_parameters())}
 
 
-@dataclass
-class RoundConfig:
-    """The training schedule and settings of one round: the cloud computes it, nodes obey it.
+@dataclass(kw_only=True)
+class SetupConfig:
+    """The `config` record of a count query or a delivery, and the part every round shares.
 
-    Every node gets it, simulated or deployed. Where the node's data comes from is not here:
-    that is `SimSetup` (simulation only) or the device's own node config.
+    Every message a node answers carries one: the round, the seed and dataset its windows come
+    from, how it keeps BN statistics, the training step it belongs to and the record-level
+    privacy it applies. A federated teacher round adds its own settings (`TeacherRoundConfig`),
+    a UNI-KD round its schedule and KD settings (`RoundConfig`). Where the node's data comes
+    from is not here: that is `SimSetup` (simulation only) or the device's own node config.
     """
 
     round: int
-    epoch: int
-    step: int
-    global_step: int
-    beta: float
-    alpha: float
-    lr: float
-    local_steps: int
     seed: int
-    batch_size: int
-    temperature: float
-    lam_ce: float
-    lam_dom: float
-    target_kd: bool
-    adv_to_student: bool
-    detach_weights: bool
-    bn_policy: str
-    dataset: str  # a name for logs; the models' shape travels in the `spec` record
-    teacher_hash: str = ""  # "" when the teacher stays in the cloud
-    teacher_members: int = 0  # members in the `teacher` snapshot, when one is attached
-    phase: str = "unikd"  # "unikd", "teacher" (federated DANN pre-training) or "query"
-    double_target_forward: bool = False  # the reference's second target pass (spec §8.14)
-    cross_kd: str = "paired"  # with target_kd False: "expected" splits the reference's KD
-    source_kd: float = 0.0  # "expected" cross KD: the cloud's T^2 mean source KL this round
-    dp_mode: str = "off"  # client-level DP: off | central | local (local: the node noises)
+    dataset: str  # the node reads its own files by this name; the models' shape is in `spec`
+    bn_policy: str = "averaged"  # averaged | local | reestimate (fed.bn_policy)
+    # the training step: a count query and a delivery train nothing and leave these as they are
+    epoch: int = 1
+    step: int = 0
+    global_step: int = 0
+    batch_size: int = 0
+    local_steps: int = 1
+    # privacy: client-level DP (central | local: the node noises) or per-window DP (record)
+    dp_mode: str = "off"  # off | central | local | record
     dp_clip: float = 0.0
     dp_noise: float = 0.0  # noise multiplier z
     dp_count_std: float = 0.0  # record DP: std of the noise on the node's released window count
-    secagg: bool = False  # secure aggregation: the train reply carries public keys only
-    secagg_clip: float = 0.0  # L2 bound the node clips its update to before masking
-    secagg_bits: int = 24  # fixed-point bits per clip unit in Z_{2^64}
     dp_clip_scope: str = "joint"  # record DP: "joint" or "per-network" clipping (dp_sgd.py)
     dp_shares: bool = False  # record DP + SecAgg: the noise is added as 1/t shares at the mask stage
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord(dataclasses.asdict(self))
+        return ConfigRecord(flat_fields(self))
 
     @classmethod
-    def from_record(cls, record: ConfigRecord) -> RoundConfig:
+    def from_record(cls, record: ConfigRecord) -> Self:
         return _from_config_record(cls, record)
 
-    @property
-    def schedule(self) -> StepSchedule:
-        return StepSchedule(beta=self.beta, alpha=self.alpha)
 
-    @property
-    def hparams(self) -> KDHparams:
-        return KDHparams(temperature=self.temperature, lam_ce=self.lam_ce, lam_dom=self.lam_dom,
-                         target_kd=self.target_kd, adv_to_student=self.adv_to_student,
-                         detach_weights=self.detach_weights,
-                         double_target_forward=self.double_target_forward,
-                         cross_kd=self.cross_kd)
+@dataclass(kw_only=True)
+class TeacherRoundConfig(SetupConfig):
+    """A round of federated DANN pre-training (`train.teacher`): the GRL coefficient and the
+    teacher's domain-loss weight, the only part of its objective the node computes."""
+
+    alpha: float
+    w_dom: float
+
+
+@dataclass(kw_only=True)
+class RoundConfig(SetupConfig):
+    """The training schedule and settings of one UNI-KD round: the cloud computes it, nodes obey it.
+
+    The schedule values and the KD settings are nested, each of one type the engine reads, and
+    travel flat: `to_record` writes their fields as keys of their own.
+    """
+
+    schedule: StepSchedule
+    hparams: KDHparams
+    lr: float
+    teacher_hash: str = ""  # "" when the teacher stays in the cloud
+    teacher_members: int = 0  # members in the `teacher` snapshot, when one is attached
+    source_kd: float = 0.0  # "expected" cross KD: the cloud's T^2 mean source KL this round
+    secagg: bool = False  # secure aggregation: the train reply carries public keys only
+    secagg_clip: float = 0.0  # L2 bound the node clips its update to before masking
+    secagg_bits: int = 24  # fixed-point bits per clip unit in Z_{2^64}
+    # no node reads it (the message type says what a message is); it stays on the wire so a
+    # round's bytes, which the communication ledger counts, stay as measured
+    phase: str = "unikd"
+
+
+def flat_fields(config: object) -> dict:
+    """A config dataclass as one flat mapping (a ConfigRecord holds scalars only): the fields
+    of a nested dataclass become keys of their own. Two fields of one name are an error."""
+    out: dict = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for key, v in (flat_fields(value) if dataclasses.is_dataclass(value)
+                       else {f.name: value}).items():
+            if key in out:
+                raise ValueError(f"{type(config).__name__}: two fields named {key!r}")
+            out[key] = v
+    return out
 
 
 def spec_to_record(spec: DatasetSpec) -> ConfigRecord:
@@ -151,11 +174,20 @@ class SimSetup:
         return _from_config_record(cls, record)
 
 
-def _from_config_record(cls, record: ConfigRecord):
-    """A dataclass from a ConfigRecord; a missing required key is an error naming it."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    missing = [n for n, f in fields.items() if n not in record
-               and f.default is dataclasses.MISSING]
+def _from_config_record(cls, record: ConfigRecord, nested: bool = False):
+    """A dataclass from a (flat) ConfigRecord; a missing required key is an error naming it.
+
+    A nested dataclass is read from the same flat keys, and travels whole: each of its keys
+    is required, so a node never fills in a default the cloud did not send."""
+    hints = typing.get_type_hints(cls)
+    kwargs, missing = {}, []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _from_config_record(hints[f.name], record, nested=True)
+        elif f.name in record:
+            kwargs[f.name] = record[f.name]
+        elif nested or f.default is dataclasses.MISSING:
+            missing.append(f.name)
     if missing:
         raise ValueError(f"{cls.__name__}: the record lacks {', '.join(missing)}")
-    return cls(**{k: record[k] for k in fields if k in record})
+    return cls(**kwargs)

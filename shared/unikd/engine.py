@@ -28,40 +28,9 @@ from torch.func import functional_call
 from shared.unikd import losses
 from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
 from shared.data.datasets import DatasetSpec
-from shared.clock.schedules import grl_alpha, kd_beta, training_progress
+from shared.unikd.settings import KDHparams, StepSchedule
 
 SOURCE_DOMAIN, TARGET_DOMAIN = 1, 0  # D_d class labels, as in the reference
-
-
-@dataclass(frozen=True)
-class KDHparams:
-    temperature: float = 4.0
-    lam_ce: float = 1.0
-    lam_dom: float = 1.0
-    target_kd: bool = True  # False: the reference's "target" KD on source tensors (§8.1)
-    cross_kd: str = "paired"  # with target_kd False: "paired" (reference) or "expected"
-    adv_to_student: bool = False  # False: the generator loss is detached, as in the reference (§8.2)
-    detach_weights: bool = True  # w is a constant sample weight (§8.6)
-    double_target_forward: bool = False  # the reference's second target pass for D_d (§8.14)
-
-    @classmethod
-    def from_config(cls, d: object) -> KDHparams:
-        return cls(**{f: getattr(d, f) for f in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class StepSchedule:
-    """Values the clock gives one step; in a federation the server sends them to every client."""
-
-    beta: float  # KD weight; the domain loss gets (1 - beta)
-    alpha: float  # GRL coefficient
-
-    @classmethod
-    def at(cls, distill, epoch: int, step: int, steps_per_epoch: int) -> StepSchedule:
-        """β and the GRL α at (1-based epoch, 0-based step) under a DistillConfig."""
-        return cls(beta=kd_beta(epoch, distill.epochs, distill.beta_natural_log),
-                   alpha=grl_alpha(training_progress(step, epoch, steps_per_epoch,
-                                                     distill.epochs, distill.grl_ramp)))
 
 
 @dataclass

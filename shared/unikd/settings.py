@@ -1,0 +1,61 @@
+"""The method's settings, declared once: the KD loss switches and one step's schedule values.
+
+`KDHparams` is the single declaration of every KD switch: `DistillConfig` (the `distill:`
+section of a run config) inherits its fields, so each is a YAML key with the default and range
+given here; `RoundConfig` nests it and flattens it into the round's `config` record; the engine,
+centralized or on either side of a federated round, reads it. Adding a switch is one field here
+(plus its test): the config, the wire and both trainers pick it up.
+
+No torch here: the config layer imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from shared.clock.schedules import grl_alpha, kd_beta, training_progress
+
+
+@dataclass
+class KDHparams:
+    """UNI-KD's loss settings (spec §3.3); each fix of spec §8 is its own switch.
+
+    Not frozen: `DistillConfig` inherits these fields and `reference_compat` sets some of them.
+    A field's `range` metadata is the inclusive bound the config loader checks.
+    """
+
+    temperature: float = field(default=4.0, metadata={"range": (1e-3, 100.0)})
+    lam_ce: float = field(default=1.0, metadata={"range": (0.0, None)})
+    lam_dom: float = field(default=1.0, metadata={"range": (0.0, None)})
+    target_kd: bool = True  # §8.1: target KD on the *target* logits of teacher and student
+    # With target_kd false, how the reference's cross-domain KD pairs samples: "paired" is the
+    # official code (source window i with target window i of two shuffled batches; centralized
+    # only), "expected" its expectation over that random pairing, mean_t(w) * KD_source, which
+    # the federation can split exactly (engine.py `cross_kd`).
+    cross_kd: Literal["paired", "expected"] = "paired"
+    adv_to_student: bool = False  # §8.2: adversarial feature loss reaches student and adapter
+    # §8.6: w = 1-|p0-p1| as a constant sample weight. Off by default: letting the KD reach D_d
+    # through w measured better on HAR (BENCHMARKS.md), and the federation can split it exactly.
+    detach_weights: bool = False
+    double_target_forward: bool = False  # §8.14: the reference's second student pass on target
+
+    @classmethod
+    def from_config(cls, d: object) -> KDHparams:
+        """The KD settings of a `DistillConfig` (or any object with these attributes)."""
+        return cls(**{f.name: getattr(d, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Values the clock gives one step; in a federation the server sends them to every client."""
+
+    beta: float  # KD weight; the domain loss gets (1 - beta)
+    alpha: float  # GRL coefficient
+
+    @classmethod
+    def at(cls, distill, epoch: int, step: int, steps_per_epoch: int) -> StepSchedule:
+        """β and the GRL α at (1-based epoch, 0-based step) under a DistillConfig."""
+        return cls(beta=kd_beta(epoch, distill.epochs, distill.beta_natural_log),
+                   alpha=grl_alpha(training_progress(step, epoch, steps_per_epoch,
+                                                     distill.epochs, distill.grl_ramp)))
