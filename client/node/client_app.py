@@ -33,7 +33,7 @@ from shared.unikd.metrics import confusion
 from shared.unikd.models import DomainDisc, teacher_for
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
-from shared.clock.local_steps import LocalSteps
+from shared.clock.local_steps import TEACHER_ROUND, LocalSteps
 from shared.protocol.records import (RoundConfig, SetupConfig, SimSetup, TeacherRoundConfig,
                                      bn_buffers, from_record,
                                      group_named_params, load_student_state, spec_from_record,
@@ -202,7 +202,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
-        budget.charge(context, rc, "teacher train", 1, sampling_rate(rc.batch_size, count))
+        budget.charge(context, rc, "teacher train", TEACHER_ROUND.dp_steps(),sampling_rate(rc.batch_size, count))
         grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.w_dom)
         buffers, metrics = None, {}
     else:
