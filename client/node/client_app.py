@@ -202,7 +202,8 @@ def train_teacher(msg: Message, context: Context) -> Message:
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
-        budget.charge(context, rc, "teacher train", TEACHER_ROUND.dp_steps(),sampling_rate(rc.batch_size, count))
+        budget.charge(context, rc, "teacher train", TEACHER_ROUND.dp_steps(),
+                      sampling_rate(rc.batch_size, count))
         grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.w_dom)
         buffers, metrics = None, {}
     else:
