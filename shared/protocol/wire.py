@@ -11,9 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from shared.errors import UnikdError
+
+# ---- message types: Flower's "<category>" or "<category>.<action>"; the ClientApp registers
+# the handler of each with @app.<category>(action_of(type)) (client/node/client_app.py)
+QUERY = MessageType.QUERY  # round 0: window counts (and the model tag of an edge service)
+TRAIN = MessageType.TRAIN  # a UNI-KD round (under secure aggregation: its stage 0)
+TRAIN_TEACHER = f"{TRAIN}.teacher"  # a federated DANN teacher round
+EVALUATE = MessageType.EVALUATE  # federated evaluation: confusion counts only
 
 # ---- down: cloud -> edge
 STUDENT = "student"  # student + adapter state dict (parameters and BN buffers)
@@ -39,7 +46,7 @@ DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash),
 # model-tag, i.e. has an edge service; again at its next contact when its model-tag differs): STUDENT, NORM, CONFIG, SIM and DELIVERY go down;
 # the node installs the student as its edge service's next version and answers with
 # DELIVER_METRICS only. Nothing else comes up.
-DELIVER = "train.deliver"
+DELIVER = f"{TRAIN}.deliver"
 DELIVER_RECORDS = (STUDENT, NORM, CONFIG, SIM, SPEC, DELIVERY)
 
 # ---- up: edge -> cloud
@@ -55,9 +62,9 @@ METRICS = "metrics"
 # ---- secure aggregation (fed.secure_aggregation; server/fed/secagg.py, client/node/secagg.py)
 # Stage 0 is the `train` message itself: the node computes its update, keeps it, and replies
 # with two X25519 public keys instead of any gradient. Then three more exchanges:
-SECAGG_SHARES_TYPE = "train.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
-SECAGG_MASK_TYPE = "train.secagg_mask"  # down: the shares addressed to the node; up: masked vector
-SECAGG_UNMASK_TYPE = "train.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
+SECAGG_SHARES_TYPE = f"{TRAIN}.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
+SECAGG_MASK_TYPE = f"{TRAIN}.secagg_mask"  # down: the shares addressed to the node; up: masked vector
+SECAGG_UNMASK_TYPE = f"{TRAIN}.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
 SECAGG_CONFIG = "secagg.config"  # down ConfigRecord: round, threshold, participant/survivor sets
 SECAGG_PEERS = "secagg.peers"  # down: "<node>.c_pk" / "<node>.s_pk" (uint8[32]) per participant
 SECAGG_INBOX = "secagg.inbox"  # down: "from.<node>" ciphertexts addressed to this node
@@ -101,28 +108,33 @@ def tag_number(tag: str) -> int:
     return int(hashlib.sha256(tag.encode()).hexdigest()[:15], 16) if tag else 0
 
 
+def action_of(message_type: str) -> str:
+    """The action a ClientApp handler of this message type is registered under (Flower routes
+    "train.teacher" to @app.train("teacher"), "train" to @app.train(), i.e. "default")."""
+    return message_type.partition(".")[2] or "default"
+
+
 class WireViolation(UnikdError):
     """Something not in the manifest was about to leave a client."""
+
+
+def shapes_of(tensors: Mapping) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a state dict (or of named parameters)."""
+    return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
 def expected_up_shapes(student_state: Mapping, d_f_state: Mapping, d_d_state: Mapping,
                        student_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
     """Exact shapes allowed per upward ArrayRecord, taken from the models themselves."""
-    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in sd.items()}
-
-    return {STUDENT_GRAD: shapes(student_state), D_F_GRAD: shapes(d_f_state),
-            D_D_GRAD: shapes(d_d_state), STUDENT_BN: shapes(student_buffers)}
+    return {STUDENT_GRAD: shapes_of(student_state), D_F_GRAD: shapes_of(d_f_state),
+            D_D_GRAD: shapes_of(d_d_state), STUDENT_BN: shapes_of(student_buffers)}
 
 
 def expected_teacher_shapes(teacher_params: Mapping, disc_params: Mapping,
                             teacher_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
     """Upward shapes during federated DANN pre-training of the teacher."""
-    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in sd.items()}
-
-    return {TEACHER_GRAD: shapes(teacher_params), TEACHER_DISC_GRAD: shapes(disc_params),
-            TEACHER_BN: shapes(teacher_buffers)}
+    return {TEACHER_GRAD: shapes_of(teacher_params), TEACHER_DISC_GRAD: shapes_of(disc_params),
+            TEACHER_BN: shapes_of(teacher_buffers)}
 
 
 def check_outgoing(content: RecordDict, shapes: dict[str, dict[str, tuple[int, ...]]],
