@@ -216,7 +216,7 @@ def trimmed_mean(updates: list[ClientUpdate], key: str, fraction: float) -> dict
 
 
 def robust_combine(updates: list[ClientUpdate], spec: str) -> list[ClientUpdate]:
-    """What `Cloud.apply` should average: the updates themselves, or one trimmed-mean update.
+    """What `Cloud.finish_round` should average: the updates themselves, or one trimmed-mean update.
 
     The combined update carries the sample-weighted BN mean, so BN composition is unchanged.
     """

@@ -1,18 +1,20 @@
 """The cloud's state and its half of every round (spec §9).
 
 The cloud keeps the master student+adapter, D_f and D_d, their three Adam optimizers, the
-teacher and the labelled source data. A round is a transaction on that state:
+teacher and the labelled source data. A round (server/fed/rounds.py `run_round`) is a
+transaction on that state, in five steps:
 
 1. `begin_round`: keep the weights the clients will receive (BN buffers included), then run the
    source-side terms on one source batch at those weights (the same `shared.unikd.engine` call
    as centralized); their gradient waits in .grad;
-2. `round_messages`: the round's messages, built once from what `begin_round` kept (the
-   weights, the schedule, the expected cross KD's source scalar); never changed afterwards;
-3. (server/fed/rounds.py sends them and checks the replies);
-4. `finish_round`: add the clients' target gradients, weighted by their sample counts, to the
+2. `round_messages`: the round's messages, built once from what `begin_round` kept (weights,
+   schedule, settings, the expected cross KD's source scalar) and never changed afterwards;
+3. the round loop sends them and collects the replies (server/fed/transport.py);
+4. it checks them: shapes, NaN, stale or duplicate replies, outliers (server/fed/aggregate.py);
+5. `finish_round`: add the clients' target gradients, weighted by their sample counts, to the
    source one; compose the BN running statistics (source update first, then the clients' mean
-   target update, the order of the centralized step) and step all three optimizers;
-   or `abort_round`: too few valid replies, nothing moves (BN statistics included).
+   target update, the order of the centralized step) and step all three optimizers. With too
+   few valid replies, `abort_round` instead: nothing moves, BN statistics included.
 
 Target data never reaches this module: it sees gradients, BN statistics and scalar metrics.
 """

@@ -1,4 +1,5 @@
-"""THE wire manifest: every record that may cross the network, in each direction.
+"""THE wire manifest: every message type, and every record that may cross the network, in each
+direction.
 
 Down (cloud -> edge): model weights, the round's schedule and settings, the dataset's model
 shape, normalisation stats and, once, the frozen teacher. Up (edge -> cloud): gradients shaped
@@ -65,6 +66,9 @@ METRICS = "metrics"
 SECAGG_SHARES_TYPE = f"{TRAIN}.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
 SECAGG_MASK_TYPE = f"{TRAIN}.secagg_mask"  # down: the shares addressed to the node; up: masked vector
 SECAGG_UNMASK_TYPE = f"{TRAIN}.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
+# every message type the cloud sends; each has its ClientApp handler (tests/test_wire.py)
+MESSAGE_TYPES = (QUERY, TRAIN, TRAIN_TEACHER, EVALUATE, DELIVER, SECAGG_SHARES_TYPE,
+                 SECAGG_MASK_TYPE, SECAGG_UNMASK_TYPE)
 SECAGG_CONFIG = "secagg.config"  # down ConfigRecord: round, threshold, participant/survivor sets
 SECAGG_PEERS = "secagg.peers"  # down: "<node>.c_pk" / "<node>.s_pk" (uint8[32]) per participant
 SECAGG_INBOX = "secagg.inbox"  # down: "from.<node>" ciphertexts addressed to this node
@@ -89,7 +93,9 @@ GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records
 
 # Scalars a client may report. Each is a count or a mean over its batches, never per sample.
 TRAIN_METRICS = frozenset({
-    "client-id", "round", "num-examples", "local-steps",
+    "client-id", "round", "num-examples",
+    "local-steps",  # the local steps the node ran: the cloud refuses a train reply whose count
+    #   is not the round's (a pseudo-gradient over other steps has another scale)
     "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
     "teacher-dann-dom",
     "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
