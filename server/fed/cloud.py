@@ -103,7 +103,7 @@ class Clock:
         return global_step // self.steps_per_epoch + 1, global_step % self.steps_per_epoch
 
 
-@dataclass
+@dataclass(frozen=True)
 class CloudRound:
     """A round the cloud has begun: what its clients receive and what its source step left.
 
@@ -243,6 +243,7 @@ class Cloud:
         return {n: plain if n in has_teacher else with_teacher for n in nodes}
 
     def open_round(self) -> CloudRound:
+        """The round begun and not yet closed."""
         if self.current is None:
             raise UnikdError("no round is open: begin_round first")
         return self.current

@@ -20,7 +20,7 @@ from shared.errors import UnikdError
 # the handler of each with @app.<category>(action_of(type)) (client/node/client_app.py)
 QUERY = MessageType.QUERY  # round 0: window counts (and the model tag of an edge service)
 TRAIN = MessageType.TRAIN  # a UNI-KD round (under secure aggregation: its stage 0)
-TRAIN_TEACHER = f"{TRAIN}.teacher"  # a federated DANN teacher round
+TRAIN_TEACHER = "train.teacher"  # a federated DANN teacher round
 EVALUATE = MessageType.EVALUATE  # federated evaluation: confusion counts only
 
 # ---- down: cloud -> edge
@@ -47,7 +47,7 @@ DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash),
 # model-tag, i.e. has an edge service; again at its next contact when its model-tag differs): STUDENT, NORM, CONFIG, SIM and DELIVERY go down;
 # the node installs the student as its edge service's next version and answers with
 # DELIVER_METRICS only. Nothing else comes up.
-DELIVER = f"{TRAIN}.deliver"
+DELIVER = "train.deliver"
 DELIVER_RECORDS = (STUDENT, NORM, CONFIG, SIM, SPEC, DELIVERY)
 
 # ---- up: edge -> cloud
@@ -63,9 +63,9 @@ METRICS = "metrics"
 # ---- secure aggregation (fed.secure_aggregation; server/fed/secagg.py, client/node/secagg.py)
 # Stage 0 is the `train` message itself: the node computes its update, keeps it, and replies
 # with two X25519 public keys instead of any gradient. Then three more exchanges:
-SECAGG_SHARES_TYPE = f"{TRAIN}.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
-SECAGG_MASK_TYPE = f"{TRAIN}.secagg_mask"  # down: the shares addressed to the node; up: masked vector
-SECAGG_UNMASK_TYPE = f"{TRAIN}.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
+SECAGG_SHARES_TYPE = "train.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
+SECAGG_MASK_TYPE = "train.secagg_mask"  # down: the shares addressed to the node; up: masked vector
+SECAGG_UNMASK_TYPE = "train.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
 # every message type the cloud sends; each has its ClientApp handler (tests/test_wire.py)
 MESSAGE_TYPES = (QUERY, TRAIN, TRAIN_TEACHER, EVALUATE, DELIVER, SECAGG_SHARES_TYPE,
                  SECAGG_MASK_TYPE, SECAGG_UNMASK_TYPE)
