@@ -230,7 +230,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
         first = restore(cloud, fed.result, ckpt) + 1
         if privacy is not None:
             privacy.replay(federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
-                           first - 1, cfg.fed.local_steps)
+                           first - 1)
         log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
              "windows per client: %s", len(nodes), n_trg, total, clock.steps_per_epoch,
@@ -289,7 +289,7 @@ def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict
                                         echo={"local-steps": opened.config.local_steps})
         sa_row = {}
     if fed.privacy is not None:  # record DP: every node asked spent its steps
-        fed.privacy.charge_round(rnd, fed.counts, fed.cfg.fed.local_steps)
+        fed.privacy.charge_round(rnd, fed.counts)
     return updates, replies, errors, sa_row
 
 

@@ -8,6 +8,7 @@ central noise. The round loop (server/fed/rounds.py) asks it, and nothing else, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server.fed.aggregate import ClientUpdate
@@ -72,26 +73,29 @@ class RunPrivacy:
     secret: bytes | None = None  # key of the central noise (cloud_secret); None: seed only
     secure: bool = False  # fed.secure_aggregation: the cloud sees the survivors' sum only
     shares: bool = False  # record DP whose nodes add 1/t noise shares (fed.record_noise=shares)
+    round_steps: int = 1  # DP-SGD steps a node asked to train takes per UNI-KD round
 
     @property
     def reply_records(self) -> tuple[str, ...]:
         """Records a train reply must carry: record DP sends no BN statistics at all."""
         return wire.GRAD_KEYS if isinstance(self.plan, RecordPlan) else TRAIN_RECORDS
 
-    def charge_round(self, rnd: int, clients, steps: int, phase: str = "unikd") -> None:
-        """Record DP: every node asked to train this round spent `steps` DP-SGD steps."""
+    def charge_round(self, rnd: int, clients: Iterable[int]) -> None:
+        """Record DP: every node asked to train this round spent its DP-SGD steps (an upper
+        bound: its reply may have been lost)."""
         if self.ledger is not None:
-            self.ledger.charge(phase, rnd, sorted(clients), steps)
+            self.ledger.charge("unikd", rnd, sorted(clients), self.round_steps)
 
-    def replay(self, teacher_rounds: int, student_rounds: int, local_steps: int) -> None:
-        """A resumed run's ledger: the teacher phase and the rounds before the checkpoint."""
+    def replay(self, teacher_rounds: int, student_rounds: int) -> None:
+        """A resumed run's ledger: the teacher phase (one step per round) and the UNI-KD rounds
+        before the checkpoint."""
         if self.ledger is None:
             return
         clients = sorted(self.ledger.plan.counts)
         for r in range(1, teacher_rounds + 1):
-            self.charge_round(r, clients, 1, "teacher")
+            self.ledger.charge("teacher", r, clients, 1)
         for r in range(1, student_rounds + 1):
-            self.charge_round(r, clients, local_steps)
+            self.charge_round(r, clients)
 
     def aggregate(self, updates: list[ClientUpdate], seed: int, rnd: int, applied_before: int
                   ) -> tuple[list[ClientUpdate], dict]:
@@ -134,4 +138,4 @@ def plan_run_privacy(cfg: RunConfig, rounds: int, counts: dict[int, int], n_src:
     teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()), spec)
     plan = plan_record_privacy(cfg, counts, teacher, rounds * f.local_steps, spec)
     return RunPrivacy(plan, RecordLedger(plan), secret, f.secure_aggregation,
-                      f.record_noise == "shares")
+                      f.record_noise == "shares", f.local_steps)
