@@ -47,7 +47,7 @@ def one(pack: bool, clients: int, rounds: int) -> dict:
         messages = list(messages)
         for m in messages:
             kind = m.metadata.message_type
-            if kind == "train" and wire.TEACHER in unpack_content(m.content):
+            if kind == wire.TRAIN and wire.TEACHER in unpack_content(m.content):
                 kind += " (with teacher)"
             counts[f"down {kind}"].append(objects(m))
         return push(messages)

@@ -173,6 +173,16 @@ def test_extra_and_missing_array_names_rejected():
         parse_reply(msg, RND, SHAPES, RECORDS)
 
 
+def test_a_reply_that_ran_other_local_steps_is_refused():
+    """The cloud reads `local-steps`: a pseudo-gradient over other steps has another scale."""
+    echo = {"local-steps": 2}
+    ok = parse_reply(reply(1, 0, 5, metrics={"local-steps": 2}), RND, SHAPES, RECORDS, echo)
+    assert ok.client == 0 and ok.metrics["local-steps"] == 2
+    for ran in (1, None):  # other steps, or none reported
+        with pytest.raises(ReplyError, match="'local-steps' is .*asked for 2"):
+            parse_reply(reply(1, 0, 5, metrics={"local-steps": ran}), RND, SHAPES, RECORDS, echo)
+
+
 def test_missing_client_id_is_a_reply_error():
     with pytest.raises(ReplyError, match="node 1007"):
         parse_reply(reply(1007, None, 5), RND, SHAPES, RECORDS)

@@ -82,14 +82,13 @@ def test_federated_dann_teacher_equals_centralized(setup):
     """The teacher's DANN pre-training splits the same way: 1 client reproduces it exactly."""
     from server.fed.cloud import load_source
     from server.fed.teacher import federated_dann_teacher
-    from server.fed.rounds import _send
+    from server.fed.transport import Sender
 
     path, data, _ = setup
     cfg = config(path)
     central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
     grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
-    send = lambda g, n, c, t, r: _send(g, n, c, t, r, None)  # noqa: E731
-    fed = federated_dann_teacher(grid, send, cfg, load_source(cfg), grid.node_ids,
+    fed = federated_dann_teacher(Sender(grid, None), cfg, load_source(cfg), grid.node_ids,
                                  len(data.trg_train), progress=False)
     for name, p in fed.named_parameters():
         assert torch.equal(p, central.get_parameter(name)), name

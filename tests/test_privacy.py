@@ -17,8 +17,9 @@ from client.node.record_dp import node_secret
 from server.fed.aggregate import ClientUpdate
 from server.fed.run import run_federate
 from server.fed.harness import InProcessGrid, load_component
-from server.fed.privacy import (CENTRAL_STREAM, PrivacyPlan, calibrate_noise, cloud_secret,
-                                epsilon_after, plan_privacy, private_aggregate, uniform_mean)
+from server.fed.dp.client_level import (CENTRAL_STREAM, PrivacyPlan, calibrate_noise,
+                                        cloud_secret, epsilon_after, plan_privacy,
+                                        private_aggregate, uniform_mean)
 from server.fed.rounds import federate
 from shared.protocol import wire
 from shared.config import load_config

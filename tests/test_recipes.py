@@ -211,7 +211,7 @@ def test_recipes_ship_as_package_data():
 def test_the_private_har_config_is_valid_and_its_noise_shares_are_sound():
     """configs/har-private.yaml (BENCHMARKS.md's record-DP rows) loads, and the start-up check
     that refuses noise shares without secure aggregation or with local steps accepts it."""
-    from server.fed.privacy import check_record_noise, check_teacher_source
+    from server.fed.dp.federation import check_record_noise, check_teacher_source
 
     cfg = load_config(ROOT / "configs" / "har-private.yaml")
     f = cfg.fed

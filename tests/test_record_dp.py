@@ -11,8 +11,8 @@ import torch
 
 from client.node.record_dp import (DannTargetLoss, TargetLoss, record_unikd_round,
                                    released_count)
-from server.fed.privacy import (RDP_ORDERS, record_event, calibrate_record_noise,
-                                record_epsilon)
+from server.fed.dp.record_level import calibrate_record_noise
+from shared.privacy.accounting import RDP_ORDERS, record_epsilon, record_event
 from server.fed.run import run_federate
 from shared.config import load_config
 from shared.data.datasets import get_spec

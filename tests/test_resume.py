@@ -41,3 +41,18 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     other = load_config(overrides=["distill.epochs=2", "teacher.epochs=1", "fed.clients=1"])
     with pytest.raises(UnikdError, match="resume with the run's own config"):
         federate(_grid(1), other, progress=False, resume=tmp_path)
+
+
+def test_a_resumed_record_dp_run_charges_every_node_as_an_uninterrupted_one(tmp_path):
+    """The epsilon ledger is replayed on resume: teacher phase, then the rounds before the
+    checkpoint, then the rounds run after it; the same rows as without the interruption."""
+    cfg = load_config(overrides=["distill.epochs=1", "teacher.epochs=1", "fed.clients=2",
+                                 "fed.dp=record", "fed.dp_epsilon=8", "fed.checkpoint_every=3",
+                                 "seed=5"])
+    full = federate(_grid(2), cfg, progress=False)
+    run_dir = tmp_path / "run"
+    federate(_grid(2), cfg, progress=False, run_dir=run_dir, stop_after=4)
+    resumed = federate(_grid(2), cfg, progress=False, run_dir=run_dir, resume=run_dir)
+    assert resumed.privacy.rows == full.privacy.rows
+    assert {r["phase"] for r in full.privacy.rows} == {"teacher", "unikd"}
+    assert [r["dp_epsilon"] for r in resumed.rounds] == [r["dp_epsilon"] for r in full.rounds]

@@ -71,9 +71,9 @@ def _run(n: int, drop: dict[str, set[int]] | None = None, fraction: float = 0.6,
     if grids is not None:
         grids.append(grid)
 
-    def send(ns, contents, mtype):
-        keep = [m for m in ns if m - 1000 not in drop.get(mtype, set())]
-        msgs = [Message(contents[m], dst_node_id=m, message_type=mtype, group_id="1")
+    def send(contents, mtype, rnd):
+        keep = [m for m in sorted(contents) if m - 1000 not in drop.get(mtype, set())]
+        msgs = [Message(contents[m], dst_node_id=m, message_type=mtype, group_id=str(rnd))
                 for m in keep]
         return list(grid.send_and_receive(msgs))
 
@@ -417,7 +417,7 @@ def test_record_dp_noise_shares_leave_the_full_noise_only_in_the_sum(tmp_path, m
     (["fed.dp=record", "fed.secure_aggregation=true", "fed.local_steps=2"], "fed.local_steps=2"),
 ])
 def test_record_noise_shares_is_refused_where_it_would_not_hold(sets, wrong):
-    from server.fed.privacy import check_record_noise
+    from server.fed.dp.federation import check_record_noise
     from shared.config import load_config
     from shared.errors import UnikdError
 

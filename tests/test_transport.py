@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from server.fed import transport
-from server.fed.transport import TransportOptions, exchange, send
+from server.fed.transport import Sender, TransportOptions, exchange
 from shared.config import load_config
 from shared.errors import ConfigError
 from shared.protocol import wire
@@ -66,11 +66,17 @@ class FakeGrid:
         return out
 
 
-def _msgs(nodes):
-    from flwr.supercore.task_identity import TaskIdentity  # no Flower runtime here
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Message() needs a TaskIdentity; no Flower runtime here (and no test may rely on another
+    having set one)."""
+    from flwr.supercore.task_identity import TaskIdentity
 
     if getattr(TaskIdentity, "_run_id", None) is None:
         TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+
+
+def _msgs(nodes):
     return [Message(RecordDict({wire.METRICS: MetricRecord({"x": 1})}), dst_node_id=n,
                     message_type="query", group_id="0") for n in nodes]
 
@@ -105,8 +111,8 @@ def test_undecodable_reply_becomes_an_error_naming_node_and_round(monkeypatch):
     grid = FakeGrid(clock, {5: 0.0}, packed_reply=True)
     monkeypatch.setattr(transport, "exchange",
                         lambda g, m, t, p: exchange(g, m, t, p, clock, clock.sleep))
-    (reply,) = send(grid, {5: RecordDict({wire.METRICS: MetricRecord({"x": 1})})}, "train", 7,
-                    1.0)
+    (reply,) = Sender(grid, 1.0)({5: RecordDict({wire.METRICS: MetricRecord({"x": 1})})},
+                                 "train", 7)
     assert reply.has_error()
     assert "node 5" in reply.error.reason and "round 7" in reply.error.reason
 
@@ -118,14 +124,14 @@ def test_send_packs_each_shared_content_once(monkeypatch):
                         lambda g, m, t, p: exchange(g, m, t, p, clock, clock.sleep))
     shared = RecordDict({"student": ArrayRecord({"w": Array(np.ones((2, 2), np.float32))})})
     other = RecordDict({"student": ArrayRecord({"w": Array(np.zeros((2, 2), np.float32))})})
-    send(grid, {3: shared, 1: shared, 2: other}, "train", 1, 1.0)
+    Sender(grid, 1.0)({3: shared, 1: shared, 2: other}, "train", 1)
     by_node = {m.metadata.dst_node_id: m for m in grid.pushed}
     assert all(is_packed(m.content) for m in grid.pushed)
     assert by_node[1].content is by_node[3].content  # one packed object for both
     np.testing.assert_array_equal(
         unpack_content(by_node[2].content)["student"]["w"].numpy(), np.zeros((2, 2)))
     grid.pushed.clear()
-    send(grid, {1: shared}, "train", 1, 1.0, TransportOptions(pack=False))
+    Sender(grid, 1.0, TransportOptions(pack=False))({1: shared}, "train", 1)
     assert grid.pushed[0].content is shared
 
 

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 import client.node.client_app as client_app
 from client.node.local_data import local_data
@@ -160,6 +160,30 @@ def test_tap_sees_all_four_message_types(tapped_run):
     assert types["evaluate"] == CLIENTS and types["train.teacher"] >= CLIENTS
     assert len(windows) == CLIENTS
     assert result.rejected == [] and "mf1" in result.final
+
+
+def _routed(mtype: str) -> bool:
+    """Whether the ClientApp has a handler for `mtype` (an empty message: the handler fails,
+    but after Flower routed it)."""
+    grid = InProcessGrid(client_app.app, 1)  # sets the task identity Message() needs
+    node = grid.node_ids[0]
+    msg = Message(RecordDict(), dst_node_id=node, message_type=mtype, group_id="0")
+    try:
+        client_app.app(msg, grid.contexts[node])
+    except ValueError as err:
+        return "registered" not in str(err)
+    except Exception:  # the handler ran and found no records
+        return True
+    return True
+
+
+@pytest.mark.parametrize("mtype", wire.MESSAGE_TYPES)
+def test_every_message_type_the_cloud_sends_has_a_client_handler(mtype):
+    assert _routed(mtype)
+
+
+def test_an_unknown_message_type_has_no_handler():
+    assert not _routed(f"{wire.TRAIN}.nothing_here")
 
 
 def test_every_reply_is_within_the_manifest(tapped_run):

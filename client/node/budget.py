@@ -1,6 +1,6 @@
 """The node's own privacy budget under record-level DP (`fed.dp=record`).
 
-The cloud calibrates a run's noise and reports the epsilon it spent (server/fed/privacy.py), but
+The cloud calibrates a run's noise and reports the epsilon it spent (server/fed/dp/), but
 a node whose operator set a budget (`unikd edge --max-epsilon`) does not rest its guarantee on
 the cloud's word. Before it releases anything computed from its windows, it composes that
 release onto its own ledger:

@@ -23,6 +23,7 @@ from client.node.record_dp import (node_secret, record_dann_round, record_unikd_
                                    released_count)
 from client.node.target_side import dann_round, reestimate_bn, unikd_round
 from shared.protocol import wire
+from shared.protocol.reply_shapes import teacher_up_shapes, up_shapes
 from shared.data.loaders import Normalizer
 from shared.data.datasets import DatasetSpec
 from shared.privacy.dp_sgd import sampling_rate
@@ -35,9 +36,8 @@ from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
 from shared.clock.local_steps import TEACHER_ROUND, LocalSteps
 from shared.protocol.records import (RoundConfig, SetupConfig, SimSetup, TeacherRoundConfig,
-                                     bn_buffers, from_record,
-                                     group_named_params, load_student_state, spec_from_record,
-                                     student_state, to_record)
+                                     bn_buffers, from_record, load_student_state,
+                                     spec_from_record, student_state, to_record)
 
 log = logging.getLogger(__name__)
 app = ClientApp(mods=[packing_mod])  # packed messages in, packed replies out
@@ -185,12 +185,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def up_shapes(nets: UniKDNets) -> dict:
-    g = group_named_params(nets)
-    return wire.expected_up_shapes(g["student"], g["d_f"], g["d_d"], bn_buffers(nets.student))
-
-
-@app.train("teacher")
+@app.train(wire.action_of(wire.TRAIN_TEACHER))
 def train_teacher(msg: Message, context: Context) -> Message:
     """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
     torch.set_num_threads(1)
@@ -218,9 +213,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
     })
     if buffers is not None:
         reply[wire.TEACHER_BN] = to_record(buffers)
-    wire.check_outgoing(reply, wire.expected_teacher_shapes(
-        dict(teacher.named_parameters()), dict(disc.named_parameters()),
-        dict(teacher.named_buffers())))
+    wire.check_outgoing(reply, teacher_up_shapes(teacher, disc))
     return Message(reply, reply_to=msg)
 
 
@@ -291,7 +284,7 @@ def served_student(msg: Message, context: Context, rc: SetupConfig) -> dict[str,
     return student_state(nets)
 
 
-@app.train("deliver")
+@app.train(wire.action_of(wire.DELIVER))
 def deliver(msg: Message, context: Context) -> Message:
     """The run's final student: installed as the next version of this device's edge service
     (node config `model-dir`, the directory `unikd serve --model-dir` serves). A node without

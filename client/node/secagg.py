@@ -199,14 +199,14 @@ def add_stage_handlers(app: ClientApp,
     """Register stages 1-3 (shares, mask, unmask) on `app`. `secret(context)` keys the node's
     distributed-noise share (None: seed-only draws, for simulations and tests)."""
 
-    @app.train("secagg_shares")
+    @app.train(wire.action_of(wire.SECAGG_SHARES_TYPE))
     def shares(msg: Message, context: Context) -> Message:
         return handle_shares(msg, context.state, context.node_id)
 
-    @app.train("secagg_mask")
+    @app.train(wire.action_of(wire.SECAGG_MASK_TYPE))
     def mask(msg: Message, context: Context) -> Message:
         return handle_mask(msg, context.state, context.node_id, secret(context))
 
-    @app.train("secagg_unmask")
+    @app.train(wire.action_of(wire.SECAGG_UNMASK_TYPE))
     def unmask(msg: Message, context: Context) -> Message:
         return handle_unmask(msg, context.state, context.node_id)

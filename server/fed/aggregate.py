@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from flwr.app import Message
@@ -32,8 +34,12 @@ class ClientUpdate:
 
 
 def parse_reply(msg: Message, rnd: int, shapes: dict[str, dict[str, tuple[int, ...]]],
-                records: tuple[str, ...]) -> ClientUpdate:
-    """One reply -> ClientUpdate, or ReplyError saying what was expected and what was found."""
+                records: tuple[str, ...], echo: Mapping[str, int] = MappingProxyType({})
+                ) -> ClientUpdate:
+    """One reply -> ClientUpdate, or ReplyError saying what was expected and what was found.
+
+    `echo`: metrics the reply must repeat as the cloud asked (a train reply's `local-steps`: a
+    node that ran another number of local steps sent a pseudo-gradient of another scale)."""
     node = msg.metadata.src_node_id
     if msg.has_error():
         raise ReplyError(f"node {node}", rnd, f"client error: {msg.error.reason}")
@@ -46,6 +52,10 @@ def parse_reply(msg: Message, rnd: int, shapes: dict[str, dict[str, tuple[int, .
         raise ReplyError(f"node {node}", rnd, f"client-id must be an int >= 0, found {client!r}")
     if metrics.get("round") != rnd:
         raise ReplyError(client, rnd, f"stale reply for round {metrics.get('round')}")
+    for name, asked in echo.items():
+        if metrics.get(name) != asked:
+            raise ReplyError(client, rnd, f"metric '{name}' is {metrics.get(name)!r}, the round "
+                                          f"asked for {asked}; update dropped")
     n = metrics.get("num-examples")
     if not isinstance(n, int) or n < 0:
         raise ReplyError(client, rnd, f"num-examples must be a count >= 0, found {n!r}")
@@ -72,13 +82,14 @@ def parse_reply(msg: Message, rnd: int, shapes: dict[str, dict[str, tuple[int, .
     return ClientUpdate(client, n, arrays, metrics)
 
 
-def split_replies(replies: list[Message], rnd: int, shapes: dict, records: tuple[str, ...]
+def split_replies(replies: list[Message], rnd: int, shapes: dict, records: tuple[str, ...],
+                  echo: Mapping[str, int] = MappingProxyType({})
                   ) -> tuple[list[ClientUpdate], list[ReplyError]]:
     valid: list[ClientUpdate] = []
     errors: list[ReplyError] = []
     for msg in replies:
         try:
-            valid.append(parse_reply(msg, rnd, shapes, records))
+            valid.append(parse_reply(msg, rnd, shapes, records, echo))
         except ReplyError as err:
             errors.append(err)
     seen: set[int] = set()
@@ -205,7 +216,7 @@ def trimmed_mean(updates: list[ClientUpdate], key: str, fraction: float) -> dict
 
 
 def robust_combine(updates: list[ClientUpdate], spec: str) -> list[ClientUpdate]:
-    """What `Cloud.apply` should average: the updates themselves, or one trimmed-mean update.
+    """What `Cloud.finish_round` should average: the updates themselves, or one trimmed-mean update.
 
     The combined update carries the sample-weighted BN mean, so BN composition is unchanged.
     """

@@ -1,28 +1,38 @@
 """The cloud's state and its half of every round (spec §9).
 
 The cloud keeps the master student+adapter, D_f and D_d, their three Adam optimizers, the
-teacher and the labelled source data. Each round it
+teacher and the labelled source data. A round (server/fed/rounds.py `run_round`) is a
+transaction on that state, in five steps:
 
-1. sends the current weights and the round's schedule to every client;
-2. runs the source-side terms on one source batch (same `shared.unikd.engine` call as centralized);
-3. adds the clients' target gradients, weighted by their sample counts, to its own;
-4. composes the BN running statistics (source update first, then the clients' mean target
-   update, the order of the centralized step) and steps all three optimizers.
+1. `begin_round`: keep the weights the clients will receive (BN buffers included), then run the
+   source-side terms on one source batch at those weights (the same `shared.unikd.engine` call
+   as centralized); their gradient waits in .grad;
+2. `round_messages`: the round's messages, built once from what `begin_round` kept (weights,
+   schedule, settings, the expected cross KD's source scalar) and never changed afterwards;
+3. the round loop sends them and collects the replies (server/fed/transport.py);
+4. it checks them: shapes, NaN, stale or duplicate replies, outliers (server/fed/aggregate.py);
+5. `finish_round`: add the clients' target gradients, weighted by their sample counts, to the
+   source one; compose the BN running statistics (source update first, then the clients' mean
+   target update, the order of the centralized step) and step all three optimizers. With too
+   few valid replies, `abort_round` instead: nothing moves, BN statistics included.
 
 Target data never reaches this module: it sees gradients, BN statistics and scalar metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import torch
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
+from server.fed.dp.federation import DpPlan
 from server.fed.secagg import masking_clip
+from shared.errors import UnikdError
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.data.adatime import Domain
@@ -93,17 +103,39 @@ class Clock:
         return global_step // self.steps_per_epoch + 1, global_step % self.steps_per_epoch
 
 
+@dataclass(frozen=True)
+class CloudRound:
+    """A round the cloud has begun: what its clients receive and what its source step left.
+
+    Built once by `Cloud.begin_round`; the round's messages are made from it and nothing in it
+    changes until `Cloud.finish_round` or `Cloud.abort_round` closes it.
+    """
+
+    number: int
+    weights: dict[str, ArrayRecord]  # student (BN buffers included), D_f, D_d as sent
+    bn_before: dict[str, torch.Tensor]  # the student's BN buffers before the source step
+    source: dict[str, torch.Tensor]  # the source terms; their gradient waits in .grad
+    config: RoundConfig  # what every node is told this round (without the teacher count)
+
+    @property
+    def cross_kd(self) -> bool:
+        """The expected cross KD runs: the source terms carry this round's T^2 mean source KL,
+        whose second backward pass waits for the clients' mean w (`finish_round`)."""
+        return "cross_kd" in self.source
+
+
 @dataclass
 class Cloud:
     cfg: RunConfig
     source: SourceData
     teacher: nn.Module | None
     teacher_hash: str
+    clock: Clock
+    dp: DpPlan | None = None  # the DP settings every train message carries (None: DP off)
     nets: UniKDNets = field(init=False)
     opts: dict = field(init=False)
     t_src: TeacherOut = field(init=False)
-    clock: Clock | None = None
-    round: int = 0
+    current: CloudRound | None = field(init=False, default=None)  # the round begun, if any
 
     def __post_init__(self) -> None:
         d = self.cfg.distill
@@ -139,30 +171,40 @@ class Cloud:
             teacher_hash=self.teacher_hash if f.teacher_placement != "cloud" else "",
             dataset=self.source.spec.name)
 
-    def down_content(self, rnd: int, with_teacher: bool, privacy=None) -> RecordDict:
-        """What every client receives this round (snapshots: later updates do not leak in).
-
-        `privacy` (a PrivacyPlan or None) adds the DP settings the nodes must apply.
-        """
+    def node_config(self, rnd: int, dp: DpPlan | None = None,
+                    source_kd: float | None = None) -> RoundConfig:
+        """The round config with the settings the nodes must apply: DP (`dp`), secure
+        aggregation, and under the expected cross KD this round's source scalar."""
         rc = self.round_config(rnd)
-        if privacy is not None:
-            rc.dp_mode, rc.dp_clip, rc.dp_noise = (privacy.mode, privacy.clip,
-                                                   privacy.noise_multiplier)
-            rc.dp_count_std = getattr(privacy, "count_std", 0.0)
+        if dp is not None:
+            rc.dp_mode, rc.dp_clip, rc.dp_noise = dp.mode, dp.clip, dp.noise_multiplier
+            rc.dp_count_std = dp.count_std
             rc.dp_clip_scope = self.cfg.fed.dp_clip_scope
+        if source_kd is not None:
+            rc.source_kd = source_kd
         f = self.cfg.fed
         if f.secure_aggregation:  # clip bound: the DP clip under central DP, else its own
             rc.secagg, rc.secagg_bits = True, f.secagg_bits
             rc.secagg_clip = masking_clip(f)
             rc.dp_shares = rc.dp_mode == "record" and f.record_noise == "shares"
+        return rc
+
+    def weight_records(self) -> dict[str, ArrayRecord]:
+        """The current weights as records: copies, so later updates do not leak in."""
+        return {wire.STUDENT: to_record(student_state(self.nets)),
+                wire.D_F: to_record(self.nets.d_f.state_dict()),
+                wire.D_D: to_record(self.nets.d_d.state_dict())}
+
+    def down_content(self, rc: RoundConfig, weights: dict[str, ArrayRecord],
+                     with_teacher: bool) -> RecordDict:
+        """One payload: `weights`, `rc` and what a node needs to use them (and, with
+        `with_teacher`, the teacher snapshot, where the teacher goes to the edges)."""
         teacher = (with_teacher and bool(self.teacher_hash)
                    and self.cfg.fed.teacher_placement != "cloud")
         if teacher:
-            rc.teacher_members = len(teacher_members(self.teacher))
+            rc = dataclasses.replace(rc, teacher_members=len(teacher_members(self.teacher)))
         content = RecordDict({
-            wire.STUDENT: to_record(student_state(self.nets)),
-            wire.D_F: to_record(self.nets.d_f.state_dict()),
-            wire.D_D: to_record(self.nets.d_d.state_dict()),
+            **weights,
             wire.NORM: to_record({"mean": self.source.normalizer.mean,
                                   "std": self.source.normalizer.std}),
             wire.CONFIG: rc.to_record(),
@@ -175,10 +217,37 @@ class Cloud:
             content[wire.HINT_PROTOTYPES] = to_record({"feat": self.prototypes})
         return content
 
-    def up_shapes(self) -> dict:
-        g = group_named_params(self.nets)
-        return wire.expected_up_shapes(g["student"], g["d_f"], g["d_d"],
-                                       bn_buffers(self.nets.student))
+    def eval_content(self, rnd: int) -> RecordDict:
+        """Federated evaluation's payload: the current weights, no teacher, no DP settings."""
+        return self.down_content(self.node_config(rnd), self.weight_records(), with_teacher=False)
+
+    def begin_round(self, rnd: int) -> CloudRound:
+        """Open round `rnd`: keep the weights (BN buffers included) the clients receive, then run
+        the source step at them. Its forward pass moves the BN buffers (train mode); the
+        messages carry them as they were before, as the centralized step sees them."""
+        if self.current is not None:
+            raise UnikdError(f"round {rnd} begun while round {self.current.number} is open")
+        weights = self.weight_records()
+        bn_before = {k: v.clone() for k, v in bn_buffers(self.nets.student).items()}
+        src = self.source_step(rnd)
+        source_kd = src["cross_kd"].item() if "cross_kd" in src else None
+        self.current = CloudRound(rnd, weights, bn_before, src,
+                                  self.node_config(rnd, self.dp, source_kd))
+        return self.current
+
+    def round_messages(self, nodes: list[int], has_teacher: set[int]) -> dict[int, RecordDict]:
+        """The open round's messages: two payloads at most, nodes holding the teacher share one."""
+        r = self.open_round()
+        plain = self.down_content(r.config, r.weights, with_teacher=False)
+        with_teacher = (self.down_content(r.config, r.weights, with_teacher=True)
+                        if any(n not in has_teacher for n in nodes) else plain)
+        return {n: plain if n in has_teacher else with_teacher for n in nodes}
+
+    def open_round(self) -> CloudRound:
+        """The round begun and not yet closed."""
+        if self.current is None:
+            raise UnikdError("no round is open: begin_round first")
+        return self.current
 
     def source_step(self, rnd: int) -> dict[str, torch.Tensor]:
         """Source-side terms at the current weights; leaves their gradient in .grad."""
@@ -193,37 +262,33 @@ class Cloud:
         terms["loss"].backward(retain_graph="cross_kd" in terms)  # cross KD: once more later
         return terms
 
-    def announce_source_kd(self, contents: dict, src: dict[str, torch.Tensor]) -> None:
-        """Expected cross KD: tell the edges this round's T^2 mean source KL (one scalar)."""
-        if "cross_kd" in src:
-            value = src["cross_kd"].item()
-            for content in {id(c): c for c in contents.values()}.values():
-                content[wire.CONFIG]["source_kd"] = value
-
-    def undo_source_step(self, bn_before: dict[str, torch.Tensor]) -> None:
-        """A skipped round moves nothing: drop the source gradient and its BN update."""
+    def abort_round(self) -> None:
+        """Close the open round moving nothing: drop the source gradient and its BN update."""
+        r = self.open_round()
+        self.current = None
         zero_all(self.opts)
         with torch.no_grad():
             for name, buf in self.nets.student.named_buffers():
-                buf.copy_(bn_before[f"student.{name}"])
+                buf.copy_(r.bn_before[f"student.{name}"])
 
-    def apply(self, updates: list[ClientUpdate], bn_before: dict[str, torch.Tensor],
-              rnd: int = 0, src: dict[str, torch.Tensor] | None = None,
-              target_w: float | None = None) -> None:
-        """Add the clients' mean target gradient to the source one, compose BN, step.
+    def finish_round(self, updates: list[ClientUpdate], target_w: float | None = None) -> None:
+        """Close the open round: add the clients' mean target gradient to the source one,
+        compose BN, step.
 
-        With the expected cross KD, `src` (this round's source terms) gets its second backward
-        pass here, scaled by `target_w`, the clients' mean w (`target_w_mean`), in the order
-        the centralized step sums its gradients.
+        With the expected cross KD, the source terms get their second backward pass here,
+        scaled by `target_w`, the clients' mean w (`target_w_mean`), in the order the
+        centralized step sums its gradients.
         """
+        r = self.open_round()
+        self.current = None
         named = group_named_params(self.nets)
         for group, key in (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
                            ("d_d", wire.D_D_GRAD)):
             add_grads(named[group], weighted_mean(updates, key) if updates else {})
-        if src is not None and "cross_kd" in src and target_w is not None:
-            cross_kd_source_grad(src, target_w, self.schedule(*self.clock.at(rnd - 1)))
+        if r.cross_kd and target_w is not None:
+            cross_kd_source_grad(r.source, target_w, self.schedule(*self.clock.at(r.number - 1)))
         if updates and self.cfg.fed.bn_policy != "local":
-            compose_bn(self.nets.student, bn_before, weighted_mean(updates, wire.STUDENT_BN),
+            compose_bn(self.nets.student, r.bn_before, weighted_mean(updates, wire.STUDENT_BN),
                        prefix="student.",
                        target_passes=2 if self.cfg.distill.double_target_forward else 1)
         step_all(self.opts)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from server.fed.transport import Sender
 from shared.protocol import checkpoints, wire
 from shared.protocol.records import SetupConfig, SimSetup, to_record
 
@@ -63,14 +64,13 @@ def delivery_content(d: Delivery, rc: SetupConfig, sim: SimSetup) -> RecordDict:
         wire.DELIVERY: ConfigRecord({"tag": d.tag, "run": d.run, "round": d.round})})
 
 
-def deliver(send, grid, nodes: list[int], d: Delivery, rc: SetupConfig, sim: SimSetup
+def deliver(send: Sender, nodes: list[int], d: Delivery, rc: SetupConfig, sim: SimSetup
             ) -> dict[int, int]:
     """Send the delivery to `nodes`; {client id: version now in its service} of those that
     installed it (0: a node without a model directory). Failures are logged with the node."""
     if not nodes:
         return {}
-    content = delivery_content(d, rc, sim)
-    replies = send(grid, nodes, {n: content for n in nodes}, wire.DELIVER, d.round)
+    replies = send.to_all(nodes, delivery_content(d, rc, sim), wire.DELIVER, d.round)
     installed: dict[int, int] = {}
     for r in replies:
         if r.has_error():

@@ -145,7 +145,7 @@ class InProcessGrid:
 
     complete_on_push = True  # every reply exists once push_messages returns (no waiting)
     # cloud and nodes share this process: the cloud's central-DP noise comes from the run seed
-    # alone (server/fed/privacy.py cloud_secret), as the nodes' draws do ("dp-reproducible")
+    # alone (server/fed/dp/client_level.py cloud_secret), as the nodes' draws do ("dp-reproducible")
     dp_reproducible = True
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:

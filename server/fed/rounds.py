@@ -6,10 +6,8 @@ harness in server/fed/harness.py. Every round is logged with its number, losses 
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,30 +15,32 @@ import torch
 from flwr.app import Message, RecordDict
 from tqdm import tqdm
 
-from server.fed.aggregate import (norm_summary, parse_aggregator, reject_outliers, robust_combine,
-                              split_replies)
-from server.fed import delivery, transport
-from server.fed.cloud import Clock, Cloud, SourceData, load_source, sim_setup, target_w_mean
+from server.fed.aggregate import (ClientUpdate, norm_summary, parse_aggregator, reject_outliers,
+                                  robust_combine, split_replies)
+from server.fed import delivery
+from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source, sim_setup,
+                              target_w_mean)
 from server.fed.ledger import Ledger
-from server.fed.transport import TransportOptions
+from server.fed.transport import Sender, TransportOptions
 from server.fed.setup import setup_config, setup_content
 from server.fed.secagg import secure_updates
-from server.fed.privacy import (charge_round, check_record_noise, check_teacher_source,
-                                cloud_secret, dp_aggregate, federated_teacher_rounds,
-                                plan_run_privacy, replay_ledger, train_records)
+from server.fed.dp.client_level import cloud_secret
+from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_teacher_source,
+                                      federated_teacher_rounds, plan_run_privacy,
+                                      train_records)
+from server.fed.dp.record_level import RecordLedger
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
-from shared.errors import UnikdError
+from shared.errors import ReplyError, UnikdError
 from shared.unikd.metrics import macro_f1
-from shared.protocol.records import bn_buffers, student_state
+from shared.protocol.records import student_state
+from shared.protocol.reply_shapes import up_shapes
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import capture_rng, restore_rng, teacher_state
 from shared.clock.steps import steps_per_epoch
-from shared.clock.local_steps import LocalSteps
 
 log = logging.getLogger(__name__)
-TRAIN_RECORDS = (wire.STUDENT_GRAD, wire.D_F_GRAD, wire.D_D_GRAD, wire.STUDENT_BN)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class FedResult:
     rejected: list[str] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
     wall_seconds: float = 0.0
-    privacy: object | None = None  # record DP: the per-client epsilon ledger (RecordLedger)
+    privacy: RecordLedger | None = None  # record DP: the per-client epsilon ledger
     delivered: dict[int, int] = field(default_factory=dict)  # client id -> installed version
 
     @property
@@ -68,23 +68,9 @@ def wait_for_nodes(grid, want: int, timeout: float = 300.0) -> list[int]:
     return nodes
 
 
-def _send(grid, nodes: list[int], contents: dict[int, RecordDict], mtype: str, rnd: int,
-          timeout: float | None, opts: TransportOptions = TransportOptions()) -> list[Message]:
-    """Replies (unpacked, sorted by node id) of the nodes that answered within `timeout`."""
-    return transport.send(grid, {n: contents[n] for n in nodes}, mtype, rnd, timeout, opts)
-
-
-Sender = Callable[..., list[Message]]  # (grid, nodes, contents, message type, round) -> replies
-
-
-def grid_sender(timeout: float | None, opts: TransportOptions = TransportOptions()) -> Sender:
-    """The one sender of a run, in the (grid, nodes, contents, type, round) form every phase
-    takes: count query, teacher rounds, deliveries, UNI-KD rounds and evaluation."""
-    return functools.partial(_send, timeout=timeout, opts=opts)
-
-
-def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int],
-                       counts: dict[int, int], progress: bool, send: Sender, privacy=None):
+def obtain_fed_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
+                       counts: dict[int, int], progress: bool,
+                       privacy: RecordLedger | None = None):
     """The teacher to distil from, obtained without target windows ever reaching the cloud.
 
     A given checkpoint wins. Otherwise `source-only` trains on source data alone, and `edge` /
@@ -99,18 +85,18 @@ def obtain_fed_teacher(grid, cfg: RunConfig, source: SourceData, nodes: list[int
         return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
     from server.fed.teacher import federated_dann_teacher
 
-    return federated_dann_teacher(grid, send, cfg, source, nodes, sum(counts.values()), progress,
+    return federated_dann_teacher(send, cfg, source, nodes, sum(counts.values()), progress,
                                   privacy)
 
 
-def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int], send: Sender,
+def query_counts(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                  model_tags: dict[int, int] | None = None) -> dict[int, int]:
     """How many training windows each client holds (round 0; nothing but counts comes back).
 
     `model_tags` (when given) collects, per node, the delivery tag of the student its edge
     service runs, for nodes that have one (wire.tag_number)."""
     content = setup_content(cfg, source, setup_config(cfg, source, round=0))
-    replies = send(grid, nodes, {n: content for n in nodes}, "query", 0)
+    replies = send.to_all(nodes, content, wire.QUERY, 0)
     counts = {}
     for r in replies:
         if r.has_error():
@@ -125,10 +111,9 @@ def query_counts(grid, cfg: RunConfig, source: SourceData, nodes: list[int], sen
     return counts
 
 
-def evaluate_round(grid, cloud: Cloud, nodes: list[int], rnd: int, send: Sender) -> dict:
+def evaluate_round(send: Sender, cloud: Cloud, nodes: list[int], rnd: int) -> dict:
     """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
-    content = cloud.down_content(rnd, with_teacher=False)
-    replies = send(grid, nodes, {n: content for n in nodes}, "evaluate", rnd)
+    replies = send.to_all(nodes, cloud.eval_content(rnd), wire.EVALUATE, rnd)
     k = cloud.source.spec.classes
     total = torch.zeros(k, k, dtype=torch.long)
     clients = 0
@@ -171,24 +156,16 @@ def confusion_scores(confusion: torch.Tensor) -> tuple[float, float]:
 class Federation:
     """One run's cloud side between rounds: what every round reads and writes."""
 
-    grid: object
     cfg: RunConfig
     cloud: Cloud
     nodes: list[int]
     counts: dict[int, int]  # client id -> training windows (released counts under record DP)
-    # the run's sender (`grid_sender`), in the (grid, nodes, contents, type, round) form the
-    # teacher and delivery code use
-    send_as_grid: Sender
+    send: Sender  # every phase's one sender (server/fed/transport.py)
     total: int  # rounds in the run
     result: FedResult
-    dp_plan: object | None = None
-    dp_ledger: object | None = None
+    privacy: RunPrivacy | None = None  # None: fed.dp=off
     model_tags: dict[int, int] = field(default_factory=dict)  # nodes with an edge service
     has_teacher: set[int] = field(default_factory=set)  # nodes holding the teacher snapshot
-    dp_secret: bytes | None = None  # key of the central-DP noise (privacy.cloud_secret)
-
-    def send(self, nodes: list[int], contents: dict, mtype: str, rnd: int) -> list[Message]:
-        return self.send_as_grid(self.grid, nodes, contents, mtype, rnd)
 
 
 def check_cross_kd(cfg: RunConfig) -> None:
@@ -227,32 +204,32 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_cloud_hint(cfg)
     check_record_noise(cfg)
     nodes = wait_for_nodes(grid, cfg.fed.clients)
-    send = grid_sender(timeout, TransportOptions.from_fed(cfg.fed))
+    send = Sender(grid, timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}
-    counts = query_counts(grid, cfg, source, nodes, send, model_tags)
-    deliver_missed(send, grid, cfg, source, model_tags, delivery_dir)
+    counts = query_counts(send, cfg, source, nodes, model_tags)
+    deliver_missed(send, cfg, source, model_tags, delivery_dir)
     ckpt = load_checkpoint(resume, cfg) if resume else None
     n_trg = sum(counts.values())
     clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_for(source.spec)),
                   cfg.distill.epochs)
     total = cfg.fed.rounds or clock.total
     parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
-    dp_plan, dp_ledger = plan_run_privacy(cfg, total, counts, len(source.train),
-                                          source.spec)  # None: off
+    privacy = plan_run_privacy(cfg, total, counts, len(source.train), source.spec,
+                               cloud_secret(grid))  # None: off
+    ledger = privacy.ledger if privacy is not None else None
     teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
-               obtain_fed_teacher(grid, cfg, source, nodes, counts, progress, send, dp_ledger))
-    cloud = Cloud(cfg, source, teacher, content_hash(teacher))
-    cloud.clock = clock
+               obtain_fed_teacher(send, cfg, source, nodes, counts, progress, ledger))
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher), clock,
+                  privacy.plan if privacy is not None else None)
     use_faults(grid, cfg)
-    fed = Federation(grid, cfg, cloud, nodes, counts, send, total,
-                     FedResult(cloud, privacy=dp_ledger), dp_plan, dp_ledger, model_tags,
-                     dp_secret=cloud_secret(grid))
+    fed = Federation(cfg, cloud, nodes, counts, send, total, FedResult(cloud, privacy=ledger),
+                     privacy, model_tags)
     first = 1
     if ckpt:
         first = restore(cloud, fed.result, ckpt) + 1
-        replay_ledger(dp_ledger, federated_teacher_rounds(cfg, len(source.train), n_trg,
-                                                          source.spec),
-                      first - 1, LocalSteps(cfg.fed.local_steps).dp_steps())
+        if privacy is not None:
+            privacy.replay(federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
+                           first - 1)
         log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
              "windows per client: %s", len(nodes), n_trg, total, clock.steps_per_epoch,
@@ -261,14 +238,14 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     return fed, first
 
 
-def deliver_missed(send, grid, cfg: RunConfig, source: SourceData, model_tags: dict[int, int],
-                   delivery_dir: Path | None) -> None:
+def deliver_missed(send: Sender, cfg: RunConfig, source: SourceData,
+                   model_tags: dict[int, int], delivery_dir: Path | None) -> None:
     """Nodes whose service does not run the last delivered student get it before training."""
     latest = delivery.load_latest(delivery_dir)
     if latest is not None and (missed := delivery.needs_delivery(model_tags, latest)):
         log.info("%d node(s) missed the last delivery (%s): sending it first", len(missed),
                  latest.tag[:12])
-        delivery.deliver(send, grid, missed, latest, setup_config(cfg, source, round=0),
+        delivery.deliver(send, missed, latest, setup_config(cfg, source, round=0),
                          sim_setup(cfg, source))
 
 
@@ -280,80 +257,86 @@ def use_faults(grid, cfg: RunConfig) -> None:
                     "in-process engine only; this Grid runs without injected faults")
 
 
-def round_contents(fed: Federation, rnd: int) -> dict[int, RecordDict]:
-    """This round's down messages: two payloads at most, nodes holding the teacher share one."""
-    cloud, plan = fed.cloud, fed.dp_plan
-    plain = cloud.down_content(rnd, with_teacher=False, privacy=plan)
-    with_teacher = (cloud.down_content(rnd, with_teacher=True, privacy=plan)
-                    if any(n not in fed.has_teacher for n in fed.nodes) else plain)
-    return {n: plain if n in fed.has_teacher else with_teacher for n in fed.nodes}
-
-
-def exchange(fed: Federation, rnd: int, contents: dict[int, RecordDict]):
-    """Send the round, collect the replies; (valid updates, replies, errors, secagg stats)."""
-    if fed.cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
-        send = lambda ns, cs, t: fed.send(ns, cs, t, rnd)  # noqa: E731
-        updates, replies, sa_row = secure_updates(send, fed.nodes, contents, rnd, fed.cfg.fed,
-                                                  fed.cloud.up_shapes())
-        return updates, replies, [], sa_row
-    replies = fed.send(fed.nodes, contents, "train", rnd)
-    updates, errors = split_replies(replies, rnd, fed.cloud.up_shapes(),
-                                    train_records(fed.dp_plan))
-    return updates, replies, errors, {}
-
-
 def run_round(fed: Federation, rnd: int) -> dict | None:
-    """One UNI-KD round; the round's row, or None when too few valid replies came (skipped:
-    nothing moves, BN statistics included)."""
-    cfg, cloud, result = fed.cfg, fed.cloud, fed.result
+    """One UNI-KD round (server/fed/cloud.py); the round's row, or None when too few valid
+    replies came (skipped: nothing moves, BN statistics included)."""
     t0 = time.perf_counter()
-    contents = round_contents(fed, rnd)
-    bn_before = {k: v.clone() for k, v in bn_buffers(cloud.nets.student).items()}
-    src = cloud.source_step(rnd)  # at the weights the clients receive (sent above as copies)
-    cloud.announce_source_kd(contents, src)  # expected cross KD: the edges' scalar
-    updates, replies, errors, sa_row = exchange(fed, rnd, contents)
-    charge_round(fed.dp_ledger, rnd, fed.counts,
-                 LocalSteps(cfg.fed.local_steps).dp_steps())  # record DP: every node asked
+    opened = fed.cloud.begin_round(rnd)  # 1. the weights the clients get; the source step at them
+    contents = fed.cloud.round_messages(fed.nodes, fed.has_teacher)  # 2. built once, as sent
+    updates, replies, errors, sa_row = exchange(fed, opened, contents)  # 3. send and collect
+    updates = check_updates(fed, rnd, updates, replies, errors)  # 4. refuse what cannot count
+    if len(updates) < fed.cfg.fed.min_clients:
+        log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
+                    len(updates), fed.cfg.fed.min_clients)
+        fed.cloud.abort_round()
+        return None
+    dp_row = finish_round(fed, opened, updates)  # 5. aggregate, compose BN, step
+    return record_round(fed, opened, contents, replies, updates, {**dp_row, **sa_row},
+                        time.perf_counter() - t0)
+
+
+def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict]):
+    """Send the round, collect the replies; (valid updates, replies, errors, secagg stats)."""
+    rnd, shapes = opened.number, up_shapes(fed.cloud.nets)
+    if fed.cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
+        updates, replies, sa_row = secure_updates(fed.send, fed.nodes, contents, rnd,
+                                                  fed.cfg.fed, shapes)
+        errors: list[ReplyError] = []
+    else:
+        replies = fed.send(contents, wire.TRAIN, rnd)
+        updates, errors = split_replies(replies, rnd, shapes, train_records(fed.privacy),
+                                        echo={"local-steps": opened.config.local_steps})
+        sa_row = {}
+    if fed.privacy is not None:  # record DP: every node asked spent its steps
+        fed.privacy.charge_round(rnd, fed.counts)
+    return updates, replies, errors, sa_row
+
+
+def check_updates(fed: Federation, rnd: int, updates: list[ClientUpdate], replies: list[Message],
+                  errors: list[ReplyError]) -> list[ClientUpdate]:
+    """The updates that may count: outliers (by the robust aggregator) out, refusals logged."""
+    result = fed.result
     if len(replies) < len(fed.nodes):
         log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
                     len(fed.nodes))
     recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
-    updates, outliers = reject_outliers(updates, cfg.fed.aggregator, rnd, recent)
+    updates, outliers = reject_outliers(updates, fed.cfg.fed.aggregator, rnd, recent)
     result.rejected += [str(e) for e in [*errors, *outliers]]
     # A node that failed (e.g. restarted and lost its cache) gets the teacher again next round.
     fed.has_teacher = {r.metadata.src_node_id for r in replies if not r.has_error()}
-    if len(updates) < cfg.fed.min_clients:
-        log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
-                    len(updates), cfg.fed.min_clients)
-        cloud.undo_source_step(bn_before)
-        return None
-    dp_row = apply_updates(fed, rnd, updates, src, bn_before)
-    row = round_row(rnd, cloud, src, updates, time.perf_counter() - t0)
-    row.update(dp_row)
-    row.update(sa_row)
-    row.update(norm_summary(updates, cfg.fed.aggregator))  # next rounds' norm reference
+    return updates
+
+
+def finish_round(fed: Federation, opened: CloudRound, updates: list[ClientUpdate]) -> dict:
+    """Aggregate the valid updates (privately under DP) and close the cloud's round; the DP
+    stats."""
+    if fed.privacy is not None:  # DP modes: clipped/noised updates, source-only BN statistics
+        combined, dp_row = fed.privacy.aggregate(updates, fed.cfg.seed, opened.number,
+                                                 len(fed.result.rounds))
+        fed.cloud.finish_round(combined)
+        return dp_row
+    fed.cloud.finish_round(robust_combine(updates, fed.cfg.fed.aggregator),
+                           target_w_mean(updates) if opened.cross_kd else None)
+    return {}
+
+
+def record_round(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict],
+                 replies: list[Message], updates: list[ClientUpdate], stats: dict,
+                 seconds: float) -> dict:
+    """The applied round's row (losses, DP and secure-aggregation stats, norms, bytes), kept."""
+    rnd, result = opened.number, fed.result
+    row = round_row(rnd, opened.source, updates, seconds)
+    row.update(stats)
+    row.update(norm_summary(updates, fed.cfg.fed.aggregator))  # next rounds' norm reference
     result.ledger.add_round(rnd, contents, replies)
     row.update(result.ledger.round_totals(rnd))
     result.rounds.append(row)
     return row
 
 
-def apply_updates(fed: Federation, rnd: int, updates, src: dict, bn_before: dict) -> dict:
-    """Aggregate the valid updates (privately under DP) and step the cloud; the DP stats."""
-    if fed.dp_plan is not None:  # DP modes: clipped/noised updates, source-only BN statistics
-        combined, dp_row = dp_aggregate(updates, fed.dp_plan, fed.dp_ledger, fed.cfg.seed, rnd,
-                                        len(fed.result.rounds), fed.cfg.fed.secure_aggregation,
-                                        fed.dp_secret, fed.cfg.fed.record_noise == "shares")
-        fed.cloud.apply(combined, bn_before)
-        return dp_row
-    fed.cloud.apply(robust_combine(updates, fed.cfg.fed.aggregator), bn_before, rnd, src,
-                    target_w_mean(updates) if "cross_kd" in src else None)
-    return {}
-
-
 def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
     """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
-    ev = evaluate_round(fed.grid, fed.cloud, fed.nodes, rnd, fed.send_as_grid)
+    ev = evaluate_round(fed.send, fed.cloud, fed.nodes, rnd)
     ev["mb_total"] = fed.result.ledger.total_mb()
     fed.result.evals.append(ev)
     if row is not None:
@@ -371,9 +354,9 @@ def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | No
                               run_dir.name if run_dir is not None else "",
                               spec=source.spec.to_dict())
     # to the nodes with an edge service (they reported a model tag at the count query)
-    fed.result.delivered = delivery.deliver(fed.send_as_grid, fed.grid, sorted(fed.model_tags),
-                                            final, setup_config(fed.cfg, source, round=fed.total,
-                                                                bn_policy=fed.cfg.fed.bn_policy),
+    fed.result.delivered = delivery.deliver(fed.send, sorted(fed.model_tags), final,
+                                            setup_config(fed.cfg, source, round=fed.total,
+                                                         bn_policy=fed.cfg.fed.bn_policy),
                                             sim_setup(fed.cfg, source))
     if delivery_dir is not None:
         delivery.save_latest(delivery_dir, final)
@@ -449,7 +432,7 @@ def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
     return int(ckpt["round"])
 
 
-def round_row(rnd: int, cloud: Cloud, src: dict, updates, seconds: float) -> dict:
+def round_row(rnd: int, src: dict, updates, seconds: float) -> dict:
     row: dict = {"round": rnd, "seconds": seconds, "clients": len(updates)}
     for k in ("loss", "ce", "kd", "hint", "dom", "adv", "d_f", "w_mean"):
         if k in src:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.fed.privacy import write_privacy_ledger
+from server.fed.dp.report import write_privacy_ledger
 from server.fed.rounds import FedResult
 from shared.config import RunConfig, load_config
 from shared.errors import UnikdError

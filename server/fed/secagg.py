@@ -34,7 +34,8 @@ from shared.privacy.secagg_math import (SecAggError, agree, combine_secret, deco
                                 threshold_for, unflatten)
 
 log = logging.getLogger(__name__)
-Send = Callable[[list[int], dict[int, RecordDict], str], list[Message]]
+# the run's sender (server.fed.transport.Sender): (contents by node, message type, round) -> replies
+Send = Callable[[dict[int, RecordDict], str, int], list[Message]]
 
 
 def layout_of(shapes: dict[str, dict[str, tuple[int, ...]]]) -> list:
@@ -75,11 +76,11 @@ def secure_round(send: Send, nodes: list[int], contents: dict[int, RecordDict], 
     stats: dict = {"secagg_asked": len(nodes)}
 
     def stage(targets: dict[int, RecordDict], mtype: str, record: str) -> dict[int, RecordDict]:
-        got = send(sorted(targets), targets, mtype)
+        got = send(targets, mtype, rnd)
         replies.extend(got)
         return _ok(got, record, rnd)
 
-    keys = stage(contents, "train", wire.SECAGG_KEYS)
+    keys = stage(contents, wire.TRAIN, wire.SECAGG_KEYS)
     u0 = sorted(keys)
     t = threshold_for(len(u0), fraction)
     stats.update(secagg_threshold=t, secagg_u0=len(u0))

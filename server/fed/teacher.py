@@ -16,12 +16,15 @@ from server.fed.aggregate import (ClientUpdate, add_grads, compose_bn, split_rep
                                   weighted_mean)
 from server.fed.cloud import SourceData
 from server.fed.setup import setup_config, setup_content
+from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS, member_seed
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.unikd.engine import dann_source_terms
 from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
+from shared.protocol.reply_shapes import teacher_up_shapes
+from shared.clock.local_steps import TEACHER_ROUND
 from shared.clock.schedules import grl_alpha, training_progress
 from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, seed_init, seed_side
 from shared.clock.steps import batch_plan, steps_per_epoch
@@ -44,7 +47,7 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
                         alpha=alpha, w_dom=t.w_dom)
 
 
-def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
+def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                           n_trg: int, seed: int, progress: bool, privacy=None,
                           first_round: int = 1):
     """One DANN teacher. `privacy` (a RecordLedger, record DP only): the nodes run per-window
@@ -59,9 +62,7 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
     disc.train()
     spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_for(spec))
     total = spe * tcfg.epochs
-    shapes = wire.expected_teacher_shapes(dict(teacher.named_parameters()),
-                                          dict(disc.named_parameters()),
-                                          dict(teacher.named_buffers()))
+    shapes = teacher_up_shapes(teacher, disc)
     for rnd in tqdm(range(1, total + 1), desc=f"federated DANN teacher (seed {seed})",
                     disable=None if progress else True, dynamic_ncols=True):
         rc = teacher_round_config(cfg, source, seed, rnd, spe)
@@ -72,9 +73,10 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
         content[wire.TEACHER_TRAIN] = to_record(teacher.state_dict())
         content[wire.TEACHER_DISC] = to_record(disc.state_dict())
         before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
-        replies = send(grid, nodes, {n: content for n in nodes}, "train.teacher", rnd)
+        replies = send.to_all(nodes, content, wire.TRAIN_TEACHER, rnd)
         if privacy is not None:  # every node asked may have spent a step
-            privacy.charge("teacher", first_round + rnd - 1, sorted(privacy.plan.counts), 1)
+            privacy.charge("teacher", first_round + rnd - 1, sorted(privacy.plan.counts),
+                           TEACHER_ROUND.dp_steps())
         updates, _ = split_replies(replies, rnd, shapes,
                                    RECORDS[:2] if privacy is not None else RECORDS)
         if privacy is not None:  # weights: the released counts; no BN statistics from nodes
@@ -103,11 +105,11 @@ def federated_dann_member(grid, send, cfg: RunConfig, source: SourceData, nodes:
     return teacher.eval()
 
 
-def federated_dann_teacher(grid, send, cfg: RunConfig, source: SourceData, nodes: list[int],
+def federated_dann_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                            n_trg: int, progress: bool = True, privacy=None):
     per_member = steps_per_epoch(len(source.train), n_trg,
                                  cfg.teacher.batch_for(source.spec)) * cfg.teacher.epochs
-    members = [federated_dann_member(grid, send, cfg, source, nodes, n_trg,
+    members = [federated_dann_member(send, cfg, source, nodes, n_trg,
                                      member_seed(cfg.seed, k), progress, privacy,
                                      1 + k * per_member)
                for k in range(cfg.teacher.ensemble)]

@@ -90,18 +90,33 @@ def unpack_reply(reply: Message, rnd: int) -> Message:
                                                           content=content)
 
 
-def send(grid, contents: dict[int, RecordDict], mtype: str, rnd: int, timeout: float | None,
-         opts: TransportOptions = TransportOptions()) -> list[Message]:
-    """One message per node (`contents[node]`), group id = round; replies unpacked, by node id.
+@dataclass(frozen=True)
+class Sender:
+    """The run's one sender: the count query, teacher rounds, UNI-KD rounds and their
+    secure-aggregation stages, evaluation and deliveries all go through it.
 
-    Nodes that share a content object share its packed form: packed once, not once per node.
+    `send(contents, mtype, rnd)`: one message per node (`contents[node]`), group id = round;
+    the replies of the nodes that answered within `timeout`, unpacked, sorted by node id. Nodes
+    that share a content object share its packed form: packed once, not once per node.
     """
-    packed: dict[int, RecordDict] = {}
-    msgs = []
-    for node in sorted(contents):
-        content = contents[node]
-        if opts.pack:
-            content = packed.setdefault(id(content), pack_content(content))
-        msgs.append(Message(content, dst_node_id=node, message_type=mtype, group_id=str(rnd)))
-    replies = exchange(grid, msgs, timeout, opts.poll_interval)
-    return [unpack_reply(r, rnd) for r in replies]
+
+    grid: object
+    timeout: float | None  # seconds to wait for replies; None: wait for every node
+    opts: TransportOptions = TransportOptions()
+
+    def __call__(self, contents: dict[int, RecordDict], mtype: str, rnd: int) -> list[Message]:
+        packed: dict[int, RecordDict] = {}
+        msgs = []
+        for node in sorted(contents):
+            content = contents[node]
+            if self.opts.pack:
+                content = packed.setdefault(id(content), pack_content(content))
+            msgs.append(Message(content, dst_node_id=node, message_type=mtype,
+                                group_id=str(rnd)))
+        replies = exchange(self.grid, msgs, self.timeout, self.opts.poll_interval)
+        return [unpack_reply(r, rnd) for r in replies]
+
+    def to_all(self, nodes: list[int], content: RecordDict, mtype: str, rnd: int
+               ) -> list[Message]:
+        """The same content to every node of `nodes`."""
+        return self({n: content for n in nodes}, mtype, rnd)

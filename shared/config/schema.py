@@ -116,7 +116,7 @@ class FedConfig:
     # one packed array per message instead of one Flower object per array
     poll_interval: float = field(default=0.05, metadata=rng(0.001, 60.0))
     pack: bool = True
-    # client-level differential privacy (server/fed/privacy.py): the whole update of a client
+    # client-level differential privacy (server/fed/dp/): the whole update of a client
     # (student, D_f and D_d gradients together) is clipped to dp_clip and Gaussian noise is added
     # by the cloud to the mean (central) or by each client to its own update (local)
     # `record`: per-window DP-SGD on every edge (client/node/record_dp.py): dp_clip bounds one

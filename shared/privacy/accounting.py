@@ -1,5 +1,5 @@
 """Record-level DP accounting both sides use: the cloud plans and reports a run's epsilon
-(server/fed/privacy.py); every edge keeps its own ledger of what it actually spent and refuses
+(server/fed/dp/); every edge keeps its own ledger of what it actually spent and refuses
 rounds past its operator's budget (client/node/budget.py), so a node's guarantee does not rest
 on the cloud's word.
 

@@ -16,7 +16,7 @@ Noise:
 
 The noise generator is dp_sgd.py's `dp_generator(seed, stream, round, UPDATE_NOISE.number(),
 secret)`: keyed by the node's secret (local, client/node/privacy.py) or the cloud's per-run secret
-(central, server/fed/privacy.py), because the run seed is no secret (every node receives it).
+(central, server/fed/dp/), because the run seed is no secret (every node receives it).
 With secret None (the in-process simulation only) it is `generator_for(seed, stream, round,
 UPDATE_NOISE.number())`, so simulated runs, and their resumes, draw exactly the same noise.
 """

@@ -11,7 +11,7 @@ One DP-SGD step on a node holding n windows, with released (noisy) count ñ and 
 4. the clipped gradients are summed, N(0, (z C)^2) is added to every coordinate, and the sum is
    divided by the *expected* batch size q ñ (a public constant, not the realised batch size).
 
-The accountant (server/fed/privacy.py) composes a Poisson-subsampled Gaussian with rate q and
+The accountant (server/fed/dp/) composes a Poisson-subsampled Gaussian with rate q and
 multiplier z for every such step. The count ñ = n + round(N(0, s^2)) is released once and is
 itself a Gaussian mechanism of sensitivity 1 in the same ledger.
 """

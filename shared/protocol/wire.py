@@ -1,4 +1,5 @@
-"""THE wire manifest: every record that may cross the network, in each direction.
+"""THE wire manifest: every message type, and every record that may cross the network, in each
+direction.
 
 Down (cloud -> edge): model weights, the round's schedule and settings, the dataset's model
 shape, normalisation stats and, once, the frozen teacher. Up (edge -> cloud): gradients shaped
@@ -11,9 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
 from shared.errors import UnikdError
+
+# ---- message types: Flower's "<category>" or "<category>.<action>"; the ClientApp registers
+# the handler of each with @app.<category>(action_of(type)) (client/node/client_app.py)
+QUERY = MessageType.QUERY  # round 0: window counts (and the model tag of an edge service)
+TRAIN = MessageType.TRAIN  # a UNI-KD round (under secure aggregation: its stage 0)
+TRAIN_TEACHER = "train.teacher"  # a federated DANN teacher round
+EVALUATE = MessageType.EVALUATE  # federated evaluation: confusion counts only
 
 # ---- down: cloud -> edge
 STUDENT = "student"  # student + adapter state dict (parameters and BN buffers)
@@ -58,6 +66,9 @@ METRICS = "metrics"
 SECAGG_SHARES_TYPE = "train.secagg_shares"  # down: peers' keys; up: encrypted Shamir shares
 SECAGG_MASK_TYPE = "train.secagg_mask"  # down: the shares addressed to the node; up: masked vector
 SECAGG_UNMASK_TYPE = "train.secagg_unmask"  # down: survivors/dropped sets; up: the shares asked
+# every message type the cloud sends; each has its ClientApp handler (tests/test_wire.py)
+MESSAGE_TYPES = (QUERY, TRAIN, TRAIN_TEACHER, EVALUATE, DELIVER, SECAGG_SHARES_TYPE,
+                 SECAGG_MASK_TYPE, SECAGG_UNMASK_TYPE)
 SECAGG_CONFIG = "secagg.config"  # down ConfigRecord: round, threshold, participant/survivor sets
 SECAGG_PEERS = "secagg.peers"  # down: "<node>.c_pk" / "<node>.s_pk" (uint8[32]) per participant
 SECAGG_INBOX = "secagg.inbox"  # down: "from.<node>" ciphertexts addressed to this node
@@ -82,7 +93,9 @@ GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records
 
 # Scalars a client may report. Each is a count or a mean over its batches, never per sample.
 TRAIN_METRICS = frozenset({
-    "client-id", "round", "num-examples", "local-steps",
+    "client-id", "round", "num-examples",
+    "local-steps",  # the local steps the node ran: the cloud refuses a train reply whose count
+    #   is not the round's (a pseudo-gradient over other steps has another scale)
     "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
     "teacher-dann-dom",
     "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
@@ -101,28 +114,33 @@ def tag_number(tag: str) -> int:
     return int(hashlib.sha256(tag.encode()).hexdigest()[:15], 16) if tag else 0
 
 
+def action_of(message_type: str) -> str:
+    """The action a ClientApp handler of this message type is registered under (Flower routes
+    "train.teacher" to @app.train("teacher"), "train" to @app.train(), i.e. "default")."""
+    return message_type.partition(".")[2] or "default"
+
+
 class WireViolation(UnikdError):
     """Something not in the manifest was about to leave a client."""
+
+
+def shapes_of(tensors: Mapping) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a state dict (or of named parameters)."""
+    return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
 def expected_up_shapes(student_state: Mapping, d_f_state: Mapping, d_d_state: Mapping,
                        student_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
     """Exact shapes allowed per upward ArrayRecord, taken from the models themselves."""
-    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in sd.items()}
-
-    return {STUDENT_GRAD: shapes(student_state), D_F_GRAD: shapes(d_f_state),
-            D_D_GRAD: shapes(d_d_state), STUDENT_BN: shapes(student_buffers)}
+    return {STUDENT_GRAD: shapes_of(student_state), D_F_GRAD: shapes_of(d_f_state),
+            D_D_GRAD: shapes_of(d_d_state), STUDENT_BN: shapes_of(student_buffers)}
 
 
 def expected_teacher_shapes(teacher_params: Mapping, disc_params: Mapping,
                             teacher_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
     """Upward shapes during federated DANN pre-training of the teacher."""
-    def shapes(sd: Mapping) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in sd.items()}
-
-    return {TEACHER_GRAD: shapes(teacher_params), TEACHER_DISC_GRAD: shapes(disc_params),
-            TEACHER_BN: shapes(teacher_buffers)}
+    return {TEACHER_GRAD: shapes_of(teacher_params), TEACHER_DISC_GRAD: shapes_of(disc_params),
+            TEACHER_BN: shapes_of(teacher_buffers)}
 
 
 def check_outgoing(content: RecordDict, shapes: dict[str, dict[str, tuple[int, ...]]],

@@ -1,0 +1,171 @@
+"""Client-level differential privacy on the cloud (`fed.dp: central|local`): calibration,
+accounting and the central noise.
+
+`plan_privacy` turns (epsilon, delta, planned rounds T) into the noise multiplier z with the RDP
+accountant of Google's `dp-accounting` (a Gaussian mechanism composed T times, sampling rate 1:
+every node is asked every round, so there is no amplification by sampling). After every applied
+round the cloud records the epsilon spent so far in that round's row; report.py
+(`write_privacy_ledger`) writes them to `privacy.csv` and a summary to `privacy.json`.
+
+Modes (`fed.dp`), see shared/privacy/clipping.py for the maths:
+- `central`: trusted cloud. It clips every client's whole update (student, D_f, D_d gradients)
+  to C, takes the *uniform* mean (weights by sample count would let one large client exceed the
+  bound) and adds N(0, (z C / n)^2). The source gradient (the cloud's own data) is not noised.
+  The noise is drawn from a generator keyed by the cloud's own secret (`cloud_secret`, 32
+  random bytes per run, never written anywhere): the run seed travels to every node in the
+  round config and sits in config.yaml, so seed-only noise could be regenerated and subtracted
+  by anyone who sees the broadcast models. Only the in-process harness (a Grid that declares
+  `dp_reproducible`) draws from the seed alone, so simulations and their resumes reproduce.
+- `local`: untrusted cloud. Each node clips and noises its own update (client/node/privacy.py); the
+  cloud takes the uniform mean of the noisy updates.
+In both modes the cloud ignores the clients' BN statistics (source-only BN, as `bn_policy=local`),
+and under `local` the nodes do not even send theirs (they echo the received buffers).
+
+Adjacency: one client's entire contribution in a round (add/remove for central, replace for
+local). The guarantee covers aggregator `mean`; a data-dependent robust filter
+(`norm-bounded`, `trimmed-mean`) runs before clipping and is not covered by the accounting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from server.fed.aggregate import ClientUpdate
+from shared.protocol import wire
+from shared.config import RunConfig
+from shared.unikd.metrics import median
+from shared.privacy.dp_sgd import dp_generator
+from shared.privacy.clipping import add_noise, central_noise_std, clip_update
+from shared.clock.seeding import CENTRAL_STREAM, UPDATE_NOISE
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- accounting
+
+
+def _event(z: float, rounds: int):
+    from dp_accounting import dp_event
+
+    return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), rounds)
+
+
+def epsilon_after(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Epsilon spent by `rounds` Gaussian releases with multiplier z (RDP accountant)."""
+    if rounds <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    from dp_accounting import rdp
+
+    acc = rdp.RdpAccountant()
+    acc.compose(_event(noise_multiplier, rounds))
+    return float(acc.get_epsilon(delta))
+
+
+@lru_cache(maxsize=64)
+def calibrate_noise(epsilon: float, delta: float, rounds: int) -> float:
+    """The smallest noise multiplier z whose T-fold composition stays within (epsilon, delta)."""
+    from dp_accounting import mechanism_calibration as mc
+    from dp_accounting import rdp
+
+    return float(mc.calibrate_dp_mechanism(
+        rdp.RdpAccountant, lambda z: _event(z, rounds), epsilon, delta,
+        mc.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4))
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    mode: str  # central | local
+    clip: float
+    epsilon: float  # target over the planned rounds
+    delta: float
+    rounds: int  # planned rounds T
+    noise_multiplier: float  # z
+
+    def spent(self, releases: int) -> float:
+        return epsilon_after(self.noise_multiplier, releases, self.delta)
+
+    @property
+    def count_std(self) -> float:
+        """Client-level DP releases no window counts: nothing to noise on the nodes."""
+        return 0.0
+
+
+def plan_privacy(cfg: RunConfig, rounds: int) -> PrivacyPlan | None:
+    f = cfg.fed
+    if f.dp == "off":
+        return None
+    z = calibrate_noise(f.dp_epsilon, f.dp_delta, max(rounds, 1))
+    plan = PrivacyPlan(f.dp, f.dp_clip, f.dp_epsilon, f.dp_delta, rounds, z)
+    log.info("DP %s: clip %.3g, noise multiplier %.4f for (eps %.3g, delta %.1e) over %d rounds",
+             plan.mode, plan.clip, z, plan.epsilon, plan.delta, rounds)
+    if f.aggregator != "mean":
+        log.warning("DP with aggregator %s: the data-dependent filter is outside the accounting",
+                    f.aggregator)
+    return plan
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def uniform_mean(updates: list[ClientUpdate], keys: tuple[str, ...] = wire.GRAD_KEYS
+                 ) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key in keys:
+        acc: dict[str, torch.Tensor] = {}
+        for u in sorted(updates, key=lambda u: u.client):
+            for name, t in u.arrays[key].items():
+                acc[name] = t.double() if name not in acc else acc[name] + t.double()
+        out[key] = {k: (v / len(updates)).to(torch.float32) for k, v in acc.items()}
+    return out
+
+
+def cloud_secret(grid) -> bytes | None:
+    """The key of the cloud's central-noise draws for this run (kept in memory only).
+
+    None (noise from the run seed alone, reproducible) only on a Grid that declares
+    `dp_reproducible = True`: the in-process harness, where cloud and nodes share one process.
+    Flower's Grids (deployment, Ray simulation) get 32 fresh random bytes.
+    """
+    return None if getattr(grid, "dp_reproducible", False) else os.urandom(32)
+
+
+def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int, rnd: int,
+                      secret: bytes | None) -> tuple[ClientUpdate, dict]:
+    """The round's update as ONE ClientUpdate the cloud applies as is (weight 1), plus stats.
+
+    Its BN record is empty, so `compose_bn` leaves the cloud's (source-only) BN statistics.
+    `secret` keys the central noise (`cloud_secret`); None draws it from the seed alone.
+    """
+    norms = []
+    if plan.mode == "central":
+        clipped = []
+        for u in updates:
+            arrays, norm = clip_update({k: u.arrays[k] for k in wire.GRAD_KEYS}, plan.clip)
+            norms.append(norm)
+            clipped.append(ClientUpdate(u.client, u.num_examples, arrays, u.metrics))
+        mean = uniform_mean(clipped)
+        std = central_noise_std(plan.noise_multiplier, plan.clip, len(updates))
+        mean = add_noise(mean, std, dp_generator(seed, CENTRAL_STREAM, rnd, UPDATE_NOISE.number(),
+                                                 secret))
+    else:  # local: the nodes clipped and noised already
+        mean = uniform_mean(updates)
+        std = 0.0
+    agg = ClientUpdate(-1, sum(u.num_examples for u in updates) or 1,
+                       {**mean, wire.STUDENT_BN: {}}, {})
+    stats = {"dp_clipped": sum(n > plan.clip for n in norms),
+             "dp_norm_median": median(norms),
+             "dp_noise_std": std}
+    return agg, stats
+
+
+def releases(plan: PrivacyPlan, rnd: int, applied_before: int) -> int:
+    """Gaussian releases so far: applied rounds (central) or rounds a node answered (local)."""
+    return applied_before + 1 if plan.mode == "central" else rnd

@@ -1,0 +1,26 @@
+"""The exact shapes a reply may carry, read off our models: the node checks its own reply
+(`wire.check_outgoing`) and the cloud checks what arrives (server/fed/aggregate.py) with the
+same table."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from shared.protocol import wire
+from shared.protocol.records import bn_buffers, group_named_params
+from shared.unikd.engine import UniKDNets
+
+Shapes = dict[str, dict[str, tuple[int, ...]]]  # record -> array name -> shape
+
+
+def up_shapes(nets: UniKDNets) -> Shapes:
+    """A UNI-KD train reply: gradients of the three parameter groups and the student's BN."""
+    g = group_named_params(nets)
+    return wire.expected_up_shapes(g["student"], g["d_f"], g["d_d"], bn_buffers(nets.student))
+
+
+def teacher_up_shapes(teacher: nn.Module, disc: nn.Module) -> Shapes:
+    """A federated DANN teacher round's reply: teacher and discriminator gradients, teacher BN."""
+    return wire.expected_teacher_shapes(dict(teacher.named_parameters()),
+                                        dict(disc.named_parameters()),
+                                        dict(teacher.named_buffers()))
