@@ -60,9 +60,8 @@ def source():
 
 def cloud_for(cfg, source) -> Cloud:
     """A cloud with an untrained teacher and a 2-epoch clock: enough to build round configs."""
-    cloud = Cloud(cfg, source, teacher_for(source.spec), "teacher-hash")
-    cloud.clock = Clock(steps_per_epoch=5, num_epochs=cfg.distill.epochs)
-    return cloud
+    return Cloud(cfg, source, teacher_for(source.spec), "teacher-hash",
+                 Clock(steps_per_epoch=5, num_epochs=cfg.distill.epochs))
 
 
 def test_the_engine_defaults_are_the_config_defaults():

@@ -161,8 +161,8 @@ class Cloud:
 
     def round_config(self, rnd: int) -> RoundConfig:
         """Round `rnd`'s schedule and settings, before the privacy plan adds its own."""
-        epoch, step = self.clock.at(rnd - 1) if self.clock else (1, 0)
-        sched = self.schedule(epoch, step) if self.clock else StepSchedule(0.0, 0.0)
+        epoch, step = self.clock.at(rnd - 1)
+        sched = self.schedule(epoch, step)
         d, f = self.cfg.distill, self.cfg.fed
         return RoundConfig(
             round=rnd, epoch=epoch, step=step, global_step=rnd - 1, schedule=sched,
