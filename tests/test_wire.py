@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,8 @@ from shared.data.datasets import get_spec
 from shared.unikd.engine import UniKDNets
 from shared.unikd.models import DomainDisc, teacher_for
 from shared.protocol.records import SetupConfig, SimSetup, from_record, to_record
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLIENTS = 3
 BASE = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", f"fed.clients={CLIENTS}",
@@ -351,3 +354,40 @@ def test_leaking_client_app_returns_error_not_data(monkeypatch, caplog):
     assert any("WireViolation" in rec.getMessage() for rec in caplog.records)
     assert [row["clients"] for row in result.rounds] == [2, 2]  # the others went on
     assert "mf1" in result.final
+
+
+# ---------------------------------------------------------------- every record read or gone
+
+def cloud_strings() -> set[str]:
+    """Every string the cloud's code names: literals, and the values of `wire.X` it uses."""
+    import ast
+
+    found: set[str] = set()
+    for file in (ROOT / "server").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id == "wire" and isinstance(getattr(wire, node.attr, None), str)):
+                found.add(getattr(wire, node.attr))
+    return found
+
+
+def test_every_metric_a_client_may_send_is_read_by_the_cloud():
+    """Nothing travels unread (issue 24): each metric key the manifest admits is named by
+    the cloud's code, as a literal or through its wire constant."""
+    unread = sorted(k for k in wire.TRAIN_METRICS | wire.EVAL_METRICS | wire.DELIVER_METRICS
+                    if k not in cloud_strings())
+    assert not unread, f"metrics clients may send that the cloud never reads: {unread}"
+
+
+def test_the_teacher_rounds_read_the_target_domain_loss():
+    from server.fed.aggregate import ClientUpdate
+    from server.fed.teacher import target_domain_loss
+
+    def update(client, n, metrics):
+        return ClientUpdate(client, n, {}, metrics)
+
+    both = [update(0, 30, {wire.TEACHER_DANN_DOM: 0.6}), update(1, 10, {wire.TEACHER_DANN_DOM: 0.2})]
+    assert target_domain_loss(both) == pytest.approx(0.5)  # weighted by windows
+    assert target_domain_loss([update(0, 30, {})]) is None  # record DP: no metrics

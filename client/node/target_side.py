@@ -16,6 +16,7 @@ import torch
 
 from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
 from shared.unikd.models import CNN1d, DomainDisc
+from shared.protocol import wire
 from shared.protocol.records import (RoundConfig, SetupConfig, TeacherRoundConfig, bn_buffers,
                                      group_named_params)
 from shared.clock.seeding import client_stream, seed_side
@@ -109,7 +110,7 @@ def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRou
                 for k, p in m.named_parameters()}
 
     return ({"teacher": grads(teacher), "disc": grads(disc)}, bn_buffers(teacher, ""),
-            {"teacher-dann-dom": terms["dom"].item()})
+            {wire.TEACHER_DANN_DOM: terms["dom"].item()})
 
 
 @torch.no_grad()

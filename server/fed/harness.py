@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import Array, Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 
+from shared.protocol import wire
 from shared.protocol.packing import is_packed, pack_content, unpack_content
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class FaultPlan:
     corrupt: float = 0.0
     seed: int = 0
     kinds: tuple[str, ...] = CORRUPTIONS
-    message_types: tuple[str, ...] = ("train",)
+    message_types: tuple[str, ...] = (wire.TRAIN,)
 
     def draw(self, rnd: int, node: int) -> str | None:
         u = np.random.default_rng([self.seed, rnd, node, 0xFA17]).random(3)
@@ -71,7 +72,6 @@ def _round_of(msg: Message) -> int:
 
 def corrupt_reply(reply: Message, kind: str, rnd: int) -> None:
     """Damage a train reply in place: NaN, a wrong shape, a huge norm, or a stale round."""
-    from shared.protocol import wire
 
     content = reply.content
     if kind == "stale":

@@ -100,9 +100,20 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         for o in opts:
             o.step()
         if step == spe - 1 and (epoch % 10 == 0 or epoch == tcfg.epochs):
-            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %.3f  domain %.3f", rnd, total, epoch,
-                     tcfg.epochs, terms["ce"].item(), terms["dom"].item())
+            trg = target_domain_loss(updates)
+            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %.3f  domain: source %.3f, target %s",
+                     rnd, total, epoch, tcfg.epochs, terms["ce"].item(), terms["dom"].item(),
+                     "n/a" if trg is None else f"{trg:.3f}")
     return teacher.eval()
+
+
+def target_domain_loss(updates: list[ClientUpdate]) -> float | None:
+    """The nodes' target half of the domain loss (`teacher-dann-dom`), weighted by windows;
+    None where no node reports it (record DP: a node's replies carry gradients only)."""
+    reported = [(u.metrics[wire.TEACHER_DANN_DOM], u.num_examples) for u in updates
+                if wire.TEACHER_DANN_DOM in u.metrics]
+    total = sum(n for _, n in reported)
+    return sum(v * n for v, n in reported) / total if total else None
 
 
 def federated_dann_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],

@@ -91,13 +91,14 @@ PACKED = "packed"
 GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
 GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records together
 
+TEACHER_DANN_DOM = "teacher-dann-dom"
 # Scalars a client may report. Each is a count or a mean over its batches, never per sample.
 TRAIN_METRICS = frozenset({
     "client-id", "round", "num-examples",
     "local-steps",  # the local steps the node ran: the cloud refuses a train reply whose count
     #   is not the round's (a pseudo-gradient over other steps has another scale)
     "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
-    "teacher-dann-dom",
+    TEACHER_DANN_DOM,  # teacher rounds: the target half of the domain loss (the cloud logs it)
     "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
 })
 # Federated evaluation: the confusion matrix (C*C counts, summed over the client's test windows).
