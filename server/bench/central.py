@@ -133,6 +133,12 @@ def _mean(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f}" if values else "–"
 
 
+def _exchanges(runs: list[dict]) -> str:
+    """Mean message exchanges per run ('–' where the runs did not count them)."""
+    counts = [r["exchanges"] for r in runs if r.get("exchanges") is not None]
+    return f"{statistics.mean(counts):.0f}" if counts else "–"
+
+
 def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) -> str:
     """Per-scenario mean ± std over seeds; 10-scenario and main-5 means of the scenario means."""
     runs, teachers = report["runs"], report["teachers"]
@@ -141,15 +147,18 @@ def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) 
     main = {f"{a}->{b}" for a, b in spec.main_scenarios}
     rows = [("teacher (DANN)", teachers)] * with_teacher + [
         (m, [r for r in runs if r["method"] == m]) for m in methods]
-    head = "| method | " + " | ".join(scenarios) + " | mean | main-5 mean | s/run |"
-    lines = [head, "|" + "---|" * (len(scenarios) + 4)]
+    exchanges = any("exchanges" in r for r in runs)  # federated runs: round trips per run
+    head = ("| method | " + " | ".join(scenarios) + " | mean | main-5 mean | s/run |"
+            + " exchanges/run |" * exchanges)
+    lines = [head, "|" + "---|" * (len(scenarios) + 4 + exchanges)]
     for name, rs in rows:
         per = {sc: [r["mf1"] for r in rs if r["scenario"] == sc] for sc in scenarios}
         means = {sc: statistics.mean(v) for sc, v in per.items() if v}
         main_means = [v for sc, v in means.items() if sc in main]
         secs = statistics.mean(r["train_seconds"] for r in rs) if rs else math.nan
         lines.append(f"| {name} | " + " | ".join(_mean_std(per[sc]) for sc in scenarios)
-                     + f" | {_mean(list(means.values()))} | {_mean(main_means)} | {secs:.1f} |")
+                     + f" | {_mean(list(means.values()))} | {_mean(main_means)} | {secs:.1f} |"
+                     + f" {_exchanges(rs)} |" * exchanges)
     c = report["compression"]
     lines += ["", f"MF1 (%) on the target test split, mean ± std over seeds; final-epoch students. "
               f"Teacher {c['teacher']['params']:,} params / {c['teacher']['macs'] / 1e6:.2f} M MACs, "

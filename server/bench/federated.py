@@ -112,7 +112,7 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
     rounds = result.rounds
     return {"method": base.get("label") or "fedunikd", "scenario": scenario, "seed": seed,
             "mf1": ev.get("mf1"), "acc": ev.get("acc"), "train_seconds": time.perf_counter() - start,
-            "peak_rss_mb": peak_rss_mb(), "rounds": len(rounds),
+            "peak_rss_mb": peak_rss_mb(), "rounds": len(rounds), "exchanges": result.exchanges,
             "bytes_up": sum(r["bytes_up"] for r in rounds),
             "bytes_down": sum(r["bytes_down"] for r in rounds),
             "bytes_up_per_client_round": median(r["bytes_up_per_client"] for r in rounds),
@@ -170,9 +170,10 @@ def run_fed_bench(base: dict, spec: DatasetSpec, scenarios: list[str], seeds: li
         for f in futs:
             runs.append(f.result())
             r = runs[-1]
-            log.info("%s %s seed %d: MF1 %.2f, %d rounds, %.1f MB, %.0fs", r["method"],
-                     r["scenario"], r["seed"], r["mf1"] or float("nan"), r["rounds"],
-                     (r["bytes_up"] + r["bytes_down"]) / 1e6, r["train_seconds"])
+            log.info("%s %s seed %d: MF1 %.2f, %d rounds, %d exchanges, %.1f MB, %.0fs",
+                     r["method"], r["scenario"], r["seed"], r["mf1"] or float("nan"),
+                     r["rounds"], r["exchanges"], (r["bytes_up"] + r["bytes_down"]) / 1e6,
+                     r["train_seconds"])
     from shared.cli.commands.info import model_info
 
     runs = merge_previous(out / "results.json", runs)

@@ -53,6 +53,7 @@ class FedResult:
     wall_seconds: float = 0.0
     privacy: RecordLedger | None = None  # record DP: the per-client epsilon ledger
     delivered: dict[int, int] = field(default_factory=dict)  # client id -> installed version
+    exchanges: int = 0  # message round trips of the whole run (transport.Sender.exchanges)
 
     @property
     def final(self) -> dict:
@@ -227,6 +228,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     first = 1
     if ckpt:
         first = restore(cloud, fed.result, ckpt) + 1
+        send.exchanges += int(ckpt.get("exchanges", 0))  # before the interruption
         if privacy is not None:
             privacy.replay(federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
                            first - 1)
@@ -338,6 +340,7 @@ def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
     """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
     ev = evaluate_round(fed.send, fed.cloud, fed.nodes, rnd)
     ev["mb_total"] = fed.result.ledger.total_mb()
+    ev["exchanges"] = fed.send.exchanges  # so far, this evaluation included
     fed.result.evals.append(ev)
     if row is not None:
         log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
@@ -392,18 +395,22 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
         if rnd % eval_every == 0 or rnd == fed.total:
             score(fed, rnd, row)
         if run_dir is not None and (rnd % ckpt_every == 0 or rnd == fed.total):
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", fed.cloud, fed.result, rnd)
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", fed.cloud, fed.result, rnd,
+                            fed.send.exchanges)
         if stop_after is not None and rnd >= stop_after:
             break
     else:
         deliver_final(fed, run_dir, delivery_dir)
+    fed.result.exchanges = fed.send.exchanges
     fed.result.wall_seconds = time.perf_counter() - start
     return fed.result
 
 
-def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int) -> None:
-    """Everything needed to continue: weights, all optimizer moments, round, logs, teacher."""
-    checkpoints.save(path, checkpoints.FED_RESUME, {
+def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, exchanges: int
+                    ) -> None:
+    """Everything needed to continue: weights, all optimizer moments, round, logs, teacher,
+    and the message exchanges spent so far (a resumed run adds its own to them)."""
+    checkpoints.save(path, checkpoints.FED_RESUME, {"exchanges": exchanges,
         "round": rnd, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
         "teacher": teacher_state(cloud.teacher), "teacher_hash": cloud.teacher_hash,

@@ -56,6 +56,8 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
                 "federated target MF1")
     plot_curves(run_dir / "mf1_vs_mb.png", result.evals, "mb_total", ["mf1"],
                 "target MF1 vs MB transferred")
+    plot_curves(run_dir / "mf1_vs_exchanges.png", result.evals, "exchanges", ["mf1"],
+                "target MF1 vs message exchanges (round trips)")
     plot_curves(run_dir / "losses.png", result.rounds, "round",
                 ["src_loss", "trg_loss", "trg_kd", "trg_hint", "trg_dom", "trg_w_mean"],
                 "per-round losses")
@@ -74,7 +76,8 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
     up = [r["bytes_up_per_client"] for r in result.rounds]
     down = [r["bytes_down_per_client"] for r in result.rounds]
     summary = {"scenario": cfg.data.scenario, "seed": cfg.seed, "clients": cfg.fed.clients,
-               "rounds": rounds, **{k: result.final.get(k) for k in ("mf1", "acc")},
+               "rounds": rounds, "exchanges": result.exchanges,
+               **{k: result.final.get(k) for k in ("mf1", "acc")},
                "bytes_up": sum(r["bytes_up"] for r in result.rounds),
                "bytes_down": sum(r["bytes_down"] for r in result.rounds),
                "bytes_up_per_client_round_median": median(up) if up else 0,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import Error, Message, RecordDict
 
@@ -90,7 +90,7 @@ def unpack_reply(reply: Message, rnd: int) -> Message:
                                                           content=content)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sender:
     """The run's one sender: the count query, teacher rounds, UNI-KD rounds and their
     secure-aggregation stages, evaluation and deliveries all go through it.
@@ -98,13 +98,21 @@ class Sender:
     `send(contents, mtype, rnd)`: one message per node (`contents[node]`), group id = round;
     the replies of the nodes that answered within `timeout`, unpacked, sorted by node id. Nodes
     that share a content object share its packed form: packed once, not once per node.
+
+    `exchanges` counts the run's message exchanges, once per round trip: one call asks all its
+    nodes at once, so on a real network it costs one round trip (and the slowest node's time),
+    whatever the number of nodes. Count query, teacher rounds, UNI-KD rounds, each secure-
+    aggregation stage, evaluations and deliveries all count.
     """
 
     grid: object
     timeout: float | None  # seconds to wait for replies; None: wait for every node
     opts: TransportOptions = TransportOptions()
+    exchanges: int = field(default=0, init=False)
 
     def __call__(self, contents: dict[int, RecordDict], mtype: str, rnd: int) -> list[Message]:
+        if contents:
+            self.exchanges += 1
         packed: dict[int, RecordDict] = {}
         msgs = []
         for node in sorted(contents):
