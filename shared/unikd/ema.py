@@ -15,10 +15,12 @@ BN running statistics are averaged too, with the same decay (`use_buffers=True`)
 statistic describes the activations of the weights that produced it; the live ones follow the
 live weights over the last ~1/momentum steps, not the averaged weights. Averaging them over the
 same window as the weights keeps weights and statistics describing the same model (for the first
-block it is exact: its conv has no bias and is linear in its weights, so the mean activation of
-the averaged weights is the average of the mean activations). Re-estimating them for the average
-(SWA's `update_bn`) would need target windows, which the cloud never holds. `num_batches_tracked`
-is a count, not a statistic: it is kept equal to the live model's.
+block's mean it holds in expectation, up to the running mean's own short lag: that conv has no
+bias and is linear in its weights, so the mean activation of the averaged weights is the average
+of the mean activations). Re-estimating them for the average (SWA's `update_bn`) would need target
+windows, which the cloud never holds; a node under `fed.bn_policy: reestimate` does exactly that
+on its own windows when it evaluates or serves the average, and under `local` uses its own, as for
+the live student. `num_batches_tracked` is a count, not a statistic: it stays the live model's.
 
 The average itself is torch's maintained `AveragedModel` with `get_ema_multi_avg_fn`:
 W_ema <- decay * W_ema + (1 - decay) * W, starting from the weights after the first step.
