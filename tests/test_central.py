@@ -209,3 +209,19 @@ def test_unikd_beats_source_only_on_real_har(har_dir):
     src_only = score_student(BASELINES["source-only"](cfg, data, teacher, False).student, data)
     assert unikd["mf1"] > src_only["mf1"] + 10, (unikd, src_only)
     assert unikd["mf1"] > 80
+
+
+def test_the_ema_changes_what_is_reported_not_how_the_student_trains(synth):
+    """`distill.ema_decay` on: the live weights, the losses and the discriminators are those of
+    the run without it; the student returned (and scored) is their average."""
+    data, teacher = synth
+    off = distill_unikd(tiny_cfg(), data, teacher, progress=False)
+    on = distill_unikd(tiny_cfg("distill.ema_decay=0.9"), data, teacher, progress=False)
+    assert on.history == off.history
+    assert _states_equal(on.extras["live_student"].state_dict(), off.student.state_dict())
+    assert _states_equal(on.extras["live_adapter"].state_dict(), off.extras["adapter"].state_dict())
+    for name in ("d_f", "d_d"):
+        assert _states_equal(on.extras[name].state_dict(), off.extras[name].state_dict())
+    assert "live_student" not in off.extras  # off: exactly the run it always was
+    assert not _states_equal(on.student.state_dict(), off.student.state_dict())
+    assert not on.student.training  # ready to score, like the live student

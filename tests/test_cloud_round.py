@@ -109,3 +109,36 @@ def test_a_round_is_begun_once_and_closed_once():
         cloud.finish_round([])
     with pytest.raises(UnikdError, match="no round is open"):
         cloud.abort_round()
+
+
+def test_with_the_ema_training_rounds_send_live_weights_and_evaluation_the_average():
+    """`distill.ema_decay` on: each applied round folds the live student into the EMA; the
+    nodes train from the live weights and evaluate the average; an aborted round adds nothing."""
+    cloud = make_cloud("distill.ema_decay=0.5")
+    off = make_cloud()
+    assert off.ema is None and off.reported_nets() is off.nets  # the default: no EMA at all
+    for rnd in (1, 2):
+        cloud.begin_round(rnd)
+        cloud.finish_round([])
+    averaged = copy.deepcopy(cloud.ema.state_dict())
+    assert int(averaged["n_averaged"]) == 2
+    cloud.begin_round(3)
+    cloud.abort_round()
+    assert same(cloud.ema.state_dict(), averaged)  # nothing moved, the EMA included
+
+    live = {k: v.clone() for k, v in student_state(cloud.nets).items()}  # begin_round moves BN
+    ema = student_state(cloud.reported_nets())
+    params = {k for k, _ in cloud.nets.named_parameters()}
+    evaluated = from_record(cloud.eval_content(3)[wire.STUDENT])
+    cloud.begin_round(3)
+    sent = from_record(cloud.round_messages(NODES, set())[NODES[0]][wire.STUDENT])
+    assert sent.keys() == evaluated.keys() == live.keys()
+    assert all(torch.equal(sent[k], live[k]) for k in live)  # training: the live student
+    for k in live:
+        if k in params:  # the parameters: averaged for evaluation
+            assert torch.equal(evaluated[k], ema[k]), k
+            assert not torch.equal(sent[k], evaluated[k]), k
+        elif k.endswith("num_batches_tracked"):  # a count: the live one in both
+            assert torch.equal(evaluated[k], live[k]), k
+        else:  # BN statistics: averaged too
+            assert torch.equal(evaluated[k], ema[k]) and not torch.equal(evaluated[k], live[k]), k

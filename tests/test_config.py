@@ -164,3 +164,18 @@ def test_dump_then_load_round_trips(tmp_path):
 
 def test_hash_changes_with_any_value():
     assert load_config().hash() != load_config(None, ["seed=1"]).hash()
+
+
+def test_ema_decay_is_off_by_default_and_refused_outside_zero_to_one(tmp_path):
+    """`distill.ema_decay` in [0, 1): 0 (the default) is off; 1 would freeze the first step's
+    weights and a negative decay is no average: both are refused naming the key."""
+    assert load_config().distill.ema_decay == 0.0
+    assert load_config(None, ["distill.ema_decay=0.99"]).distill.ema_decay == 0.99
+    for bad in ("1", "1.5", "-0.1", "often"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"distill.ema_decay={bad}"])
+        assert "distill.ema_decay" in str(info.value) and "--set" in str(info.value)
+    path = _yaml(tmp_path, "distill:\n  ema_decay: 1.0\n")
+    with pytest.raises(ConfigError, match="out of range") as info:
+        load_config(path)
+    assert "'distill.ema_decay'" in str(info.value) and str(path) in str(info.value)

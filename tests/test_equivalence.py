@@ -95,3 +95,32 @@ def test_federated_dann_teacher_equals_centralized(setup):
     for name, b in fed.named_buffers():
         ref = central.get_buffer(name)
         assert torch.allclose(b.double(), ref.double(), rtol=1e-5, atol=1e-6), name
+
+
+def test_with_the_ema_one_client_reports_and_delivers_what_centralized_does(setup):
+    """`distill.ema_decay` on: the same EMA module on both placements, so the federation's
+    evaluations (each epoch's end) and its final student equal the centralized ones; training
+    itself continues on the live weights, which still agree to the bit."""
+    from shared.unikd.evaluation import evaluate
+
+    path, data, teacher = setup
+    cfg = config(path, "distill.ema_decay=0.9")
+    central_mf1 = []
+    central = distill_unikd(cfg, data, teacher, progress=False, epoch_hook=lambda e, student:
+                            central_mf1.append(evaluate(student, data.trg_test,
+                                                        data.spec.classes)["mf1"]))
+    grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
+    fed = federate(grid, cfg, progress=False)
+
+    assert [e["num-examples"] for e in fed.evals] == [len(data.trg_test)] * cfg.distill.epochs
+    assert [e["mf1"] for e in fed.evals] == central_mf1  # every evaluation, to the bit
+    reported = fed.cloud.reported_nets()
+    for mod, central_mod in (("student", central.student), ("adapter", central.extras["adapter"])):
+        for name, p in getattr(reported, mod).named_parameters():
+            assert torch.equal(p, central_mod.get_parameter(name)), f"{mod}.{name}"
+        for name, b in getattr(reported, mod).named_buffers():  # BN: float32 rounding, as above
+            assert torch.allclose(b.double(), central_mod.get_buffer(name).double(), rtol=1e-5,
+                                  atol=1e-6), f"{mod}.{name}"
+    for name, p in fed.cloud.nets.student.named_parameters():  # training: the live weights
+        assert torch.equal(p, central.extras["live_student"].get_parameter(name)), name
+        assert not torch.equal(p, reported.student.get_parameter(name)), name  # EMA != live

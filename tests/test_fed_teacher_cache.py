@@ -60,3 +60,9 @@ def test_one_clients_scores_are_the_federation_scores():
     y_true = torch.tensor([0] * 6 + [1] * 6 + [2] * 4)
     y_pred = torch.tensor([0] * 5 + [1] + [0] * 2 + [1] * 3 + [2] + [2] * 4)
     assert confusion_scores(conf) == (macro_f1(y_true, y_pred, 3), 100.0 * 12 / 16)
+
+
+def test_the_cache_key_ignores_the_students_ema():
+    """The EMA averages the student after the teacher is trained: EMA on and off share one."""
+    key = lambda *sets: fed_teacher_key(load_config(None, [*SETS, *sets]))  # noqa: E731
+    assert key() == key("distill.ema_decay=0.9")

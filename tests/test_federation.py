@@ -368,3 +368,30 @@ def test_a_malformed_prototype_record_is_an_error_naming_it():
     good = RecordDict({wire.SPEC: spec_to_record(spec),
                        wire.HINT_PROTOTYPES: to_record({"feat": torch.ones(spec.classes, 128)})})
     assert client_app.hint_prototypes(good).shape == (spec.classes, 128)
+
+
+# ---------------------------------------------------------------- the reported student's EMA
+
+
+def test_with_the_ema_the_evaluation_and_the_run_folder_hold_the_average(tmp_path):
+    """`distill.ema_decay` on: the evaluation message, `final.pt`'s student and `results.json`
+    are the EMA's; the live weights travel in training rounds and sit beside it as
+    `live_student`."""
+    import json
+
+    from server.fed.run_folder import write_fed_run
+    from shared.protocol import checkpoints
+
+    run = federation("distill.ema_decay=0.5")
+    cloud = run.result.cloud
+    ema, live = student_state(cloud.reported_nets()), student_state(cloud.nets)
+    evaluated = from_record([r for t, _, r in run.requests if t == "evaluate"][-1]
+                            .content[wire.STUDENT])  # after the last round: the final EMA
+    assert all(torch.equal(evaluated[k], ema[k]) for k in ema)
+    assert not all(torch.equal(evaluated[k], live[k]) for k in live)
+    summary = write_fed_run(tmp_path, run.cfg, run.result)
+    final = checkpoints.load(tmp_path / "checkpoints" / "final.pt", checkpoints.FED_FINAL)
+    assert all(torch.equal(final["student"][k], ema[k]) for k in ema)
+    assert all(torch.equal(final["live_student"][k], live[k]) for k in live)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mf1"] == summary["mf1"] == run.result.evals[-1]["mf1"]

@@ -56,3 +56,28 @@ def test_a_resumed_record_dp_run_charges_every_node_as_an_uninterrupted_one(tmp_
     assert resumed.privacy.rows == full.privacy.rows
     assert {r["phase"] for r in full.privacy.rows} == {"teacher", "unikd"}
     assert [r["dp_epsilon"] for r in resumed.rounds] == [r["dp_epsilon"] for r in full.rounds]
+
+
+def test_a_resumed_run_keeps_the_students_ema(tmp_path):
+    """With `distill.ema_decay` on, the checkpoint carries the EMA: the resumed run evaluates
+    and delivers the same averaged student as an uninterrupted one."""
+    from server.fed import delivery
+    from shared.protocol.records import student_state
+
+    cfg = load_config(overrides=["distill.epochs=2", "teacher.epochs=1", "fed.clients=2",
+                                 "fed.checkpoint_every=4", "seed=5", "distill.ema_decay=0.8"])
+    full = federate(_grid(2), cfg, progress=False, delivery_dir=tmp_path / "full")
+    run_dir = tmp_path / "run"
+    federate(_grid(2), cfg, progress=False, run_dir=run_dir, stop_after=9)
+    resumed = federate(_grid(2), cfg, progress=False, run_dir=run_dir, resume=run_dir,
+                       delivery_dir=tmp_path / "resumed")
+
+    assert [e["mf1"] for e in resumed.evals] == [e["mf1"] for e in full.evals]
+    assert resumed.final["mf1"] == full.final["mf1"]
+    for (name, a), b in zip(full.cloud.ema.state_dict().items(),
+                            resumed.cloud.ema.state_dict().values()):
+        assert torch.equal(a, b), name
+    delivered = delivery.load_latest(tmp_path / "resumed").student
+    ema = student_state(resumed.cloud.reported_nets())
+    assert delivered.keys() == ema.keys()
+    assert all(torch.equal(delivered[k], ema[k]) for k in ema)  # the final student: the EMA

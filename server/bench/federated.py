@@ -54,10 +54,11 @@ def clients_per_scenario(scenarios: list[str], partition: str, clients: int | No
 def fed_teacher_key(cfg: RunConfig) -> str:
     """What a federated DANN teacher depends on: the whole config but the run's output folder,
     a teacher checkpoint and the teacher placement, where `edge` and `cloud` train the same
-    teacher (the placement decides where it runs afterwards). Conservative: any other
+    teacher (the placement decides where it runs afterwards), and the student's EMA decay, which
+    only averages the student after the teacher is trained. Conservative: any other
     difference, distillation settings included, trains a teacher of its own."""
     key = copy.deepcopy(cfg)
-    key.out, key.teacher.checkpoint = "", ""
+    key.out, key.teacher.checkpoint, key.distill.ema_decay = "", "", 0.0
     if key.fed.teacher_placement in ("edge", "cloud"):
         key.fed.teacher_placement = "edge"
     return key.hash()

@@ -2,6 +2,8 @@
 
 Each step runs the source terms, then the target terms (client 0's stream), accumulates both
 gradients and steps the three optimizers together; see shared/unikd/engine.py for the update order.
+With `distill.ema_decay` > 0 each step then folds the live student into its EMA
+(shared/unikd/ema.py, as the cloud does after each round), and the student returned is the EMA.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from shared.data.scenario import ScenarioData
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            expected_cross_kd, make_optimizers, scalars, source_terms, step_all,
                            target_terms, teacher_outputs, zero_all)
+from shared.unikd.ema import reported_nets, student_ema
 from shared.unikd.evaluation import evaluate
 from shared.unikd.models import CNN1d
 from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_init, seed_side
@@ -32,7 +35,9 @@ class StudentResult:
     student: CNN1d
     history: list[dict] = field(default_factory=list)  # one row per epoch
     train_seconds: float = 0.0
-    extras: dict[str, nn.Module] = field(default_factory=dict)  # adapter, discriminators
+    # adapter, discriminators; with the EMA on also `live_student` and `live_adapter`, the
+    # weights training ended on (`student` and `adapter` are then the EMA's)
+    extras: dict[str, nn.Module] = field(default_factory=dict)
 
 
 class CachedTeacher:
@@ -58,13 +63,18 @@ def build_unikd(cfg: RunConfig, data: ScenarioData, teacher_features: int = 128)
 
 
 def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progress: bool = True,
-                  step_hook: Callable[[int, dict, dict], None] | None = None) -> StudentResult:
+                  step_hook: Callable[[int, dict, dict], None] | None = None,
+                  epoch_hook: Callable[[int, nn.Module], None] | None = None) -> StudentResult:
+    """UNI-KD on one machine. `step_hook(global_step, source scalars, target scalars)` sees
+    every step; `epoch_hook(epoch, student)` every epoch's end, with the student the run
+    reports (the EMA when `distill.ema_decay` > 0), where a federation evaluates."""
     d, hp = cfg.distill, KDHparams.from_config(cfg.distill)
     start = time.perf_counter()
     teacher.eval()
     t_src = CachedTeacher(teacher, data.src_train.x, d.cache_teacher)
     t_trg = CachedTeacher(teacher, data.trg_train.x, d.cache_teacher)
     nets, opts = build_unikd(cfg, data, getattr(teacher, "features_dim", 128))
+    ema = student_ema(nets, d.ema_decay)  # None: off
     nets.train()
 
     def step(s: StepInfo) -> dict[str, float]:
@@ -88,9 +98,13 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
         else:  # the reference's cross-domain KD shares the source graph
             (src["loss"] + trg["loss"]).backward()
         step_all(opts)
+        if ema is not None:
+            ema.update(nets)
         src_s, trg_s = scalars(src), scalars(trg)
         if step_hook is not None:
             step_hook(s.global_step, src_s, trg_s)
+        if epoch_hook is not None and s.step == s.steps_per_epoch - 1:
+            epoch_hook(s.epoch, reported_nets(nets, ema).student)
         return {**{f"src_{k}": v for k, v in src_s.items()},
                 **{f"trg_{k}": v for k, v in trg_s.items()},
                 "beta": sched.beta, "alpha": sched.alpha}
@@ -98,8 +112,10 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
     history = run_epochs(cfg.seed, len(data.src_train), len(data.trg_train), d.batch_for(data.spec),
                          d.epochs, step, f"unikd {data.name}", progress)
     nets.eval()
-    return StudentResult(nets.student, history, time.perf_counter() - start,
-                         {"adapter": nets.adapter, "d_f": nets.d_f, "d_d": nets.d_d})
+    final = reported_nets(nets, ema).eval()  # eval() of the EMA view: the same d_f, d_d
+    live = {"live_student": nets.student, "live_adapter": nets.adapter} if ema else {}
+    return StudentResult(final.student, history, time.perf_counter() - start,
+                         {"adapter": final.adapter, "d_f": nets.d_f, "d_d": nets.d_d, **live})
 
 
 def score_student(student: nn.Module, data: ScenarioData) -> dict[str, float]:

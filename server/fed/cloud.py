@@ -16,6 +16,10 @@ transaction on that state, in five steps:
    target update, the order of the centralized step) and step all three optimizers. With too
    few valid replies, `abort_round` instead: nothing moves, BN statistics included.
 
+With `distill.ema_decay` > 0 the cloud also keeps an EMA of the student (shared/unikd/ema.py,
+the centralized trainer's own), updated by every applied round. Training rounds send the live
+weights; evaluation and the final student use the EMA (`reported_nets`).
+
 Target data never reaches this module: it sees gradients, BN statistics and scalar metrics.
 """
 
@@ -41,6 +45,7 @@ from shared.data.scenario import load_split, resolve_spec
 from shared.data.datasets import DatasetSpec, parse_scenario
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
+from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
@@ -135,6 +140,7 @@ class Cloud:
     nets: UniKDNets = field(init=False)
     opts: dict = field(init=False)
     t_src: TeacherOut = field(init=False)
+    ema: StudentEMA | None = field(init=False)  # the reported student's EMA (None: off)
     current: CloudRound | None = field(init=False, default=None)  # the round begun, if any
 
     def __post_init__(self) -> None:
@@ -143,6 +149,7 @@ class Cloud:
         self.nets = UniKDNets.for_spec(self.source.spec)
         self.opts = make_optimizers(self.nets.group_params(), d.lr, d.weight_decay,
                                     (d.beta1, d.beta2))
+        self.ema = student_ema(self.nets, d.ema_decay)
         self.t_src = teacher_outputs(self.teacher, self.source.train.x)
         self.prototypes = None
         if self.cfg.fed.teacher_placement == "cloud" and self.cfg.fed.cloud_hint == "prototypes":
@@ -189,11 +196,18 @@ class Cloud:
             rc.dp_shares = rc.dp_mode == "record" and f.record_noise == "shares"
         return rc
 
-    def weight_records(self) -> dict[str, ArrayRecord]:
-        """The current weights as records: copies, so later updates do not leak in."""
-        return {wire.STUDENT: to_record(student_state(self.nets)),
-                wire.D_F: to_record(self.nets.d_f.state_dict()),
-                wire.D_D: to_record(self.nets.d_d.state_dict())}
+    def reported_nets(self) -> UniKDNets:
+        """The nets the run evaluates and delivers: the EMA student and adapter when
+        `distill.ema_decay` > 0, else the live nets. Read it; training steps `self.nets`."""
+        return reported_nets(self.nets, self.ema)
+
+    def weight_records(self, nets: UniKDNets | None = None) -> dict[str, ArrayRecord]:
+        """The weights of `nets` (default: the live ones) as records: copies, so later updates
+        do not leak in."""
+        nets = self.nets if nets is None else nets
+        return {wire.STUDENT: to_record(student_state(nets)),
+                wire.D_F: to_record(nets.d_f.state_dict()),
+                wire.D_D: to_record(nets.d_d.state_dict())}
 
     def down_content(self, rc: RoundConfig, weights: dict[str, ArrayRecord],
                      with_teacher: bool) -> RecordDict:
@@ -218,8 +232,10 @@ class Cloud:
         return content
 
     def eval_content(self, rnd: int) -> RecordDict:
-        """Federated evaluation's payload: the current weights, no teacher, no DP settings."""
-        return self.down_content(self.node_config(rnd), self.weight_records(), with_teacher=False)
+        """Federated evaluation's payload: the reported weights (the EMA's, when on), no teacher,
+        no DP settings."""
+        return self.down_content(self.node_config(rnd), self.weight_records(self.reported_nets()),
+                                 with_teacher=False)
 
     def begin_round(self, rnd: int) -> CloudRound:
         """Open round `rnd`: keep the weights (BN buffers included) the clients receive, then run
@@ -292,3 +308,5 @@ class Cloud:
                        prefix="student.",
                        target_passes=2 if self.cfg.distill.double_target_forward else 1)
         step_all(self.opts)
+        if self.ema is not None:  # after the step, as the centralized trainer does
+            self.ema.update(self.nets)

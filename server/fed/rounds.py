@@ -350,9 +350,10 @@ def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
 
 
 def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | None) -> None:
-    """The run is over: every node with an edge service installs the final student."""
+    """The run is over: every node with an edge service installs the final student (the EMA,
+    when `distill.ema_decay` > 0)."""
     cloud, source = fed.cloud, fed.cloud.source
-    final = delivery.Delivery(student_state(cloud.nets), source.normalizer.mean,
+    final = delivery.Delivery(student_state(cloud.reported_nets()), source.normalizer.mean,
                               source.normalizer.std, source.spec.name, fed.total,
                               run_dir.name if run_dir is not None else "",
                               spec=source.spec.to_dict())
@@ -408,14 +409,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
 
 def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, exchanges: int
                     ) -> None:
-    """Everything needed to continue: weights, all optimizer moments, round, logs, teacher,
-    and the message exchanges spent so far (a resumed run adds its own to them)."""
-    checkpoints.save(path, checkpoints.FED_RESUME, {"exchanges": exchanges,
-        "round": rnd, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
+    """Everything needed to continue: weights, all optimizer moments, the student's EMA (when
+    kept), round, logs, teacher, and the message exchanges spent so far (a resumed run adds its
+    own to them)."""
+    ema = {"ema": cloud.ema.state_dict()} if cloud.ema is not None else {}
+    checkpoints.save(path, checkpoints.FED_RESUME, {
+        "round": rnd, "exchanges": exchanges, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
         "teacher": teacher_state(cloud.teacher), "teacher_hash": cloud.teacher_hash,
         "rounds": result.rounds, "evals": result.evals, "rejected": result.rejected,
-        "ledger": result.ledger.rows, "rng": capture_rng()})
+        "ledger": result.ledger.rows, "rng": capture_rng(), **ema})
 
 
 def load_checkpoint(path: Path, cfg: RunConfig) -> dict:
@@ -433,6 +436,8 @@ def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
     cloud.nets.load_state_dict(ckpt["nets"])
     for k, o in cloud.opts.items():
         o.load_state_dict(ckpt["optimizers"][k])
+    if cloud.ema is not None:  # the config hash matched, so the checkpoint holds it too
+        cloud.ema.load_state_dict(ckpt["ema"])
     result.rounds, result.evals = list(ckpt["rounds"]), list(ckpt["evals"])
     result.rejected, result.ledger.rows = list(ckpt["rejected"]), list(ckpt["ledger"])
     restore_rng(ckpt["rng"])

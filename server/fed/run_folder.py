@@ -65,8 +65,12 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
         "members": teacher_state(cloud.teacher),
         "meta": {"dataset": cloud.source.spec.name, "scenario": cfg.data.scenario,
                  "seed": cfg.seed, "config_hash": cfg.hash(), "content_hash": cloud.teacher_hash}})
+    # the final student is the reported one (the EMA when distill.ema_decay > 0); the weights
+    # training ended on go beside it then, as `live_student`, matching the optimizers' moments
+    live = ({"live_student": student_state(cloud.nets)} if cloud.ema is not None else {})
     checkpoints.save(run_dir / "checkpoints" / "final.pt", checkpoints.FED_FINAL, {
-        "student": student_state(cloud.nets), "d_f": cloud.nets.d_f.state_dict(),
+        "student": student_state(cloud.reported_nets()), **live,
+        "d_f": cloud.nets.d_f.state_dict(),
         "d_d": cloud.nets.d_d.state_dict(),
         "norm": {"mean": cloud.source.normalizer.mean, "std": cloud.source.normalizer.std},
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},

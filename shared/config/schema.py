@@ -91,6 +91,11 @@ class DistillConfig(KDHparams, StudentTraining):
     beta_natural_log: bool = True  # §8.3: beta rises 0.1 -> 0.9
     grl_ramp: bool = True  # §8.7: GRL alpha ramps from 0 over progress in [0, 1]
     cache_teacher: bool = True  # frozen teacher run once per window, not every step
+    # What a run reports and delivers (issue 25): 0 = the live student; in (0, 1) an exponential
+    # moving average of the student's and adapter's weights and BN statistics with this decay
+    # per step (centralized) or applied round (federated), kept by whoever holds the master
+    # weights (shared/unikd/ema.py). Training itself always continues on the live weights.
+    ema_decay: float = field(default=0.0, metadata=rng(0.0, 0.999999))
 
     def batch_for(self, spec: DatasetSpec) -> int:
         """The batch size to train with: the value set here, or the dataset's when 0."""

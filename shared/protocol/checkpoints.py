@@ -9,8 +9,10 @@ All formats hold tensors, numbers, strings, lists and dicts only, so every load 
 Kinds:
 - `teacher`: a frozen (ensemble) teacher: `members` (state dicts), `meta`;
 - `central-student`: `unikd distill`'s student: `state_dict`, `norm`, `meta`;
-- `fed-resume`: the cloud's full state after a round (`checkpoints/last.pt`);
-- `fed-final`: the federation's final student, discriminators and optimizers;
+- `fed-resume`: the cloud's full state after a round (`checkpoints/last.pt`), with `ema`
+  (the student's EMA) when `distill.ema_decay` > 0;
+- `fed-final`: the federation's final student (the EMA when kept, then with `live_student`
+  beside it), discriminators and optimizers;
 - `edge-bundle`: a student with its architecture and normalisation for `unikd serve`;
 - `fed-delivery`: the cloud's last delivered final student (`student`, `mean`, `std`, `dataset`,
   `round`, `run`, `tag`), re-sent to a node that missed it (server/fed/delivery.py).
