@@ -257,6 +257,28 @@ def test_edge_says_why_each_attempt_failed_and_when_it_tries_again(cloud, make_d
     assert 3 <= took < 3 + QUICK  # waited 1 s, then 2 s
 
 
+def test_a_started_node_that_loses_its_cloud_says_why_it_retries(cloud, make_domain_file,
+                                                                  tmp_path):
+    """Past the checks, Flower's SuperNode retries a failed call with "Connection attempt
+    failed, retrying in N seconds" and keeps the cause at DEBUG: our launcher prints it."""
+    from client.node.supernode import EdgeConfig, start_edge
+
+    port = free_port()  # the cloud is gone
+    cfg = EdgeConfig(f"127.0.0.1:{port}", make_domain_file(domain="1").parent, ca=cloud.ca,
+                     key=cloud.key, app_key=cloud.app_pub, port=free_port(),
+                     home=tmp_path / "home", max_retries=1)
+    node = start_edge(cfg, tmp_path / "node.log")
+    try:
+        assert node.wait(60) != 0, node.log_tail()
+    finally:
+        node.stop()
+    lines = node.output().splitlines()
+    why = next(i for i, x in enumerate(lines) if "unikd: a call to the cloud failed: " in x)
+    assert lines[why].endswith("unikd: a call to the cloud failed: ConnectError: [Errno 111] "
+                               "Connection refused"), lines[why]
+    assert "Connection attempt failed, retrying in" in lines[why + 1], lines[why:]
+
+
 def test_edge_joins_once_its_checks_pass(cloud, make_domain_file, tmp_path):
     """The check activates and deactivates the node; the SuperNode started next gets in."""
     from shared.platform.processes import start_group

@@ -37,6 +37,9 @@ What we use, and why:
                                            handler it replaced before its graceful exit
                                            (which deactivates the node); flwr.supercore
                                            .constant.FORCE_EXIT_TIMEOUT_SECONDS ends that exit
+  flwr.supercore.logger.FLOWER_LOGGER, flwr.supercore.retry.http_retry
+  .make_simple_http_retry_invoker        the SuperNode's retries log their cause at DEBUG
+                                           only: the launcher shows that line as a WARNING
   flwr.supercore.runtime.RuntimeHttpClient, flwr.supercore.interceptors
                                            .RuntimeVersionHttpInterceptor, flwr.proto.runtime_pb2
                                            .AcquireTaskRequest, flwr.supercore.constant.TaskType
@@ -101,6 +104,8 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.common.constant", "ErrorCode", None),
     ("flwr.supercore.exit.signal_handler", "register_signal_handlers", ("exit_message",)),
     ("flwr.supercore.constant", "FORCE_EXIT_TIMEOUT_SECONDS", None),
+    ("flwr.supercore.logger", "FLOWER_LOGGER", None),
+    ("flwr.supercore.retry.http_retry", "make_simple_http_retry_invoker", ()),
 )
 
 # used by the edge's join check (client/node/fleet_probe.py)
@@ -145,6 +150,9 @@ REQUIRED_SOURCE: tuple[tuple[str, str, str], ...] = (
      "signal.signal(sig, default_handlers[sig])"),
     # a ClientApp module already imported (by the bundle's warm process) is used, not re-imported
     ("flwr.supercore.object_ref", "load_app", "if module_str not in sys.modules:"),
+    # a retried call's cause is logged at DEBUG with this text (the launcher shows it)
+    ("flwr.supercore.retry.http_retry", "make_simple_http_retry_invoker",
+     '"Connection attempt failed with exception: %s"'),
     # the join check's calls are the Fleet routes the cloud's proxy forwards (/v1/fleet/*)
     ("flwr.supernode.fleet_http_client", "FleetHttpClient", 'path="/v1/fleet/activate-node"'),
     ("flwr.supernode.fleet_http_client", "FleetHttpClient", 'path="/v1/fleet/deactivate-node"'),
