@@ -44,7 +44,8 @@ from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
 from shared.data.datasets import DatasetSpec, parse_scenario
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
-                           make_optimizers, source_terms, step_all, teacher_outputs, zero_all)
+                           make_optimizers, source_terms, step_all, target_passes,
+                           teacher_outputs, zero_all)
 from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
@@ -306,7 +307,7 @@ class Cloud:
         if updates and self.cfg.fed.bn_policy != "local":
             compose_bn(self.nets.student, r.bn_before, weighted_mean(updates, wire.STUDENT_BN),
                        prefix="student.",
-                       target_passes=2 if self.cfg.distill.double_target_forward else 1)
+                       target_passes=target_passes(self.hp))
         step_all(self.opts)
         if self.ema is not None:  # after the step, as the centralized trainer does
             self.ema.update(self.nets)
