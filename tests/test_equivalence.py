@@ -49,6 +49,10 @@ def config(teacher_path, *variant: str):
                                      ["distill.double_target_forward=true"],
                                      # the reference's recipe in its federable form
                                      ["distill.reference_compat=true",
+                                      "distill.cross_kd=expected"],
+                                     # one local step on both sides is the same round
+                                     ["fed.local_steps_mode=both"],
+                                     ["fed.local_steps_mode=both", "distill.reference_compat=true",
                                       "distill.cross_kd=expected"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
     path, data, teacher = setup

@@ -24,9 +24,9 @@ from shared.privacy.dp_sgd import (dp_generator, dp_sgd_gradient, frozen_bn, noi
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
-from shared.clock.local_steps import LocalSteps
+from shared.clock.local_steps import LocalSteps, local_sgd
 from client.node.node_config import NodeConfig, read_node_config
-from client.node.target_side import local_sgd
+from client.node.target_side import round_path, step_schedule
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
 from shared.clock.seeding import (DP_COUNT, DP_POISSON, DP_STEP_NOISE, PHASE_TEACHER, PHASE_UNIKD,
                                   client_stream, record_dp_offset, seed_side)
@@ -149,10 +149,15 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
+    path = round_path(rc)
     nets.train()
+
+    def gradient(j: int) -> dict[str, torch.Tensor]:
+        loss.sched = step_schedule(rc, path[j])  # `both` mode: each step its own values
+        return _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
+
     with frozen_bn(nets):
-        mean = local_sgd(params, steps, rc.lr, lambda j: _dp_step(
-            loss, data, rc, client, secret, released, PHASE_UNIKD, j))
+        mean = local_sgd(params, steps, rc.lr, gradient)
     return _wire_groups(mean)
 
 
