@@ -270,3 +270,47 @@ def test_a_both_mode_run_resumes_to_the_same_weights(tmp_path):
     for (k, a), b in zip(full.cloud.nets.state_dict().items(),
                          resumed.cloud.nets.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+# ---------------------------------------------------------------- the federated DANN teacher
+
+
+def teacher_run(*overrides: str, clients: int = 2):
+    from server.fed.teacher import federated_dann_teacher
+    from server.fed.transport import Sender
+    from shared.data.scenario import load_scenario
+
+    cfg = load_config(overrides=["teacher.epochs=2", "teacher.batch_size=64",
+                                 "teacher.ensemble=2", f"fed.clients={clients}", "seed=3",
+                                 *overrides])
+    g = grid(clients)
+    send = Sender(g, None)
+    teacher = federated_dann_teacher(send, cfg, load_source(cfg), g.node_ids,
+                                     len(load_scenario(cfg.data).trg_train), progress=False)
+    return teacher, send.exchanges
+
+
+def test_every_member_in_one_exchange_is_member_after_member_bit_for_bit():
+    edge, edge_exchanges = teacher_run()
+    both, both_exchanges = teacher_run(*BOTH)
+    assert both_exchanges * 2 == edge_exchanges  # two members per exchange
+    for (k, a), b in zip(edge.state_dict().items(), both.state_dict().values()):
+        assert torch.equal(a, b), k
+    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=4")
+    assert four_exchanges == math.ceil(both_exchanges / 4)
+    assert all(torch.isfinite(v).all() for v in four.state_dict().values())
+
+
+def test_record_dp_charges_every_members_local_steps_and_resumes_with_them(tmp_path):
+    over = ["distill.epochs=1", "teacher.epochs=1", "teacher.ensemble=2", "fed.clients=2",
+            "fed.dp=record", "fed.local_steps=3", *BOTH, "fed.checkpoint_every=6", "seed=5"]
+    cfg = load_config(overrides=over)
+    full = federate(grid(2), cfg, progress=False)
+    teacher = [r for r in full.privacy.rows if r["phase"] == "teacher"]
+    per_member = max(r["teacher_steps"] for r in teacher) // 2
+    assert len(teacher) == 2 * math.ceil(per_member / 3)  # a row per node per exchange
+    assert full.privacy.plan.teacher_steps == 2 * per_member  # planned as charged
+    run_dir = tmp_path / "run"
+    federate(grid(2), cfg, progress=False, run_dir=run_dir, stop_after=3)
+    resumed = federate(grid(2), cfg, progress=False, run_dir=run_dir, resume=run_dir)
+    assert resumed.privacy.rows == full.privacy.rows

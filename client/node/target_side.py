@@ -10,6 +10,8 @@ here too: re-estimating BN statistics on its windows (`reestimate_bn`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
@@ -18,7 +20,7 @@ from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol import wire
 from shared.protocol.records import (RoundConfig, SetupConfig, TeacherRoundConfig, bn_buffers,
                                      group_named_params)
-from shared.clock.seeding import client_stream, seed_side
+from shared.clock.seeding import client_stream, member_seed, seed_side
 from shared.clock.local_steps import LocalStep, LocalSteps, local_path, local_sgd
 from shared.clock.steps import EpochLog, batch_plan
 
@@ -85,22 +87,42 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
 def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
                client: int, w_dom: float = 1.0
                ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
-    """Federated DANN pre-training: the target half of the domain loss, for teacher and disc."""
-    idx = _local_batches(rc, client, len(x))[0]
+    """Federated DANN pre-training: the target half of the domain loss, for teacher and disc,
+    over the round's local steps (one in edge mode), each at its own GRL α."""
+    path, batches = round_path(rc), _local_batches(rc, client, len(x))
     teacher.train()
     disc.train()
-    teacher.zero_grad(set_to_none=True)
-    disc.zero_grad(set_to_none=True)
-    seed_side(rc.seed, client_stream(client), rc.global_step)
-    terms = dann_target_terms(teacher, disc, x[idx], rc.alpha, w_dom)
-    terms["loss"].backward()
+    params = {**{("teacher", k): p for k, p in teacher.named_parameters()},
+              **{("disc", k): p for k, p in disc.named_parameters()}}
+    log = EpochLog()
 
-    def grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                for k, p in m.named_parameters()}
+    def gradient(j: int) -> dict[tuple[str, str], torch.Tensor | None]:
+        s = path[j]
+        teacher.zero_grad(set_to_none=True)
+        disc.zero_grad(set_to_none=True)
+        seed_side(rc.seed, client_stream(client), s.seed_step, sub=s.sub)
+        terms = dann_target_terms(teacher, disc, x[batches[j]], step_alpha(rc, s), w_dom)
+        terms["loss"].backward()
+        log.add({wire.TEACHER_DANN_DOM: terms["dom"].item()})
+        return {key: p.grad for key, p in params.items()}
 
-    return ({"teacher": grads(teacher), "disc": grads(disc)}, bn_buffers(teacher, ""),
-            {wire.TEACHER_DANN_DOM: terms["dom"].item()})
+    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient)
+    grads = {"teacher": {k: mean[("teacher", k)] for k, _ in teacher.named_parameters()},
+             "disc": {k: mean[("disc", k)] for k, _ in disc.named_parameters()}}
+    return grads, bn_buffers(teacher, ""), log.means()
+
+
+def step_alpha(rc: TeacherRoundConfig, s: LocalStep) -> float:
+    """A teacher round's local step's GRL α: its own under `both` mode, else the round's."""
+    return rc.alpha if s.schedule is None else s.schedule[1]
+
+
+def member_config(rc: TeacherRoundConfig, member: int) -> TeacherRoundConfig:
+    """The round as ensemble member `member` trains it: under its own seed (its batches and
+    dropout draws) where one exchange carries every member; edge mode: the round itself."""
+    if rc.members is None:
+        return rc
+    return dataclasses.replace(rc, seed=member_seed(rc.seed, member))
 
 
 @torch.no_grad()

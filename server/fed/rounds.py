@@ -26,7 +26,7 @@ from server.fed.setup import setup_config, setup_content
 from server.fed.secagg import secure_updates
 from server.fed.dp.client_level import cloud_secret
 from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_teacher_source,
-                                      federated_teacher_rounds, plan_run_privacy,
+                                      plan_run_privacy, teacher_round_charges,
                                       train_records)
 from server.fed.dp.record_level import RecordLedger
 from server.central.teacher import content_hash, load_teacher
@@ -231,7 +231,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
         first = restore(cloud, fed.result, ckpt) + 1
         send.exchanges += int(ckpt.get("exchanges", 0))  # before the interruption
         if privacy is not None:
-            privacy.replay(federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
+            privacy.replay(teacher_round_charges(cfg, len(source.train), n_trg, source.spec),
                            first - 1, plan)
         log.info("resuming from %s after round %d", resume, first - 1)
     log.info("federation: %d clients (%s windows), %d rounds of %d step(s) (%s mode; %d steps "

@@ -25,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from shared.clock.local_steps import LocalStep, LocalSteps, local_sgd
 from shared.clock.steps import EpochLog
-from shared.unikd.engine import UniKDNets, scalars
+from shared.unikd.engine import scalars
 
-TermsAt = Callable[[UniKDNets, LocalStep], dict[str, torch.Tensor]]  # one step's source terms
+TermsAt = Callable[[nn.Module, LocalStep], dict[str, torch.Tensor]]  # one step's source terms
 
 
 @dataclass
@@ -41,10 +42,11 @@ class SourcePath:
     cross_grads: dict[str, torch.Tensor] | None  # mean of d(β_j KD_s,j) by parameter, or None
 
 
-def run_source_path(nets: UniKDNets, path: list[LocalStep], lr: float,
+def run_source_path(nets: nn.Module, path: list[LocalStep], lr: float,
                     terms_at: TermsAt) -> SourcePath:
-    """The source steps of `path` on a copy of `nets`; `nets` keeps its parameters and gets the
-    path's mean gradient in .grad (None where no step gave one) and the copy's BN buffers."""
+    """The source steps of `path` on a copy of `nets` (the UNI-KD nets, or a DANN teacher with
+    its discriminator); `nets` keeps its parameters and gets the path's mean gradient in .grad
+    (None where no step gave one) and the copy's BN buffers."""
     walker = copy.deepcopy(nets)
     walker.zero_grad(set_to_none=True)
     params = dict(walker.named_parameters())
@@ -80,7 +82,7 @@ def run_source_path(nets: UniKDNets, path: list[LocalStep], lr: float,
     return SourcePath(terms, cross if kd_values else None)
 
 
-def add_cross_grads(nets: UniKDNets, cross: dict[str, torch.Tensor], w_mean: float) -> None:
+def add_cross_grads(nets: nn.Module, cross: dict[str, torch.Tensor], w_mean: float) -> None:
     """The cloud's half of the path's expected cross KD: w̄ times the kept mean of d(β KD_s)."""
     with torch.no_grad():
         for k, p in nets.named_parameters():

@@ -37,9 +37,15 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
 With L = 1 both kinds are the same round, bit for bit, and with one client that round is
 exactly one centralized step (tests/test_equivalence.py).
 
+The federated DANN teacher (server/fed/teacher.py) runs on the same terms with the teacher's
+own clock (teacher.epochs, its batch size) and learning rate. In edge mode a teacher round is one
+step of one ensemble member, member after member (`TEACHER_ROUND`); in both mode one exchange
+carries every member, each with the round's L steps, and the cloud applies each member's
+combination with that member's Adam optimizers as above.
+
 Record DP (`fed.dp=record`): every local step is one DP-SGD step over the node's windows, so a
-round charges every node asked its L steps (`dp_steps`); the cloud's source steps use no target
-data and cost no ε. A federated DANN teacher round is one local step (`TEACHER_ROUND`).
+round charges every node asked its L steps (`dp_steps`), a both-mode teacher round L per member
+(`teacher_dp_steps`); the cloud's source steps use no target data and cost no ε.
 """
 
 from __future__ import annotations
@@ -93,7 +99,16 @@ class LocalSteps:
         return self.count == 1
 
 
-TEACHER_ROUND = LocalSteps(1)  # a federated DANN teacher round: one local step
+TEACHER_ROUND = LocalSteps(1)  # a federated DANN teacher round (edge mode): one local step
+
+
+def teacher_dp_steps(members: int | None, local_steps: int) -> int:
+    """DP-SGD steps one federated DANN teacher round charges each node asked, under record DP:
+    one per local step of every ensemble member the round carries (both mode); edge mode
+    (`members` None) one, `TEACHER_ROUND`'s."""
+    if members is None:
+        return TEACHER_ROUND.dp_steps()
+    return members * LocalSteps(local_steps).dp_steps()
 
 
 @dataclass(frozen=True)

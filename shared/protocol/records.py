@@ -104,6 +104,14 @@ class TeacherRoundConfig(SetupConfig):
 
     alpha: float
     w_dom: float
+    # fed.local_steps_mode=both: one exchange trains every ensemble member, L local steps each
+    # (shared/clock/local_steps.py). `members` of them (arrays "<member>.<name>"; `seed` is the
+    # run's seed, member k's is seeding.member_seed(seed, k)), each local step with its own GRL
+    # α from `clock`, plain SGD at `lr` between steps. None (not on the wire) in edge mode: one
+    # member per exchange, `seed` its own, one step at `alpha`
+    members: int | None = None
+    lr: float | None = None
+    clock: ScheduleClock | None = None
 
 
 @dataclass(kw_only=True)

@@ -15,7 +15,7 @@ from server.fed.aggregate import ClientUpdate
 from server.fed.dp.client_level import PrivacyPlan, plan_privacy, private_aggregate, releases
 from server.fed.dp.record_level import (RecordLedger, RecordPlan, plan_record_privacy,
                                         record_aggregate)
-from shared.clock.local_steps import TEACHER_ROUND, LocalSteps, RoundPlan
+from shared.clock.local_steps import TEACHER_ROUND, LocalSteps, RoundPlan, teacher_dp_steps
 from shared.clock.steps import steps_per_epoch
 from shared.config import RunConfig
 from shared.errors import UnikdError
@@ -57,12 +57,19 @@ def check_record_noise(cfg: RunConfig) -> None:
                          f"{', '.join(wrong)}")
 
 
-def federated_teacher_rounds(cfg: RunConfig, n_src: int, n_trg: int, spec) -> int:
-    """DANN teacher rounds the edges will train (0 with a checkpoint or a source-only teacher)."""
+def teacher_round_charges(cfg: RunConfig, n_src: int, n_trg: int, spec) -> list[int]:
+    """The DP-SGD steps each DANN teacher round the edges will train charges every node, in
+    round order (none with a checkpoint or a source-only teacher): edge mode one per round,
+    member after member; both mode every member's local steps in each round."""
     if cfg.teacher.checkpoint or cfg.fed.teacher_placement == "source-only":
-        return 0
+        return []
     t = cfg.teacher
-    return steps_per_epoch(n_src, n_trg, t.batch_for(spec)) * t.epochs * t.ensemble
+    steps = steps_per_epoch(n_src, n_trg, t.batch_for(spec)) * t.epochs
+    if cfg.fed.local_steps_mode == "edge":
+        return [TEACHER_ROUND.dp_steps()] * (steps * t.ensemble)
+    plan = RoundPlan.of("both", cfg.fed.local_steps, steps)
+    return [teacher_dp_steps(t.ensemble, plan.local_steps(r).count)
+            for r in range(1, plan.rounds + 1)]
 
 
 @dataclass(frozen=True)
@@ -87,14 +94,14 @@ class RunPrivacy:
         if self.ledger is not None:
             self.ledger.charge("unikd", rnd, sorted(clients), LocalSteps(local_steps).dp_steps())
 
-    def replay(self, teacher_rounds: int, student_rounds: int, plan: RoundPlan) -> None:
-        """A resumed run's ledger: the teacher phase (TEACHER_ROUND's steps per round) and the
-        UNI-KD rounds before the checkpoint, each with its local steps (`plan`)."""
+    def replay(self, teacher_charges: list[int], student_rounds: int, plan: RoundPlan) -> None:
+        """A resumed run's ledger: the teacher phase (`teacher_round_charges`) and the UNI-KD
+        rounds before the checkpoint, each with its local steps (`plan`)."""
         if self.ledger is None:
             return
         clients = sorted(self.ledger.plan.counts)
-        for r in range(1, teacher_rounds + 1):
-            self.ledger.charge("teacher", r, clients, TEACHER_ROUND.dp_steps())
+        for r, steps in enumerate(teacher_charges, start=1):
+            self.ledger.charge("teacher", r, clients, steps)
         for r in range(1, student_rounds + 1):
             self.charge_round(r, clients, plan.local_steps(r).count)
 
@@ -138,7 +145,7 @@ def plan_run_privacy(cfg: RunConfig, rounds: RoundPlan, counts: dict[int, int], 
     if f.dp != "record":
         return RunPrivacy(plan_privacy(cfg, rounds.rounds), secret=secret,
                           secure=f.secure_aggregation)
-    teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()), spec)
+    teacher = sum(teacher_round_charges(cfg, n_src, sum(counts.values()), spec))
     plan = plan_record_privacy(cfg, counts, teacher, rounds.dp_steps(), spec)
     return RunPrivacy(plan, RecordLedger(plan), secret, f.secure_aggregation,
                       f.record_noise == "shares")
