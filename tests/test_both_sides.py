@@ -165,7 +165,7 @@ def test_the_clouds_source_pseudo_gradient_is_the_mean_along_its_sgd_path():
             assert not torch.equal(buf, start[k]), k
 
 
-@pytest.mark.parametrize("how, adam_steps", [("repeat", 4), ("scaled-lr", 1)])
+@pytest.mark.parametrize("how, adam_steps", [("repeat", 4), ("scaled-lr", 1), ("sqrt-lr", 4)])
 def test_the_server_step_advances_l_steps(how, adam_steps):
     torch.manual_seed(2)
     nets = UniKDNets.for_spec(SPEC)

@@ -112,9 +112,10 @@ class FedConfig:
     # L source steps on the cloud and L target steps on each edge: L times fewer rounds. With
     # "both", fed.rounds counts rounds of L steps and fed.checkpoint_every counts steps
     local_steps_mode: Literal["edge", "both"] = "edge"
-    # "both" only: how the cloud applies a round's combined pseudo-gradient to advance L steps:
-    # "repeat" = L Adam steps on it, "scaled-lr" = one Adam step with the learning rate x L
-    server_step: Literal["repeat", "scaled-lr"] = "repeat"
+    # "both" only: how the cloud applies a round's combined pseudo-gradient to advance L steps
+    # (server/fed/server_step.py): "repeat" = L Adam steps on it, "scaled-lr" = one Adam step
+    # with the learning rate x L, "sqrt-lr" = L Adam steps with the learning rate / sqrt(L)
+    server_step: Literal["repeat", "scaled-lr", "sqrt-lr"] = "repeat"
     partition: str = "iid"  # iid | dirichlet:<alpha> | per-domain
     teacher_placement: Literal["edge", "cloud", "source-only"] = "edge"
     # cloud placement only: "prototypes" sends the teacher's mean source feature per class
