@@ -14,10 +14,10 @@ import logging
 import torch
 from tqdm import tqdm
 
-from server.fed.aggregate import (ClientUpdate, add_grads, compose_bn, split_replies,
-                                  weighted_mean)
+from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
 from server.fed.setup import setup_config, setup_content
+from server.fed.teacher_exchange import teacher_updates
 from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS
 from shared.protocol import wire
@@ -32,7 +32,6 @@ from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, member_seed, 
 from shared.clock.steps import batch_plan, steps_per_epoch
 
 log = logging.getLogger(__name__)
-RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
 
 
 def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int,
@@ -75,18 +74,9 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         content[wire.TEACHER_TRAIN] = to_record(teacher.state_dict())
         content[wire.TEACHER_DISC] = to_record(disc.state_dict())
         before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
-        replies = send.to_all(nodes, content, wire.TRAIN_TEACHER, rnd)
-        if privacy is not None:  # every node asked may have spent a step
-            privacy.charge("teacher", first_round + rnd - 1, sorted(privacy.plan.counts),
-                           TEACHER_ROUND.dp_steps())
-        updates, _ = split_replies(replies, rnd, shapes,
-                                   RECORDS[:2] if privacy is not None else RECORDS)
-        if privacy is not None:  # weights: the released counts; no BN statistics from nodes
-            updates = [ClientUpdate(u.client, privacy.plan.counts.get(u.client, 1),
-                                    {**u.arrays, wire.TEACHER_BN: {}}, {}) for u in updates]
-        if len(updates) < cfg.fed.min_clients:  # nothing moves, BN statistics included
-            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
-                        len(updates))
+        updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
+                                  privacy, (first_round + rnd - 1, TEACHER_ROUND.dp_steps()))
+        if updates is None:
             continue
         for o in opts:
             o.zero_grad(set_to_none=True)

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, split_replies, weighted_mean
+from server.fed.aggregate import add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
 from server.fed.server_step import apply_server_step
 from server.fed.setup import setup_config, setup_content
 from server.fed.source_path import run_source_path
+from server.fed.teacher_exchange import RECORDS, teacher_updates
 from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS
 from shared.clock.local_steps import LocalStep, RoundPlan, local_path, teacher_dp_steps
@@ -127,7 +128,6 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
     clock = ScheduleClock(spe, t.epochs, grl_ramp=cfg.distill.grl_ramp)
     plan = RoundPlan.of("both", cfg.fed.local_steps, spe * t.epochs)
     shapes = teacher_up_shapes(members[0].teacher, members[0].pair["disc"], m)
-    records = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
     for rnd in tqdm(range(1, plan.rounds + 1), desc=f"federated DANN teacher ({m} members)",
                     disable=None if progress else True, dynamic_ncols=True):
         rc = joint_round_config(cfg, source, rnd, plan, clock, m)
@@ -139,21 +139,12 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
         content[wire.TEACHER_DISC] = to_record(by_member([x.pair["disc"].state_dict()
                                                           for x in members]))
         before = [{k: v.clone() for k, v in bn_buffers(x.teacher, "").items()} for x in members]
-        replies = send.to_all(nodes, content, wire.TRAIN_TEACHER, rnd)
-        if privacy is not None:  # every node asked may have spent its steps
-            privacy.charge("teacher", rnd, sorted(privacy.plan.counts),
-                           teacher_dp_steps(m, rc.local_steps))
-        updates, _ = split_replies(replies, rnd, shapes,
-                                   records[:2] if privacy is not None else records)
-        if privacy is not None:  # weights: the released counts; no BN statistics from nodes
-            updates = [ClientUpdate(u.client, privacy.plan.counts.get(u.client, 1),
-                                    {**u.arrays, wire.TEACHER_BN: {}}, {}) for u in updates]
-        if len(updates) < cfg.fed.min_clients:  # nothing moves, BN statistics included
-            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
-                        len(updates))
+        updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
+                                  privacy, (rnd, teacher_dp_steps(m, rc.local_steps)))
+        if updates is None:
             continue
         path = local_path(plan.local_steps(rnd), rc.global_step, rc.epoch, rc.step, clock)
-        mean = {key: of_members(weighted_mean(updates, key), m) for key in records}
+        mean = {key: of_members(weighted_mean(updates, key), m) for key in RECORDS}
         terms = [apply_member(cfg, source, x, path, {"teacher": mean[wire.TEACHER_GRAD][k],
                                                      "disc": mean[wire.TEACHER_DISC_GRAD][k]},
                               mean[wire.TEACHER_BN][k], before[k])
