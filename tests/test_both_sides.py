@@ -218,6 +218,63 @@ def test_a_both_mode_round_moves_nothing_before_it_is_finished_and_nothing_when_
     assert all(p.grad is None for p in cloud.nets.parameters())
 
 
+def test_a_round_of_l_steps_carries_the_mean_gradient_of_those_centralized_steps():
+    """Same objective: with the local steps not moving (lr 0), the cloud's source and a lone
+    node's target pseudo-gradients add up to the mean of the centralized trainer's gradients of
+    the round's L steps, each with its batches, dropout draws and schedule values."""
+    from shared.clock.seeding import SOURCE_STREAM, seed_side
+    from shared.clock.steps import iterate_steps, steps_per_epoch
+    from shared.data.scenario import load_scenario
+    from shared.protocol import wire
+    from shared.protocol.records import from_record, load_student_state
+    from shared.unikd.engine import target_terms, teacher_outputs
+
+    cfg = load_config(overrides=[*TINY, "fed.clients=1", *BOTH, "fed.local_steps=4",
+                                 "distill.lr=0"])
+    data, source = load_scenario(cfg.data), load_source(cfg)
+    torch.manual_seed(0)
+    teacher = teacher_for(source.spec).eval()
+    bs = cfg.distill.batch_for(source.spec)
+    spe = steps_per_epoch(len(data.src_train), len(data.trg_train), bs)
+    cloud = Cloud(cfg, source, teacher, content_hash(teacher), Clock(spe, cfg.distill.epochs))
+    opened = cloud.begin_round(spe // 4 + 1)  # the round in which the first epoch ends
+
+    def sent() -> UniKDNets:
+        nets = UniKDNets.for_spec(source.spec)
+        load_student_state(nets, from_record(opened.weights[wire.STUDENT]))
+        nets.d_f.load_state_dict(from_record(opened.weights[wire.D_F]))
+        nets.d_d.load_state_dict(from_record(opened.weights[wire.D_D]))
+        return nets.train()
+
+    x = data.trg_train.x
+    node, _, _ = target_side.unikd_round(sent(), x, teacher_outputs(teacher, x), opened.config,
+                                         client=0)
+    ref, mean = sent(), {}
+    t_src, t_trg = teacher_outputs(teacher, data.src_train.x), teacher_outputs(teacher, x)
+    steps = range(opened.config.global_step, opened.config.global_step + 4)
+    assert {cloud.clock.at(g)[0] for g in steps} == {1, 2}, spe  # across an epoch's end
+    for s in iterate_steps(cfg.seed, len(data.src_train), len(x), bs, cfg.distill.epochs,
+                           progress=False):
+        if s.global_step not in steps:
+            continue
+        sched = StepSchedule.at(cfg.distill, s.epoch, s.step, spe)
+        ref.zero_grad(set_to_none=True)
+        seed_side(cfg.seed, SOURCE_STREAM, s.global_step)
+        source_terms(ref, data.src_train.x[s.src_idx], data.src_train.y[s.src_idx],
+                     t_src[s.src_idx], sched, cloud.hp)["loss"].backward()
+        seed_side(cfg.seed, client_stream(0), s.global_step)
+        target_terms(ref, x[s.trg_idx], t_trg[s.trg_idx], sched, cloud.hp)["loss"].backward()
+        for k, p in ref.named_parameters():
+            if p.grad is not None:
+                mean[k] = mean.get(k, 0) + p.grad / 4
+    groups = {"student": ("student.", "adapter."), "d_f": ("d_f.",), "d_d": ("d_d.",)}
+    for k, p in cloud.nets.named_parameters():
+        group = next(g for g, heads in groups.items() if k.startswith(heads))
+        wire_name = k if group == "student" else k.split(".", 1)[1]
+        combined = (p.grad if p.grad is not None else 0) + node[group][wire_name]
+        assert torch.allclose(combined, mean.get(k, torch.zeros_like(p)), atol=1e-5), k
+
+
 # ---------------------------------------------------------------- federations
 
 
