@@ -55,7 +55,13 @@ def config(teacher_path, *variant: str):
                                      ["distill.pl_weight=1.0", "distill.pl_threshold=0.5"],
                                      ["distill.im_weight=0.5", "distill.pl_weight=2.0",
                                       "distill.pl_threshold=0.8",
-                                      "distill.double_target_forward=true"]])
+                                      "distill.double_target_forward=true"],
+                                     # one local step on both sides is the same round
+                                     ["fed.local_steps_mode=both"],
+                                     ["fed.local_steps_mode=both", "distill.reference_compat=true",
+                                      "distill.cross_kd=expected"],
+                                     ["fed.local_steps_mode=both", "distill.im_weight=1.0",
+                                      "distill.pl_weight=1.0", "distill.pl_threshold=0.5"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
     path, data, teacher = setup
     cfg = config(path, *variant)
@@ -84,14 +90,16 @@ def test_one_client_one_step_equals_centralized(setup, variant):
         assert torch.allclose(f_state[key].double(), v.double(), rtol=1e-5, atol=1e-6), key
 
 
-def test_federated_dann_teacher_equals_centralized(setup):
-    """The teacher's DANN pre-training splits the same way: 1 client reproduces it exactly."""
+@pytest.mark.parametrize("mode", ["edge", "both"])
+def test_federated_dann_teacher_equals_centralized(setup, mode):
+    """The teacher's DANN pre-training splits the same way: 1 client reproduces it exactly,
+    also with every member in one exchange (both mode, one local step)."""
     from server.fed.cloud import load_source
     from server.fed.teacher import federated_dann_teacher
     from server.fed.transport import Sender
 
     path, data, _ = setup
-    cfg = config(path)
+    cfg = config(path, f"fed.local_steps_mode={mode}")
     central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
     grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
     fed = federated_dann_teacher(Sender(grid, None), cfg, load_source(cfg), grid.node_ids,

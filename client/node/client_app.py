@@ -19,9 +19,9 @@ from client.node.local_data import LocalData, check_shape, local_data
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.packing import packing_mod
 from client.node.privacy import privatize
-from client.node.record_dp import (node_secret, record_dann_round, record_unikd_round,
-                                   released_count)
-from client.node.target_side import dann_round, reestimate_bn, unikd_round
+from client.node.record_dp import node_secret, record_unikd_round, released_count
+from client.node.target_side import reestimate_bn, unikd_round
+from client.node.teacher_side import decode_members, teacher_round
 from shared.protocol import wire
 from shared.protocol.reply_shapes import teacher_up_shapes, up_shapes
 from shared.data.loaders import Normalizer
@@ -31,10 +31,9 @@ from shared.unikd.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import UnikdError
 from shared.unikd.evaluation import predict
 from shared.unikd.metrics import confusion
-from shared.unikd.models import DomainDisc, teacher_for
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
-from shared.clock.local_steps import TEACHER_ROUND, LocalSteps
+from shared.clock.local_steps import LocalSteps, teacher_dp_steps
 from shared.protocol.records import (RoundConfig, SetupConfig, SimSetup, TeacherRoundConfig,
                                      bn_buffers, from_record, load_student_state,
                                      spec_from_record, student_state, to_record)
@@ -190,20 +189,16 @@ def train_teacher(msg: Message, context: Context) -> Message:
     """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context, TeacherRoundConfig)
-    spec = decode_spec(msg.content)
-    teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
-    teacher.load_state_dict(from_record(msg.content[wire.TEACHER_TRAIN]))
-    disc.load_state_dict(from_record(msg.content[wire.TEACHER_DISC]))
+    members = decode_members(msg.content, rc, decode_spec(msg.content))
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
-        budget.charge(context, rc, "teacher train", TEACHER_ROUND.dp_steps(),
+        budget.charge(context, rc, "teacher train", teacher_dp_steps(rc.members, rc.local_steps),
                       sampling_rate(rc.batch_size, count))
-        grads = record_dann_round(teacher, disc, data.x_train, rc, cid, secret, count, rc.w_dom)
-        buffers, metrics = None, {}
+        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, (secret, count))
     else:
         budget.charge(context, rc, "teacher train")  # refused where the operator set a budget
-        grads, buffers, metrics = dann_round(teacher, disc, data.x_train, rc, cid, rc.w_dom)
+        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid)
         count = data.num_examples
     reply = RecordDict({
         wire.TEACHER_GRAD: to_record(grads["teacher"]),
@@ -213,7 +208,7 @@ def train_teacher(msg: Message, context: Context) -> Message:
     })
     if buffers is not None:
         reply[wire.TEACHER_BN] = to_record(buffers)
-    wire.check_outgoing(reply, teacher_up_shapes(teacher, disc))
+    wire.check_outgoing(reply, teacher_up_shapes(*members[0], rc.members))
     return Message(reply, reply_to=msg)
 
 

@@ -25,9 +25,9 @@ from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.unikd.settings import batch_coupling
-from shared.clock.local_steps import LocalSteps
+from shared.clock.local_steps import LocalSteps, local_sgd
 from client.node.node_config import NodeConfig, read_node_config
-from client.node.target_side import local_sgd
+from client.node.target_side import round_path, step_alpha, step_schedule
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
 from shared.clock.seeding import (DP_COUNT, DP_POISSON, DP_STEP_NOISE, PHASE_TEACHER, PHASE_UNIKD,
                                   augment_generator, client_stream, record_dp_offset, seed_side)
@@ -158,26 +158,35 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
+    path = round_path(rc)
     nets.train()
 
-    def step(j: int) -> dict[str, torch.Tensor]:
+    def gradient(j: int) -> dict[str, torch.Tensor]:
+        loss.sched = step_schedule(rc, path[j])  # `both` mode: each step its own values
         loss.augment = augment_generator(rc.seed, client_stream(client), rc.global_step, sub=j)
         return _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
 
     with frozen_bn(nets):
-        mean = local_sgd(params, steps, rc.lr, step)
+        mean = local_sgd(params, steps, rc.lr, gradient)
     return _wire_groups(mean)
 
 
 def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
                       client: int, secret: bytes | None, released: int,
                       w_dom: float = 1.0) -> Grads:
-    """One DP-SGD step on the DANN target half; gradients for `teacher` and `disc`."""
+    """A DP-SGD step on the DANN target half per local step (one in edge mode), each at its
+    own GRL α; the mean noisy gradients for `teacher` and `disc`."""
     loss = DannTargetLoss(teacher, disc, rc.alpha, w_dom)
+    params, path = dict(loss.named_parameters()), round_path(rc)
     teacher.train()
     disc.train()
+
+    def gradient(j: int) -> dict[str, torch.Tensor]:
+        loss.alpha = step_alpha(rc, path[j])
+        return _dp_step(loss, (x,), rc, client, secret, released, PHASE_TEACHER, j)
+
     with frozen_bn(teacher):
-        g = _dp_step(loss, (x,), rc, client, secret, released, PHASE_TEACHER, 0)
+        g = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient)
     out: Grads = {"teacher": {}, "disc": {}}
     for name, t in g.items():
         member, rest = name.split(".", 1)

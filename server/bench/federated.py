@@ -122,6 +122,7 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
             "rounds_to_95pct": rounds_to_fraction(result.evals, 0.95),
             "rejected": len(result.rejected), "clients": cfg.fed.clients,
             "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
+            "local_steps_mode": cfg.fed.local_steps_mode, "server_step": cfg.fed.server_step,
             "teacher_placement": cfg.fed.teacher_placement,
             "dp": cfg.fed.dp, "secure_aggregation": cfg.fed.secure_aggregation,
             "dp_epsilon_spent": last_value(rounds, "dp_epsilon"),

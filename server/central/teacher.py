@@ -22,8 +22,8 @@ from shared.unikd.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import teacher_state
 from shared.clock.schedules import grl_alpha, training_progress
-from shared.clock.seeding import (INIT_DANN_TEACHER, INIT_SOURCE_TEACHER, MEMBER_SEEDS,
-                                  SOURCE_STREAM, client_stream, seed_for, seed_init, seed_side)
+from shared.clock.seeding import (INIT_DANN_TEACHER, INIT_SOURCE_TEACHER, SOURCE_STREAM,
+                                  client_stream, member_seed, seed_init, seed_side)
 from shared.clock.steps import StepInfo, run_epochs
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,6 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
         history.extend(rows)
     teacher.eval()
     return teacher
-
-
-def member_seed(seed: int, member: int) -> int:
-    """Member 0 uses the run seed itself; further members get derived seeds."""
-    if member == 0:
-        return seed
-    return seed_for(seed, SOURCE_STREAM, member, MEMBER_SEEDS.number()) % 2**31
 
 
 def train_teacher(cfg: RunConfig, data: ScenarioData, progress: bool = True,

@@ -6,15 +6,20 @@ transaction on that state, in five steps:
 
 1. `begin_round`: keep the weights the clients will receive (BN buffers included), then run the
    source-side terms on one source batch at those weights (the same `shared.unikd.engine` call
-   as centralized); their gradient waits in .grad;
+   as centralized); their gradient waits in .grad. A round of L > 1 steps
+   (`fed.local_steps_mode: both`) runs the L source steps on a copy instead
+   (server/fed/source_path.py) and leaves their mean gradient there;
 2. `round_messages`: the round's messages, built once from what `begin_round` kept (weights,
    schedule, settings, the expected cross KD's source scalar) and never changed afterwards;
 3. the round loop sends them and collects the replies (server/fed/transport.py);
 4. it checks them: shapes, NaN, stale or duplicate replies, outliers (server/fed/aggregate.py);
 5. `finish_round`: add the clients' target gradients, weighted by their sample counts, to the
    source one; compose the BN running statistics (source update first, then the clients' mean
-   target update, the order of the centralized step) and step all three optimizers. With too
-   few valid replies, `abort_round` instead: nothing moves, BN statistics included.
+   target update, the order of the centralized step) and step all three optimizers, by as many
+   steps as the round covers (server/fed/server_step.py). With too few valid replies,
+   `abort_round` instead: nothing moves, BN statistics included.
+
+Which steps of the run's clock a round covers is `plan` (shared/clock/local_steps.py).
 
 With `distill.ema_decay` > 0 the cloud also keeps an EMA of the student (shared/unikd/ema.py,
 the centralized trainer's own), updated by every applied round. Training rounds send the live
@@ -36,6 +41,8 @@ from torch import nn
 from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
 from server.fed.dp.federation import DpPlan
 from server.fed.secagg import masking_clip
+from server.fed.server_step import apply_server_step
+from server.fed.source_path import add_cross_grads, run_source_path
 from shared.errors import UnikdError
 from shared.protocol import wire
 from shared.config import RunConfig
@@ -44,13 +51,15 @@ from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
 from shared.data.datasets import DatasetSpec, parse_scenario
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
-                           make_optimizers, source_terms, step_all, target_passes,
-                           teacher_outputs, zero_all)
+                           make_optimizers, source_terms, target_passes, teacher_outputs,
+                           zero_all)
 from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
                                      spec_to_record, student_state, to_record)
+from shared.clock.local_steps import LocalStep, LocalSteps, RoundPlan, local_path
+from shared.clock.schedules import ScheduleClock
 from shared.clock.seeding import SOURCE_STREAM, seed_init, seed_side
 from shared.clock.steps import batch_plan
 
@@ -109,6 +118,13 @@ class Clock:
         return global_step // self.steps_per_epoch + 1, global_step % self.steps_per_epoch
 
 
+def round_plan(cfg: RunConfig, clock: Clock) -> RoundPlan:
+    """The steps each round of this run covers (fed.local_steps_mode, fed.local_steps,
+    fed.rounds)."""
+    f = cfg.fed
+    return RoundPlan.of(f.local_steps_mode, f.local_steps, clock.total, f.rounds)
+
+
 @dataclass(frozen=True)
 class CloudRound:
     """A round the cloud has begun: what its clients receive and what its source step left.
@@ -122,6 +138,8 @@ class CloudRound:
     bn_before: dict[str, torch.Tensor]  # the student's BN buffers before the source step
     source: dict[str, torch.Tensor]  # the source terms; their gradient waits in .grad
     config: RoundConfig  # what every node is told this round (without the teacher count)
+    # L > 1 steps under the expected cross KD: the mean of d(β_j KD_s,j) (source_path.py)
+    cross_grads: dict[str, torch.Tensor] | None = None
 
     @property
     def cross_kd(self) -> bool:
@@ -143,6 +161,7 @@ class Cloud:
     t_src: TeacherOut = field(init=False)
     ema: StudentEMA | None = field(init=False)  # the reported student's EMA (None: off)
     current: CloudRound | None = field(init=False, default=None)  # the round begun, if any
+    plan: RoundPlan = field(init=False)  # the steps of the clock each round covers
 
     def __post_init__(self) -> None:
         d = self.cfg.distill
@@ -157,6 +176,7 @@ class Cloud:
             self.prototypes = class_prototypes(self.t_src.feat, self.source.train.y,
                                                self.source.spec.classes)
         self.nets.train()
+        self.plan = round_plan(self.cfg, self.clock)
 
     @property
     def hp(self) -> KDHparams:
@@ -167,17 +187,35 @@ class Cloud:
         """β and the GRL α of a step, from the clock and the config's schedule switches."""
         return StepSchedule.at(self.cfg.distill, epoch, step, self.clock.steps_per_epoch)
 
+    @property
+    def schedule_clock(self) -> ScheduleClock:
+        """The clock and schedule switches a `both`-mode round carries to the nodes."""
+        d = self.cfg.distill
+        return ScheduleClock(self.clock.steps_per_epoch, d.epochs, d.beta_natural_log,
+                             d.grl_ramp)
+
+    def round_path(self, rnd: int) -> list[LocalStep]:
+        """Round `rnd`'s steps on the cloud's side: one source step (edge mode), or the
+        round's L steps of the clock (both mode), as the nodes read them (target_side.py)."""
+        first = self.plan.first_step(rnd)
+        if not self.plan.both:
+            return local_path(LocalSteps(1), first, *self.clock.at(first), None)
+        return local_path(self.plan.local_steps(rnd), first, *self.clock.at(first),
+                          self.schedule_clock)
+
     def round_config(self, rnd: int) -> RoundConfig:
         """Round `rnd`'s schedule and settings, before the privacy plan adds its own."""
-        epoch, step = self.clock.at(rnd - 1)
+        first = self.plan.first_step(rnd)
+        epoch, step = self.clock.at(first)
         sched = self.schedule(epoch, step)
         d, f = self.cfg.distill, self.cfg.fed
         return RoundConfig(
-            round=rnd, epoch=epoch, step=step, global_step=rnd - 1, schedule=sched,
-            hparams=self.hp, lr=d.lr, local_steps=f.local_steps, seed=self.cfg.seed,
-            batch_size=d.batch_for(self.source.spec), bn_policy=f.bn_policy,
+            round=rnd, epoch=epoch, step=step, global_step=first, schedule=sched,
+            hparams=self.hp, lr=d.lr, local_steps=self.plan.local_steps(rnd).count,
+            seed=self.cfg.seed, batch_size=d.batch_for(self.source.spec), bn_policy=f.bn_policy,
             teacher_hash=self.teacher_hash if f.teacher_placement != "cloud" else "",
-            dataset=self.source.spec.name)
+            dataset=self.source.spec.name,
+            clock=self.schedule_clock if self.plan.both else None)
 
     def node_config(self, rnd: int, dp: DpPlan | None = None,
                     source_kd: float | None = None) -> RoundConfig:
@@ -246,10 +284,16 @@ class Cloud:
             raise UnikdError(f"round {rnd} begun while round {self.current.number} is open")
         weights = self.weight_records()
         bn_before = {k: v.clone() for k, v in bn_buffers(self.nets.student).items()}
-        src = self.source_step(rnd)
+        path, cross = self.round_path(rnd), None
+        if len(path) == 1:
+            src = self.source_step(rnd)
+        else:  # L > 1 steps (both mode): on a copy; the master weights stay as sent
+            zero_all(self.opts)
+            walked = run_source_path(self.nets, path, self.cfg.distill.lr, self.terms_at)
+            src, cross = walked.terms, walked.cross_grads
         source_kd = src["cross_kd"].item() if "cross_kd" in src else None
         self.current = CloudRound(rnd, weights, bn_before, src,
-                                  self.node_config(rnd, self.dp, source_kd))
+                                  self.node_config(rnd, self.dp, source_kd), cross)
         return self.current
 
     def round_messages(self, nodes: list[int], has_teacher: set[int]) -> dict[int, RecordDict]:
@@ -268,16 +312,22 @@ class Cloud:
 
     def source_step(self, rnd: int) -> dict[str, torch.Tensor]:
         """Source-side terms at the current weights; leaves their gradient in .grad."""
-        epoch, step = self.clock.at(rnd - 1)
-        idx = batch_plan(self.cfg.seed, SOURCE_STREAM, epoch, len(self.source.train),
-                         self.cfg.distill.batch_for(self.source.spec))
-        idx = idx[step % len(idx)]
         zero_all(self.opts)
-        seed_side(self.cfg.seed, SOURCE_STREAM, rnd - 1)
-        terms = source_terms(self.nets, self.source.train.x[idx], self.source.train.y[idx],
-                             self.t_src[idx], self.schedule(epoch, step), self.hp)
+        terms = self.terms_at(self.nets, self.round_path(rnd)[0])
         terms["loss"].backward(retain_graph="cross_kd" in terms)  # cross KD: once more later
         return terms
+
+    def terms_at(self, nets: UniKDNets, s: LocalStep) -> dict[str, torch.Tensor]:
+        """The source terms of one step of the clock at `nets`' weights: its source batch, its
+        dropout draws, its schedule values (the config's, computed as the nodes do)."""
+        idx = batch_plan(self.cfg.seed, SOURCE_STREAM, s.epoch, len(self.source.train),
+                         self.cfg.distill.batch_for(self.source.spec))
+        idx = idx[s.batch % len(idx)]
+        sched = (self.schedule(*self.clock.at(s.seed_step)) if s.schedule is None
+                 else StepSchedule(*s.schedule))  # both mode: the values the nodes compute
+        seed_side(self.cfg.seed, SOURCE_STREAM, s.seed_step)
+        return source_terms(nets, self.source.train.x[idx], self.source.train.y[idx],
+                            self.t_src[idx], sched, self.hp)
 
     def abort_round(self) -> None:
         """Close the open round moving nothing: drop the source gradient and its BN update."""
@@ -302,12 +352,19 @@ class Cloud:
         for group, key in (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
                            ("d_d", wire.D_D_GRAD)):
             add_grads(named[group], weighted_mean(updates, key) if updates else {})
-        if r.cross_kd and target_w is not None:
-            cross_kd_source_grad(r.source, target_w, self.schedule(*self.clock.at(r.number - 1)))
+        if r.cross_kd and target_w is not None and r.cross_grads is not None:
+            add_cross_grads(self.nets, r.cross_grads, target_w)  # L > 1 steps
+        elif r.cross_kd and target_w is not None:
+            cross_kd_source_grad(r.source, target_w,
+                                 self.schedule(*self.clock.at(self.plan.first_step(r.number))))
+        steps = r.config.local_steps if self.plan.both else 1  # steps of the clock advanced
         if updates and self.cfg.fed.bn_policy != "local":
+            passes = target_passes(self.hp)  # BN updates per target step
             compose_bn(self.nets.student, r.bn_before, weighted_mean(updates, wire.STUDENT_BN),
-                       prefix="student.",
-                       target_passes=target_passes(self.hp))
-        step_all(self.opts)
-        if self.ema is not None:  # after the step, as the centralized trainer does
+                       prefix="student.", target_passes=passes * steps)
+        apply_server_step(self.opts, steps, self.cfg.fed.server_step, self.fold_ema)
+
+    def fold_ema(self) -> None:
+        """After each step applied, as the centralized trainer does (a no-op when off)."""
+        if self.ema is not None:
             self.ema.update(self.nets)

@@ -18,16 +18,16 @@ from tqdm import tqdm
 from server.fed.aggregate import (ClientUpdate, norm_summary, parse_aggregator, reject_outliers,
                                   robust_combine, split_replies)
 from server.fed import delivery
-from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source, sim_setup,
-                              target_w_mean)
+from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source, round_plan,
+                              sim_setup, target_w_mean)
 from server.fed.ledger import Ledger
 from server.fed.transport import Sender, TransportOptions
 from server.fed.setup import setup_config, setup_content
 from server.fed.secagg import secure_updates
 from server.fed.dp.client_level import cloud_secret
 from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_record_terms,
-                                      check_teacher_source, federated_teacher_rounds,
-                                      plan_run_privacy, train_records)
+                                      check_teacher_source, plan_run_privacy,
+                                      teacher_round_charges, train_records)
 from server.fed.dp.record_level import RecordLedger
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
@@ -223,9 +223,10 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     n_trg = sum(counts.values())
     clock = Clock(steps_per_epoch(len(source.train), n_trg, cfg.distill.batch_for(source.spec)),
                   cfg.distill.epochs)
-    total = cfg.fed.rounds or clock.total
+    plan = round_plan(cfg, clock)  # which steps of the clock each round covers
+    total = plan.rounds
     parse_aggregator(cfg.fed.aggregator)  # a bad spec fails before any round
-    privacy = plan_run_privacy(cfg, total, counts, len(source.train), source.spec,
+    privacy = plan_run_privacy(cfg, plan, counts, len(source.train), source.spec,
                                cloud_secret(grid))  # None: off
     ledger = privacy.ledger if privacy is not None else None
     teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
@@ -240,11 +241,12 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
         first = restore(cloud, fed.result, ckpt) + 1
         send.exchanges += int(ckpt.get("exchanges", 0))  # before the interruption
         if privacy is not None:
-            privacy.replay(federated_teacher_rounds(cfg, len(source.train), n_trg, source.spec),
-                           first - 1)
+            privacy.replay(teacher_round_charges(cfg, len(source.train), n_trg, source.spec),
+                           first - 1, plan)
         log.info("resuming from %s after round %d", resume, first - 1)
-    log.info("federation: %d clients (%s windows), %d rounds (%d per epoch), teacher %s on %s; "
-             "windows per client: %s", len(nodes), n_trg, total, clock.steps_per_epoch,
+    log.info("federation: %d clients (%s windows), %d rounds of %d step(s) (%s mode; %d steps "
+             "per epoch), teacher %s on %s; windows per client: %s", len(nodes), n_trg, total,
+             plan.steps.count if plan.both else 1, plan.mode, clock.steps_per_epoch,
              cloud.teacher_hash[:12], cfg.fed.teacher_placement,
              " ".join(f"{c}={n}" for c, n in sorted(counts.items())))
     return fed, first
@@ -300,7 +302,7 @@ def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict
                                         echo={"local-steps": opened.config.local_steps})
         sa_row = {}
     if fed.privacy is not None:  # record DP: every node asked spent its steps
-        fed.privacy.charge_round(rnd, fed.counts)
+        fed.privacy.charge_round(rnd, fed.counts, opened.config.local_steps)
     return updates, replies, errors, sa_row
 
 
@@ -351,10 +353,11 @@ def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
     ev = evaluate_round(fed.send, fed.cloud, fed.nodes, rnd)
     ev["mb_total"] = fed.result.ledger.total_mb()
     ev["exchanges"] = fed.send.exchanges  # so far, this evaluation included
+    ev["steps"] = fed.cloud.plan.steps_done(rnd)  # steps of the clock applied by then
     fed.result.evals.append(ev)
     if row is not None:
         log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
-                 rnd, fed.total, fed.cloud.clock.at(rnd - 1)[0], row["src_loss"],
+                 rnd, fed.total, fed.cloud.clock.at(ev["steps"] - 1)[0], row["src_loss"],
                  row.get("trg_loss", float("nan")),
                  f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
 
@@ -392,8 +395,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
     fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir)
-    spe = fed.cloud.clock.steps_per_epoch
-    eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe
+    plan, spe = fed.cloud.plan, fed.cloud.clock.steps_per_epoch
+    eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe  # in steps of the clock
     for rnd in tqdm(range(first, fed.total + 1), desc="rounds",
                     disable=None if progress else True, dynamic_ncols=True):
         row = run_round(fed, rnd)
@@ -403,9 +406,9 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
             continue
         if on_round is not None:
             on_round(rnd, fed.cloud, row)
-        if rnd % eval_every == 0 or rnd == fed.total:
+        if plan.ends_period(rnd, eval_every) or rnd == fed.total:
             score(fed, rnd, row)
-        if run_dir is not None and (rnd % ckpt_every == 0 or rnd == fed.total):
+        if run_dir is not None and (plan.ends_period(rnd, ckpt_every) or rnd == fed.total):
             save_checkpoint(run_dir / "checkpoints" / "last.pt", fed.cloud, fed.result, rnd,
                             fed.send.exchanges)
         if stop_after is not None and rnd >= stop_after:

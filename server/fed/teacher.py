@@ -2,7 +2,9 @@
 
 The cloud runs source CE and the source half of the domain loss; each edge returns the gradient
 of the target half for the teacher and its discriminator. With one client this reproduces
-`server.central.teacher.train_dann_teacher` step for step.
+`server.central.teacher.train_dann_teacher` step for step. This module trains the members one
+after the other, one step per round (edge mode); `fed.local_steps_mode: both` trains them all
+in each round of L steps (server/fed/teacher_joint.py).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import logging
 import torch
 from tqdm import tqdm
 
-from server.fed.aggregate import (ClientUpdate, add_grads, compose_bn, split_replies,
-                                  weighted_mean)
+from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
 from server.fed.setup import setup_config, setup_content
+from server.fed.teacher_exchange import teacher_updates
 from server.fed.transport import Sender
-from server.central.teacher import TEACHER_BETAS, member_seed
+from server.central.teacher import TEACHER_BETAS
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.unikd.engine import dann_source_terms
@@ -26,11 +28,10 @@ from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
 from shared.protocol.reply_shapes import teacher_up_shapes
 from shared.clock.local_steps import TEACHER_ROUND
 from shared.clock.schedules import grl_alpha, training_progress
-from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, seed_init, seed_side
+from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, member_seed, seed_init, seed_side
 from shared.clock.steps import batch_plan, steps_per_epoch
 
 log = logging.getLogger(__name__)
-RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)
 
 
 def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int,
@@ -73,18 +74,9 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         content[wire.TEACHER_TRAIN] = to_record(teacher.state_dict())
         content[wire.TEACHER_DISC] = to_record(disc.state_dict())
         before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
-        replies = send.to_all(nodes, content, wire.TRAIN_TEACHER, rnd)
-        if privacy is not None:  # every node asked may have spent a step
-            privacy.charge("teacher", first_round + rnd - 1, sorted(privacy.plan.counts),
-                           TEACHER_ROUND.dp_steps())
-        updates, _ = split_replies(replies, rnd, shapes,
-                                   RECORDS[:2] if privacy is not None else RECORDS)
-        if privacy is not None:  # weights: the released counts; no BN statistics from nodes
-            updates = [ClientUpdate(u.client, privacy.plan.counts.get(u.client, 1),
-                                    {**u.arrays, wire.TEACHER_BN: {}}, {}) for u in updates]
-        if len(updates) < cfg.fed.min_clients:  # nothing moves, BN statistics included
-            log.warning("teacher round %d: %d valid replies < min_clients; skipped", rnd,
-                        len(updates))
+        updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
+                                  privacy, (first_round + rnd - 1, TEACHER_ROUND.dp_steps()))
+        if updates is None:
             continue
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -118,6 +110,13 @@ def target_domain_loss(updates: list[ClientUpdate]) -> float | None:
 
 def federated_dann_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                            n_trg: int, progress: bool = True, privacy=None):
+    """The teacher: member after member, a step per round (edge mode), or every member in each
+    round of L steps (`fed.local_steps_mode: both`, server/fed/teacher_joint.py)."""
+    if cfg.fed.local_steps_mode == "both":
+        from server.fed.teacher_joint import federated_dann_joint
+
+        members = federated_dann_joint(send, cfg, source, nodes, n_trg, progress, privacy)
+        return members[0] if len(members) == 1 else TeacherEnsemble(members)
     per_member = steps_per_epoch(len(source.train), n_trg,
                                  cfg.teacher.batch_for(source.spec)) * cfg.teacher.epochs
     members = [federated_dann_member(send, cfg, source, nodes, n_trg,

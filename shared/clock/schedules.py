@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 BETA_START, BETA_END = 0.1, 0.9
 
@@ -35,3 +36,29 @@ def training_progress(step: int, epoch: int, steps_per_epoch: int, num_epochs: i
     if ramp:
         return ((epoch - 1) * steps_per_epoch + step) / (num_epochs * steps_per_epoch)
     return (step + epoch * steps_per_epoch) / num_epochs + 1.0 / steps_per_epoch
+
+
+@dataclass(frozen=True)
+class ScheduleClock:
+    """What any step's schedule values depend on: the clock's shape and the schedule switches.
+
+    The centralized trainer and the cloud read these from the run config; under
+    `fed.local_steps_mode: both` the round config carries them too, so each node computes the
+    values of each of its local steps itself, with the same functions (`values`).
+    """
+
+    steps_per_epoch: int
+    epochs: int  # distill.epochs: where the schedules end
+    beta_natural_log: bool = True
+    grl_ramp: bool = True
+
+    def at(self, global_step: int) -> tuple[int, int]:
+        """(1-based epoch, 0-based step inside it) of a 0-based global step."""
+        return global_step // self.steps_per_epoch + 1, global_step % self.steps_per_epoch
+
+    def values(self, global_step: int) -> tuple[float, float]:
+        """(β, GRL α) of a global step: `kd_beta` and `grl_alpha` as every trainer calls them."""
+        epoch, step = self.at(global_step)
+        return (kd_beta(epoch, self.epochs, self.beta_natural_log),
+                grl_alpha(training_progress(step, epoch, self.steps_per_epoch, self.epochs,
+                                            self.grl_ramp)))

@@ -139,6 +139,16 @@ def augment_generator(seed: int, stream: int, global_step: int, sub: int = 0) ->
     return generator_for(seed, stream, global_step, AUGMENT.number(sub))
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The seed of teacher ensemble member `member` of a run seeded `seed`: member 0 uses the run
+    seed itself, further members derived seeds. The cloud trains each member under its seed and,
+    when one exchange carries every member (fed.local_steps_mode=both), each node derives them
+    from the round's run seed with this function."""
+    if member == 0:
+        return seed
+    return seed_for(seed, SOURCE_STREAM, member, MEMBER_SEEDS.number()) % 2**31
+
+
 def seed_init(seed: int, what: int = INIT_MODELS) -> None:
     """Seed model construction; the federated server builds its models the same way."""
     torch.manual_seed(seed_for(seed, SOURCE_STREAM, what, MODEL_INIT.number()))

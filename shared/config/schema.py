@@ -107,6 +107,15 @@ class FedConfig:
     clients: int = field(default=3, metadata=rng(1, 10_000))
     rounds: int = field(default=0, metadata=rng(0, 1_000_000))  # 0 = distill.epochs worth of steps
     local_steps: int = field(default=1, metadata=rng(1, 10_000))
+    # what a round is (shared/clock/local_steps.py): "edge" = one step of the clock per round,
+    # its target half over L local steps on each edge; "both" = L steps of the clock per round,
+    # L source steps on the cloud and L target steps on each edge: L times fewer rounds. With
+    # "both", fed.rounds counts rounds of L steps and fed.checkpoint_every counts steps
+    local_steps_mode: Literal["edge", "both"] = "edge"
+    # "both" only: how the cloud applies a round's combined pseudo-gradient to advance L steps
+    # (server/fed/server_step.py): "repeat" = L Adam steps on it, "scaled-lr" = one Adam step
+    # with the learning rate x L, "sqrt-lr" = L Adam steps with the learning rate / sqrt(L)
+    server_step: Literal["repeat", "scaled-lr", "sqrt-lr"] = "repeat"
     partition: str = "iid"  # iid | dirichlet:<alpha> | per-domain
     teacher_placement: Literal["edge", "cloud", "source-only"] = "edge"
     # cloud placement only: "prototypes" sends the teacher's mean source feature per class
@@ -115,7 +124,7 @@ class FedConfig:
     bn_policy: Literal["averaged", "local", "reestimate"] = "averaged"
     engine: Literal["inprocess", "ray"] = "inprocess"
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
-    checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # rounds; 0 = each epoch
+    checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # steps; 0 = each epoch
     round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
     # the round loop's transport (server/fed/transport.py): seconds between reply pulls, and
     # one packed array per message instead of one Flower object per array

@@ -119,15 +119,24 @@ def teacher_from_state(states: list[dict[str, torch.Tensor]], spec) -> nn.Module
     return (members[0] if len(members) == 1 else TeacherEnsemble(members)).eval()
 
 
+def by_member(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Several members' tensors as one flat dict for the wire: "<member>.<name>"."""
+    return {f"{m}.{k}": v for m, sd in enumerate(states) for k, v in sd.items()}
+
+
+def of_members(arrays: dict[str, torch.Tensor], members: int) -> list[dict[str, torch.Tensor]]:
+    """`by_member` undone: each member's own names and tensors, members 0 .. members-1."""
+    return [{k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{m}.")}
+            for m in range(members)]
+
+
 def teacher_to_arrays(teacher: nn.Module) -> dict[str, torch.Tensor]:
     """One flat dict for the wire: "<member>.<name>"."""
-    return {f"{m}.{k}": v for m, sd in enumerate(teacher_state(teacher)) for k, v in sd.items()}
+    return by_member(teacher_state(teacher))
 
 
 def teacher_from_arrays(arrays: dict[str, torch.Tensor], members: int, spec) -> nn.Module:
-    states = [{k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{m}.")}
-              for m in range(members)]
-    return teacher_from_state(states, spec)
+    return teacher_from_state(of_members(arrays, members), spec)
 
 
 # ---------------------------------------------------------------- RNG state, weights_only-safe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from typing import Self
@@ -14,6 +15,7 @@ from torch import nn
 
 from shared.data.datasets import DatasetSpec
 from shared.unikd.engine import UniKDNets
+from shared.clock.schedules import ScheduleClock
 from shared.unikd.settings import KDHparams, StepSchedule
 from shared.protocol import npy
 
@@ -102,6 +104,14 @@ class TeacherRoundConfig(SetupConfig):
 
     alpha: float
     w_dom: float
+    # fed.local_steps_mode=both: one exchange trains every ensemble member, L local steps each
+    # (shared/clock/local_steps.py). `members` of them (arrays "<member>.<name>"; `seed` is the
+    # run's seed, member k's is seeding.member_seed(seed, k)), each local step with its own GRL
+    # α from `clock`, plain SGD at `lr` between steps. None (not on the wire) in edge mode: one
+    # member per exchange, `seed` its own, one step at `alpha`
+    members: int | None = None
+    lr: float | None = None
+    clock: ScheduleClock | None = None
 
 
 @dataclass(kw_only=True)
@@ -124,14 +134,21 @@ class RoundConfig(SetupConfig):
     # no node reads it (the message type says what a message is); it stays on the wire so a
     # round's bytes, which the communication ledger counts, stay as measured
     phase: str = "unikd"
+    # fed.local_steps_mode=both: the clock and schedule switches, from which the node computes
+    # each local step's own schedule values (shared/clock/local_steps.py); None (not on the
+    # wire) in edge mode, whose local steps all take `schedule`
+    clock: ScheduleClock | None = None
 
 
 def flat_fields(config: object) -> dict:
     """A config dataclass as one flat mapping (a ConfigRecord holds scalars only): the fields
-    of a nested dataclass become keys of their own. Two fields of one name are an error."""
+    of a nested dataclass become keys of their own, an optional one left at None travels not
+    at all. Two fields of one name are an error."""
     out: dict = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if value is None and f.default is None:
+            continue
         for key, v in (flat_fields(value) if dataclasses.is_dataclass(value)
                        else {f.name: value}).items():
             if key in out:
@@ -182,8 +199,13 @@ def _from_config_record(cls, record: ConfigRecord, nested: bool = False):
     hints = typing.get_type_hints(cls)
     kwargs, missing = {}, []
     for f in dataclasses.fields(cls):
+        optional = _optional_dataclass(hints[f.name])
         if dataclasses.is_dataclass(hints[f.name]):
             kwargs[f.name] = _from_config_record(hints[f.name], record, nested=True)
+        elif optional is not None:  # present whole (its first key says so) or absent: None
+            first = dataclasses.fields(optional)[0].name
+            kwargs[f.name] = (_from_config_record(optional, record, nested=True)
+                              if first in record else None)
         elif f.name in record:
             kwargs[f.name] = record[f.name]
         elif nested or f.default is dataclasses.MISSING:
@@ -191,3 +213,13 @@ def _from_config_record(cls, record: ConfigRecord, nested: bool = False):
     if missing:
         raise ValueError(f"{cls.__name__}: the record lacks {', '.join(missing)}")
     return cls(**kwargs)
+
+
+def _optional_dataclass(hint) -> type | None:
+    """D for a field typed `D | None` with D a dataclass (it travels only when set), else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and dataclasses.is_dataclass(rest[0]):
+            return rest[0]
+    return None

@@ -19,8 +19,15 @@ def up_shapes(nets: UniKDNets) -> Shapes:
     return wire.expected_up_shapes(g["student"], g["d_f"], g["d_d"], bn_buffers(nets.student))
 
 
-def teacher_up_shapes(teacher: nn.Module, disc: nn.Module) -> Shapes:
-    """A federated DANN teacher round's reply: teacher and discriminator gradients, teacher BN."""
-    return wire.expected_teacher_shapes(dict(teacher.named_parameters()),
-                                        dict(disc.named_parameters()),
-                                        dict(teacher.named_buffers()))
+def teacher_up_shapes(teacher: nn.Module, disc: nn.Module, members: int | None = None
+                      ) -> Shapes:
+    """A federated DANN teacher round's reply: teacher and discriminator gradients, teacher BN;
+    with `members` (every ensemble member in one exchange) each array once per member, named
+    "<member>.<name>"."""
+    shapes = wire.expected_teacher_shapes(dict(teacher.named_parameters()),
+                                          dict(disc.named_parameters()),
+                                          dict(teacher.named_buffers()))
+    if members is None:
+        return shapes
+    return {rec: {f"{m}.{k}": v for m in range(members) for k, v in arrays.items()}
+            for rec, arrays in shapes.items()}

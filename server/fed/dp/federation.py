@@ -15,7 +15,7 @@ from server.fed.aggregate import ClientUpdate
 from server.fed.dp.client_level import PrivacyPlan, plan_privacy, private_aggregate, releases
 from server.fed.dp.record_level import (RecordLedger, RecordPlan, plan_record_privacy,
                                         record_aggregate)
-from shared.clock.local_steps import TEACHER_ROUND, LocalSteps
+from shared.clock.local_steps import TEACHER_ROUND, LocalSteps, RoundPlan, teacher_dp_steps
 from shared.clock.steps import steps_per_epoch
 from shared.config import RunConfig
 from shared.errors import UnikdError
@@ -66,12 +66,19 @@ def check_record_terms(cfg: RunConfig) -> None:
         raise UnikdError(refusal)
 
 
-def federated_teacher_rounds(cfg: RunConfig, n_src: int, n_trg: int, spec) -> int:
-    """DANN teacher rounds the edges will train (0 with a checkpoint or a source-only teacher)."""
+def teacher_round_charges(cfg: RunConfig, n_src: int, n_trg: int, spec) -> list[int]:
+    """The DP-SGD steps each DANN teacher round the edges will train charges every node, in
+    round order (none with a checkpoint or a source-only teacher): edge mode one per round,
+    member after member; both mode every member's local steps in each round."""
     if cfg.teacher.checkpoint or cfg.fed.teacher_placement == "source-only":
-        return 0
+        return []
     t = cfg.teacher
-    return steps_per_epoch(n_src, n_trg, t.batch_for(spec)) * t.epochs * t.ensemble
+    steps = steps_per_epoch(n_src, n_trg, t.batch_for(spec)) * t.epochs
+    if cfg.fed.local_steps_mode == "edge":
+        return [TEACHER_ROUND.dp_steps()] * (steps * t.ensemble)
+    plan = RoundPlan.of("both", cfg.fed.local_steps, steps)
+    return [teacher_dp_steps(t.ensemble, plan.local_steps(r).count)
+            for r in range(1, plan.rounds + 1)]
 
 
 @dataclass(frozen=True)
@@ -84,29 +91,28 @@ class RunPrivacy:
     secret: bytes | None = None  # key of the central noise (cloud_secret); None: seed only
     secure: bool = False  # fed.secure_aggregation: the cloud sees the survivors' sum only
     shares: bool = False  # record DP whose nodes add 1/t noise shares (fed.record_noise=shares)
-    round_steps: int = 1  # DP-SGD steps a node asked to train takes per UNI-KD round
 
     @property
     def reply_records(self) -> tuple[str, ...]:
         """Records a train reply must carry: record DP sends no BN statistics at all."""
         return wire.GRAD_KEYS if isinstance(self.plan, RecordPlan) else TRAIN_RECORDS
 
-    def charge_round(self, rnd: int, clients: Iterable[int]) -> None:
-        """Record DP: every node asked to train this round spent its DP-SGD steps (an upper
-        bound: its reply may have been lost)."""
+    def charge_round(self, rnd: int, clients: Iterable[int], local_steps: int) -> None:
+        """Record DP: every node asked to train this round spent its DP-SGD steps, one per
+        local step (an upper bound: its reply may have been lost)."""
         if self.ledger is not None:
-            self.ledger.charge("unikd", rnd, sorted(clients), self.round_steps)
+            self.ledger.charge("unikd", rnd, sorted(clients), LocalSteps(local_steps).dp_steps())
 
-    def replay(self, teacher_rounds: int, student_rounds: int) -> None:
-        """A resumed run's ledger: the teacher phase (TEACHER_ROUND's steps per round) and the UNI-KD rounds
-        before the checkpoint."""
+    def replay(self, teacher_charges: list[int], student_rounds: int, plan: RoundPlan) -> None:
+        """A resumed run's ledger: the teacher phase (`teacher_round_charges`) and the UNI-KD
+        rounds before the checkpoint, each with its local steps (`plan`)."""
         if self.ledger is None:
             return
         clients = sorted(self.ledger.plan.counts)
-        for r in range(1, teacher_rounds + 1):
-            self.ledger.charge("teacher", r, clients, TEACHER_ROUND.dp_steps())
+        for r, steps in enumerate(teacher_charges, start=1):
+            self.ledger.charge("teacher", r, clients, steps)
         for r in range(1, student_rounds + 1):
-            self.charge_round(r, clients)
+            self.charge_round(r, clients, plan.local_steps(r).count)
 
     def aggregate(self, updates: list[ClientUpdate], seed: int, rnd: int, applied_before: int
                   ) -> tuple[list[ClientUpdate], dict]:
@@ -137,17 +143,18 @@ def train_records(privacy: RunPrivacy | None) -> tuple[str, ...]:
     return privacy.reply_records if privacy is not None else TRAIN_RECORDS
 
 
-def plan_run_privacy(cfg: RunConfig, rounds: int, counts: dict[int, int], n_src: int, spec,
-                     secret: bytes | None) -> RunPrivacy | None:
-    """The run's DP (None when fed.dp=off); `secret` keys the central noise (`cloud_secret`)."""
+def plan_run_privacy(cfg: RunConfig, rounds: RoundPlan, counts: dict[int, int], n_src: int,
+                     spec, secret: bytes | None) -> RunPrivacy | None:
+    """The run's DP (None when fed.dp=off); `rounds` the run's rounds and their local steps,
+    `secret` keys the central noise (`cloud_secret`). Client-level DP releases one update per
+    round; record DP charges one DP-SGD step per local step of every round."""
     f = cfg.fed
     if f.dp == "off":
         return None
     if f.dp != "record":
-        return RunPrivacy(plan_privacy(cfg, rounds), secret=secret,
+        return RunPrivacy(plan_privacy(cfg, rounds.rounds), secret=secret,
                           secure=f.secure_aggregation)
-    teacher = federated_teacher_rounds(cfg, n_src, sum(counts.values()), spec)
-    steps = LocalSteps(f.local_steps)
-    plan = plan_record_privacy(cfg, counts, teacher, steps.dp_steps(rounds), spec)
+    teacher = sum(teacher_round_charges(cfg, n_src, sum(counts.values()), spec))
+    plan = plan_record_privacy(cfg, counts, teacher, rounds.dp_steps(), spec)
     return RunPrivacy(plan, RecordLedger(plan), secret, f.secure_aggregation,
-                      f.record_noise == "shares", steps.dp_steps())
+                      f.record_noise == "shares")

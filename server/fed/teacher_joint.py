@@ -1,0 +1,157 @@
+"""The federated DANN teacher under `fed.local_steps_mode: both`: every ensemble member in each
+exchange, L steps of the teacher's clock per exchange (shared/clock/local_steps.py).
+
+A round sends all members' teachers and discriminators side by side ("<member>.<name>"); each
+node trains every member's target half over the round's L steps under that member's seed
+(client/node/teacher_side.py) and returns each member's pseudo-gradient. The cloud runs each
+member's L source steps (on a copy when L > 1, server/fed/source_path.py, exactly as the
+student's), adds the member's clients' weighted mean, composes its BN statistics and applies
+the sum with the member's own Adam optimizers, by L steps (server/fed/server_step.py). The
+members never interact: each is trained as it would be alone, in 1/(members x L) of the
+exchanges. With L = 1 and one client every member equals its centralized twin bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from server.fed.aggregate import add_grads, compose_bn, weighted_mean
+from server.fed.cloud import SourceData
+from server.fed.server_step import apply_server_step
+from server.fed.setup import setup_config, setup_content
+from server.fed.source_path import run_source_path
+from server.fed.teacher_exchange import RECORDS, teacher_updates
+from server.fed.transport import Sender
+from server.central.teacher import TEACHER_BETAS
+from shared.clock.local_steps import LocalStep, RoundPlan, local_path, teacher_dp_steps
+from shared.clock.schedules import ScheduleClock
+from shared.clock.seeding import (INIT_DANN_TEACHER, SOURCE_STREAM, member_seed, seed_init,
+                                  seed_side)
+from shared.clock.steps import batch_plan, steps_per_epoch
+from shared.config import RunConfig
+from shared.protocol import wire
+from shared.protocol.checkpoints import by_member, of_members
+from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
+from shared.protocol.reply_shapes import teacher_up_shapes
+from shared.unikd.engine import dann_source_terms
+from shared.unikd.models import CNN1d, DomainDisc, teacher_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """One ensemble member on the cloud: its seed, its two nets and their optimizers."""
+
+    seed: int
+    pair: nn.ModuleDict  # "teacher", "disc"
+    opts: dict[str, torch.optim.Optimizer]
+
+    @classmethod
+    def build(cls, cfg: RunConfig, source: SourceData, seed: int) -> Member:
+        """Constructed as `train_dann_teacher` constructs it (same seed, same order)."""
+        t, spec = cfg.teacher, source.spec
+        seed_init(seed, what=INIT_DANN_TEACHER)
+        teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
+        opts = {name: torch.optim.Adam(m.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                       betas=TEACHER_BETAS)
+                for name, m in (("teacher", teacher), ("disc", disc))}
+        pair = nn.ModuleDict({"teacher": teacher, "disc": disc})
+        pair.train()
+        return cls(seed, pair, opts)
+
+    @property
+    def teacher(self) -> CNN1d:
+        return self.pair["teacher"]
+
+
+def joint_round_config(cfg: RunConfig, source: SourceData, rnd: int, plan: RoundPlan,
+                       clock: ScheduleClock, members: int) -> TeacherRoundConfig:
+    """Round `rnd` of the joint teacher phase: its first step, its L, the clock, every member."""
+    t, first = cfg.teacher, plan.first_step(rnd)
+    epoch, step = clock.at(first)
+    return setup_config(cfg, source, TeacherRoundConfig, round=rnd, epoch=epoch, step=step,
+                        global_step=first, batch_size=t.batch_for(source.spec),
+                        alpha=clock.values(first)[1], w_dom=t.w_dom,
+                        local_steps=plan.local_steps(rnd).count, members=members, lr=t.lr,
+                        clock=clock)
+
+
+def source_terms_at(cfg: RunConfig, source: SourceData, member: Member):
+    """One step's DANN source half for `member`: its batch and dropout draws under its seed."""
+    t = cfg.teacher
+
+    def terms_at(pair: nn.Module, s: LocalStep) -> dict[str, torch.Tensor]:
+        plan = batch_plan(member.seed, SOURCE_STREAM, s.epoch, len(source.train),
+                          t.batch_for(source.spec))
+        idx = plan[s.batch % len(plan)]
+        seed_side(member.seed, SOURCE_STREAM, s.seed_step)
+        return dann_source_terms(pair["teacher"], pair["disc"], source.train.x[idx],
+                                 source.train.y[idx], s.schedule[1], t.w_cls, t.w_dom)
+
+    return terms_at
+
+
+def apply_member(cfg: RunConfig, source: SourceData, member: Member, path: list[LocalStep],
+                 grads: dict[str, dict[str, torch.Tensor]], bn: dict[str, torch.Tensor],
+                 before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A member's half of the round: its source steps, its clients' weighted mean gradients
+    (`grads`: teacher, disc) and BN statistics (`bn`), its server step. Returns its source
+    terms (one step) or their means (L steps), for the log."""
+    terms_at = source_terms_at(cfg, source, member)
+    for o in member.opts.values():
+        o.zero_grad(set_to_none=True)
+    if len(path) == 1:  # at the sent weights: the edge-mode round's source step
+        terms = terms_at(member.pair, path[0])
+        terms["loss"].backward()
+    else:
+        terms = run_source_path(member.pair, path, cfg.teacher.lr, terms_at).terms
+    for name in ("teacher", "disc"):
+        add_grads(dict(member.pair[name].named_parameters()), grads[name])
+    compose_bn(member.teacher, before, bn, target_passes=len(path))
+    apply_server_step(member.opts, len(path), cfg.fed.server_step, lambda: None)
+    return terms
+
+
+def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
+                         n_trg: int, progress: bool, privacy=None) -> list[CNN1d]:
+    """Every DANN member, trained together; `privacy` as in teacher.federated_dann_member."""
+    t = cfg.teacher
+    members = [Member.build(cfg, source, member_seed(cfg.seed, k)) for k in range(t.ensemble)]
+    m = len(members)
+    spe = steps_per_epoch(len(source.train), n_trg, t.batch_for(source.spec))
+    clock = ScheduleClock(spe, t.epochs, grl_ramp=cfg.distill.grl_ramp)
+    plan = RoundPlan.of("both", cfg.fed.local_steps, spe * t.epochs)
+    shapes = teacher_up_shapes(members[0].teacher, members[0].pair["disc"], m)
+    for rnd in tqdm(range(1, plan.rounds + 1), desc=f"federated DANN teacher ({m} members)",
+                    disable=None if progress else True, dynamic_ncols=True):
+        rc = joint_round_config(cfg, source, rnd, plan, clock, m)
+        if privacy is not None:
+            rc.dp_noise = privacy.plan.noise_multiplier
+        content = setup_content(cfg, source, rc)
+        content[wire.TEACHER_TRAIN] = to_record(by_member([x.teacher.state_dict()
+                                                           for x in members]))
+        content[wire.TEACHER_DISC] = to_record(by_member([x.pair["disc"].state_dict()
+                                                          for x in members]))
+        before = [{k: v.clone() for k, v in bn_buffers(x.teacher, "").items()} for x in members]
+        updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
+                                  privacy, (rnd, teacher_dp_steps(m, rc.local_steps)))
+        if updates is None:
+            continue
+        path = local_path(plan.local_steps(rnd), rc.global_step, rc.epoch, rc.step, clock)
+        mean = {key: of_members(weighted_mean(updates, key), m) for key in RECORDS}
+        terms = [apply_member(cfg, source, x, path, {"teacher": mean[wire.TEACHER_GRAD][k],
+                                                     "disc": mean[wire.TEACHER_DISC_GRAD][k]},
+                              mean[wire.TEACHER_BN][k], before[k])
+                 for k, x in enumerate(members)]
+        if plan.ends_period(rnd, 10 * spe) or rnd == plan.rounds:
+            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %s  source domain %s", rnd,
+                     plan.rounds, clock.at(plan.steps_done(rnd) - 1)[0], t.epochs,
+                     " ".join(f"{x['ce'].item():.3f}" for x in terms),
+                     " ".join(f"{x['dom'].item():.3f}" for x in terms))
+    return [x.teacher.eval() for x in members]
