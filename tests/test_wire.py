@@ -388,7 +388,7 @@ def test_every_metric_a_client_may_send_is_read_by_the_cloud():
 
 def test_the_teacher_rounds_read_the_target_domain_loss():
     from server.fed.aggregate import ClientUpdate
-    from server.fed.teacher import target_domain_loss
+    from server.fed.teacher_exchange import target_domain_loss
 
     def update(client, n, metrics):
         return ClientUpdate(client, n, {}, metrics)

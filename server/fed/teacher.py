@@ -14,10 +14,10 @@ import logging
 import torch
 from tqdm import tqdm
 
-from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
+from server.fed.aggregate import add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
 from server.fed.setup import setup_config, setup_content
-from server.fed.teacher_exchange import teacher_updates
+from server.fed.teacher_exchange import target_domain_loss, teacher_updates
 from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS
 from shared.protocol import wire
@@ -97,15 +97,6 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
                      rnd, total, epoch, tcfg.epochs, terms["ce"].item(), terms["dom"].item(),
                      "n/a" if trg is None else f"{trg:.3f}")
     return teacher.eval()
-
-
-def target_domain_loss(updates: list[ClientUpdate]) -> float | None:
-    """The nodes' target half of the domain loss (`teacher-dann-dom`), weighted by windows;
-    None where no node reports it (record DP: a node's replies carry gradients only)."""
-    reported = [(u.metrics[wire.TEACHER_DANN_DOM], u.num_examples) for u in updates
-                if wire.TEACHER_DANN_DOM in u.metrics]
-    total = sum(n for _, n in reported)
-    return sum(v * n for v, n in reported) / total if total else None
 
 
 def federated_dann_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],

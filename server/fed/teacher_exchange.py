@@ -38,3 +38,12 @@ def teacher_updates(send: Sender, nodes: list[int], content: RecordDict, rnd: in
                     len(updates))
         return None
     return updates
+
+
+def target_domain_loss(updates: list[ClientUpdate]) -> float | None:
+    """The nodes' target half of the domain loss (`teacher-dann-dom`), weighted by windows;
+    None where no node reports it (record DP: a node's replies carry gradients only)."""
+    reported = [(u.metrics[wire.TEACHER_DANN_DOM], u.num_examples) for u in updates
+                if wire.TEACHER_DANN_DOM in u.metrics]
+    total = sum(n for _, n in reported)
+    return sum(v * n for v, n in reported) / total if total else None

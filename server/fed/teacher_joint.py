@@ -25,7 +25,7 @@ from server.fed.cloud import SourceData
 from server.fed.server_step import apply_server_step
 from server.fed.setup import setup_config, setup_content
 from server.fed.source_path import run_source_path
-from server.fed.teacher_exchange import RECORDS, teacher_updates
+from server.fed.teacher_exchange import RECORDS, target_domain_loss, teacher_updates
 from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS
 from shared.clock.local_steps import LocalStep, RoundPlan, local_path, teacher_dp_steps
@@ -150,8 +150,10 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
                               mean[wire.TEACHER_BN][k], before[k])
                  for k, x in enumerate(members)]
         if plan.ends_period(rnd, 10 * spe) or rnd == plan.rounds:
-            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %s  source domain %s", rnd,
-                     plan.rounds, clock.at(plan.steps_done(rnd) - 1)[0], t.epochs,
-                     " ".join(f"{x['ce'].item():.3f}" for x in terms),
-                     " ".join(f"{x['dom'].item():.3f}" for x in terms))
+            trg = target_domain_loss(updates)  # the nodes' mean over the members
+            log.info("[TEACHER %d/%d] epoch %d/%d  source CE %s  source domain %s  target "
+                     "domain %s", rnd, plan.rounds, clock.at(plan.steps_done(rnd) - 1)[0],
+                     t.epochs, " ".join(f"{x['ce'].item():.3f}" for x in terms),
+                     " ".join(f"{x['dom'].item():.3f}" for x in terms),
+                     "n/a" if trg is None else f"{trg:.3f}")
     return [x.teacher.eval() for x in members]
