@@ -24,7 +24,7 @@ from shared.privacy.dp_sgd import (dp_generator, dp_sgd_gradient, frozen_bn, noi
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
-from shared.clock.local_steps import LocalSteps, local_sgd
+from shared.clock.local_steps import LocalSteps, PathMover, local_sgd
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.target_side import round_path, step_alpha, step_schedule
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
@@ -135,7 +135,8 @@ def network_of(name: str) -> str:
 
 def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                        rc: RoundConfig, client: int, secret: bytes | None, released: int,
-                       prototypes: torch.Tensor | None = None) -> Grads:
+                       prototypes: torch.Tensor | None = None,
+                       mover: PathMover | None = None) -> Grads:
     """L DP-SGD steps on the target terms (`local_sgd`, the local SGD on the noisy gradients
     being post-processing); returns the mean noisy gradient (pseudo-gradient).
 
@@ -156,8 +157,10 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
         loss.sched = step_schedule(rc, path[j])  # `both` mode: each step its own values
         return _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
 
+    if mover is not None:  # the loss module names them "nets.<name>"
+        mover = mover.keyed({k: k.removeprefix("nets.") for k in params})
     with frozen_bn(nets):
-        mean = local_sgd(params, steps, rc.lr, gradient)
+        mean = local_sgd(params, steps, rc.lr, gradient, mover)
     return _wire_groups(mean)
 
 

@@ -19,9 +19,9 @@ from shared.unikd.settings import StepSchedule
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol import wire
 from shared.protocol.records import (RoundConfig, SetupConfig, TeacherRoundConfig, bn_buffers,
-                                     group_named_params)
+                                     group_named_params, param_name)
 from shared.clock.seeding import client_stream, member_seed, seed_side
-from shared.clock.local_steps import LocalStep, LocalSteps, local_path, local_sgd
+from shared.clock.local_steps import LocalStep, LocalSteps, PathMover, local_path, local_sgd
 from shared.clock.steps import EpochLog, batch_plan
 
 Grads = dict[str, dict[str, torch.Tensor]]
@@ -57,10 +57,12 @@ def step_schedule(rc: RoundConfig, s: LocalStep) -> StepSchedule:
 
 
 def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc: RoundConfig,
-                client: int, prototypes: torch.Tensor | None = None
+                client: int, prototypes: torch.Tensor | None = None,
+                mover: PathMover | None = None
                 ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
     """Returns (pseudo-gradients by group, BN buffers, mean metrics). `prototypes`: the
-    cloud's per-class teacher features for the hint when the teacher stays in the cloud."""
+    cloud's per-class teacher features for the hint when the teacher stays in the cloud;
+    `mover`: how the local path moves (`path_mover`; None: plain SGD)."""
     groups = group_named_params(nets)
     params = {(g, k): p for g, ps in groups.items() for k, p in ps.items()}
     path, batches = round_path(rc), _local_batches(rc, client, len(x))
@@ -79,7 +81,9 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
         log.add(scalars(terms))
         return {key: p.grad for key, p in params.items()}
 
-    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr, gradient)
+    if mover is not None:
+        mover = mover.keyed({key: param_name(*key) for key in params})
+    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr, gradient, mover)
     grads = {g: {k: mean[(g, k)] for k in ps} for g, ps in groups.items()}
     return grads, bn_buffers(nets.student), log.means()
 
