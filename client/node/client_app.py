@@ -21,7 +21,7 @@ from client.node.packing import packing_mod
 from client.node.privacy import privatize
 from client.node.record_dp import node_secret, record_unikd_round, released_count
 from client.node.target_side import reestimate_bn, unikd_round
-from client.node.teacher_side import decode_members, teacher_round
+from client.node.teacher_side import decode_members, member_movers, teacher_round
 from shared.protocol import wire
 from shared.protocol.reply_shapes import teacher_up_shapes, up_shapes
 from shared.data.loaders import Normalizer
@@ -206,15 +206,17 @@ def train_teacher(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context, TeacherRoundConfig)
     members = decode_members(msg.content, rc, decode_spec(msg.content))
+    movers = member_movers(msg.content, rc, members)  # fed.local_path=preconditioned
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         budget.charge(context, rc, "teacher train", teacher_dp_steps(rc.members, rc.local_steps),
                       sampling_rate(rc.batch_size, count))
-        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, (secret, count))
+        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, (secret, count),
+                                                movers)
     else:
         budget.charge(context, rc, "teacher train")  # refused where the operator set a budget
-        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid)
+        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, None, movers)
         count = data.num_examples
     reply = RecordDict({
         wire.TEACHER_GRAD: to_record(grads["teacher"]),

@@ -166,9 +166,10 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
 
 def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
                       client: int, secret: bytes | None, released: int,
-                      w_dom: float = 1.0) -> Grads:
+                      w_dom: float = 1.0, mover: PathMover | None = None) -> Grads:
     """A DP-SGD step on the DANN target half per local step (one in edge mode), each at its
-    own GRL α; the mean noisy gradients for `teacher` and `disc`."""
+    own GRL α; the mean noisy gradients for `teacher` and `disc`. `mover`: keyed
+    "teacher.<name>" / "disc.<name>", the loss module's own names (None: plain SGD)."""
     loss = DannTargetLoss(teacher, disc, rc.alpha, w_dom)
     params, path = dict(loss.named_parameters()), round_path(rc)
     teacher.train()
@@ -179,7 +180,7 @@ def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: Tea
         return _dp_step(loss, (x,), rc, client, secret, released, PHASE_TEACHER, j)
 
     with frozen_bn(teacher):
-        g = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient)
+        g = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient, mover)
     out: Grads = {"teacher": {}, "disc": {}}
     for name, t in g.items():
         member, rest = name.split(".", 1)

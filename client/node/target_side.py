@@ -89,10 +89,11 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
 
 
 def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
-               client: int, w_dom: float = 1.0
+               client: int, w_dom: float = 1.0, mover: PathMover | None = None
                ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
     """Federated DANN pre-training: the target half of the domain loss, for teacher and disc,
-    over the round's local steps (one in edge mode), each at its own GRL α."""
+    over the round's local steps (one in edge mode), each at its own GRL α; `mover` keyed
+    "teacher.<name>" / "disc.<name>" (None: plain SGD)."""
     path, batches = round_path(rc), _local_batches(rc, client, len(x))
     teacher.train()
     disc.train()
@@ -110,7 +111,9 @@ def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRou
         log.add({wire.TEACHER_DANN_DOM: terms["dom"].item()})
         return {key: p.grad for key, p in params.items()}
 
-    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient)
+    if mover is not None:
+        mover = mover.keyed({key: f"{key[0]}.{key[1]}" for key in params})
+    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient, mover)
     grads = {"teacher": {k: mean[("teacher", k)] for k, _ in teacher.named_parameters()},
              "disc": {k: mean[("disc", k)] for k, _ in disc.named_parameters()}}
     return grads, bn_buffers(teacher, ""), log.means()
