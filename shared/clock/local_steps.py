@@ -22,13 +22,18 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
 - the cloud runs the L source halves of those steps on its own copy of the weights, each edge
   the L target halves on its own; local step j is step t0 + j on both sides: that step's
   batches, dropout draws and schedule values (each side computes them with the same
-  `ScheduleClock`; the round config carries the first step, L and the clock). Between steps
-  each side moves by plain SGD as above;
-- each side's pseudo-gradient is its mean gradient along its own path; the cloud combines
-  pg = pg_source + sum_k n_k/N pg_target,k, the mean over the round's steps of the gradient
-  of the centralized objective, and applies it with its Adam optimizers as the server
-  optimizer ("FedOpt"), sized to advance L steps (`fed.server_step`: L Adam steps on pg, or
-  one with the learning rate times L; server/fed/server_step.py);
+  `ScheduleClock`; the round config carries the first step, L and the clock);
+- between steps each side moves (`fed.local_path`, `PathMover`): `preconditioned` (the
+  default) along its own half's gradient plus the other side's latest pseudo-gradient (a
+  control variate for the half it does not hold), scaled by the cloud's Adam second moments
+  and clamped, so the path follows the centralized trajectory; `plain` by SGD as above, which
+  barely moves;
+- each side's pseudo-gradient is its mean gradient (of its own half) along its own path; the
+  cloud combines pg = pg_source + sum_k n_k/N pg_target,k, the mean over the round's steps of
+  the gradient of the centralized objective, and applies it with its Adam optimizers as the
+  server optimizer ("FedOpt"), sized to advance L steps (`fed.server_step`: `sqrt-lr`, the
+  default, L Adam steps at lr/sqrt(L); `repeat` at lr; `scaled-lr` one step at L·lr;
+  server/fed/server_step.py);
 - BN running statistics: the cloud's L source updates, then the clients' mean L target
   updates (aggregate.compose_bn with L target passes);
 - evaluations and checkpoints follow the steps: after each round in which an epoch of steps
