@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # a module that uses Flower internals -> the declarations `check()` verifies for it
 SIDES = {
     "client/node/supernode_internals.py": flower_pins.SUPERNODE_SIDE,
+    "client/node/fleet_probe.py": flower_pins.FLEET_PROBE,
     "server/deploy/control_internals.py": flower_pins.CONTROL_SIDE,
     "shared/platform/flower_pulls.py": flower_pins.BOTH_SIDES,
 }

@@ -50,10 +50,18 @@ def config(teacher_path, *variant: str):
                                      # the reference's recipe in its federable form
                                      ["distill.reference_compat=true",
                                       "distill.cross_kd=expected"],
+                                     # the label-free target terms (issue 25), alone and together
+                                     ["distill.im_weight=1.0"],
+                                     ["distill.pl_weight=1.0", "distill.pl_threshold=0.5"],
+                                     ["distill.im_weight=0.5", "distill.pl_weight=2.0",
+                                      "distill.pl_threshold=0.8",
+                                      "distill.double_target_forward=true"],
                                      # one local step on both sides is the same round
                                      ["fed.local_steps_mode=both"],
                                      ["fed.local_steps_mode=both", "distill.reference_compat=true",
-                                      "distill.cross_kd=expected"]])
+                                      "distill.cross_kd=expected"],
+                                     ["fed.local_steps_mode=both", "distill.im_weight=1.0",
+                                      "distill.pl_weight=1.0", "distill.pl_threshold=0.5"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
     path, data, teacher = setup
     cfg = config(path, *variant)

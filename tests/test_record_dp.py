@@ -62,6 +62,29 @@ def test_per_window_grads_equal_a_loop_of_single_window_backwards(hp):
             assert torch.allclose(fast[k][i], g, atol=1e-6, rtol=1e-5), (i, k)
 
 
+def test_the_pseudo_label_term_is_per_window(monkeypatch):
+    """With its strong view fixed (a deterministic stand-in: vmap draws other random views than
+    a loop), the pseudo-label CE is a sum over windows: per-window gradients equal the loop."""
+    import shared.unikd.engine as engine
+
+    monkeypatch.setattr(engine, "strong_view", lambda x, gen: 0.5 * x.flip(-1) + 0.1)
+    torch.manual_seed(2)
+    spec = get_spec("SYNTH")
+    nets = UniKDNets.for_spec(spec)
+    _no_dropout(nets)
+    x = torch.randn(5, spec.channels, spec.length)
+    feat, logits = torch.randn(5, 128), 5.0 * torch.randn(5, spec.classes)
+    loss = TargetLoss(nets, StepSchedule(beta=0.4, alpha=0.7),
+                      KDHparams(pl_weight=2.0, pl_threshold=0.5))
+    loss.augment = torch.Generator().manual_seed(0)
+    with frozen_bn(nets):
+        fast = per_sample_grads(loss, (x, feat, logits))
+        slow = _loop_grads(loss, (x, feat, logits))
+    for i, ref in enumerate(slow):
+        for k, g in ref.items():
+            assert torch.allclose(fast[k][i], g, atol=1e-6, rtol=1e-5), (i, k)
+
+
 def test_per_window_dann_grads_equal_the_loop():
     torch.manual_seed(1)
     spec = get_spec("SYNTH")
@@ -129,6 +152,31 @@ def test_edge_round_freezes_bn_and_returns_parameter_shaped_noisy_gradients():
     assert set(g1["d_f"]) == {k for k, _ in nets.d_f.named_parameters()}
     other = record_unikd_round(UniKDNets.for_spec(spec), x, teacher, rc, 0, b"secret", count)
     assert not torch.equal(other["d_d"]["net.0.weight"], g1["d_d"]["net.0.weight"])
+
+
+def test_the_label_free_terms_under_record_dp():
+    """Pseudo-labels run per window on a node; information maximisation, whose diversity term
+    couples a batch's windows, is refused by the node too (the cloud refuses it at start)."""
+    torch.manual_seed(0)
+    spec = get_spec("SYNTH")
+    x = torch.randn(40, spec.channels, spec.length)
+    teacher = TeacherOut(torch.randn(40, 128), 5.0 * torch.randn(40, spec.classes))
+    state = UniKDNets.for_spec(spec).state_dict()
+
+    def round_with(hp: KDHparams):
+        nets = UniKDNets.for_spec(spec)
+        nets.load_state_dict(state)
+        return record_unikd_round(nets, x, teacher, _rc(hparams=hp), 0, None, 40)
+
+    off = round_with(KDHparams(detach_weights=False))
+    on = round_with(KDHparams(detach_weights=False, pl_weight=1.0, pl_threshold=0.5))
+    again = round_with(KDHparams(detach_weights=False, pl_weight=1.0, pl_threshold=0.5))
+    head = "student.head.weight"
+    assert torch.isfinite(on["student"][head]).all()
+    assert not torch.equal(on["student"][head], off["student"][head])
+    assert torch.equal(on["student"][head], again["student"][head])  # seeded views, no secret
+    with pytest.raises(ValueError, match="distill.im_weight=0.5"):
+        round_with(KDHparams(im_weight=0.5))
 
 
 def test_accountant_matches_dp_accounting_and_calibration_meets_the_target():

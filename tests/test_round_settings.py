@@ -37,8 +37,9 @@ def other_value(f: dataclasses.Field) -> object:
     tp = typing.get_type_hints(KDHparams)[f.name]
     if tp is bool:
         return not f.default
-    if tp is float:
-        return f.default + 0.25
+    if tp is float:  # a step up, or down where that would leave the field's range
+        hi = f.metadata.get("range", (None, None))[1]
+        return f.default + 0.25 if hi is None or f.default + 0.25 <= hi else f.default - 0.25
     if typing.get_origin(tp) is typing.Literal:
         return next(c for c in typing.get_args(tp) if c != f.default)
     raise AssertionError(f"KDHparams.{f.name}: no non-default value for {tp}; extend this test")

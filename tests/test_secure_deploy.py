@@ -156,7 +156,10 @@ def test_unsigned_and_foreign_signed_bundles_are_refused_on_the_edges(secure, tm
         assert res.status == "finished:failed", res
         server_log = (res.run_dir / "server.log").read_text()
         assert f"app refused: {why}" in server_log  # the edges' error replies reach the cloud
+        trusted = Path(f"{secure.op_key}.pub").resolve()
         for edge in secure.edges:
             assert f"refused: {why}" in edge.output(), edge.log_tail()
+            line = next(x for x in edge.output().splitlines() if f"refused: {why}" in x)
+            assert line.endswith(f"; this edge runs only apps signed by --app-key {trusted}")
     # Refused before Flower installs (unpacks) the bundle, let alone imports it.
     assert [e.output().count("Successfully installed") for e in secure.edges] == installs

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from shared.clock import seeding
-from shared.clock.seeding import (BATCHES, CENTRAL_STREAM, DP_COUNT, DP_POISSON, DP_STEP_NOISE,
-                                  DROPOUT, INIT_DANN_TEACHER, INIT_MODELS, INIT_SOURCE_TEACHER,
-                                  MEMBER_SEEDS, MODEL_INIT, NOISE_SHARE, OFFSET_STRIDE,
-                                  PHASE_TEACHER, PHASE_UNIKD, PURPOSES, SOURCE_STREAM,
+from shared.clock.seeding import (AUGMENT, BATCHES, CENTRAL_STREAM, DP_COUNT, DP_POISSON,
+                                  DP_STEP_NOISE, DROPOUT, INIT_DANN_TEACHER, INIT_MODELS,
+                                  INIT_SOURCE_TEACHER, MEMBER_SEEDS, MODEL_INIT, NOISE_SHARE,
+                                  OFFSET_STRIDE, PHASE_TEACHER, PHASE_UNIKD, PURPOSES,
+                                  SOURCE_STREAM,
                                   UPDATE_NOISE, Purpose, client_stream, collisions,
                                   record_dp_offset, seed_for, stream_kind)
 
@@ -91,7 +92,7 @@ def test_the_numbers_are_the_recorded_ones():
     assert {p.name: p.base for p in PURPOSES} == {
         BATCHES.name: 1, DROPOUT.name: 2, MODEL_INIT.name: 3, UPDATE_NOISE.name: 7,
         MEMBER_SEEDS.name: 7, DP_POISSON.name: 40, DP_STEP_NOISE.name: 41, DP_COUNT.name: 42,
-        NOISE_SHARE.name: 43}
+        NOISE_SHARE.name: 43, AUGMENT.name: 4}
     assert DROPOUT.number(3) == 2 + 16 * 3
     assert DP_POISSON.number(record_dp_offset(2, PHASE_TEACHER)) == 40 + 16 * (2 * 2 + 1)
     assert DP_STEP_NOISE.number(record_dp_offset(1, PHASE_UNIKD)) == 41 + 16 * 2

@@ -48,7 +48,7 @@ UP_RECORDS = {
 UP_METRICS = {
     "query": {"client-id", "round", "num-examples"},
     "train": {"client-id", "round", "num-examples", "local-steps", "loss", "kd", "hint", "dom",
-              "adv", "d_f", "w_mean"},
+              "adv", "d_f", "w_mean", "im", "pl", "pl_kept"},
     "train.teacher": {"client-id", "round", "num-examples", "teacher-dann-dom"},
     "evaluate": {"client-id", "round", "num-examples", "confusion"},
 }
@@ -130,9 +130,14 @@ def _check_metrics(mtype: str, record: MetricRecord, n_train: int, n_test: int) 
 # ---------------------------------------------------------------- the federation
 
 
-@pytest.fixture(scope="module")
-def tapped_run():
-    cfg = load_config(overrides=BASE + ["fed.teacher_placement=edge"])
+# The label-free target terms (issue 25) are computed on the edge and add nothing to a reply
+# but their scalar means: every check below runs with them off and on.
+LABEL_FREE_TERMS = ["distill.im_weight=1.0", "distill.pl_weight=1.0", "distill.pl_threshold=0.5"]
+
+
+@pytest.fixture(scope="module", params=[[], LABEL_FREE_TERMS], ids=["defaults", "label-free"])
+def tapped_run(request):
+    cfg = load_config(overrides=BASE + ["fed.teacher_placement=edge", *request.param])
     assert not cfg.teacher.checkpoint  # the teacher is pre-trained federatedly (train.teacher)
     seen: list[tuple[str, int, object]] = []
     windows: dict[int, tuple[int, int]] = {}

@@ -13,7 +13,35 @@ from pathlib import Path
 from shared.errors import UnikdError
 
 
+def join_target(args: argparse.Namespace):
+    """What `unikd edge`'s arguments dial and trust (client/node/join_check.py)."""
+    from client.node.join_check import JoinTarget
+
+    def path(value: str | None) -> Path | None:
+        return Path(value).expanduser().resolve() if value else None
+
+    return JoinTarget.of(args.superlink, ca=path(args.ca), key=path(args.key),
+                         app_key=path(args.app_key), insecure=args.insecure,
+                         allow_unsigned=args.allow_unsigned_apps, timeout=args.join_timeout)
+
+
+def check_cmd(args: argparse.Namespace) -> int:
+    """`unikd edge --check`: the join checks once; 0 and what was checked, or 1 and the first
+    failure's one-line cause."""
+    from client.node.join_check import run_checks, summary
+
+    try:
+        target = join_target(args)
+    except UnikdError as err:
+        print(f"unikd: {err}", file=sys.stderr)
+        return 1
+    results = run_checks(target)
+    print(summary(target, results), file=sys.stdout if results[-1].ok else sys.stderr)
+    return 0 if results[-1].ok else 1
+
+
 def edge_cmd(args: argparse.Namespace) -> int:
+    from client.node.join_check import summary, wait_until_joinable
     from client.node.supernode import EdgeConfig, start_edge, supernode_command
 
     if args.insecure:
@@ -23,6 +51,8 @@ def edge_cmd(args: argparse.Namespace) -> int:
         print("WARNING: --allow-unsigned-apps: this device runs ANY app bundle its cloud sends, "
               "i.e. code from whoever can submit a run there. Development only.",
               file=sys.stderr)
+    if args.check:
+        return check_cmd(args)
     if args.model_dir and not args.store:
         raise UnikdError("--model-dir goes with --store: the device's service installs the "
                          "final student")
@@ -49,6 +79,12 @@ def edge_cmd(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _term)
     proc = None
     try:
+        target = join_target(args)  # checked first, and again after each failure, with backoff
+        results = wait_until_joinable(target, args.max_retries,
+                                      say=lambda line: print(line, file=sys.stderr, flush=True))
+        if results is None:
+            return 1
+        print(summary(target, results), file=sys.stderr, flush=True)
         proc = start_edge(cfg, echo=True)
         where = (f"store {args.store}" + (f", model dir {args.model_dir}" if args.model_dir
                                           else "")) if args.store else f"data {cfg.data}"
@@ -133,6 +169,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "message waits at most this long")
     p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
     p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
+    p.add_argument("--check", action="store_true",
+                   help="check once that this edge can join (address, port, TLS, node key, app "
+                        "key) and exit: 0, or 1 with the first failure's cause")
+    p.add_argument("--join-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long each of those network checks may take (default 5)")
     p.set_defaults(func=edge_cmd)
 
     k = sub.add_parser("edge-keygen", allow_abbrev=False,

@@ -102,17 +102,20 @@ def warm_up() -> None:
 
 
 def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check,
-             report_fd: int | None = None) -> int:
+             report_fd: int | None = None, trusted: str = "") -> int:
     """In the forked child: Flower's ClientApp runner for this one task; never returns.
     Once its bundle is checked and installed, the task tells the executor on `report_fd`
-    (one JSON line), so that a warm process can be started for that bundle."""
+    (one JSON line), so that a warm process can be started for that bundle. A refusal is
+    logged in one line that names what this edge trusts (`trusted`, e.g. the --app-key file):
+    Flower's traceback of the same refusal follows it, but this line is the cause."""
     code = 1
     modules: list[str] = []
 
     def check_and_say(*bundle) -> str | None:
         why = bundle_check(*bundle)
         if why is not None:  # Flower then logs the refusal as a ClientApp exception, too
-            log.error("task %d of run %d refused: %s", task_id, run_id, why)
+            log.error("task %d of run %d refused: %s%s", task_id, run_id, why,
+                      f"; this edge runs only {trusted}" if trusted else "")
         else:
             modules[:] = sorted(bundle_modules(bundle[2]))
         return why
@@ -148,8 +151,10 @@ class Executor:
     there is one for the last bundle that ran well here (warm_bundle.py), else from itself."""
 
     def __init__(self, address: str, public, allow_unsigned: bool,
-                 poll: float = DEFAULT_TASK_POLL, idle_poll: float = TASK_IDLE_POLL):
+                 poll: float = DEFAULT_TASK_POLL, idle_poll: float = TASK_IDLE_POLL,
+                 trusted: str = ""):
         self.address, self.public, self.allow_unsigned = address, public, allow_unsigned
+        self.trusted = trusted  # what a refusal's log line names: "apps signed by FILE"
         self.backoff = IdleBackoff(poll, idle_poll)
         self.children: dict[int, int] = {}  # pid -> task id
         self.installs: dict[int, dict] = {}  # pid -> what that task reported it installed
@@ -222,7 +227,7 @@ class Executor:
 
         def launch(token: str, task_id: int, run_id: int, warm: bool) -> None:
             run_task(self.address, token, task_id, run_id, warm_check if warm else cold_check,
-                     self.reports_out)
+                     self.reports_out, self.trusted)
 
         def failed(digest: str) -> None:
             os.write(self.reports_out, (json.dumps({"warm_failed": digest}) + "\n").encode())
@@ -240,7 +245,8 @@ class Executor:
         pid = os.fork()
         if pid == 0:
             os.close(self.reports_in)
-            run_task(self.address, token, task_id, run_id, self.check(), self.reports_out)
+            run_task(self.address, token, task_id, run_id, self.check(), self.reports_out,
+                     self.trusted)
         self.children[pid] = task_id
         log.info("task %d of run %d: started in process %d", task_id, run_id, pid)
 
@@ -318,13 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     # Tasks pull their message's objects from the SuperNode, which may still be fetching them
     # from the SuperLink: retry within milliseconds, not after Flower's 1 s first backoff.
     flower_pulls.shorten_object_backoff()
+    trusted = "" if public is None else f"apps signed by --app-key {args.app_key}"
     ex = Executor(args.runtime_api_address, public, args.allow_unsigned_apps, args.poll,
-                  args.idle_poll)
+                  args.idle_poll, trusted)
     signal.signal(signal.SIGTERM, ex.stop)
     signal.signal(signal.SIGINT, ex.stop)
     log.info("ready: polling %s every %.2fs (%.1fs when idle); %s", args.runtime_api_address,
-             args.poll, args.idle_poll,
-             "ANY app" if public is None else f"apps signed by {args.app_key}")
+             args.poll, args.idle_poll, trusted or "ANY app")
     ex.loop()
     return 0
 

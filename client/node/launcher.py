@@ -5,9 +5,10 @@
 
 It checks the installed flwr (shared/platform/flower_pins.py), shortens the SuperNode's hard-coded
 waits in this process only (idle poll 3 s -> --node-poll, object-pull backoff 1..10 s ->
-0.05..0.5 s), starts the executor (client/node/executor.py) as its child, and then runs
-Flower's own `flower-supernode` entry point with `--isolation process`, so Flower starts no
-SuperExec of its own: every ClientApp task goes through our executor's signature check.
+0.05..0.5 s), makes each retried call to the cloud log its cause, starts the executor
+(client/node/executor.py) as its child, and then runs Flower's own `flower-supernode` entry
+point with `--isolation process`, so Flower starts no SuperExec of its own: every ClientApp
+task goes through our executor's signature check.
 If the executor dies, the node stops too (no node that accepts tasks nobody runs).
 """
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unikd: {err}", file=sys.stderr)
         return 2
     supernode_internals.patch_supernode(IdleBackoff(args.node_poll, args.idle_poll))
+    supernode_internals.show_retry_causes()  # a node that cannot reach its cloud says why
     executor = subprocess.Popen(executor_command(args), stdin=subprocess.DEVNULL,
                                 preexec_fn=child_preexec())  # same group: stopped with us
     plain = signal.getsignal(signal.SIGTERM)  # Flower's handler puts this back when it exits

@@ -24,12 +24,13 @@ from shared.privacy.dp_sgd import (dp_generator, dp_sgd_gradient, frozen_bn, noi
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
+from shared.unikd.settings import batch_coupling
 from shared.clock.local_steps import LocalSteps, PathMover, local_sgd
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.target_side import round_path, step_alpha, step_schedule
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
 from shared.clock.seeding import (DP_COUNT, DP_POISSON, DP_STEP_NOISE, PHASE_TEACHER, PHASE_UNIKD,
-                                  client_stream, record_dp_offset, seed_side)
+                                  augment_generator, client_stream, record_dp_offset, seed_side)
 
 Grads = dict[str, dict[str, torch.Tensor]]
 SECRET_KEY = "dp-secret"  # context.state ConfigRecord key of the node's noise secret
@@ -68,18 +69,23 @@ def released_count(n: int, rc: SetupConfig, client: int, secret: bytes | None,
 
 
 class TargetLoss(nn.Module):
-    """The UNI-KD target-side loss of a batch, as a module (torch.func needs one)."""
+    """The UNI-KD target-side loss of a batch, as a module (torch.func needs one).
+
+    `augment` is the current local step's augmentation generator (pseudo-label term); under
+    vmap it draws a different strong view for every window."""
 
     def __init__(self, nets: UniKDNets, sched: StepSchedule, hp: KDHparams,
                  prototypes: torch.Tensor | None = None):
         super().__init__()
         self.nets, self.sched, self.hp, self.prototypes = nets, sched, hp, prototypes
+        self.augment: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor, feat: torch.Tensor | None = None,
                 logits: torch.Tensor | None = None) -> torch.Tensor:
         teacher = TeacherOut(feat, logits) if feat is not None else None
         return target_terms(self.nets, x, teacher, self.sched, self.hp,
-                            prototypes=self.prototypes)["loss"]
+                            prototypes=self.prototypes, augment=self.augment)["loss"]
+
 
 
 class DannTargetLoss(nn.Module):
@@ -147,6 +153,9 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     if rc.dp_shares and (not steps.takes_noise_shares or not rc.secagg):
         raise ValueError(f"round {rc.round}: noise shares need secure aggregation and one local "
                          f"step (local_steps={rc.local_steps}, secagg={rc.secagg}); refused")
+    refusal = batch_coupling(rc.hparams)  # the cloud refuses it at start; a node re-checks
+    if refusal:
+        raise ValueError(f"round {rc.round}: {refusal}")
     loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
@@ -155,6 +164,7 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
 
     def gradient(j: int) -> dict[str, torch.Tensor]:
         loss.sched = step_schedule(rc, path[j])  # `both` mode: each step its own values
+        loss.augment = augment_generator(rc.seed, client_stream(client), rc.global_step, sub=j)
         return _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
 
     if mover is not None:  # the loss module names them "nets.<name>"

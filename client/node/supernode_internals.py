@@ -10,6 +10,7 @@ shared/platform/flower_pins.py (SUPERNODE_SIDE).
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +57,32 @@ def patch_supernode(backoff) -> None:
 
     sci.time = ShortSleeps(backoff)  # type: ignore[assignment]
     shorten_object_backoff()
+
+
+class RetryCause(logging.Filter):
+    """Shows why Flower's SuperNode retries a call to the cloud. Its retry loop logs only
+    "Connection attempt failed, retrying in N seconds" at WARNING, and the failure itself at
+    DEBUG (flwr/supercore/retry/http_retry.py), which its console does not print: that record
+    becomes one WARNING line naming the error, just before the retry line."""
+
+    FLOWER_TEXT = "Connection attempt failed with exception: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite Flower's DEBUG record of a failed call; let every record through."""
+        if record.msg == self.FLOWER_TEXT and record.levelno < logging.WARNING:
+            err = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            text = (str(err) or type(err).__name__).splitlines()[0]  # httpx adds a help line
+            record.msg, record.args = "unikd: a call to the cloud failed: %s: %s", (
+                type(err).__name__, text)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def show_retry_causes() -> None:
+    """In the SuperNode's process: every retried call to the cloud logs its cause."""
+    from flwr.supercore.logger import FLOWER_LOGGER
+
+    FLOWER_LOGGER.addFilter(RetryCause())
 
 
 def supernode_exit_under_way(plain_handler) -> bool:

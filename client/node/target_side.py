@@ -20,7 +20,7 @@ from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol import wire
 from shared.protocol.records import (RoundConfig, SetupConfig, TeacherRoundConfig, bn_buffers,
                                      group_named_params, param_name)
-from shared.clock.seeding import client_stream, member_seed, seed_side
+from shared.clock.seeding import augment_generator, client_stream, member_seed, seed_side
 from shared.clock.local_steps import LocalStep, LocalSteps, PathMover, local_path, local_sgd
 from shared.clock.steps import EpochLog, batch_plan
 
@@ -76,7 +76,9 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
         seed_side(rc.seed, client_stream(client), s.seed_step, sub=s.sub)
         terms = target_terms(nets, x[idx], teacher[idx] if teacher is not None else None,
                              step_schedule(rc, s), rc.hparams, source_kd=rc.source_kd,
-                             prototypes=prototypes)
+                             prototypes=prototypes,
+                             augment=augment_generator(rc.seed, client_stream(client),
+                                                       s.seed_step, sub=s.sub))
         terms["loss"].backward()
         log.add(scalars(terms))
         return {key: p.grad for key, p in params.items()}

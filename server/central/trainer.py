@@ -24,7 +24,8 @@ from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
 from shared.unikd.ema import reported_nets, student_ema
 from shared.unikd.evaluation import evaluate
 from shared.unikd.models import CNN1d
-from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_init, seed_side
+from shared.clock.seeding import (SOURCE_STREAM, augment_generator, client_stream, seed_init,
+                                  seed_side)
 from shared.clock.steps import StepInfo, run_epochs
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
         compat = (src_teacher, src) if not hp.target_kd and not expected else None
         trg = target_terms(nets, data.trg_train.x[s.trg_idx], t_trg(s.trg_idx), sched, hp,
                            compat_source=compat,
-                           source_kd=src["cross_kd"].item() if expected else 0.0)
+                           source_kd=src["cross_kd"].item() if expected else 0.0,
+                           augment=augment_generator(cfg.seed, client_stream(0), s.global_step))
         if compat is None:  # two backward passes: exactly what the federated split sums
             src["loss"].backward(retain_graph=expected)
             trg["loss"].backward()

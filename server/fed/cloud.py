@@ -51,7 +51,8 @@ from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, resolve_spec
 from shared.data.datasets import DatasetSpec, parse_scenario
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
-                           make_optimizers, source_terms, teacher_outputs, zero_all)
+                           make_optimizers, source_terms, target_passes, teacher_outputs,
+                           zero_all)
 from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
@@ -383,7 +384,7 @@ class Cloud:
                                  self.schedule(*self.clock.at(self.plan.first_step(r.number))))
         steps = r.config.local_steps if self.plan.both else 1  # steps of the clock advanced
         if updates and self.cfg.fed.bn_policy != "local":
-            passes = 2 if self.cfg.distill.double_target_forward else 1
+            passes = target_passes(self.hp)  # BN updates per target step
             compose_bn(self.nets.student, r.bn_before, weighted_mean(updates, wire.STUDENT_BN),
                        prefix="student.", target_passes=passes * steps)
         apply_server_step(self.opts, steps, self.cfg.fed.server_step, self.fold_ema)

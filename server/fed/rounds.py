@@ -25,9 +25,9 @@ from server.fed.transport import Sender, TransportOptions
 from server.fed.setup import setup_config, setup_content
 from server.fed.secagg import secure_updates
 from server.fed.dp.client_level import cloud_secret
-from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_teacher_source,
-                                      plan_run_privacy, teacher_round_charges,
-                                      train_records)
+from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_record_terms,
+                                      check_teacher_source, plan_run_privacy,
+                                      teacher_round_charges, train_records)
 from server.fed.dp.record_level import RecordLedger
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
@@ -195,6 +195,14 @@ def check_cloud_hint(cfg: RunConfig) -> None:
                          f"nothing: set fed.teacher_placement=cloud or fed.cloud_hint=off")
 
 
+def check_pseudo_labels(cfg: RunConfig) -> None:
+    """Say where the pseudo-labels come from when it is not the teacher (engine.py)."""
+    if cfg.distill.pl_weight > 0 and cfg.fed.teacher_placement == "cloud":
+        log.info("distill.pl_weight=%g with the teacher in the cloud: each edge labels its "
+                 "windows with the student's own confident predictions (self-training), not "
+                 "the teacher's", cfg.distill.pl_weight)
+
+
 def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None,
                      resume: Path | None, delivery_dir: Path | None) -> tuple[Federation, int]:
     """Count the nodes' windows, catch up missed deliveries, obtain the teacher, plan DP and
@@ -204,6 +212,8 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_cross_kd(cfg)
     check_cloud_hint(cfg)
     check_record_noise(cfg)
+    check_record_terms(cfg)
+    check_pseudo_labels(cfg)
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     send = Sender(grid, timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}
@@ -456,7 +466,7 @@ def round_row(rnd: int, src: dict, updates, seconds: float) -> dict:
         if k in src:
             row[f"src_{k}"] = src[k].item()
     total = sum(u.num_examples for u in updates) or 1
-    for k in ("loss", "kd", "hint", "dom", "adv", "d_f", "w_mean"):
+    for k in ("loss", "kd", "hint", "dom", "adv", "d_f", "w_mean", "im", "pl", "pl_kept"):
         vals = [(u.metrics[k], u.num_examples) for u in updates if k in u.metrics]
         if vals:
             row[f"trg_{k}"] = sum(v * n for v, n in vals) / total

@@ -77,8 +77,12 @@ DP_STEP_NOISE = Purpose("record-DP step noise", 41, ("clients",), "global step",
                         "record_dp_offset(local step, phase)")
 DP_COUNT = Purpose("record-DP released window count", 42, ("clients",), "0")
 NOISE_SHARE = Purpose("distributed-DP noise share", 43, ("clients",), "round")
+# The strong views of the pseudo-label term (shared/unikd/augment.py): target side only, so the
+# centralized trainer draws them on client 0's stream like the target's dropout masks.
+AUGMENT = Purpose("target-window augmentation", 4, ("clients",), "global step",
+                  "the local step inside a round")
 PURPOSES = (BATCHES, DROPOUT, MODEL_INIT, UPDATE_NOISE, MEMBER_SEEDS, DP_POISSON, DP_STEP_NOISE,
-            DP_COUNT, NOISE_SHARE)
+            DP_COUNT, NOISE_SHARE, AUGMENT)
 
 # MODEL_INIT's step: which models a seed_init builds (students and baselines use the default).
 INIT_MODELS, INIT_DANN_TEACHER, INIT_SOURCE_TEACHER = 0, 100, 101
@@ -125,6 +129,14 @@ def seed_side(seed: int, stream: int, global_step: int, sub: int = 0) -> None:
     `sub` numbers a client's local steps inside one round; sub 0 is the centralized step.
     """
     torch.manual_seed(seed_for(seed, stream, global_step, DROPOUT.number(sub)))
+
+
+def augment_generator(seed: int, stream: int, global_step: int, sub: int = 0) -> torch.Generator:
+    """The generator of one step's target-window augmentations, numbered like `seed_side`'s
+    dropout seed (`sub`: the local step inside a round; 0 is the centralized step). A generator
+    of its own, not the global RNG: the views do not depend on how many dropout masks were
+    drawn before them, nor the masks on the views."""
+    return generator_for(seed, stream, global_step, AUGMENT.number(sub))
 
 
 def member_seed(seed: int, member: int) -> int:

@@ -1,9 +1,10 @@
 """The flwr version FedUNI-KD is written against, and every Flower internal it touches, checked.
 
-Flower internals (not its public API) are used in three modules, one per side:
+Flower internals (not its public API) are used in these modules:
 
   client/node/supernode_internals.py   the edge: the SuperNode's polls and exit, its Runtime API,
                                        the per-task ClientApp runner and its bundle install
+  client/node/fleet_probe.py           the edge's join check: one signed ActivateNode call
   server/deploy/control_internals.py   the cloud: the Control API calls, the app bundle's bytes
   shared/platform/flower_pulls.py      both: the object-pull backoff (SuperNode and ServerApp)
 
@@ -36,10 +37,20 @@ What we use, and why:
                                            handler it replaced before its graceful exit
                                            (which deactivates the node); flwr.supercore
                                            .constant.FORCE_EXIT_TIMEOUT_SECONDS ends that exit
+  flwr.supercore.logger.FLOWER_LOGGER, flwr.supercore.retry.http_retry
+  .make_simple_http_retry_invoker        the SuperNode's retries log their cause at DEBUG
+                                           only: the launcher shows that line as a WARNING
   flwr.supercore.runtime.RuntimeHttpClient, flwr.supercore.interceptors
                                            .RuntimeVersionHttpInterceptor, flwr.proto.runtime_pb2
                                            .AcquireTaskRequest, flwr.supercore.constant.TaskType
                                            the SuperNode's Runtime API, as flower-superexec calls it
+  flwr.supernode.fleet_http_client.FleetHttpClient, flwr.supernode.node_auth_http_interceptor
+  .NodeAuthHttpInterceptor, flwr.proto.fleet_pb2.ActivateNodeRequest / DeactivateNodeRequest,
+  flwr.common.constant.HEARTBEAT_MIN_INTERVAL, flwr.supercore.error.FlowerError / ApiErrorCode
+                                           `unikd edge` asks the cloud whether its node key is
+                                           let in with the SuperNode's own first call (signed
+                                           ActivateNode), then deactivates it again, and reads
+                                           a refusal with Flower's error decoder
   flwr.cli.utils.init_http_client_from_connection, flwr.cli.typing.SuperLinkConnection,
   flwr.proto.control_pb2.ListNodesRequest / ListRunsRequest / StartRunRequest /
   StreamLogsRequest, flwr.supercore.fab.Fab, flwr.common.serde.fab_to_proto /
@@ -93,6 +104,23 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.common.constant", "ErrorCode", None),
     ("flwr.supercore.exit.signal_handler", "register_signal_handlers", ("exit_message",)),
     ("flwr.supercore.constant", "FORCE_EXIT_TIMEOUT_SECONDS", None),
+    ("flwr.supercore.logger", "FLOWER_LOGGER", None),
+    ("flwr.supercore.retry.http_retry", "make_simple_http_retry_invoker", ()),
+)
+
+# used by the edge's join check (client/node/fleet_probe.py)
+FLEET_PROBE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("flwr.supernode.fleet_http_client", "FleetHttpClient",
+     ("base_url", "interceptors", "verify", "timeout")),
+    ("flwr.supernode.node_auth_http_interceptor", "NodeAuthHttpInterceptor",
+     ("private_key", "public_key")),
+    ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor", ("component_name",)),
+    ("flwr.proto.fleet_pb2", "ActivateNodeRequest", None),
+    ("flwr.proto.fleet_pb2", "DeactivateNodeRequest", None),
+    ("flwr.supercore.primitives.asymmetric", "public_key_to_bytes", ("public_key",)),
+    ("flwr.common.constant", "HEARTBEAT_MIN_INTERVAL", None),
+    ("flwr.supercore.error", "FlowerError", ("code", "message", "public_details")),
+    ("flwr.supercore.error", "ApiErrorCode", None),
 )
 
 # used by the cloud and the operator (server/deploy/control_internals.py)
@@ -113,7 +141,7 @@ CONTROL_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.common.serde", "user_config_to_proto", ("user_config",)),
 )
 
-REQUIRED = BOTH_SIDES + SUPERNODE_SIDE + CONTROL_SIDE
+REQUIRED = BOTH_SIDES + SUPERNODE_SIDE + FLEET_PROBE + CONTROL_SIDE
 
 # (module, function, source text it must contain): behaviour no signature shows
 REQUIRED_SOURCE: tuple[tuple[str, str, str], ...] = (
@@ -122,6 +150,12 @@ REQUIRED_SOURCE: tuple[tuple[str, str, str], ...] = (
      "signal.signal(sig, default_handlers[sig])"),
     # a ClientApp module already imported (by the bundle's warm process) is used, not re-imported
     ("flwr.supercore.object_ref", "load_app", "if module_str not in sys.modules:"),
+    # a retried call's cause is logged at DEBUG with this text (the launcher shows it)
+    ("flwr.supercore.retry.http_retry", "make_simple_http_retry_invoker",
+     '"Connection attempt failed with exception: %s"'),
+    # the join check's calls are the Fleet routes the cloud's proxy forwards (/v1/fleet/*)
+    ("flwr.supernode.fleet_http_client", "FleetHttpClient", 'path="/v1/fleet/activate-node"'),
+    ("flwr.supernode.fleet_http_client", "FleetHttpClient", 'path="/v1/fleet/deactivate-node"'),
 )
 
 
@@ -134,14 +168,16 @@ class TimeStandIn:
     ShortSleeps): `check()` accepts one there, and otherwise only the time module itself."""
 
 
-def check() -> None:
-    """Fail loudly unless flwr is 1.42.0 with every attribute and parameter we use."""
+def check(required: tuple[tuple[str, str, tuple[str, ...] | None], ...] = REQUIRED) -> None:
+    """Fail loudly unless flwr is 1.42.0 with every attribute and parameter we use. A caller
+    that uses one side's internals only may check just those (`required`, e.g. FLEET_PROBE):
+    the whole table imports Flower's cloud-side modules too, a second or more on a device."""
     import flwr
 
     version = getattr(flwr, "__version__", "?")
     problems = [] if version == FLWR_VERSION else [f"flwr {version} is installed, not "
                                                     f"{FLWR_VERSION}"]
-    for module, attr, params in REQUIRED:
+    for module, attr, params in required:
         try:
             obj = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
@@ -152,7 +188,10 @@ def check() -> None:
             missing = [p for p in params if p not in have]
             if missing:
                 problems.append(f"{module}.{attr} no longer takes {', '.join(missing)}")
+    modules = {(module, attr) for module, attr, _ in required}
     for module, attr, text in REQUIRED_SOURCE:
+        if (module, attr) not in modules:
+            continue
         try:
             source = inspect.getsource(getattr(importlib.import_module(module), attr))
         except (ImportError, AttributeError, OSError, TypeError) as err:
@@ -160,7 +199,7 @@ def check() -> None:
             continue
         if text not in source:
             problems.append(f"{module}.{attr} no longer does `{text}`")
-    if not problems:
+    if not problems and ("flwr.supernode.start_client_internal", "time") in modules:
         import flwr.supernode.start_client_internal as sci
 
         if sci.time is not time and not isinstance(sci.time, TimeStandIn):

@@ -103,6 +103,7 @@ TRAIN_METRICS = frozenset({
     "local-steps",  # the local steps the node ran: the cloud refuses a train reply whose count
     #   is not the round's (a pseudo-gradient over other steps has another scale)
     "loss", "kd", "hint", "dom", "adv", "d_f", "w_mean",
+    "im", "pl", "pl_kept",  # the label-free target terms, where on (pl_kept: kept fraction)
     TEACHER_DANN_DOM,  # teacher rounds: the target half of the domain loss (the cloud logs it)
     "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
 })

@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from shared.unikd import losses
+from shared.unikd.augment import strong_view
 from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
 from shared.data.datasets import DatasetSpec
 from shared.unikd.settings import KDHparams, StepSchedule
@@ -157,8 +158,10 @@ def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                  sched: StepSchedule, hp: KDHparams,
                  compat_source: tuple[TeacherOut, dict[str, torch.Tensor]] | None = None,
                  source_kd: float = 0.0,
-                 prototypes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Target-side UNI-KD terms (edge): hint, D_f halves, target domain loss, weighted target KD.
+                 prototypes: torch.Tensor | None = None,
+                 augment: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Target-side UNI-KD terms (edge): hint, D_f halves, target domain loss, weighted target KD,
+    and the label-free terms `im` and `pl` where their weights are on.
 
     `teacher=None` is the cloud-placed teacher: hint, D_f-real and target KD are dropped.
     `compat_source` reproduces bug §8.1 (centralized only): the "target" KD is the source KL
@@ -166,7 +169,10 @@ def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
     `source_kd` (the cloud's T^2 mean source KL, a constant here) times the mean target w.
     `prototypes` (cloud placement only): the teacher's mean source feature per class [C, 128];
     the hint then pulls each window towards them, mixed by the student's own prediction.
+    `augment`: this step's augmentation generator (seeding.augment_generator), needed by the
+    pseudo-label term only.
     """
+    strong = _strong_logits(nets, x, hp, augment)
     h = nets.student.forward_features(x)  # [B, 32]  forward #1
     hint_targets = None
     if teacher is None and prototypes is not None:
@@ -189,20 +195,73 @@ def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
     elif teacher is not None and hp.target_kd:
         t["kd"] = losses.weighted_kd(teacher.logits, nets.student.forward_head(h), w_kd,
                                      hp.temperature)
+    if hp.im_weight > 0 or strong is not None:  # off: not even the head runs again
+        t.update(_label_free_terms(nets.student.forward_head(h), strong, teacher, hp))
     t["w_mean"] = w.detach().mean()
     t["loss"] = _total(t, sched, hp)
     return t
 
 
+def target_passes(hp: KDHparams) -> int:
+    """How many student forwards `target_terms` runs over the target batch: each is one update
+    of the BN running statistics, which the cloud needs to compose them as the centralized
+    step does (forward #1, the reference's forward #2, the pseudo-label term's strong view)."""
+    return 1 + int(hp.double_target_forward) + int(hp.pl_weight > 0)
+
+
+def _strong_logits(nets: UniKDNets, x: torch.Tensor, hp: KDHparams,
+                   augment: torch.Generator | None) -> torch.Tensor | None:
+    """The student's logits on a strong view of `x`, or None with the pseudo-label term off.
+
+    Run before forward #1 so that, of this step's BN updates, the last ones are still on plain
+    target windows (the statistics evaluation uses); with the term off nothing runs at all."""
+    if hp.pl_weight <= 0:
+        return None
+    if augment is None:
+        raise ValueError("distill.pl_weight > 0 needs the step's augmentation generator "
+                         "(shared/clock/seeding.py augment_generator); none was given")
+    return nets.student(strong_view(x, augment))
+
+
+def _label_free_terms(logits: torch.Tensor, strong: torch.Tensor | None,
+                      teacher: TeacherOut | None, hp: KDHparams) -> dict[str, torch.Tensor]:
+    """SHOT-IM on the student's target logits, and the confident pseudo-label CE on the strong
+    view (`strong`; None: off). The labels come from the teacher's logits on the plain windows,
+    which the edge holds (cached, deterministic); with the teacher in the cloud the edge has
+    none, so they come from the student's own detached prediction on the plain windows: the
+    term stays usable there (plain FixMatch self-training) instead of refusing the placement."""
+    t: dict[str, torch.Tensor] = {}
+    if hp.im_weight > 0:
+        t["im"] = losses.information_maximization(logits)
+    if strong is not None:
+        source = teacher.logits if teacher is not None else logits
+        labels, keep = losses.confident_labels(source, hp.pl_threshold)
+        t["pl"] = losses.pseudo_label_ce(strong, labels, keep)
+        t["pl_kept"] = keep.mean()
+    return t
+
+
 def _total(t: dict[str, torch.Tensor], sched: StepSchedule, hp: KDHparams) -> torch.Tensor:
-    """lam_ce*CE + (1-beta)*lam_dom*L_dom + beta*L_KD + L_G + L_L1, plus D_f's own loss."""
+    """lam_ce*CE + (1-beta)*lam_dom*L_dom + beta*L_KD + L_G + L_L1, plus D_f's own loss, plus
+    beta*(im_weight*L_IM + pl_weight*L_PL) where those terms are on."""
     zero = torch.zeros(())
-    return (hp.lam_ce * t.get("ce", zero) + (1 - sched.beta) * hp.lam_dom * t["dom"]
-            + sched.beta * t.get("kd", zero) + t.get("adv", zero) + t.get("hint", zero)
-            + t["d_f"])
+    total = (hp.lam_ce * t.get("ce", zero) + (1 - sched.beta) * hp.lam_dom * t["dom"]
+             + sched.beta * t.get("kd", zero) + t.get("adv", zero) + t.get("hint", zero)
+             + t["d_f"])
+    # beta weights the label-free terms as it weights the KD: they trust a prediction (the
+    # student's own for IM; the teacher's hard label for PL, a KD in all but name), so they should
+    # rise with beta as the student's predictions become meaningful (0.1 -> 0.9 over training:
+    # the ramp-up FixMatch-like methods give their unlabelled loss), and give way to the domain
+    # loss early, as the KD does. The edge has beta from the round config: nothing new is sent.
+    # Added only where present, so with both weights at 0 the loss is today's, bit for bit.
+    if "im" in t:
+        total = total + sched.beta * hp.im_weight * t["im"]
+    if "pl" in t:
+        total = total + sched.beta * hp.pl_weight * t["pl"]
+    return total
 
 
-LOG_KEYS = ("loss", "ce", "kd", "hint", "dom", "adv", "d_f", "w_mean")
+LOG_KEYS = ("loss", "ce", "kd", "hint", "dom", "adv", "d_f", "w_mean", "im", "pl", "pl_kept")
 
 
 def scalars(t: dict[str, torch.Tensor]) -> dict[str, float]:

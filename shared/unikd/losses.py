@@ -6,6 +6,8 @@ the centralized trainer and the federated split both call these, never their own
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -77,3 +79,45 @@ def weighted_kd(teacher_logits: torch.Tensor, student_logits: torch.Tensor, weig
     """T^2 * (1/B) * sum_i w_i KL_i: Hinton KD with per-sample weights."""
     kl = kl_per_sample(teacher_logits, student_logits, temperature)
     return temperature**2 * (weights * kl).mean()
+
+
+# ---------------------------------------------------------------- label-free target terms
+
+
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(1/B) sum_i H(softmax(z_i)): how unsure the model is about each window, on average."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(p_bar), p_bar = (1/B) sum_i softmax(z_i): how evenly the batch spreads over classes.
+
+    log p_bar is a logsumexp of the windows' log-probabilities, so no class with p_bar = 0
+    can give log(0). This term couples the windows of a batch (record DP refuses it)."""
+    log_p = F.log_softmax(logits, dim=1)
+    log_p_bar = torch.logsumexp(log_p, dim=0) - math.log(len(logits))
+    return -(log_p_bar.exp() * log_p_bar).sum()
+
+
+def information_maximization(logits: torch.Tensor) -> torch.Tensor:
+    """SHOT-IM (Liang et al. 2020): mean per-window entropy minus the entropy of the batch's
+    mean prediction. Minimising it makes each prediction confident and the classes diverse,
+    which rules out the trivial minimum of entropy alone (every window in one class)."""
+    return mean_entropy(logits) - marginal_entropy(logits)
+
+
+def confident_labels(label_logits: torch.Tensor, threshold: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hard labels [B], keep mask [B] as floats): the arg-max class of softmax(z) (temperature
+    1, no gradient), kept where its probability is at least `threshold` (FixMatch's rule)."""
+    conf, labels = F.softmax(label_logits.detach(), dim=1).max(dim=1)
+    return labels, (conf >= threshold).to(label_logits.dtype)
+
+
+def pseudo_label_ce(student_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+                    ) -> torch.Tensor:
+    """(1/B) sum_i keep_i CE(z_i, y_i): FixMatch's unlabelled loss. It divides by the whole
+    batch, not by the kept count, so each window's share depends on that window alone (per-window
+    DP-SGD can clip it) and a step with few confident windows is a small step."""
+    return (keep * F.cross_entropy(student_logits, labels, reduction="none")).mean()

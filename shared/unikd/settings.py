@@ -39,11 +39,39 @@ class KDHparams:
     # through w measured better on HAR (BENCHMARKS.md), and the federation can split it exactly.
     detach_weights: bool = False
     double_target_forward: bool = False  # §8.14: the reference's second student pass on target
+    # Label-free target-only terms (issue 25, engine.py `target_terms`); each is off at 0. They
+    # are weighted by beta like the KD (see `target_terms`), so these are their weights at beta=1.
+    # SHOT-IM on the student's target predictions: mean entropy down, batch-mean entropy up.
+    # It couples the windows of a batch, so record-level DP (per-window clipping) refuses it.
+    im_weight: float = field(default=0.0, metadata={"range": (0.0, None)})
+    # Confident pseudo-labels (FixMatch-style): CE of the student on a strong augmentation of
+    # each target window towards the teacher's arg-max class on the plain window, kept where the
+    # teacher's probability is at least pl_threshold (the student's own where the teacher stays
+    # in the cloud).
+    pl_weight: float = field(default=0.0, metadata={"range": (0.0, None)})
+    pl_threshold: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
 
     @classmethod
     def from_config(cls, d: object) -> KDHparams:
         """The KD settings of a `DistillConfig` (or any object with these attributes)."""
         return cls(**{f.name: getattr(d, f.name) for f in fields(cls)})
+
+
+# Switches of target terms whose value on one window depends on the other windows of its batch.
+BATCH_COUPLED = ("im_weight",)  # SHOT-IM's diversity term: the entropy of the batch-mean prediction
+
+
+def batch_coupling(hp: KDHparams) -> str | None:
+    """Why per-window DP-SGD cannot run these settings (None: it can). Its clipping bounds each
+    window's gradient only if the target loss is a sum of per-window parts; both the cloud (at
+    start) and a node (each round) refuse with this text, which names the switch."""
+    on = [f"distill.{n}={getattr(hp, n)}" for n in BATCH_COUPLED if getattr(hp, n) > 0]
+    if not on:
+        return None
+    return (f"{', '.join(on)}: this target term couples the windows of a batch (information "
+            f"maximisation's diversity term is the entropy of the batch-mean prediction), so "
+            f"per-window DP-SGD (fed.dp=record) cannot bound one window's influence; set it to 0 "
+            f"under record DP")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from shared.clock.local_steps import TEACHER_ROUND, LocalSteps, RoundPlan, teach
 from shared.clock.steps import steps_per_epoch
 from shared.config import RunConfig
 from shared.errors import UnikdError
+from shared.unikd.settings import batch_coupling
 from shared.protocol import wire
 
 DpPlan = PrivacyPlan | RecordPlan  # both tell the nodes mode, clip, noise_multiplier, count_std
@@ -55,6 +56,14 @@ def check_record_noise(cfg: RunConfig) -> None:
         raise UnikdError(f"fed.record_noise=shares needs fed.dp=record, "
                          f"fed.secure_aggregation=true and fed.local_steps=1; got "
                          f"{', '.join(wrong)}")
+
+
+def check_record_terms(cfg: RunConfig) -> None:
+    """Record DP clips each window's gradient: a target term that couples the windows of a
+    batch is refused before any round, with the switch named (the nodes refuse it too)."""
+    refusal = batch_coupling(cfg.distill) if cfg.fed.dp == "record" else None
+    if refusal:
+        raise UnikdError(refusal)
 
 
 def teacher_round_charges(cfg: RunConfig, n_src: int, n_trg: int, spec) -> list[int]:
