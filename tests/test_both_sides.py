@@ -23,7 +23,7 @@ from server.fed.harness import InProcessGrid, load_component
 from server.fed.rounds import federate
 from server.fed.server_step import apply_server_step
 from server.fed.source_path import run_source_path
-from shared.clock.local_steps import LocalSteps, RoundPlan, local_path
+from shared.clock.local_steps import LocalSteps, PathMover, RoundPlan, local_path, local_sgd
 from shared.clock.schedules import ScheduleClock
 from shared.clock.steps import batch_plan
 from shared.clock.seeding import client_stream
@@ -128,9 +128,15 @@ def test_a_node_takes_each_steps_own_batch_and_schedule(monkeypatch):
         assert torch.equal(xb, x[idx])  # the centralized plan's batch of that step
 
 
-def test_the_clouds_source_pseudo_gradient_is_the_mean_along_its_sgd_path():
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_the_clouds_source_pseudo_gradient_is_the_mean_along_its_path(preconditioned):
+    """Plain: w_{j+1} = w_j - lr g_j. Preconditioned: w_{j+1} = w_j - lr clamp(P (g_j + c))."""
     torch.manual_seed(1)
     nets = UniKDNets.for_spec(SPEC)
+    mover = None
+    if preconditioned:
+        mover = PathMover({k: torch.rand_like(p) * 50 for k, p in nets.named_parameters()},
+                          {k: torch.randn_like(p) * 1e-3 for k, p in nets.named_parameters()})
     x, y = torch.randn(96, SPEC.channels, SPEC.length), torch.randint(0, SPEC.classes, (96,))
     t = TeacherOut(torch.randn(96, 128), torch.randn(96, SPEC.classes))
     path = local_path(LocalSteps(3), 0, 1, 0, ScheduleClock(3, 2))
@@ -143,7 +149,7 @@ def test_the_clouds_source_pseudo_gradient_is_the_mean_along_its_sgd_path():
         return source_terms(n, x[idx], y[idx], t[idx], StepSchedule(*s.schedule), KDHparams())
 
     start = copy.deepcopy(nets.state_dict())
-    run_source_path(nets, path, lr, terms_at)
+    run_source_path(nets, path, lr, terms_at, mover)
     params = dict(nets.named_parameters())
     assert all(torch.equal(p, start[k]) for k, p in params.items())  # the master stays as sent
     redo, grads, recorded = UniKDNets.for_spec(SPEC), [], list(points)
@@ -154,15 +160,41 @@ def test_the_clouds_source_pseudo_gradient_is_the_mean_along_its_sgd_path():
         terms_at(redo, path[j])["loss"].backward()
         grads.append({k: (p.grad if p.grad is not None else torch.zeros_like(p)).clone()
                       for k, p in redo.named_parameters()})
-    for a, b, g in zip(recorded, recorded[1:], grads):  # w_{j+1} = w_j - lr g_j
+    for a, b, g in zip(recorded, recorded[1:], grads):  # w_{j+1} = w_j - lr d_j
         for k in params:
-            assert torch.allclose(b[k], a[k] - lr * g[k], atol=1e-6), k
+            d = g[k] if mover is None else (mover.precond[k] * (g[k] + mover.control[k])
+                                            ).clamp(-1, 1)
+            assert torch.allclose(b[k], a[k] - lr * d, atol=1e-6), k
     for k, p in params.items():
         if p.grad is not None:
             assert torch.allclose(p.grad, sum(g[k] for g in grads) / 3, atol=1e-6), k
     for k, buf in nets.named_buffers():  # the BN statistics after its three source batches
         if buf.is_floating_point():
             assert not torch.equal(buf, start[k]), k
+
+
+def test_a_preconditioned_path_moves_along_its_half_plus_the_others_control():
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    pre = torch.tensor([1.0, 100.0, 10.0], dtype=torch.float64)
+    control = torch.tensor([0.5, 0.5, -0.2], dtype=torch.float64)
+    mover = PathMover({"w": pre}, {"w": control})
+    seen = []
+
+    def gradient(j: int) -> dict:
+        seen.append(w.detach().clone())
+        return {"w": torch.full((3,), 0.1 * (j + 1), dtype=torch.float64)}
+
+    mean = local_sgd({"w": w}, LocalSteps(3), 0.01, gradient, mover)
+    expected = torch.zeros(3, dtype=torch.float64)
+    for j in range(3):
+        assert torch.allclose(seen[j], expected)
+        expected = expected - 0.01 * (pre * (0.1 * (j + 1) + control)).clamp(-1, 1)
+    assert torch.allclose(mean["w"], torch.full((3,), 0.2, dtype=torch.float64))  # own half only
+    assert mover.direction("other", None) is None  # no gradient, no control: it stays
+    plain = PathMover({}, {"w": control})  # no second moments yet: SGD on g + control
+    assert torch.equal(plain.direction("w", torch.ones(3, dtype=torch.float64)), 1 + control)
+    keyed = mover.keyed({("g", "w"): "w"})
+    assert torch.equal(keyed.precond[("g", "w")], pre)
 
 
 @pytest.mark.parametrize("how, adam_steps", [("repeat", 4), ("scaled-lr", 1), ("sqrt-lr", 4)])
@@ -181,6 +213,9 @@ def test_the_server_step_advances_l_steps(how, adam_steps):
 
 
 # ---------------------------------------------------------------- the cloud's round
+
+
+NODES = [1000, 1001]
 
 
 def make_cloud(*overrides: str) -> Cloud:
@@ -202,6 +237,29 @@ def test_a_both_mode_round_sends_the_first_step_and_the_clock():
     assert (last.global_step, last.local_steps) == (15, 1)  # the short last round
     edge = make_cloud("fed.local_steps_mode=edge").round_config(3)
     assert edge.clock is None and "steps_per_epoch" not in edge.to_record()
+
+
+def test_rounds_of_several_steps_carry_the_preconditioner_and_the_source_control():
+    from server.fed.server_step import adam_preconditioner
+    from shared.protocol import wire
+    from shared.protocol.records import from_record
+
+    cloud = make_cloud("fed.local_steps=3")
+    cloud.begin_round(1)
+    cloud.finish_round([])  # the optimizers hold second moments now
+    opened = cloud.begin_round(2)
+    messages = cloud.round_messages(NODES, set())
+    pre = from_record(messages[NODES[0]][wire.PATH_PRECOND])
+    control = from_record(messages[NODES[0]][wire.PATH_CONTROL])
+    want = adam_preconditioner(cloud.opts, dict(cloud.nets.named_parameters()))
+    assert pre.keys() == want.keys() and all(torch.equal(pre[k], want[k]) for k in want)
+    assert all(torch.equal(control[k], p.grad) for k, p in cloud.nets.named_parameters()
+               if p.grad is not None)  # this round's source pseudo-gradient
+    assert opened.path
+    for overrides in (["fed.local_steps=1"], ["fed.local_path=plain", "fed.local_steps=3"]):
+        other = make_cloud(*overrides)
+        other.begin_round(1)
+        assert wire.PATH_PRECOND not in other.round_messages(NODES, set())[NODES[0]]
 
 
 def test_a_both_mode_round_moves_nothing_before_it_is_finished_and_nothing_when_aborted():
@@ -371,3 +429,23 @@ def test_record_dp_charges_every_members_local_steps_and_resumes_with_them(tmp_p
     federate(grid(2), cfg, progress=False, run_dir=run_dir, stop_after=3)
     resumed = federate(grid(2), cfg, progress=False, run_dir=run_dir, resume=run_dir)
     assert resumed.privacy.rows == full.privacy.rows
+
+
+def test_a_node_refuses_a_path_record_not_shaped_like_its_parameters():
+    from flwr.app import RecordDict
+
+    from client.node.client_app import path_mover
+    from shared.errors import UnikdError
+    from shared.protocol import wire
+    from shared.protocol.records import to_record
+
+    nets = UniKDNets.for_spec(SPEC)
+    good = {k: torch.ones_like(p) for k, p in nets.named_parameters()}
+    assert path_mover(RecordDict({}), nets) is None
+    mover = path_mover(RecordDict({wire.PATH_PRECOND: to_record(good),
+                                   wire.PATH_CONTROL: to_record(good)}), nets)
+    assert mover.precond.keys() == good.keys()
+    bad = {**good, "d_d.net.0.weight": torch.ones(3)}
+    with pytest.raises(UnikdError, match="path.precond"):
+        path_mover(RecordDict({wire.PATH_PRECOND: to_record(bad),
+                               wire.PATH_CONTROL: to_record(good)}), nets)

@@ -132,8 +132,8 @@ def test_client_mod_checks_the_unpacked_reply_then_packs(monkeypatch):
 
     real = client_app.unikd_round
 
-    def leaky(nets, x, teacher, rc, cid, prototypes=None):
-        grads, buffers, metrics = real(nets, x, teacher, rc, cid)
+    def leaky(nets, x, teacher, rc, cid, prototypes=None, mover=None):
+        grads, buffers, metrics = real(nets, x, teacher, rc, cid, prototypes, mover)
         return grads, {**buffers, "student.per_sample": torch.randn(len(x), 4)}, metrics
 
     monkeypatch.setattr(client_app, "unikd_round", leaky)

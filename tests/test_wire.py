@@ -330,8 +330,8 @@ def test_leaking_client_app_returns_error_not_data(monkeypatch, caplog):
     check turns the reply into an error, the server logs and rejects it, the others go on."""
     real = client_app.unikd_round
 
-    def leaky(nets, x, teacher, rc, cid, prototypes=None):
-        grads, buffers, metrics = real(nets, x, teacher, rc, cid)
+    def leaky(nets, x, teacher, rc, cid, prototypes=None, mover=None):
+        grads, buffers, metrics = real(nets, x, teacher, rc, cid, prototypes, mover)
         if cid == 1:
             buffers = {**buffers, "student.per_sample": torch.randn(len(x), 32)}
         return grads, buffers, metrics

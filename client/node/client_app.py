@@ -21,7 +21,7 @@ from client.node.packing import packing_mod
 from client.node.privacy import privatize
 from client.node.record_dp import node_secret, record_unikd_round, released_count
 from client.node.target_side import reestimate_bn, unikd_round
-from client.node.teacher_side import decode_members, teacher_round
+from client.node.teacher_side import decode_members, member_movers, teacher_round
 from shared.protocol import wire
 from shared.protocol.reply_shapes import teacher_up_shapes, up_shapes
 from shared.data.loaders import Normalizer
@@ -33,7 +33,7 @@ from shared.unikd.evaluation import predict
 from shared.unikd.metrics import confusion
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
 from shared.protocol.checkpoints import teacher_from_arrays
-from shared.clock.local_steps import LocalSteps, teacher_dp_steps
+from shared.clock.local_steps import LocalSteps, PathMover, teacher_dp_steps
 from shared.protocol.records import (RoundConfig, SetupConfig, SimSetup, TeacherRoundConfig,
                                      bn_buffers, from_record, load_student_state,
                                      spec_from_record, student_state, to_record)
@@ -127,6 +127,21 @@ def hint_prototypes(content: RecordDict) -> torch.Tensor | None:
     return protos
 
 
+def path_mover(content: RecordDict, nets: UniKDNets) -> PathMover | None:
+    """How this round's local path moves, where the cloud sent its preconditioner and source
+    control (`fed.local_path: preconditioned`), checked against the parameters; else None."""
+    if wire.PATH_PRECOND not in content:
+        return None
+    params = dict(nets.named_parameters())
+    parts = [from_record(content[key]) for key in (wire.PATH_PRECOND, wire.PATH_CONTROL)]
+    for key, arrays in zip((wire.PATH_PRECOND, wire.PATH_CONTROL), parts):
+        for name, a in arrays.items():
+            if name not in params or a.shape != params[name].shape or not torch.isfinite(a).all():
+                raise UnikdError(f"record '{key}': '{name}' is not a finite array shaped like a "
+                                 f"parameter")
+    return PathMover(*parts)
+
+
 def window_fingerprint(x: torch.Tensor) -> str:
     """Identifies a node's window set (the teacher's cached outputs belong to one)."""
     return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -139,6 +154,7 @@ def train(msg: Message, context: Context) -> Message:
     teacher = cached_teacher(msg, context, rc, data)
     prototypes = hint_prototypes(msg.content)
     nets = decode_nets(msg.content)
+    mover = path_mover(msg.content, nets)  # fed.local_path=preconditioned; else None
     if rc.bn_policy == "local" and "bn-local" in context.state:
         nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
     if rc.dp_mode == "record":  # per-window DP-SGD: no BN statistics, no losses leave the node
@@ -147,12 +163,12 @@ def train(msg: Message, context: Context) -> Message:
         budget.charge(context, rc, "train", LocalSteps(rc.local_steps).dp_steps(),
                       sampling_rate(rc.batch_size, count))
         grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
-                                   prototypes)
+                                   prototypes, mover)
         buffers, metrics = None, {}
     else:
         budget.charge(context, rc, "train")  # refused where the operator set a budget
         grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
-                                              prototypes)
+                                              prototypes, mover)
         secret = node_secret(node_of(context), context.state) if rc.dp_mode == "local" else None
         grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,
                                    secret)  # local DP: noise keyed by the node's secret
@@ -190,15 +206,17 @@ def train_teacher(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context, TeacherRoundConfig)
     members = decode_members(msg.content, rc, decode_spec(msg.content))
+    movers = member_movers(msg.content, rc, members)  # fed.local_path=preconditioned
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         budget.charge(context, rc, "teacher train", teacher_dp_steps(rc.members, rc.local_steps),
                       sampling_rate(rc.batch_size, count))
-        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, (secret, count))
+        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, (secret, count),
+                                                movers)
     else:
         budget.charge(context, rc, "teacher train")  # refused where the operator set a budget
-        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid)
+        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, None, movers)
         count = data.num_examples
     reply = RecordDict({
         wire.TEACHER_GRAD: to_record(grads["teacher"]),

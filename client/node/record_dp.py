@@ -25,7 +25,7 @@ from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.unikd.settings import batch_coupling
-from shared.clock.local_steps import LocalSteps, local_sgd
+from shared.clock.local_steps import LocalSteps, PathMover, local_sgd
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.target_side import round_path, step_alpha, step_schedule
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
@@ -141,7 +141,8 @@ def network_of(name: str) -> str:
 
 def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
                        rc: RoundConfig, client: int, secret: bytes | None, released: int,
-                       prototypes: torch.Tensor | None = None) -> Grads:
+                       prototypes: torch.Tensor | None = None,
+                       mover: PathMover | None = None) -> Grads:
     """L DP-SGD steps on the target terms (`local_sgd`, the local SGD on the noisy gradients
     being post-processing); returns the mean noisy gradient (pseudo-gradient).
 
@@ -166,16 +167,19 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
         loss.augment = augment_generator(rc.seed, client_stream(client), rc.global_step, sub=j)
         return _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
 
+    if mover is not None:  # the loss module names them "nets.<name>"
+        mover = mover.keyed({k: k.removeprefix("nets.") for k in params})
     with frozen_bn(nets):
-        mean = local_sgd(params, steps, rc.lr, gradient)
+        mean = local_sgd(params, steps, rc.lr, gradient, mover)
     return _wire_groups(mean)
 
 
 def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
                       client: int, secret: bytes | None, released: int,
-                      w_dom: float = 1.0) -> Grads:
+                      w_dom: float = 1.0, mover: PathMover | None = None) -> Grads:
     """A DP-SGD step on the DANN target half per local step (one in edge mode), each at its
-    own GRL α; the mean noisy gradients for `teacher` and `disc`."""
+    own GRL α; the mean noisy gradients for `teacher` and `disc`. `mover`: keyed
+    "teacher.<name>" / "disc.<name>", the loss module's own names (None: plain SGD)."""
     loss = DannTargetLoss(teacher, disc, rc.alpha, w_dom)
     params, path = dict(loss.named_parameters()), round_path(rc)
     teacher.train()
@@ -186,7 +190,7 @@ def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: Tea
         return _dp_step(loss, (x,), rc, client, secret, released, PHASE_TEACHER, j)
 
     with frozen_bn(teacher):
-        g = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient)
+        g = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient, mover)
     out: Grads = {"teacher": {}, "disc": {}}
     for name, t in g.items():
         member, rest = name.split(".", 1)

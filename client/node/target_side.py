@@ -19,9 +19,9 @@ from shared.unikd.settings import StepSchedule
 from shared.unikd.models import CNN1d, DomainDisc
 from shared.protocol import wire
 from shared.protocol.records import (RoundConfig, SetupConfig, TeacherRoundConfig, bn_buffers,
-                                     group_named_params)
+                                     group_named_params, param_name)
 from shared.clock.seeding import augment_generator, client_stream, member_seed, seed_side
-from shared.clock.local_steps import LocalStep, LocalSteps, local_path, local_sgd
+from shared.clock.local_steps import LocalStep, LocalSteps, PathMover, local_path, local_sgd
 from shared.clock.steps import EpochLog, batch_plan
 
 Grads = dict[str, dict[str, torch.Tensor]]
@@ -57,10 +57,12 @@ def step_schedule(rc: RoundConfig, s: LocalStep) -> StepSchedule:
 
 
 def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc: RoundConfig,
-                client: int, prototypes: torch.Tensor | None = None
+                client: int, prototypes: torch.Tensor | None = None,
+                mover: PathMover | None = None
                 ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
     """Returns (pseudo-gradients by group, BN buffers, mean metrics). `prototypes`: the
-    cloud's per-class teacher features for the hint when the teacher stays in the cloud."""
+    cloud's per-class teacher features for the hint when the teacher stays in the cloud;
+    `mover`: how the local path moves (`path_mover`; None: plain SGD)."""
     groups = group_named_params(nets)
     params = {(g, k): p for g, ps in groups.items() for k, p in ps.items()}
     path, batches = round_path(rc), _local_batches(rc, client, len(x))
@@ -81,16 +83,19 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
         log.add(scalars(terms))
         return {key: p.grad for key, p in params.items()}
 
-    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr, gradient)
+    if mover is not None:
+        mover = mover.keyed({key: param_name(*key) for key in params})
+    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr, gradient, mover)
     grads = {g: {k: mean[(g, k)] for k in ps} for g, ps in groups.items()}
     return grads, bn_buffers(nets.student), log.means()
 
 
 def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
-               client: int, w_dom: float = 1.0
+               client: int, w_dom: float = 1.0, mover: PathMover | None = None
                ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
     """Federated DANN pre-training: the target half of the domain loss, for teacher and disc,
-    over the round's local steps (one in edge mode), each at its own GRL α."""
+    over the round's local steps (one in edge mode), each at its own GRL α; `mover` keyed
+    "teacher.<name>" / "disc.<name>" (None: plain SGD)."""
     path, batches = round_path(rc), _local_batches(rc, client, len(x))
     teacher.train()
     disc.train()
@@ -108,7 +113,9 @@ def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRou
         log.add({wire.TEACHER_DANN_DOM: terms["dom"].item()})
         return {key: p.grad for key, p in params.items()}
 
-    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient)
+    if mover is not None:
+        mover = mover.keyed({key: f"{key[0]}.{key[1]}" for key in params})
+    mean = local_sgd(params, LocalSteps(rc.local_steps), rc.lr or 0.0, gradient, mover)
     grads = {"teacher": {k: mean[("teacher", k)] for k, _ in teacher.named_parameters()},
              "disc": {k: mean[("disc", k)] for k, _ in disc.named_parameters()}}
     return grads, bn_buffers(teacher, ""), log.means()

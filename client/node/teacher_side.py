@@ -13,7 +13,9 @@ from flwr.app import RecordDict
 
 from client.node.record_dp import record_dann_round
 from client.node.target_side import Grads, dann_round, member_config
+from shared.clock.local_steps import PathMover
 from shared.data.datasets import DatasetSpec
+from shared.errors import UnikdError
 from shared.protocol import wire
 from shared.protocol.checkpoints import by_member, of_members
 from shared.protocol.records import TeacherRoundConfig, from_record
@@ -39,19 +41,45 @@ def decode_members(content: RecordDict, rc: TeacherRoundConfig, spec: DatasetSpe
     return out
 
 
+def member_movers(content: RecordDict, rc: TeacherRoundConfig, members: Members
+                  ) -> list[PathMover | None]:
+    """How each member's local path moves: by the cloud's preconditioner and source control
+    where the round carries them (`fed.local_path: preconditioned`, arrays
+    "<member>.<teacher|disc>.<name>"), checked against the member's parameters; else plain."""
+    if wire.PATH_PRECOND not in content or rc.members is None:
+        return [None] * len(members)
+    parts = [of_members(from_record(content[key]), rc.members)
+             for key in (wire.PATH_PRECOND, wire.PATH_CONTROL)]
+    movers = []
+    for k, (teacher, disc) in enumerate(members):
+        params = {f"{part}.{n}": p for part, net in (("teacher", teacher), ("disc", disc))
+                  for n, p in net.named_parameters()}
+        for key, arrays in zip((wire.PATH_PRECOND, wire.PATH_CONTROL), parts):
+            for name, a in arrays[k].items():
+                if name not in params or a.shape != params[name].shape \
+                        or not torch.isfinite(a).all():
+                    raise UnikdError(f"record '{key}': '{k}.{name}' is not a finite array "
+                                     f"shaped like a parameter")
+        movers.append(PathMover(parts[0][k], parts[1][k]))
+    return movers
+
+
 def teacher_round(members: Members, x: torch.Tensor, rc: TeacherRoundConfig, client: int,
-                  dp: tuple[bytes | None, int] | None = None
+                  dp: tuple[bytes | None, int] | None = None,
+                  movers: list[PathMover | None] | None = None
                   ) -> tuple[Grads, dict[str, torch.Tensor] | None, dict[str, float]]:
     """(gradients of "teacher" and "disc", teacher BN buffers, metrics) of the round: one
     member's, or every member's side by side. `dp`: (node secret, released count) under record
-    DP, where no BN statistics and no loss leave the node."""
-    done = []
-    for k, (teacher, disc) in enumerate(members):
+    DP, where no BN statistics and no loss leave the node; `movers`: how each member's local
+    path moves (`member_movers`; None: plain SGD)."""
+    done, movers = [], movers or [None] * len(members)
+    for k, ((teacher, disc), mover) in enumerate(zip(members, movers, strict=True)):
         rk = member_config(rc, k)
         if dp is None:
-            done.append(dann_round(teacher, disc, x, rk, client, rc.w_dom))
+            done.append(dann_round(teacher, disc, x, rk, client, rc.w_dom, mover))
         else:
-            done.append((record_dann_round(teacher, disc, x, rk, client, *dp, rc.w_dom), None, {}))
+            done.append((record_dann_round(teacher, disc, x, rk, client, *dp, rc.w_dom, mover),
+                         None, {}))
     if rc.members is None:
         return done[0]
     grads = {part: by_member([g[part] for g, _, _ in done]) for part in ("teacher", "disc")}

@@ -41,7 +41,7 @@ from torch import nn
 from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
 from server.fed.dp.federation import DpPlan
 from server.fed.secagg import masking_clip
-from server.fed.server_step import apply_server_step
+from server.fed.server_step import adam_preconditioner, apply_server_step
 from server.fed.source_path import add_cross_grads, run_source_path
 from shared.errors import UnikdError
 from shared.protocol import wire
@@ -57,8 +57,8 @@ from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
 from shared.protocol.records import (RoundConfig, SimSetup, bn_buffers, group_named_params,
-                                     spec_to_record, student_state, to_record)
-from shared.clock.local_steps import LocalStep, LocalSteps, RoundPlan, local_path
+                                     param_name, spec_to_record, student_state, to_record)
+from shared.clock.local_steps import LocalStep, LocalSteps, PathMover, RoundPlan, local_path
 from shared.clock.schedules import ScheduleClock
 from shared.clock.seeding import SOURCE_STREAM, seed_init, seed_side
 from shared.clock.steps import batch_plan
@@ -140,6 +140,8 @@ class CloudRound:
     config: RoundConfig  # what every node is told this round (without the teacher count)
     # L > 1 steps under the expected cross KD: the mean of d(β_j KD_s,j) (source_path.py)
     cross_grads: dict[str, torch.Tensor] | None = None
+    # fed.local_path=preconditioned, L > 1: the preconditioner and source control the nodes get
+    path: dict[str, ArrayRecord] = field(default_factory=dict)
 
     @property
     def cross_kd(self) -> bool:
@@ -162,6 +164,9 @@ class Cloud:
     ema: StudentEMA | None = field(init=False)  # the reported student's EMA (None: off)
     current: CloudRound | None = field(init=False, default=None)  # the round begun, if any
     plan: RoundPlan = field(init=False)  # the steps of the clock each round covers
+    # fed.local_path=preconditioned: the last applied round's clients' mean target
+    # pseudo-gradient by parameter name, the cloud's stand-in for the target half on its path
+    target_control: dict[str, torch.Tensor] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         d = self.cfg.distill
@@ -284,23 +289,38 @@ class Cloud:
             raise UnikdError(f"round {rnd} begun while round {self.current.number} is open")
         weights = self.weight_records()
         bn_before = {k: v.clone() for k, v in bn_buffers(self.nets.student).items()}
-        path, cross = self.round_path(rnd), None
+        path, cross, records = self.round_path(rnd), None, {}
         if len(path) == 1:
             src = self.source_step(rnd)
         else:  # L > 1 steps (both mode): on a copy; the master weights stay as sent
             zero_all(self.opts)
-            walked = run_source_path(self.nets, path, self.cfg.distill.lr, self.terms_at)
+            mover = self.path_mover()
+            walked = run_source_path(self.nets, path, self.cfg.distill.lr, self.terms_at, mover)
             src, cross = walked.terms, walked.cross_grads
+            if mover is not None:  # the nodes' paths: the same preconditioner, this source half
+                records = {wire.PATH_PRECOND: to_record(dict(mover.precond)),
+                           wire.PATH_CONTROL: to_record(
+                               {k: p.grad for k, p in self.nets.named_parameters()
+                                if p.grad is not None})}
         source_kd = src["cross_kd"].item() if "cross_kd" in src else None
         self.current = CloudRound(rnd, weights, bn_before, src,
-                                  self.node_config(rnd, self.dp, source_kd), cross)
+                                  self.node_config(rnd, self.dp, source_kd), cross, records)
         return self.current
+
+    def path_mover(self) -> PathMover | None:
+        """How the local paths of a round of L > 1 steps move (`fed.local_path`): for the
+        cloud's, the last round's target pseudo-gradient stands in for the target half."""
+        if self.cfg.fed.local_path != "preconditioned":
+            return None
+        return PathMover(adam_preconditioner(self.opts, dict(self.nets.named_parameters())),
+                         self.target_control)
 
     def round_messages(self, nodes: list[int], has_teacher: set[int]) -> dict[int, RecordDict]:
         """The open round's messages: two payloads at most, nodes holding the teacher share one."""
         r = self.open_round()
-        plain = self.down_content(r.config, r.weights, with_teacher=False)
-        with_teacher = (self.down_content(r.config, r.weights, with_teacher=True)
+        weights = {**r.weights, **r.path}
+        plain = self.down_content(r.config, weights, with_teacher=False)
+        with_teacher = (self.down_content(r.config, weights, with_teacher=True)
                         if any(n not in has_teacher for n in nodes) else plain)
         return {n: plain if n in has_teacher else with_teacher for n in nodes}
 
@@ -349,9 +369,14 @@ class Cloud:
         r = self.open_round()
         self.current = None
         named = group_named_params(self.nets)
+        keep = self.plan.both and self.cfg.fed.local_path == "preconditioned"
         for group, key in (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
                            ("d_d", wire.D_D_GRAD)):
-            add_grads(named[group], weighted_mean(updates, key) if updates else {})
+            mean = weighted_mean(updates, key) if updates else {}
+            add_grads(named[group], mean)
+            if keep:  # the next round's stand-in for the target half on the cloud's path
+                self.target_control.update({param_name(group, k): v.clone()
+                                            for k, v in mean.items()})
         if r.cross_kd and target_w is not None and r.cross_grads is not None:
             add_cross_grads(self.nets, r.cross_grads, target_w)  # L > 1 steps
         elif r.cross_kd and target_w is not None:

@@ -423,15 +423,17 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
 def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, exchanges: int
                     ) -> None:
     """Everything needed to continue: weights, all optimizer moments, the student's EMA (when
-    kept), round, logs, teacher, and the message exchanges spent so far (a resumed run adds its
-    own to them)."""
-    ema = {"ema": cloud.ema.state_dict()} if cloud.ema is not None else {}
+    kept), the cloud's path control (fed.local_path=preconditioned), round, logs, teacher, and
+    the message exchanges spent so far (a resumed run adds its own to them)."""
+    extra = {"ema": cloud.ema.state_dict()} if cloud.ema is not None else {}
+    if cloud.target_control:  # fed.local_path=preconditioned: the next round's cloud path
+        extra["target_control"] = cloud.target_control
     checkpoints.save(path, checkpoints.FED_RESUME, {
         "round": rnd, "exchanges": exchanges, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
         "teacher": teacher_state(cloud.teacher), "teacher_hash": cloud.teacher_hash,
         "rounds": result.rounds, "evals": result.evals, "rejected": result.rejected,
-        "ledger": result.ledger.rows, "rng": capture_rng(), **ema})
+        "ledger": result.ledger.rows, "rng": capture_rng(), **extra})
 
 
 def load_checkpoint(path: Path, cfg: RunConfig) -> dict:
@@ -451,6 +453,7 @@ def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
         o.load_state_dict(ckpt["optimizers"][k])
     if cloud.ema is not None:  # the config hash matched, so the checkpoint holds it too
         cloud.ema.load_state_dict(ckpt["ema"])
+    cloud.target_control = dict(ckpt.get("target_control", {}))
     result.rounds, result.evals = list(ckpt["rounds"]), list(ckpt["evals"])
     result.rejected, result.ledger.rows = list(ckpt["rejected"]), list(ckpt["ledger"])
     restore_rng(ckpt["rng"])

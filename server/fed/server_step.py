@@ -35,6 +35,22 @@ from shared.unikd.engine import step_all
 ServerStep = str  # "repeat" | "scaled-lr" | "sqrt-lr" (FedConfig.server_step)
 
 
+def adam_preconditioner(opts: dict[str, torch.optim.Optimizer],
+                        params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """1 / (sqrt(v_hat) + eps) by parameter name, from the optimizers' bias-corrected second
+    moments: how the next Adam step scales each coordinate (`fed.local_path: preconditioned`
+    moves the local paths with it). Parameters no step has touched yet are left out."""
+    out = {}
+    for name, p in params.items():
+        for o in opts.values():
+            state = o.state.get(p)
+            if state and "exp_avg_sq" in state:
+                group = next(g for g in o.param_groups if any(q is p for q in g["params"]))
+                v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** float(state["step"]))
+                out[name] = 1.0 / (v_hat.sqrt() + group["eps"])
+    return out
+
+
 def apply_server_step(opts: dict[str, torch.optim.Optimizer], steps: int, how: ServerStep,
                       after_step: Callable[[], None]) -> None:
     """Advance the weights by `steps` steps on the gradients in .grad; `after_step` runs once

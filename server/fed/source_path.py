@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shared.clock.local_steps import LocalStep, LocalSteps, local_sgd
+from shared.clock.local_steps import LocalStep, LocalSteps, PathMover, local_sgd
 from shared.clock.steps import EpochLog
 from shared.unikd.engine import scalars
 
@@ -43,10 +43,11 @@ class SourcePath:
 
 
 def run_source_path(nets: nn.Module, path: list[LocalStep], lr: float,
-                    terms_at: TermsAt) -> SourcePath:
+                    terms_at: TermsAt, mover: PathMover | None = None) -> SourcePath:
     """The source steps of `path` on a copy of `nets` (the UNI-KD nets, or a DANN teacher with
     its discriminator); `nets` keeps its parameters and gets the path's mean gradient in .grad
-    (None where no step gave one) and the copy's BN buffers."""
+    (None where no step gave one) and the copy's BN buffers. `mover`: how the copy moves
+    between steps (keyed by `nets`' parameter names; None: plain SGD)."""
     walker = copy.deepcopy(nets)
     walker.zero_grad(set_to_none=True)
     params = dict(walker.named_parameters())
@@ -70,7 +71,7 @@ def run_source_path(nets: nn.Module, path: list[LocalStep], lr: float,
         log.add(scalars(terms))
         return grads
 
-    mean = local_sgd(params, LocalSteps(len(path)), lr, gradient)
+    mean = local_sgd(params, LocalSteps(len(path)), lr, gradient, mover)
     with torch.no_grad():
         for mine, walked in zip(nets.buffers(), walker.buffers(), strict=True):
             mine.copy_(walked)  # the L source updates of the BN running statistics

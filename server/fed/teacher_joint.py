@@ -4,9 +4,10 @@ exchange, L steps of the teacher's clock per exchange (shared/clock/local_steps.
 A round sends all members' teachers and discriminators side by side ("<member>.<name>"); each
 node trains every member's target half over the round's L steps under that member's seed
 (client/node/teacher_side.py) and returns each member's pseudo-gradient. The cloud runs each
-member's L source steps (on a copy when L > 1, server/fed/source_path.py, exactly as the
-student's), adds the member's clients' weighted mean, composes its BN statistics and applies
-the sum with the member's own Adam optimizers, by L steps (server/fed/server_step.py). The
+member's L source steps before the messages go (on a copy when L > 1, server/fed/source_path.py,
+moving as `fed.local_path` says, exactly as the student's; the preconditioned paths' records go
+down with the round), adds the member's clients' weighted mean, composes its BN statistics and
+applies the sum with the member's own Adam optimizers, by L steps (server/fed/server_step.py). The
 members never interact: each is trained as it would be alone, in 1/(members x L) of the
 exchanges. With L = 1 and one client every member equals its centralized twin bit for bit.
 """
@@ -14,7 +15,7 @@ exchanges. With L = 1 and one client every member equals its centralized twin bi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,13 +23,14 @@ from tqdm import tqdm
 
 from server.fed.aggregate import add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
-from server.fed.server_step import apply_server_step
+from server.fed.server_step import adam_preconditioner, apply_server_step
 from server.fed.setup import setup_config, setup_content
 from server.fed.source_path import run_source_path
 from server.fed.teacher_exchange import RECORDS, target_domain_loss, teacher_updates
 from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS
-from shared.clock.local_steps import LocalStep, RoundPlan, local_path, teacher_dp_steps
+from shared.clock.local_steps import (LocalStep, PathMover, RoundPlan, local_path,
+                                      teacher_dp_steps)
 from shared.clock.schedules import ScheduleClock
 from shared.clock.seeding import (INIT_DANN_TEACHER, SOURCE_STREAM, member_seed, seed_init,
                                   seed_side)
@@ -51,6 +53,9 @@ class Member:
     seed: int
     pair: nn.ModuleDict  # "teacher", "disc"
     opts: dict[str, torch.optim.Optimizer]
+    # fed.local_path=preconditioned: the last round's clients' mean target pseudo-gradient,
+    # by `pair` parameter name, the stand-in for the target half on the cloud's path
+    target_control: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(cls, cfg: RunConfig, source: SourceData, seed: int) -> Member:
@@ -68,6 +73,13 @@ class Member:
     @property
     def teacher(self) -> CNN1d:
         return self.pair["teacher"]
+
+    def mover(self, cfg: RunConfig) -> PathMover | None:
+        """How this member's local paths move (`fed.local_path`), as the student's do."""
+        if cfg.fed.local_path != "preconditioned":
+            return None
+        return PathMover(adam_preconditioner(self.opts, dict(self.pair.named_parameters())),
+                         self.target_control)
 
 
 def joint_round_config(cfg: RunConfig, source: SourceData, rnd: int, plan: RoundPlan,
@@ -97,25 +109,51 @@ def source_terms_at(cfg: RunConfig, source: SourceData, member: Member):
     return terms_at
 
 
-def apply_member(cfg: RunConfig, source: SourceData, member: Member, path: list[LocalStep],
-                 grads: dict[str, dict[str, torch.Tensor]], bn: dict[str, torch.Tensor],
-                 before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A member's half of the round: its source steps, its clients' weighted mean gradients
-    (`grads`: teacher, disc) and BN statistics (`bn`), its server step. Returns its source
-    terms (one step) or their means (L steps), for the log."""
+def begin_member(cfg: RunConfig, source: SourceData, member: Member, path: list[LocalStep]
+                 ) -> dict[str, torch.Tensor]:
+    """A member's source half of the round, before its messages go: the source step at the sent
+    weights (one step, the edge-mode round's), or the path on a copy (L steps, moving as
+    `fed.local_path` says); the gradient waits in .grad. Returns the source terms (their means
+    over L steps), for the log."""
     terms_at = source_terms_at(cfg, source, member)
     for o in member.opts.values():
         o.zero_grad(set_to_none=True)
-    if len(path) == 1:  # at the sent weights: the edge-mode round's source step
+    if len(path) == 1:
         terms = terms_at(member.pair, path[0])
         terms["loss"].backward()
-    else:
-        terms = run_source_path(member.pair, path, cfg.teacher.lr, terms_at).terms
+        return terms
+    return run_source_path(member.pair, path, cfg.teacher.lr, terms_at, member.mover(cfg)).terms
+
+
+def finish_member(cfg: RunConfig, member: Member, steps: int,
+                  grads: dict[str, dict[str, torch.Tensor]], bn: dict[str, torch.Tensor],
+                  before: dict[str, torch.Tensor]) -> None:
+    """Add the member's clients' weighted mean gradients (`grads`: teacher, disc) and BN
+    statistics (`bn`) to its source half, and take its server step."""
     for name in ("teacher", "disc"):
         add_grads(dict(member.pair[name].named_parameters()), grads[name])
-    compose_bn(member.teacher, before, bn, target_passes=len(path))
-    apply_server_step(member.opts, len(path), cfg.fed.server_step, lambda: None)
-    return terms
+        member.target_control.update({f"{name}.{k}": v.clone() for k, v in grads[name].items()})
+    compose_bn(member.teacher, before, bn, target_passes=steps)
+    apply_server_step(member.opts, steps, cfg.fed.server_step, lambda: None)
+
+
+def abort_member(member: Member, before: dict[str, torch.Tensor]) -> None:
+    """Too few replies: drop the source gradient and the BN update of its forward passes."""
+    for o in member.opts.values():
+        o.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, buf in member.teacher.named_buffers():
+            buf.copy_(before[name])
+
+
+def path_records(members: list[Member], cfg: RunConfig, steps: int) -> dict:
+    """`fed.local_path: preconditioned`, L > 1: every member's preconditioner and source
+    pseudo-gradient, for the nodes' paths (arrays "<member>.<teacher|disc>.<name>")."""
+    if steps == 1 or cfg.fed.local_path != "preconditioned":
+        return {}
+    return {wire.PATH_PRECOND: to_record(by_member([dict(x.mover(cfg).precond) for x in members])),
+            wire.PATH_CONTROL: to_record(by_member([{k: p.grad for k, p in x.pair.named_parameters()
+                                                     if p.grad is not None} for x in members]))}
 
 
 def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -133,22 +171,26 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
         rc = joint_round_config(cfg, source, rnd, plan, clock, m)
         if privacy is not None:
             rc.dp_noise = privacy.plan.noise_multiplier
-        content = setup_content(cfg, source, rc)
+        content = setup_content(cfg, source, rc)  # the weights as they are, BN buffers included
         content[wire.TEACHER_TRAIN] = to_record(by_member([x.teacher.state_dict()
                                                            for x in members]))
         content[wire.TEACHER_DISC] = to_record(by_member([x.pair["disc"].state_dict()
                                                           for x in members]))
         before = [{k: v.clone() for k, v in bn_buffers(x.teacher, "").items()} for x in members]
+        path = local_path(plan.local_steps(rnd), rc.global_step, rc.epoch, rc.step, clock)
+        terms = [begin_member(cfg, source, x, path) for x in members]
+        content.update(path_records(members, cfg, len(path)))
         updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
                                   privacy, (rnd, teacher_dp_steps(m, rc.local_steps)))
-        if updates is None:
+        if updates is None:  # nothing moves, BN statistics included
+            for x, b in zip(members, before):
+                abort_member(x, b)
             continue
-        path = local_path(plan.local_steps(rnd), rc.global_step, rc.epoch, rc.step, clock)
         mean = {key: of_members(weighted_mean(updates, key), m) for key in RECORDS}
-        terms = [apply_member(cfg, source, x, path, {"teacher": mean[wire.TEACHER_GRAD][k],
-                                                     "disc": mean[wire.TEACHER_DISC_GRAD][k]},
-                              mean[wire.TEACHER_BN][k], before[k])
-                 for k, x in enumerate(members)]
+        for k, x in enumerate(members):
+            finish_member(cfg, x, len(path), {"teacher": mean[wire.TEACHER_GRAD][k],
+                                              "disc": mean[wire.TEACHER_DISC_GRAD][k]},
+                          mean[wire.TEACHER_BN][k], before[k])
         if plan.ends_period(rnd, 10 * spe) or rnd == plan.rounds:
             trg = target_domain_loss(updates)  # the nodes' mean over the members
             log.info("[TEACHER %d/%d] epoch %d/%d  source CE %s  source domain %s  target "

@@ -22,13 +22,18 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
 - the cloud runs the L source halves of those steps on its own copy of the weights, each edge
   the L target halves on its own; local step j is step t0 + j on both sides: that step's
   batches, dropout draws and schedule values (each side computes them with the same
-  `ScheduleClock`; the round config carries the first step, L and the clock). Between steps
-  each side moves by plain SGD as above;
-- each side's pseudo-gradient is its mean gradient along its own path; the cloud combines
-  pg = pg_source + sum_k n_k/N pg_target,k, the mean over the round's steps of the gradient
-  of the centralized objective, and applies it with its Adam optimizers as the server
-  optimizer ("FedOpt"), sized to advance L steps (`fed.server_step`: L Adam steps on pg, or
-  one with the learning rate times L; server/fed/server_step.py);
+  `ScheduleClock`; the round config carries the first step, L and the clock);
+- between steps each side moves (`fed.local_path`, `PathMover`): `preconditioned` (the
+  default) along its own half's gradient plus the other side's latest pseudo-gradient (a
+  control variate for the half it does not hold), scaled by the cloud's Adam second moments
+  and clamped, so the path follows the centralized trajectory; `plain` by SGD as above, which
+  barely moves;
+- each side's pseudo-gradient is its mean gradient (of its own half) along its own path; the
+  cloud combines pg = pg_source + sum_k n_k/N pg_target,k, the mean over the round's steps of
+  the gradient of the centralized objective, and applies it with its Adam optimizers as the
+  server optimizer ("FedOpt"), sized to advance L steps (`fed.server_step`: `sqrt-lr`, the
+  default, L Adam steps at lr/sqrt(L); `repeat` at lr; `scaled-lr` one step at L·lr;
+  server/fed/server_step.py);
 - BN running statistics: the cloud's L source updates, then the clients' mean L target
   updates (aggregate.compose_bn with L target passes);
 - evaluations and checkpoints follow the steps: after each round in which an epoch of steps
@@ -186,15 +191,51 @@ class RoundPlan:
         return sum(self.local_steps(r).count for r in range(1, rounds + 1))
 
 
+@dataclass(frozen=True)
+class PathMover:
+    """How a side's local path moves under `fed.local_path: preconditioned` (both mode).
+
+    A side holds half the objective, so moving along its own gradient alone would follow
+    another objective, and plain SGD at Adam's rate barely moves (the path then stays at the
+    sent weights: its mean gradient is a large-batch gradient, and ceil(T/L) large steps
+    undertrain and let D_d win, BENCHMARKS.md). Here each local step moves along
+    g_own + `control`, the other side's latest pseudo-gradient standing in for its half (a
+    control variate, as SCAFFOLD's), preconditioned like the cloud's Adam step,
+    `precond` = 1 / (sqrt(v_hat) + eps) from its second moments, and clamped to [-1, 1] per
+    coordinate (an Adam step moves about the learning rate per coordinate; v_hat lags the
+    gradient it divides). A parameter without second moments yet (the first round) moves by
+    plain SGD on g_own + control.
+    """
+
+    precond: Mapping[Hashable, torch.Tensor]
+    control: Mapping[Hashable, torch.Tensor]
+
+    def direction(self, key: Hashable, g: torch.Tensor | None) -> torch.Tensor | None:
+        """The direction a local step moves parameter `key` in, from its own gradient `g`."""
+        c = self.control.get(key)
+        full = g if c is None else (c if g is None else g + c)
+        pre = self.precond.get(key)
+        if full is None or pre is None:
+            return full
+        return (pre * full).clamp(-1.0, 1.0)
+
+    def keyed(self, names: Mapping[Hashable, str]) -> PathMover:
+        """The same mover under a caller's own parameter keys; `names` maps each key to the
+        parameter's name in the cloud's records (`records.param_name`)."""
+        return PathMover({k: self.precond[n] for k, n in names.items() if n in self.precond},
+                         {k: self.control[n] for k, n in names.items() if n in self.control})
+
+
 def local_sgd(params: Mapping[Key, torch.Tensor], steps: LocalSteps, lr: float,
-              gradient: Callable[[int], Mapping[Key, torch.Tensor | None]]
-              ) -> dict[Key, torch.Tensor]:
+              gradient: Callable[[int], Mapping[Key, torch.Tensor | None]],
+              mover: PathMover | None = None) -> dict[Key, torch.Tensor]:
     """A side's L local steps and its pseudo-gradient (the module docstring).
 
     `gradient(j)` forms local step j's gradient at the current weights, by parameter (None: the
     parameter got none, it counts as zero); the edge's plain and record-DP target steps and the
-    cloud's source steps differ only there. After every step but the last the weights move by
-    plain SGD. Returns the mean gradient.
+    cloud's source steps differ only there. After every step but the last the weights move:
+    by plain SGD on that gradient, or as `mover` says (`fed.local_path: preconditioned`).
+    Returns the mean gradient.
     """
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     for j in range(steps.count):
@@ -204,6 +245,8 @@ def local_sgd(params: Mapping[Key, torch.Tensor], steps: LocalSteps, lr: float,
                 g = grads.get(k)
                 if g is not None:
                     total[k] += g
-                    if steps.moves_after(j):
-                        p -= lr * g  # local SGD step towards the next batch
+                if steps.moves_after(j):  # a local step towards the next batch
+                    d = g if mover is None else mover.direction(k, g)
+                    if d is not None:
+                        p -= lr * d
     return {k: steps.pseudo_gradient(v) for k, v in total.items()}

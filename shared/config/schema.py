@@ -115,7 +115,12 @@ class FedConfig:
     # "both" only: how the cloud applies a round's combined pseudo-gradient to advance L steps
     # (server/fed/server_step.py): "repeat" = L Adam steps on it, "scaled-lr" = one Adam step
     # with the learning rate x L, "sqrt-lr" = L Adam steps with the learning rate / sqrt(L)
-    server_step: Literal["repeat", "scaled-lr", "sqrt-lr"] = "repeat"
+    server_step: Literal["repeat", "scaled-lr", "sqrt-lr"] = "sqrt-lr"
+    # "both" only: how each side's local path moves between its L steps
+    # (shared/clock/local_steps.py PathMover): "plain" = SGD at distill.lr on its own half's
+    # gradient (barely moves); "preconditioned" = along its own half plus the other side's latest
+    # pseudo-gradient, scaled by the cloud's Adam second moments (sent down with each round)
+    local_path: Literal["plain", "preconditioned"] = "preconditioned"
     partition: str = "iid"  # iid | dirichlet:<alpha> | per-domain
     teacher_placement: Literal["edge", "cloud", "source-only"] = "edge"
     # cloud placement only: "prototypes" sends the teacher's mean source feature per class

@@ -54,6 +54,12 @@ def bn_buffers(module: nn.Module, prefix: str = "student.") -> dict[str, torch.T
     return {f"{prefix}{k}": v for k, v in module.named_buffers()}
 
 
+def param_name(group: str, name: str) -> str:
+    """A parameter's name in `UniKDNets.named_parameters()` from its optimizer group and wire
+    name (`group_named_params`): the student group's wire names are already full."""
+    return name if group == "student" else f"{group}.{name}"
+
+
 def group_named_params(nets: UniKDNets) -> dict[str, dict[str, nn.Parameter]]:
     """Parameters by optimizer group, with the names used on the wire."""
     return {"student": student_params(nets), "d_f": dict(nets.d_f.named_parameters()),

@@ -39,6 +39,11 @@ TEACHER = "teacher"  # frozen teacher snapshot, sent once per node (edge placeme
 HINT_PROTOTYPES = "hint.prototypes"  # cloud placement with fed.cloud_hint=prototypes: array
 #   "feat" [C, 128], the teacher's mean feature per class over the labelled SOURCE windows (a
 #   cloud-side statistic; no target window is involved), for the edges' feature hint
+PATH_PRECOND = "path.precond"  # fed.local_path=preconditioned (both mode, L > 1): the cloud's
+#   Adam preconditioner 1/(sqrt(v_hat)+eps), one array per parameter, named as in
+#   UniKDNets.named_parameters(); a function of the aggregates the cloud has already applied
+PATH_CONTROL = "path.control"  # and the cloud's source pseudo-gradient of this round, the same
+#   names: the edge's stand-in for the source half along its local path (no target data in it)
 TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
 TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
 DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash), run, round
