@@ -30,10 +30,23 @@ log = logging.getLogger(__name__)
 TRAIN_SALT, TEST_SALT = 11, 13
 
 
+@dataclass(frozen=True)
+class SharedPool:
+    """A simulated population's node: its training windows are `rows` of a pool that every
+    simulated node of this process shares (`partition: population:W`), so what is computed
+    once per window, the frozen teacher's outputs, is computed once per pool
+    (client_app.pool_teacher_outputs) instead of once per node."""
+
+    key: tuple  # identifies the pool and its normalisation
+    rows: torch.Tensor  # this node's windows in the pool
+    windows: torch.Tensor  # the whole pool, normalised like x_train
+
+
 @dataclass
 class LocalData:
     x_train: torch.Tensor  # [n, C, L] normalised, unlabelled for training purposes
     test: Domain | None  # labelled test windows for federated evaluation (optional)
+    pool: SharedPool | None = None  # a simulated population's node: the pool it draws from
 
     @property
     def num_examples(self) -> int:
@@ -172,7 +185,32 @@ def local_data(rc: SetupConfig, sim: SimSetup, node_config: NodeConfig | Mapping
         train, test = simulated_split(rc.dataset, sim.data_path, sim.synth_shift, sim.target,
                                  sim.partition, sim.num_clients, client, sim.seed)
     norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
-    return LocalData(norm(train.x), norm_test)
+    pool = None
+    if node.data_path is None and PartitionSpec.parse(sim.partition).kind == "population":
+        pool = population_pool(rc.dataset, sim, client, norm)
+    return LocalData(norm(train.x), norm_test, pool)
+
+
+def population_pool(dataset: str, sim: SimSetup, client: int, norm: Normalizer) -> SharedPool:
+    """The pool a `population:W` node draws from, normalised once per process (an element-wise
+    z-score: the pool's rows are exactly the node's normalised windows)."""
+    spec = PartitionSpec.parse(sim.partition)
+    domain = client_domains(sim.target, 1, spec)[0]
+    train = _pool(dataset, sim.data_path, sim.synth_shift, domain)[0]
+    stats = (tuple(norm.mean.tolist()), tuple(norm.std.tolist()))
+    key = (dataset, sim.data_path, sim.synth_shift, domain, stats)
+    rows = population_indices(len(train), client, spec.windows, sim.seed, TRAIN_SALT)
+    return SharedPool(key, rows, _normalised_pool(key, train.x, norm))
+
+
+_NORMALISED: dict[tuple, torch.Tensor] = {}  # the last pool normalised, by its key
+
+
+def _normalised_pool(key: tuple, x: torch.Tensor, norm: Normalizer) -> torch.Tensor:
+    if key not in _NORMALISED:
+        _NORMALISED.clear()
+        _NORMALISED[key] = norm(x)
+    return _NORMALISED[key]
 
 
 def check_shape(data: LocalData, spec: DatasetSpec,

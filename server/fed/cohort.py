@@ -37,12 +37,31 @@ class CohortPolicy:
     min_available: int = 0  # 0: cross-silo, fed.clients before round 1
     eval_clients: int = 0  # 0: every node is scored
     clients: int = 1  # fed.clients
+    sampling: str = "fixed"  # fed.cohort_sampling: fixed | poisson
 
     @classmethod
     def from_fed(cls, fed) -> CohortPolicy:
-        policy = cls(fed.clients_per_round, fed.min_available, fed.eval_clients, fed.clients)
+        policy = cls(fed.clients_per_round, fed.min_available, fed.eval_clients, fed.clients,
+                     fed.cohort_sampling)
         policy.check(fed.min_clients)
+        if fed.dp == "central" and policy.sampled and policy.sampling != "poisson":
+            raise UnikdError(f"fed.dp=central with fed.clients_per_round={policy.per_round} of "
+                             f"fed.clients={policy.clients}: client-level DP accounts Poisson "
+                             f"cohorts (DP-FedAvg); set fed.cohort_sampling=poisson")
+        if policy.sampling == "poisson" and not policy.per_round:
+            raise UnikdError("fed.cohort_sampling=poisson needs fed.clients_per_round, the "
+                             "expected cohort size")
         return policy
+
+    @property
+    def sampled(self) -> bool:
+        """Only a sample of the population trains each round."""
+        return 0 < self.per_round < self.clients
+
+    @property
+    def rate(self) -> float:
+        """Poisson sampling: each client's probability of being in a round's cohort."""
+        return min(1.0, self.per_round / self.clients) if self.per_round else 1.0
 
     @property
     def dynamic(self) -> bool:
@@ -63,6 +82,18 @@ class CohortPolicy:
                              f"fed.clients_per_round={self.per_round}: a round could start "
                              f"with fewer nodes than its cohort; raise fed.min_available to "
                              f"at least {self.per_round} or leave it 0")
+
+
+def poisson_clients(clients: list[int], rate: float, seed: int, rnd: int) -> list[int]:
+    """Each of `clients` independently with probability `rate`, sorted: client k takes the k-th
+    uniform of one generator of (seed, round), so whether k is drawn does not depend on which
+    other clients are available."""
+    pool = sorted(clients)
+    if not pool:
+        return []
+    rng = np.random.default_rng(seed_for(seed, CENTRAL_STREAM, rnd, COHORT.number()))
+    u = rng.random(pool[-1] + 1)
+    return [c for c in pool if u[c] < rate]
 
 
 def sample_clients(clients: list[int], size: int, seed: int, rnd: int,
@@ -97,10 +128,13 @@ class Roster:
         return [n for n in nodes if n not in self.client_of]
 
     def cohort(self, available: list[int], size: int, seed: int, rnd: int,
-               purpose: Purpose = COHORT) -> list[int]:
-        """The node ids of round `rnd`'s sample of the available, known nodes, sorted."""
+               purpose: Purpose = COHORT, rate: float | None = None) -> list[int]:
+        """The node ids of round `rnd`'s sample of the available, known nodes, sorted: `size`
+        of them, or with `rate` each with that probability (Poisson)."""
         clients = [self.client_of[n] for n in available if n in self.client_of]
-        return sorted(self.node_of[c] for c in sample_clients(clients, size, seed, rnd, purpose))
+        picked = (sample_clients(clients, size, seed, rnd, purpose) if rate is None else
+                  poisson_clients(clients, rate, seed, rnd))
+        return sorted(self.node_of[c] for c in picked)
 
 
 def eval_sample(roster: Roster, nodes: list[int], size: int, seed: int, rnd: int) -> list[int]:

@@ -318,7 +318,8 @@ def draw_cohort(fed: Federation, rnd: int) -> list[int] | None:
         fed.result.cohorts.append({"round": rnd, "available": len(known), "cohort": [],
                                    "replied": []})
         return None
-    return fed.roster.cohort(known, pol.per_round, fed.cfg.seed, rnd)
+    rate = pol.rate if pol.sampling == "poisson" else None
+    return fed.roster.cohort(known, pol.per_round, fed.cfg.seed, rnd, rate=rate)
 
 
 def admit_newcomers(fed: Federation, nodes: list[int], rnd: int) -> None:

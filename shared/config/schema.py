@@ -169,6 +169,10 @@ class FedConfig:
     # clients per UNI-KD round, a seeded sample of the nodes available at that round; 0 = every
     # node, fixed before round 1 (the cross-silo behaviour)
     clients_per_round: int = field(default=0, metadata=rng(0, 1_000_000))
+    # how the cohort is drawn: "fixed" = exactly clients_per_round of the available nodes;
+    # "poisson" = each available node independently with probability clients_per_round /
+    # fed.clients (DP-FedAvg's sampling, which client-level DP accounts: server/fed/dp/)
+    cohort_sampling: Literal["fixed", "poisson"] = "fixed"
     # how many nodes must be available for round 1 to start and for any round to run (below it
     # the round is skipped); 0 = fed.clients before round 1 and a fixed node list (cross-silo).
     # Set it, or clients_per_round, and nodes that connect later join the next rounds' cohorts
