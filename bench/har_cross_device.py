@@ -24,13 +24,14 @@ from pathlib import Path
 
 SOURCE = "2"
 POOL = "+".join(str(s) for s in range(3, 24))  # 21 subjects: ~4,900 train, ~2,100 test windows
+END_ONLY = "fed.eval_every=1000000"  # one federated evaluation, after the last round
+CROSS_DEVICE = ["fed.clients=1000", "fed.clients_per_round=50", END_ONLY]
+POISSON = [*CROSS_DEVICE, "fed.cohort_sampling=poisson"]
 VARIANTS = {
-    "k5": ["fed.clients=5"],
-    "cohort50": ["fed.clients=1000", "fed.clients_per_round=50"],
-    "poisson50": ["fed.clients=1000", "fed.clients_per_round=50",
-                  "fed.cohort_sampling=poisson"],
-    **{f"dp{e}": ["fed.clients=1000", "fed.clients_per_round=50", "fed.cohort_sampling=poisson",
-                  "fed.dp=central", f"fed.dp_epsilon={e}"] for e in (8, 3, 1)},
+    "k5": ["fed.clients=5", END_ONLY],
+    "cohort50": CROSS_DEVICE,
+    "poisson50": POISSON,
+    **{f"dp{e}": [*POISSON, "fed.dp=central", f"fed.dp_epsilon={e}"] for e in (8, 3, 1)},
 }
 
 

@@ -505,7 +505,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     torch.set_num_threads(cfg.threads)
     fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir)
     plan, spe = fed.cloud.plan, fed.cloud.clock.steps_per_epoch
-    eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe  # in steps of the clock
+    eval_every = cfg.fed.eval_every or spe  # in steps of the clock
+    ckpt_every = cfg.fed.checkpoint_every or spe
     for rnd in tqdm(range(first, fed.total + 1), desc="rounds",
                     disable=None if progress else True, dynamic_ncols=True):
         row = run_round(fed, rnd)

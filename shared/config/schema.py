@@ -179,6 +179,8 @@ class FedConfig:
     min_available: int = field(default=0, metadata=rng(0, 1_000_000))
     # federated evaluation on a seeded sample of this many nodes; 0 = every node
     eval_clients: int = field(default=0, metadata=rng(0, 1_000_000))
+    # evaluate every this many steps of the clock; 0 = each epoch (the last round always is)
+    eval_every: int = field(default=0, metadata=rng(0, 1_000_000))
     # simulated availability (in-process engine only): each client is online at a round with
     # this probability, drawn per (seed, client, round); with availability_period > 0 the
     # probability swings by +-availability_swing (relative) over that many rounds, each client
