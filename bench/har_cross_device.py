@@ -63,12 +63,21 @@ def make_teacher(data: str, path: Path) -> None:
 
     from server.central.teacher import save_teacher, train_teacher
     from shared.config import load_config
+    from shared.data.adatime import Domain
     from shared.data.scenario import load_scenario
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR",
                              f"data.scenario={SOURCE}->{POOL}"])
-    data_ = load_scenario(cfg.data)
+    # load_scenario reads one target domain: the pool's are concatenated here, normalised with
+    # the source statistics like every split
+    subjects = [load_scenario(cfg.data, f"{SOURCE}->{s}") for s in POOL.split("+")]
+    data_ = subjects[0]
+    for split in ("trg_train", "trg_test"):
+        parts = [getattr(d, split) for d in subjects]
+        setattr(data_, split, Domain(torch.cat([d.x for d in parts]),
+                                     torch.cat([d.y for d in parts]), parts[0].file))
+    data_.target = POOL
     save_teacher(path, train_teacher(cfg, data_, progress=False), cfg, data_)
 
 
