@@ -133,6 +133,7 @@ CONTROL_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.cli.typing", "SuperLinkConnection",
      ("name", "address", "root_certificates", "insecure")),
     ("flwr.proto.control_pb2", "ListNodesRequest", None),
+    ("flwr.common.constant", "HEARTBEAT_PATIENCE", None),
     ("flwr.proto.control_pb2", "ListRunsRequest", None),
     ("flwr.proto.control_pb2", "StartRunRequest", None),
     ("flwr.proto.control_pb2", "StreamLogsRequest", None),
