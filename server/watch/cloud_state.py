@@ -63,22 +63,25 @@ class CloudState:
 
     # ------------------------------------------------------------------ runs
     def run_dirs(self) -> list[Path]:
-        """Run folders, newest first (their names start with a timestamp)."""
+        """Run folders, newest first (their names start with a timestamp): RUNS/NAME, or
+        RUNS/submit-TOKEN/NAME where `unikd submit` had the ServerApp write it."""
         if not self.runs_root.is_dir():
             return []
-        dirs = [p for p in self.runs_root.iterdir() if (p / "config.yaml").is_file()]
+        dirs = [c.parent for pattern in ("*/config.yaml", "*/*/config.yaml")
+                for c in self.runs_root.glob(pattern)]
         return sorted(dirs, key=lambda p: p.name, reverse=True)
 
-    def view(self, name: str) -> RunView:
-        """One run's view, refreshed; `latest` is the newest run. Unknown: a UnikdError."""
-        dirs = self.run_dirs()
+    def view(self, name: str, dirs: dict[str, Path] | None = None) -> RunView:
+        """One run's view, refreshed; `latest` is the newest run. Unknown: a UnikdError.
+        `dirs`: run_dirs() by name, when the caller has them already."""
+        dirs = dirs if dirs is not None else {p.name: p for p in self.run_dirs()}
         if name == "latest":
             if not dirs:
                 raise UnikdError(f"{self.runs_root}: no runs yet")
-            name = dirs[0].name
-        if name not in {p.name for p in dirs}:
+            name = max(dirs)
+        if name not in dirs:
             raise UnikdError(f"{self.runs_root}: no run folder {name!r}")
-        view = self.views.get(name) or self.views.setdefault(name, RunView(self.runs_root / name))
+        view = self.views.get(name) or self.views.setdefault(name, RunView(dirs[name]))
         if view.state in LIVE_STATES:  # an ended run writes nothing more
             view.refresh()
         self.check_with_superlink(view)
@@ -87,9 +90,11 @@ class CloudState:
     def runs(self) -> list[dict]:
         """Every run: name, state, phase, round of total, MF1 so far, start."""
         out = []
-        for p in self.run_dirs():
+        found = self.run_dirs()
+        dirs = {p.name: p for p in found}
+        for p in found:
             try:
-                v = self.view(p.name)
+                v = self.view(p.name, dirs)
             except UnikdError as err:  # a damaged status file: say so, list the others
                 out.append({"name": p.name, "state": "unreadable", "error": str(err)})
                 continue

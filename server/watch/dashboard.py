@@ -5,7 +5,7 @@
     /runs/NAME/files/      the run folder's files (JSON list); /runs/NAME/files/PATH one file
     /api/runs/NAME         the page's data (cloud_state.CloudState.snapshot)
     /metrics               Prometheus text (metrics.py)
-    /healthz               200 "ok"
+    /health                200 "ok" (what the cloud waits for at start, health.py)
 
 Read-only: no route changes anything on the cloud. Like the SuperLink's Control API it listens
 on loopback; an operator reaches it through an SSH tunnel, Prometheus from the cloud itself.
@@ -73,5 +73,5 @@ def make_app(state: CloudState) -> Starlette:
         Route("/", page), Route("/runs/{name}", page),
         Route("/runs/{name}/files/", files), Route("/runs/{name}/files/{path:path}", files),
         Route("/api/runs/{name}", api_run), Route("/metrics", metrics),
-        Route("/healthz", healthz),
+        Route("/health", healthz),
         Mount("/static", StaticFiles(directory=STATIC), name="static")])
