@@ -58,7 +58,8 @@ def start_service(root: Path, i: int) -> tuple[subprocess.Popen, str]:
     """`unikd serve` on a free loopback port; returns the process and its bound address."""
     proc = subprocess.Popen(
         [*UNIKD, "serve", "--store", str(root / f"store-{i}.db"), "--model-dir",
-         str(root / f"models-{i}"), "--address", "127.0.0.1:0", "--watch", "0.2"],
+         str(root / f"models-{i}"), "--address", "127.0.0.1:0", "--watch", "0.2",
+         "--metrics-port", str(free_port())],
         cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=open(root / f"serve-{i}.log",
                                                                         "ab"),
         text=True, start_new_session=True)

@@ -33,8 +33,8 @@ from shared.config import load_config
 from shared.platform.processes import free_port, group_members
 
 HEARTBEAT = 10.0  # Flower's shortest (HEARTBEAT_MIN_INTERVAL): a dead edge shows within 2 x this
-# 4 epochs of 5 steps (batch 96 of ~480 windows): 20 rounds, an evaluation every 5
-RUN = ["fed.clients=2", "distill.epochs=4", "distill.batch_size=96"]
+# 3 epochs of 3 steps (batch 160 of ~480 windows): 9 rounds, an evaluation every 3
+RUN = ["fed.clients=2", "distill.epochs=3", "distill.batch_size=160"]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -147,7 +147,9 @@ def test_dashboard_follows_a_deployed_run_and_a_killed_edge(deployment, browser,
     overrides = RUN + [f"teacher.checkpoint={dep.teacher}"]
     signed = dep.cloud.cli(sign_key=dep.op_key)
     worker = threading.Thread(target=lambda: result.setdefault(
-        "run", submit(signed, overrides, tmp_path / "runs", timeout=300)), daemon=True)
+        "run", submit(signed, overrides, tmp_path / "runs", dep.cloud.cfg.state_dir,
+                      timeout=300)), daemon=True)
+    started = time.monotonic()
     worker.start()
     seen: list[dict] = []
     while worker.is_alive():
@@ -155,12 +157,13 @@ def test_dashboard_follows_a_deployed_run_and_a_killed_edge(deployment, browser,
         time.sleep(0.25)
     worker.join()
     run = result["run"]
+    print(f"run: {time.monotonic() - started:.1f} s, {len(seen)} page reads")
     assert run.status == "finished:completed", (run.run_dir / "server.log").read_text()[-3000:]
     during = [s for s in seen if s["state"] == "running" and s["phase"] == "unikd"]
     rounds = sorted({s["round"] for s in during})
     assert len(rounds) >= 3 and rounds[-1] > rounds[0], seen[-5:]  # the counter advanced
     points = sorted({s["mf1_points"] for s in during})
-    assert len(points) >= 2 and points[-1] > points[0] > 0, points  # the curve grew, live
+    assert len([p for p in points if p > 0]) >= 2, points  # the curve grew, live
     assert any(sorted(s["edges"]) == [["edge-0", "connected"], ["edge-1", "connected"]]
                for s in during), seen[-1]
     rows = list(csv.DictReader(open(run.run_dir / "rounds.csv")))
@@ -205,6 +208,20 @@ def test_dashboard_follows_a_deployed_run_and_a_killed_edge(deployment, browser,
     parsed = {s.name: s.value for fam in text_string_to_metric_families(body.decode())
               for s in fam.samples if not s.labels}
     assert parsed["unikd_edges_connected"] == 1
+
+    # `unikd watch` in a terminal: the same view, from the same state
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "shared.cli.main", "watch", "--state-dir",
+                          str(dep.cloud.cfg.state_dir), "--once"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert f"{run.run_dir.name}  [completed]" in out.stdout, out.stdout
+    assert f"{len(rows)} / {len(rows)}" in out.stdout and f"{summary['mf1']:.2f}" in out.stdout
+    lines = out.stdout.splitlines()
+    assert any("edge-0" in x and "connected" in x for x in lines), out.stdout
+    assert any("edge-1" in x and "gone" in x for x in lines), out.stdout
 
     # the run's files are listed and served; nothing outside the run folder is
     status, body = get(f"{dep.dashboard}/runs/{run.run_dir.name}/files/")

@@ -96,6 +96,15 @@ def _print_cloud(cloud, cfg, args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
+def _watch_cmd(args: argparse.Namespace) -> int:
+    from server.watch.terminal import watch_cmd
+
+    if args.runs is None and not (Path(args.state_dir) / "cloud.json").is_file():
+        raise UnikdError(f"{args.state_dir}/cloud.json: not found; give the cloud's --state-dir "
+                         f"(or --runs DIR for run folders without a cloud)")
+    return watch_cmd(args)
+
+
 # ---------------------------------------------------------------- unikd certs
 
 
@@ -329,6 +338,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default="app.sig", help="signature file for `unikd submit "
                                                     "--app-signature` (default app.sig)")
     g.set_defaults(func=app_sign_cmd)
+
+    w = sub.add_parser("watch", allow_abbrev=False,
+                       help="the live run dashboard in this terminal (runs, phase, rounds, MF1, "
+                            "edges)")
+    w.add_argument("--state-dir", default="cloud-state",
+                   help="the cloud's state dir: its runs/ and, through cloud.json, its edges")
+    w.add_argument("--runs", metavar="DIR", help="watch run folders here instead (e.g. a "
+                   "simulation's `runs/`; edges only with a cloud's --state-dir)")
+    w.add_argument("--run", default="latest", help="run folder name (default: the newest)")
+    w.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
+    w.add_argument("--once", action="store_true", help="print the view once and exit")
+    w.set_defaults(func=_watch_cmd)
 
     m = sub.add_parser("submit", allow_abbrev=False,
                        help="run FedUNI-KD on a running cloud, wait, fetch the results")
