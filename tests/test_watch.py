@@ -172,14 +172,15 @@ def test_dashboard_follows_a_deployed_run_and_a_killed_edge(deployment, browser,
     while (final := page_state(browser))["state"] != "completed":
         assert time.monotonic() < deadline, final
         time.sleep(0.25)
-    assert final["round"] == final["total"] == len(rows) and final["run"] == run.run_dir.name
+    name = final["run"]  # the cloud's run folder; `submit` fetched it as NAME-runID
+    assert final["round"] == final["total"] == len(rows) and run.run_dir.name.startswith(name)
 
     # /metrics after the run: Prometheus' parser, the run folder's numbers
     status, body = get(f"{dep.dashboard}/metrics")
     assert status == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
-    label = (("run", run.run_dir.name),)
+    label = (("run", name),)
     assert samples[("unikd_round", label)] == len(rows) == summary["rounds"]
     assert samples[("unikd_round_seconds_count", label)] == len(rows)
     assert samples[("unikd_round_seconds_sum", label)] == pytest.approx(
@@ -217,18 +218,18 @@ def test_dashboard_follows_a_deployed_run_and_a_killed_edge(deployment, browser,
                           str(dep.cloud.cfg.state_dir), "--once"], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
-    assert f"{run.run_dir.name}  [completed]" in out.stdout, out.stdout
+    assert f"{name}  [completed]" in out.stdout, out.stdout
     assert f"{len(rows)} / {len(rows)}" in out.stdout and f"{summary['mf1']:.2f}" in out.stdout
     lines = out.stdout.splitlines()
     assert any("edge-0" in x and "connected" in x for x in lines), out.stdout
     assert any("edge-1" in x and "gone" in x for x in lines), out.stdout
 
     # the run's files are listed and served; nothing outside the run folder is
-    status, body = get(f"{dep.dashboard}/runs/{run.run_dir.name}/files/")
+    status, body = get(f"{dep.dashboard}/runs/{name}/files/")
     assert status == 200 and "rounds.csv" in {f["path"] for f in json.loads(body)}
-    status, body = get(f"{dep.dashboard}/runs/{run.run_dir.name}/files/rounds.csv")
+    status, body = get(f"{dep.dashboard}/runs/{name}/files/rounds.csv")
     assert status == 200 and body == (run.run_dir / "rounds.csv").read_bytes()
-    assert get(f"{dep.dashboard}/runs/{run.run_dir.name}/files/..%2F..%2Fcloud.json")[0] == 404
+    assert get(f"{dep.dashboard}/runs/{name}/files/..%2F..%2Fcloud.json")[0] == 404
 
 
 def _public(address: str, path: str, ca: Path) -> int:
