@@ -116,7 +116,8 @@ def test_device_loop_end_to_end(tmp_path):
     try:
         # ---- the cloud (TLS + node authentication) and two devices' services
         cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                        link_port=free_port(), dashboard_port=0, names=["localhost", "127.0.0.1"],
+                                        link_port=free_port(), dashboard_port=0,
+                                        names=["localhost", "127.0.0.1"],
                                         dev_certs=True))
         app_pub = generate_app_key(root / "app.key")  # the edges run only bundles it signed
         cli = cloud.cli(sign_key=root / "app.key")

@@ -172,8 +172,9 @@ def test_dashboard_follows_a_deployed_run_and_a_killed_edge(deployment, browser,
     while (final := page_state(browser))["state"] != "completed":
         assert time.monotonic() < deadline, final
         time.sleep(0.25)
-    name = final["run"]  # the cloud's run folder; `submit` fetched it as NAME-runID
-    assert final["round"] == final["total"] == len(rows) and run.run_dir.name.startswith(name)
+    (cloud_run,) = [p for p in Path(run.remote_dir).iterdir() if p.is_dir()]
+    name = cloud_run.name  # the run folder on the cloud (`submit` fetched a copy)
+    assert final["round"] == final["total"] == len(rows) and final["run"] == name
 
     # /metrics after the run: Prometheus' parser, the run folder's numbers
     status, body = get(f"{dep.dashboard}/metrics")

@@ -98,7 +98,8 @@ def node_states(client) -> list[dict]:
 
     res = client.ListNodes(ListNodesRequest())
     return [{"node-id": str(n.node_id), "name": n.name or n.owner_name, "status": n.status,
-             "online-until": float(n.online_until), "heartbeat-interval": float(n.heartbeat_interval),
+             "online-until": float(n.online_until),
+             "heartbeat-interval": float(n.heartbeat_interval),
              "patience": HEARTBEAT_PATIENCE, "last-activated-at": n.last_activated_at,
              "last-deactivated-at": n.last_deactivated_at}
             for n in sorted(res.nodes_info, key=lambda n: n.registered_at)

@@ -66,9 +66,11 @@ function showRun(run, now) {
     label: `edge client ${c}`, values: run.evals.per_client[c] }));
   draw("mf1-chart", run.evals.round, [{ label: "all edges", values: mf1 }, ...perClient], "MF1 %");
   draw("acc-chart", run.evals.round, [{ label: "accuracy", values: run.evals.acc }], "acc %");
+  const mb = (xs) => xs.map((b) => b / 1e6);
   draw("bytes-chart", run.rounds.round, [
-    { label: "up", values: run.rounds.bytes_up }, { label: "down", values: run.rounds.bytes_down },
-  ], "bytes");
+    { label: "up", values: mb(run.rounds.bytes_up) },
+    { label: "down", values: mb(run.rounds.bytes_down) },
+  ], "MB");
   $("rejected-total").textContent = run.rejected_total;
   $("rejected").replaceChildren(...run.rejected.map((r) => {
     const li = document.createElement("li");
