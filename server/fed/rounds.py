@@ -346,7 +346,7 @@ def admit_newcomers(fed: Federation, nodes: list[int], rnd: int) -> None:
                     "counted before round 1", rnd, len(nodes))
         return
     counts = query_counts(fed.send, fed.cfg, fed.cloud.source, nodes, fed.model_tags,
-                          fed.roster, required=False)
+                          roster=fed.roster, required=False)
     fed.counts.update(counts)
     fed.nodes = sorted({*fed.nodes, *nodes})
     fed.status.write(live_status.Nodes({str(n): c for n, c in fed.roster.client_of.items()},
