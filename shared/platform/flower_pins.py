@@ -97,6 +97,7 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.supercore.object_ref", "load_app",
      ("module_attribute_str", "error_type", "project_dir")),
     ("flwr.supernode.runtime.run_clientapp", "push_message", ("client", "message", "context")),
+    ("flwr.common.serde", "recorddict_to_proto", ("recorddict",)),
     ("flwr.supercore.runtime", "RuntimeHttpClient", None),
     ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor", ("component_name",)),
     ("flwr.proto.runtime_pb2", "AcquireTaskRequest", None),
