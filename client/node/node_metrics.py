@@ -84,7 +84,7 @@ class NodeTally:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.data: dict = {"started": time.time(), "ok": {}, "failed": {},
-                           "bytes_down": 0, "bytes_up": 0, "last_round": None,
+                           "bytes_down": {}, "bytes_up": {}, "last_round": None,
                            "last_message": None, "windows": None, "delivered_version": None,
                            "latency": {}}
         self.write()
@@ -93,8 +93,8 @@ class NodeTally:
         d, phase = self.data, phase_of(str(task["type"]))
         outcome = d["ok"] if task["ok"] else d["failed"]
         outcome[phase] = outcome.get(phase, 0) + 1
-        d["bytes_down"] += int(task["down"])
-        d["bytes_up"] += int(task["up"])
+        for key, field in (("bytes_down", "down"), ("bytes_up", "up")):
+            d[key][phase] = d[key].get(phase, 0) + int(task[field])
         d["last_message"] = max(d["last_message"] or 0.0, float(task["received"]))
         if task["round"] is not None and phase in ("teacher", "unikd", "evaluate"):
             d["last_round"] = int(task["round"])
@@ -220,9 +220,11 @@ class NodeCollector:
         yield failed
         for key, what in (("bytes_down", "received from the cloud"),
                           ("bytes_up", "sent to the cloud")):
-            c = CounterMetricFamily(f"unikd_node_{key}", f"message bytes {what} (serialized "
-                                    "records as they travel, packed)")
-            c.add_metric([], s[key])
+            c = CounterMetricFamily(f"unikd_node_{key}", f"message bytes {what} by phase "
+                                    "(serialized records as they travel, packed)",
+                                    labels=["phase"])
+            for name in PHASE_NAMES:
+                c.add_metric([name], s[key].get(name, 0))
             yield c
         for key, name, help_ in (
                 ("last_round", "unikd_node_last_round", "the round number of the last "
