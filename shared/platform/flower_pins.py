@@ -110,6 +110,7 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.supernode.fleet_http_connection", "HEARTBEAT_DEFAULT_INTERVAL", None),
     ("flwr.supercore.heartbeat", "HEARTBEAT_DEFAULT_INTERVAL", None),
     ("flwr.common.constant", "HEARTBEAT_MAX_INTERVAL", None),
+    ("flwr.common.constant", "HEARTBEAT_MIN_INTERVAL", None),
 )
 
 # used by the edge's join check (client/node/fleet_probe.py)
