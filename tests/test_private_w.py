@@ -237,3 +237,23 @@ def test_record_dp_secure_aggregation_and_the_recipe_end_to_end(tmp_path, monkey
         assert not r.has_error(), (mtype, r.error.reason)
         assert not set(r.content.keys()) & {*wire.W_UPDATE_KEYS, wire.STUDENT_BN}, mtype
     assert any(t == wire.SECAGG_MASK_TYPE for t, _ in taps)
+
+
+def test_local_dp_sends_the_mean_w_only_inside_its_noised_update(monkeypatch):
+    """fed.dp=local (untrusted cloud) with the recipe: the reply carries `target.w` (noised with
+    the update) and no un-noised loss or w_mean metric."""
+    from server.fed import rounds as rounds_mod
+    from server.fed.rounds import federate
+
+    replies: list = []
+    grid = InProcessGrid(load_component("client.node.client_app:app"), 3,
+                         tap=lambda q, r: replies.append((q.metadata.message_type, r)))
+    result = federate(grid, _cfg([*TINY, "fed.dp=local", "fed.dp_epsilon=8"]), progress=False)
+    assert len(result.rounds) == 2 and all("w_mean_private" in r for r in result.rounds)
+    trains = [r for t, r in replies if t == wire.TRAIN]
+    assert trains
+    for r in trains:
+        assert r.content[wire.TARGET_W]["w"].numpy().shape == (1,)
+        assert set(r.content[wire.METRICS].keys()) == {"client-id", "round", "num-examples",
+                                                       "local-steps"}
+    del rounds_mod

@@ -183,6 +183,8 @@ def train(msg: Message, context: Context) -> Message:
         secret = node_secret(node_of(context), context.state) if rc.dp_mode == "local" else None
         grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,
                                    secret)  # local DP: noise keyed by the node's secret
+        if rc.dp_mode == "local":  # the cloud is not trusted: no un-noised loss or w_mean
+            metrics = {}
         count = data.num_examples
     if rc.bn_policy == "local":
         context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))

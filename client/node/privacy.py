@@ -11,7 +11,8 @@ The cloud tells the node the mode, the clip bound C and the noise multiplier z i
    seed, cannot regenerate the noise and subtract it. Only the in-process simulation
    (`dp-reproducible` in the node config) draws from the seed alone, for reproducible runs;
 3. sends back the BN buffers it *received* instead of its own, so no statistic of its windows
-   leaves the node (the cloud ignores BN statistics under DP anyway).
+   leaves the node (the cloud ignores BN statistics under DP anyway), and no loss metric or
+   `w_mean` (client_app.train; the mean w travels inside the noised update, `target_w`).
 
 Under `off` and `central` nothing changes here (central clipping and noise are the cloud's).
 """
