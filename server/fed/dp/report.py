@@ -18,8 +18,9 @@ from shared.platform.runs import write_csv, write_json
 def write_privacy_ledger(run_dir: Path, cfg: RunConfig, result) -> dict:
     """privacy.csv (epsilon after every round) and privacy.json; {} keys for results.json."""
     f = cfg.fed
-    if f.dp == "off":
-        return {"dp": "off"}
+    if f.dp == "off":  # secure aggregation alone: the w coordinate's derived values, if any
+        summary = w_coordinate_summary(cfg)
+        return {"dp": "off", **({"w_coordinate": summary} if summary else {})}
     if f.dp == "record":
         return write_record_ledger(run_dir, cfg, result.privacy)
     rows = [{"round": r["round"], "epsilon": r.get("dp_epsilon"), "delta": f.dp_delta,
