@@ -214,8 +214,8 @@ def _federation(tmp_path, monkeypatch, overrides: list[str], faults=None):
         return real_grid(app, n, faults=faults,
                          tap=lambda q, r: taps.append((q.metadata.message_type, q, r)), **kw)
 
-    def secure(send, nodes, contents, rnd, fed, shapes):
-        out = real_secure(send, nodes, contents, rnd, fed, shapes)
+    def secure(send, nodes, contents, rnd, fed, shapes, *with_w):
+        out = real_secure(send, nodes, contents, rnd, fed, shapes, *with_w)
         if out[0]:
             sums[rnd] = out[0][0]
         return out

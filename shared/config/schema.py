@@ -158,6 +158,12 @@ class FedConfig:
     # to its own update; "shares" = each adds 1/t of the variance at the mask stage, so only the
     # sum the cloud unmasks carries the full noise (needs secure_aggregation and local_steps 1)
     record_noise: Literal["node", "shares"] = "node"
+    # distill.cross_kd=expected under fed.dp or secure aggregation: the clients' mean confusion
+    # weight w rides as one more coordinate of the update that is clipped, noised and summed
+    # privately. This is the share of the squared L2 bound C^2 it takes: the coordinate is
+    # sqrt(w_share)*C*w (w in [0, 1]) and the gradient part is clipped to sqrt(1-w_share)*C, so
+    # the whole vector stays within C, the bound the accountant assumes (docs/privacy.md)
+    w_share: float = field(default=0.1, metadata=rng(0.001, 0.999))
     # faults, simulated and seeded by (seed, round, node) in the in-process Grid only
     dropout: float = field(default=0.0, metadata=rng(0.0, 1.0))  # nodes offline per round
     straggler_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # late: dropped
