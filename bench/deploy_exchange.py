@@ -73,7 +73,8 @@ def one_run(root: Path, mode: str, overrides: list[str], clients: int,
     """polls: EdgeConfig's node_poll / task_poll, if not the shipped ones."""
     t0 = time.perf_counter()
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                    link_port=free_port(), dev_certs=True,
+                                    link_port=free_port(), dashboard_port=free_port(),
+                                    dev_certs=True,
                                     names=["localhost", "127.0.0.1"], link_state=link_state))
     app_pub = generate_app_key(root / "app.key")
     edges, groups = [], set(cloud.groups)

@@ -45,7 +45,8 @@ def edge_data(root: Path, client: int, clients: int, overrides: list[str]) -> Pa
 def deployed(root: Path, overrides: list[str], clients: int) -> dict:
     t0 = time.perf_counter()
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                    link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                    link_port=free_port(), dashboard_port=free_port(),
+                                    names=["localhost", "127.0.0.1"],
                                     dev_certs=True))
     edges, groups = [], list(cloud.groups)
     app_pub = generate_app_key(root / "app.key")

@@ -121,7 +121,7 @@ def latency(predictors: dict, windows: np.ndarray, calls: int, rounds: int) -> d
 def start_serve(store: Path, model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli.main", "serve", "--store", str(store), "--model", str(model),
-         "--address", "127.0.0.1:0", "--watch", "0"],
+         "--address", "127.0.0.1:0", "--watch", "0", "--metrics-port", "0"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log.open("a"), text=True,
         start_new_session=True)
     sel = selectors.DefaultSelector()

@@ -52,7 +52,8 @@ def measure(root: Path, seconds: float, settle: float) -> dict:
     from shared.platform.processes import free_port
 
     cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                    link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                    link_port=free_port(), dashboard_port=free_port(),
+                                    names=["localhost", "127.0.0.1"],
                                     dev_certs=True))
     edges = []
     try:

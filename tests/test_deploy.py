@@ -285,7 +285,8 @@ def deployment(tmp_path_factory):
     dep = None
     try:
         cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                        link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                        link_port=free_port(), dashboard_port=0,
+                                        names=["localhost", "127.0.0.1"],
                                         dev_certs=True))
         groups.extend(cloud.groups)
         app_pub = generate_app_key(root / "app.key")  # edges run only bundles it signed

@@ -58,7 +58,8 @@ def start_service(root: Path, i: int) -> tuple[subprocess.Popen, str]:
     """`unikd serve` on a free loopback port; returns the process and its bound address."""
     proc = subprocess.Popen(
         [*UNIKD, "serve", "--store", str(root / f"store-{i}.db"), "--model-dir",
-         str(root / f"models-{i}"), "--address", "127.0.0.1:0", "--watch", "0.2"],
+         str(root / f"models-{i}"), "--address", "127.0.0.1:0", "--watch", "0.2",
+         "--metrics-port", str(free_port())],
         cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=open(root / f"serve-{i}.log",
                                                                         "ab"),
         text=True, start_new_session=True)
@@ -115,7 +116,8 @@ def test_device_loop_end_to_end(tmp_path):
     try:
         # ---- the cloud (TLS + node authentication) and two devices' services
         cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
-                                        link_port=free_port(), names=["localhost", "127.0.0.1"],
+                                        link_port=free_port(), dashboard_port=0,
+                                        names=["localhost", "127.0.0.1"],
                                         dev_certs=True))
         app_pub = generate_app_key(root / "app.key")  # the edges run only bundles it signed
         cli = cloud.cli(sign_key=root / "app.key")

@@ -65,7 +65,7 @@ def cloud(tmp_path_factory):
     procs = None
     try:
         procs = start_cloud(CloudConfig(state, host="127.0.0.1", port=free_port(),
-                                        link_port=free_port()))
+                                        link_port=free_port(), dashboard_port=0))
         cli = procs.cli()
         key = root / "device" / "node.key"
         cli.register(generate_key(key), "edge-0")

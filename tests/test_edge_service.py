@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -466,7 +467,7 @@ def _start_serve(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """`unikd serve` in its own session (so os.killpg takes it and nothing else)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli.main", "serve", "--store", str(store), "--dataset", "HAR",
-         "--address", "127.0.0.1:0", "--watch", "0"],
+         "--address", "127.0.0.1:0", "--watch", "0", "--metrics-port", "0"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log.open("a"), text=True,
         start_new_session=True)
     selector = selectors.DefaultSelector()
@@ -540,3 +541,39 @@ def test_killed_during_ingest_the_store_holds_exactly_the_acknowledged_windows(t
     assert len(stored) == 321 or not big_acked, "an acknowledged call was lost"
     if len(stored) == 321:
         assert np.array_equal(stored[21:], big)
+
+
+# ---------------------------------------------------------------- Prometheus metrics
+
+
+def test_metrics_on_loopback_count_windows_predictions_and_the_version(tmp_path, model_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shared.platform.processes import free_port
+
+    port = free_port()
+    svc = start_service(ServeOptions(store=tmp_path / "s.db", model=model_path,
+                                     address="127.0.0.1:0", watch_s=0, metrics_port=port))
+    try:
+        with grpc.insecure_channel(svc.address) as channel:
+            stub = edge_pb2_grpc.EdgeDeviceStub(channel)
+            stub.Ingest(iter(ingest_requests(windows(5))))
+            stub.Ingest(iter(ingest_requests(windows(2, seed=1))))
+            list(stub.StreamPredict(iter(edge_pb2.PredictRequest(window=encode_window(w))
+                                         for w in windows(3, seed=2))))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        values = {s.name: s.value for f in text_string_to_metric_families(text)
+                  for s in f.samples}
+        assert values["unikd_edge_windows_stored"] == 7
+        assert values["unikd_edge_windows_ingested_total"] == 7
+        assert values["unikd_edge_predictions_total"] == 3
+        assert values["unikd_edge_model_generation"] == 1
+        assert values["unikd_edge_model_version"] == 0  # a model file outside a model directory
+        with pytest.raises(UnikdError, match=f"--metrics-port {port}: cannot listen"):
+            start_service(ServeOptions(store=tmp_path / "t.db", model=model_path,
+                                       address="127.0.0.1:0", watch_s=0, metrics_port=port))
+    finally:
+        svc.stop(0)
+    with pytest.raises(OSError):  # stopped with the service
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)

@@ -69,7 +69,7 @@ def secure(tmp_path_factory):
     cloud, dep = None, None
     try:
         cloud = start_cloud(CloudConfig(state, host="127.0.0.1", port=free_port(),
-                                        link_port=free_port()))
+                                        link_port=free_port(), dashboard_port=free_port()))
         dep = Secure(root, cloud, cloud.cli(), root / "teacher.pt", root / "op.key")
         for i in range(2):  # node keys are made on the devices; only .pub reaches the cloud
             pub = generate_key(root / f"device-{i}" / "node.key")

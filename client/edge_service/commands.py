@@ -33,7 +33,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
         dataset=args.dataset, data=Path(args.data) if args.data else None,
         address=args.address, max_windows=args.max_windows,
         max_mb=args.max_mb, max_age_days=args.max_age_days, threads=args.threads,
-        watch_s=args.watch, tls=tls, insecure_remote=args.insecure_remote))
+        watch_s=args.watch, tls=tls, insecure_remote=args.insecure_remote,
+        metrics_port=args.metrics_port))
     return 0
 
 
@@ -146,6 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     p.add_argument("--watch", type=float, default=2.0, metavar="SECONDS",
                    help="poll the model file this often; 0 = only on ReloadModel")
+    p.add_argument("--metrics-port", type=int, default=9096, metavar="PORT",
+                   help="Prometheus /metrics on 127.0.0.1:PORT (windows stored, ingested and "
+                        "predicted, installed version; default 9096; 0: none)")
     p.add_argument("--tls-cert", help="PEM certificate: serve TLS (for a gateway)")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed")

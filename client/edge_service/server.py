@@ -163,6 +163,7 @@ class ServeOptions:
     tls: TlsFiles | None = None
     insecure_remote: bool = False
     max_workers: int = 8
+    metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1 (metrics.py); 0: none
 
 
 def window_shape(opts: ServeOptions) -> WindowShape:
@@ -184,10 +185,13 @@ class EdgeService:
     health: health.HealthServicer
     store: WindowStore
     stop_event: threading.Event = field(default_factory=threading.Event)
+    metrics: object | None = None  # the /metrics HTTP server, when one runs
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let running calls finish for `grace_s`, close the store."""
         self.stop_event.set()
+        if self.metrics is not None:
+            self.metrics.shutdown()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
         self.store.close()
@@ -216,11 +220,21 @@ def start_service(opts: ServeOptions) -> EdgeService:
         if opts.watch_s > 0:
             watch_model(reloader, opts.watch_s, stop)
     servicer = EdgeServicer(store, slot, shape, reload)
+    metrics = None
+    if opts.metrics_port:
+        from client.edge_service.metrics import start_metrics
+
+        try:
+            metrics, _ = start_metrics(servicer, opts.metrics_port)
+        except UnikdError:
+            stop.set()
+            store.close()
+            raise
     server, port, health_servicer = create_server(opts.address, servicer, opts.tls,
                                                   opts.max_workers)
     server.start()
     return EdgeService(server, port, bound_address(opts.address, port), servicer,
-                       health_servicer, store, stop)
+                       health_servicer, store, stop, metrics)
 
 
 def bound_address(address: str, port: int) -> str:

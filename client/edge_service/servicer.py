@@ -80,6 +80,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeDeviceServicer):
         self.max_windows_per_call = min(per_call, store.retention.max_windows or per_call)
         self._lock = threading.Lock()
         self._predictions = 0
+        self._ingested = 0  # windows accepted since the service started (its /metrics)
 
     def Ingest(self, request_iterator: Iterator[edge_pb2.IngestRequest],
                context: grpc.ServicerContext) -> edge_pb2.IngestReply:
@@ -92,6 +93,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeDeviceServicer):
         if not rows:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream held no windows")
         result = self.store.append(rows)
+        with self._lock:
+            self._ingested += result.accepted
         return edge_pb2.IngestReply(accepted=result.accepted, first_id=result.first_id,
                                     last_id=result.last_id, evicted=result.evicted)
 
@@ -132,6 +135,18 @@ class EdgeServicer(edge_pb2_grpc.EdgeDeviceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{err}; the previous model stays in service")
         return model_info(loaded)
+
+    @property
+    def predictions(self) -> int:
+        """Windows predicted since the service started."""
+        with self._lock:
+            return self._predictions
+
+    @property
+    def ingested(self) -> int:
+        """Windows ingested (accepted) since the service started."""
+        with self._lock:
+            return self._ingested
 
     def _model(self, context: grpc.ServicerContext) -> Loaded:
         loaded = self.slot.current()

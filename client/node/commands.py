@@ -66,6 +66,7 @@ def edge_cmd(args: argparse.Namespace) -> int:
                      store=Path(args.store) if args.store else None,
                      model_dir=Path(args.model_dir) if args.model_dir else None,
                      max_epsilon=args.max_epsilon or 0.0, dp_delta=args.dp_delta,
+                     heartbeat=args.heartbeat,
                      **({} if args.node_poll is None else {"node_poll": args.node_poll}),
                      **({} if args.idle_poll is None else {"idle_poll": args.idle_poll}))
     cmd = supernode_command(cfg)  # validates data/store, CA and keys before anything starts
@@ -167,6 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the polls back off to this after 10 s without work (default 2.0): "
                         "an idle device costs itself and the cloud little, and a run's first "
                         "message waits at most this long")
+    p.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+                   help="the node's heartbeat interval (default 30, Flower's; 10..1800): the "
+                        "cloud shows this node as gone at most two intervals after it died")
     p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
     p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
     p.add_argument("--check", action="store_true",

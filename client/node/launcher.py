@@ -23,7 +23,7 @@ import threading
 import time
 
 from client.node import supernode_internals
-from client.node.polling import NODE_IDLE_POLL, TASK_IDLE_POLL, IdleBackoff
+from client.node.polling import DEFAULT_HEARTBEAT, NODE_IDLE_POLL, TASK_IDLE_POLL, IdleBackoff
 from shared.platform import flower_pins
 from shared.errors import UnikdError
 from shared.platform.processes import child_preexec
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--task-poll", type=float, default=0.05)
     p.add_argument("--node-poll", type=float, default=0.1)
     p.add_argument("--idle-poll", type=float, default=NODE_IDLE_POLL)
+    p.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT)
     return p.parse_args(argv[:cut]), argv[cut + 1:]
 
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, supernode_argv = parse_args(argv)
         flower_pins.check()
+        supernode_internals.set_heartbeat_interval(args.heartbeat)
     except UnikdError as err:
         print(f"unikd: {err}", file=sys.stderr)
         return 2

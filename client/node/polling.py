@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 
 NODE_IDLE_POLL = 2.0  # the SuperNode's poll of the cloud after 10 s without work (`--idle-poll`)
+# seconds, Flower's own (`--heartbeat`; supernode_internals.set_heartbeat_interval)
+DEFAULT_HEARTBEAT = 30.0
 # The executor's polls stay on loopback (cheap, but not free: 0.05 s polls cost the node ~12% of
 # a core); idle, it backs off less far than the node, so a run's first task waits <= 0.5 s more.
 TASK_IDLE_POLL = 0.5

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.node.node_config import Budget, NodeConfig
-from client.node.polling import NODE_IDLE_POLL
+from client.node.polling import DEFAULT_HEARTBEAT, NODE_IDLE_POLL
 from shared.errors import UnikdError
 from shared.platform.secrets import write_secret
 from shared.platform.flower_tools import flwr_env
@@ -56,6 +56,7 @@ class EdgeConfig:
     model_dir: Path | None = None  # the service's model directory: gets the final student
     max_epsilon: float = 0.0  # the operator's privacy budget (client/node/budget.py); 0: none
     dp_delta: float = 1e-5  # the delta that budget is stated at
+    heartbeat: float = DEFAULT_HEARTBEAT  # seconds; the cloud sees a dead node after two
 
     def __post_init__(self) -> None:
         self.app_key = Path(self.app_key).expanduser().resolve() if self.app_key else None
@@ -173,7 +174,7 @@ def launcher_args(cfg: EdgeConfig) -> list[str]:
     cmd = [sys.executable, "-m", "client.node.launcher",
            "--runtime-api-address", f"127.0.0.1:{cfg.port}",
            "--task-poll", str(cfg.task_poll), "--node-poll", str(cfg.node_poll),
-           "--idle-poll", str(cfg.idle_poll)]
+           "--idle-poll", str(cfg.idle_poll), "--heartbeat", str(cfg.heartbeat)]
     if cfg.app_key is not None:
         cmd += ["--app-key", str(cfg.app_key)]
     if cfg.allow_unsigned:

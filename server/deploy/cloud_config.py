@@ -14,6 +14,7 @@ from shared.errors import UnikdError
 
 DEFAULT_PORT = 8000  # the public port: the proxy (Fleet API + /health only)
 DEFAULT_LINK_PORT = 9093  # the SuperLink on 127.0.0.1: Fleet + Control + Runtime APIs
+DEFAULT_DASHBOARD_PORT = 9095  # the run dashboard and /metrics on 127.0.0.1 (server/watch/)
 LINK_STATES = ("disk", "memory")
 
 
@@ -43,6 +44,7 @@ class CloudConfig:
     auth: bool = True
     dev_certs: bool = False  # make a CA in the state dir when none is there (warns)
     link_state: str = "disk"  # "disk": D/state.db survives restarts; "memory": faster, volatile
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT  # on 127.0.0.1; 0: no dashboard, no /metrics
 
     def __post_init__(self) -> None:
         """Absolute paths, a known link state, two ports; no node auth without TLS."""
@@ -56,6 +58,12 @@ class CloudConfig:
         if self.port == self.link_port:
             raise UnikdError(f"--port {self.port} and --link-port {self.link_port} must differ: "
                              f"the proxy and the SuperLink each need their own port")
+        if not 0 <= self.dashboard_port <= 65535:
+            raise UnikdError(f"--dashboard-port {self.dashboard_port}: expected 0 (off) or a "
+                             f"port 1..65535")
+        if self.dashboard_port in (self.port, self.link_port):
+            raise UnikdError(f"--dashboard-port {self.dashboard_port} must differ from --port "
+                             f"{self.port} and --link-port {self.link_port}")
 
     @property
     def paths(self) -> CertPaths:
@@ -71,6 +79,11 @@ class CloudConfig:
     def control_address(self) -> str:
         """The SuperLink itself, loopback only: the Control API for operators."""
         return f"127.0.0.1:{self.link_port}"
+
+    @property
+    def dashboard_address(self) -> str | None:
+        """The run dashboard and /metrics, loopback only (plain HTTP); None when off."""
+        return f"127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
 
     @property
     def ca(self) -> Path | None:

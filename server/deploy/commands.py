@@ -44,7 +44,7 @@ def cloud_cmd(args: argparse.Namespace) -> int:
     cfg = CloudConfig(Path(args.state_dir), host=args.host, port=args.port,
                       link_port=args.link_port, certs=Path(args.certs) if args.certs else None,
                       names=args.name or [], insecure=args.insecure, dev_certs=args.dev_certs,
-                      link_state=args.link_state)
+                      link_state=args.link_state, dashboard_port=args.dashboard_port)
 
     def _term(signum, frame):  # systemd / docker stop: take both process groups down
         raise KeyboardInterrupt
@@ -67,8 +67,8 @@ def _supervise(cloud) -> int:
     """Wait until either process exits; then say which, and (in `finally`) stop the other."""
     while cloud.alive():
         time.sleep(0.5)
-    for proc in (cloud.superlink, cloud.proxy):
-        if proc is not None and not proc.alive():
+    for proc in cloud.processes:
+        if not proc.alive():
             print(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}",
                   file=sys.stderr)
     return 1
@@ -85,11 +85,24 @@ def _print_cloud(cloud, cfg, args: argparse.Namespace) -> None:
               f"--app-key OPERATOR_APP.pub --data DIR --client-id N")
         print(f"  register a node:    unikd certs register NODE_KEY.pub "
               f"--state-dir {cfg.state_dir}")
+    if cfg.dashboard_address:
+        print(f"  live dashboard:     http://{cfg.dashboard_address}/ (loopback; /metrics for "
+              f"Prometheus; `unikd watch --state-dir {cfg.state_dir}` in a terminal; remotely: "
+              f"ssh -N -L {cfg.dashboard_port}:127.0.0.1:{cfg.dashboard_port} CLOUD)")
     print(f"  run FedUNI-KD:      unikd submit --state-dir {cfg.state_dir} "
           f"--app-signature app.sig [--config F] [--set k=v]")
     print(f"  remote operator:    ssh -N -L {cfg.link_port}:127.0.0.1:{cfg.link_port} CLOUD, then "
           f"unikd submit --superlink 127.0.0.1:{cfg.link_port} --ca ca.crt --sign-key app.key")
     sys.stdout.flush()
+
+
+def _watch_cmd(args: argparse.Namespace) -> int:
+    from server.watch.terminal import watch_cmd
+
+    if args.runs is None and not (Path(args.state_dir) / "cloud.json").is_file():
+        raise UnikdError(f"{args.state_dir}/cloud.json: not found; give the cloud's --state-dir "
+                         f"(or --runs DIR for run folders without a cloud)")
+    return watch_cmd(args)
 
 
 # ---------------------------------------------------------------- unikd certs
@@ -249,7 +262,7 @@ def app_sign_cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from server.deploy.cloud_config import DEFAULT_LINK_PORT, DEFAULT_PORT
+    from server.deploy.cloud_config import DEFAULT_DASHBOARD_PORT, DEFAULT_LINK_PORT, DEFAULT_PORT
 
     p = sub.add_parser("cloud", allow_abbrev=False,
                        help="start the cloud SuperLink (TLS + node auth by default)")
@@ -261,6 +274,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--link-port", type=int, default=DEFAULT_LINK_PORT,
                    help="the SuperLink's port on 127.0.0.1 (Control API for operators; "
                         f"default {DEFAULT_LINK_PORT}); never exposed")
+    p.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT,
+                   help="the live run dashboard and Prometheus /metrics on 127.0.0.1 (default "
+                        f"{DEFAULT_DASHBOARD_PORT}; 0 turns them off); never exposed")
     p.add_argument("--certs", help="certificate folder (default STATE_DIR/certs): ca.crt, "
                                    "server.pem, server.key made with `unikd certs init`")
     p.add_argument("--dev-certs", action="store_true",
@@ -322,6 +338,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default="app.sig", help="signature file for `unikd submit "
                                                     "--app-signature` (default app.sig)")
     g.set_defaults(func=app_sign_cmd)
+
+    w = sub.add_parser("watch", allow_abbrev=False,
+                       help="the live run dashboard in this terminal (runs, phase, rounds, MF1, "
+                            "edges)")
+    w.add_argument("--state-dir", default="cloud-state",
+                   help="the cloud's state dir: its runs/ and, through cloud.json, its edges")
+    w.add_argument("--runs", metavar="DIR", help="watch run folders here instead (e.g. a "
+                   "simulation's `runs/`; edges only with a cloud's --state-dir)")
+    w.add_argument("--run", default="latest", help="run folder name (default: the newest)")
+    w.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
+    w.add_argument("--once", action="store_true", help="print the view once and exit")
+    w.set_defaults(func=_watch_cmd)
 
     m = sub.add_parser("submit", allow_abbrev=False,
                        help="run FedUNI-KD on a running cloud, wait, fetch the results")

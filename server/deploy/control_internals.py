@@ -88,6 +88,24 @@ def list_nodes(client) -> list[dict]:
             if n.status != "deleted"]
 
 
+def node_states(client) -> list[dict]:
+    """Every registered node's liveness as the SuperLink keeps it: node-id, name, status
+    (online/offline/registered), online-until (the SuperLink's clock, seconds; the last
+    heartbeat plus HEARTBEAT_PATIENCE intervals), heartbeat-interval, last-activated-at and
+    last-deactivated-at (ISO texts, empty when never)."""
+    from flwr.common.constant import HEARTBEAT_PATIENCE
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    res = client.ListNodes(ListNodesRequest())
+    return [{"node-id": str(n.node_id), "name": n.name or n.owner_name, "status": n.status,
+             "online-until": float(n.online_until),
+             "heartbeat-interval": float(n.heartbeat_interval),
+             "patience": HEARTBEAT_PATIENCE, "last-activated-at": n.last_activated_at,
+             "last-deactivated-at": n.last_deactivated_at}
+            for n in sorted(res.nodes_info, key=lambda n: n.registered_at)
+            if n.status not in ("deleted", "unregistered")]
+
+
 def run_status(client, run_id: int) -> dict | None:
     """One run as `flwr ls --run-id` gives it (run-id, status 'STATUS[:SUB_STATUS]',
     status-details), or None when the SuperLink does not know it."""

@@ -90,6 +90,11 @@ class FlwrCli:
         """Every registered node: node-id, owner-name, status (as `flwr supernode list`)."""
         return self.control("listing the nodes", control_internals.list_nodes)
 
+    def node_states(self) -> list[dict]:
+        """Every registered node's liveness: status, online-until, heartbeat-interval, ...
+        (control_internals.node_states)."""
+        return self.control("reading the nodes' state", control_internals.node_states)
+
     def online_nodes(self) -> list[dict]:
         """The registered nodes whose status is online."""
         return [n for n in self.nodes() if str(n.get("status", "")).lower() == "online"]

@@ -18,7 +18,8 @@ State directory layout (`unikd cloud --state-dir D`, 0700, files written with um
                          rounds, but registrations and runs are gone after a restart)
     D/flwr-home/         FLWR_HOME of the SuperLink (installed app bundles)
     D/runs/              run folders written by the ServerApp (its working directory is D)
-    D/superlink.log      process logs; D/proxy.log, D/proxy.json: the proxy's
+    D/superlink.log      process logs; D/proxy.log, D/proxy.json: the proxy's;
+                         D/dashboard.log: the run dashboard's (server/watch/, 127.0.0.1 only)
     D/cloud.json         addresses, CA path, ports: what `unikd submit --state-dir D` reads
 
 Every process is started in its own session (`start_new_session=True`) and stopped by signalling
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +102,7 @@ class CloudProcesses:
     superlink: ProcessGroup
     proxy: ProcessGroup | None = None
     ready_seconds: float = 0.0
+    dashboard: ProcessGroup | None = None  # the run dashboard and /metrics (loopback)
 
     @property
     def address(self) -> str:
@@ -109,14 +112,22 @@ class CloudProcesses:
     @property
     def groups(self) -> set[int]:
         """Every process group the cloud runs (SuperLink, its SuperExec, the proxy)."""
-        return self.superlink.groups | (self.proxy.groups if self.proxy else set())
+        return (self.superlink.groups | (self.proxy.groups if self.proxy else set())
+                | (self.dashboard.groups if self.dashboard else set()))
+
+    @property
+    def processes(self) -> list[ProcessGroup]:
+        """The cloud's processes: SuperLink, proxy, dashboard (those it runs)."""
+        return [p for p in (self.superlink, self.proxy, self.dashboard) if p is not None]
 
     def alive(self) -> bool:
-        """Whether the SuperLink and the proxy both still run."""
-        return self.superlink.alive() and (self.proxy is None or self.proxy.alive())
+        """Whether the SuperLink, the proxy and the dashboard all still run."""
+        return all(p.alive() for p in self.processes)
 
     def stop(self) -> None:
-        """Stop the proxy, then the SuperLink (each with its whole process group)."""
+        """Stop the dashboard, the proxy, then the SuperLink (each with its whole group)."""
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.proxy is not None:
             self.proxy.stop()
         self.superlink.stop()
@@ -183,11 +194,37 @@ def _start_both(cfg: CloudConfig, timeout: float) -> CloudProcesses:
             proxy.stop()
         link.stop()
         raise
+    try:
+        dashboard = start_dashboard(cfg, timeout)
+    except BaseException:
+        proxy.stop()
+        link.stop()
+        raise
     link.refresh()  # its SuperExec runs in a session of its own: remember that group too
     info = {"address": cfg.control_address, "public": cfg.address, "host": cfg.host,
             "port": cfg.port, "link_port": cfg.link_port,
             "ca": str(cfg.ca) if cfg.ca else None, "auth": cfg.auth, "insecure": cfg.insecure,
             "pid": link.pid, "proxy_pid": proxy.pid, "runs": str(cfg.state_dir / "runs"),
-            "started": time.time()}
+            "dashboard": cfg.dashboard_address, "started": time.time()}
     (cfg.state_dir / "cloud.json").write_text(json.dumps(info, indent=2) + "\n")
-    return CloudProcesses(cfg, link, proxy, time.monotonic() - start)
+    return CloudProcesses(cfg, link, proxy, time.monotonic() - start, dashboard)
+
+
+def start_dashboard(cfg: CloudConfig, timeout: float) -> ProcessGroup | None:
+    """The run dashboard and /metrics on 127.0.0.1 (server/watch/serve.py), once it answers;
+    None when `dashboard_port` is 0. It reads the run folders and asks the SuperLink's Control
+    API for the nodes: the ServerApp never waits for it."""
+    if cfg.dashboard_address is None:
+        return None
+    cmd = [sys.executable, "-m", "server.watch.serve", "--state-dir", str(cfg.state_dir),
+           "--port", str(cfg.dashboard_port)]
+    dash = start_group("dashboard", cmd, cfg.state_dir / "dashboard.log", cloud_env(cfg),
+                       cwd=cfg.state_dir, umask=STATE_UMASK)
+    try:
+        wait_healthy(cfg.dashboard_address, None, dash, timeout)
+    except UnikdError as err:
+        dash.stop()
+        raise UnikdError(f"the dashboard on {cfg.dashboard_address} did not come up (port "
+                         f"taken? --dashboard-port 0 turns it off; see "
+                         f"{cfg.state_dir / 'dashboard.log'}): {err}") from None
+    return dash

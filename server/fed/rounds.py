@@ -21,6 +21,8 @@ from server.fed import delivery
 from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source, round_plan,
                               sim_setup, target_w_mean)
 from server.fed.ledger import Ledger
+from server.fed import live_status
+from server.fed.live_status import LiveStatus
 from server.fed.transport import Sender, TransportOptions
 from server.fed.setup import setup_config, setup_content
 from server.fed.secagg import secure_updates
@@ -71,7 +73,7 @@ def wait_for_nodes(grid, want: int, timeout: float = 300.0) -> list[int]:
 
 def obtain_fed_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                        counts: dict[int, int], progress: bool,
-                       privacy: RecordLedger | None = None):
+                       privacy: RecordLedger | None = None, status: LiveStatus | None = None):
     """The teacher to distil from, obtained without target windows ever reaching the cloud.
 
     A given checkpoint wins. Otherwise `source-only` trains on source data alone, and `edge` /
@@ -87,15 +89,17 @@ def obtain_fed_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: 
     from server.fed.teacher import federated_dann_teacher
 
     return federated_dann_teacher(send, cfg, source, nodes, sum(counts.values()), progress,
-                                  privacy)
+                                  privacy, status)
 
 
 def query_counts(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
-                 model_tags: dict[int, int] | None = None) -> dict[int, int]:
+                 model_tags: dict[int, int] | None = None,
+                 node_clients: dict[int, int] | None = None) -> dict[int, int]:
     """How many training windows each client holds (round 0; nothing but counts comes back).
 
     `model_tags` (when given) collects, per node, the delivery tag of the student its edge
-    service runs, for nodes that have one (wire.tag_number)."""
+    service runs, for nodes that have one (wire.tag_number); `node_clients` (when given) each
+    node's client id."""
     content = setup_content(cfg, source, setup_config(cfg, source, round=0))
     replies = send.to_all(nodes, content, wire.QUERY, 0)
     counts = {}
@@ -105,6 +109,8 @@ def query_counts(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[i
             continue
         m = r.content[wire.METRICS]
         counts[int(m["client-id"])] = int(m["num-examples"])
+        if node_clients is not None:
+            node_clients[r.metadata.src_node_id] = int(m["client-id"])
         if model_tags is not None and "model-tag" in m:
             model_tags[r.metadata.src_node_id] = int(m["model-tag"])
     if not counts:
@@ -167,6 +173,7 @@ class Federation:
     privacy: RunPrivacy | None = None  # None: fed.dp=off
     model_tags: dict[int, int] = field(default_factory=dict)  # nodes with an edge service
     has_teacher: set[int] = field(default_factory=set)  # nodes holding the teacher snapshot
+    status: LiveStatus = field(default_factory=lambda: LiveStatus(None))  # the live records
 
 
 def check_cross_kd(cfg: RunConfig) -> None:
@@ -204,7 +211,8 @@ def check_pseudo_labels(cfg: RunConfig) -> None:
 
 
 def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None,
-                     resume: Path | None, delivery_dir: Path | None) -> tuple[Federation, int]:
+                     resume: Path | None, delivery_dir: Path | None,
+                     status: LiveStatus | None = None) -> tuple[Federation, int]:
     """Count the nodes' windows, catch up missed deliveries, obtain the teacher, plan DP and
     (with `resume`) restore the cloud; returns the federation and its first round."""
     source = load_source(cfg)
@@ -217,7 +225,12 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     nodes = wait_for_nodes(grid, cfg.fed.clients)
     send = Sender(grid, timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}
-    counts = query_counts(send, cfg, source, nodes, model_tags)
+    status = status or LiveStatus(None)
+    status.write(live_status.Phase("count-query"))
+    node_clients: dict[int, int] = {}
+    counts = query_counts(send, cfg, source, nodes, model_tags, node_clients)
+    status.write(live_status.Nodes({str(n): c for n, c in node_clients.items()},
+                                   {str(c): n for c, n in counts.items()}))
     deliver_missed(send, cfg, source, model_tags, delivery_dir)
     ckpt = load_checkpoint(resume, cfg) if resume else None
     n_trg = sum(counts.values())
@@ -230,12 +243,12 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
                                cloud_secret(grid))  # None: off
     ledger = privacy.ledger if privacy is not None else None
     teacher = (checkpoints.teacher_from_state(ckpt["teacher"], source.spec) if ckpt else
-               obtain_fed_teacher(send, cfg, source, nodes, counts, progress, ledger))
+               obtain_fed_teacher(send, cfg, source, nodes, counts, progress, ledger, status))
     cloud = Cloud(cfg, source, teacher, content_hash(teacher), clock,
                   privacy.plan if privacy is not None else None)
     use_faults(grid, cfg)
     fed = Federation(cfg, cloud, nodes, counts, send, total, FedResult(cloud, privacy=ledger),
-                     privacy, model_tags)
+                     privacy, model_tags, status=status)
     first = 1
     if ckpt:
         first = restore(cloud, fed.result, ckpt) + 1
@@ -274,7 +287,8 @@ def use_faults(grid, cfg: RunConfig) -> None:
 def run_round(fed: Federation, rnd: int) -> dict | None:
     """One UNI-KD round (server/fed/cloud.py); the round's row, or None when too few valid
     replies came (skipped: nothing moves, BN statistics included)."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
+    rejected_before = len(fed.result.rejected)
     opened = fed.cloud.begin_round(rnd)  # 1. the weights the clients get; the source step at them
     contents = fed.cloud.round_messages(fed.nodes, fed.has_teacher)  # 2. built once, as sent
     updates, replies, errors, sa_row = exchange(fed, opened, contents)  # 3. send and collect
@@ -283,10 +297,33 @@ def run_round(fed: Federation, rnd: int) -> dict | None:
         log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
                     len(updates), fed.cfg.fed.min_clients)
         fed.cloud.abort_round()
+        write_round_status(fed, rnd, None, replies, started, rejected_before)
         return None
     dp_row = finish_round(fed, opened, updates)  # 5. aggregate, compose BN, step
-    return record_round(fed, opened, contents, replies, updates, {**dp_row, **sa_row},
-                        time.perf_counter() - t0)
+    row = record_round(fed, opened, contents, replies, updates, {**dp_row, **sa_row},
+                       time.perf_counter() - t0)
+    write_round_status(fed, rnd, row, replies, started, rejected_before)
+    return row
+
+
+def write_round_status(fed: Federation, rnd: int, row: dict | None, replies: list[Message],
+                       started: float, rejected_before: int) -> None:
+    """The round's live status record (server/fed/live_status.py): its rounds.csv numbers,
+    the updates refused in it, each node's reply time and the epsilon each client spent."""
+    eps: dict[str, float] = {}
+    if fed.privacy is not None and fed.privacy.ledger is not None:  # record DP: per client
+        eps = {str(r["client"]): float(r["epsilon"]) for r in fed.privacy.ledger.rows}
+    elif row is not None and row.get("dp_epsilon") is not None:  # client-level: one for all
+        eps = {str(c): float(row["dp_epsilon"]) for c in fed.counts}
+    latency = {str(r.metadata.src_node_id): max(0.0, r.metadata.created_at - started)
+               for r in replies if not r.has_error()}
+    record = live_status.Round(rnd, fed.total, fed.send.exchanges, skipped=row is None,
+                               rejected=fed.result.rejected[rejected_before:], latency=latency,
+                               epsilon=eps)
+    if row is not None:
+        record.seconds, record.clients = float(row["seconds"]), int(row["clients"])
+        record.bytes_up, record.bytes_down = int(row["bytes_up"]), int(row["bytes_down"])
+    fed.status.write(record)
 
 
 def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict]):
@@ -350,11 +387,15 @@ def record_round(fed: Federation, opened: CloudRound, contents: dict[int, Record
 
 def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
     """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
+    fed.status.write(live_status.Phase("evaluation", fed.total))
     ev = evaluate_round(fed.send, fed.cloud, fed.nodes, rnd)
     ev["mb_total"] = fed.result.ledger.total_mb()
     ev["exchanges"] = fed.send.exchanges  # so far, this evaluation included
     ev["steps"] = fed.cloud.plan.steps_done(rnd)  # steps of the clock applied by then
     fed.result.evals.append(ev)
+    fed.status.write(live_status.Eval(
+        rnd, ev["exchanges"], ev.get("mf1"), ev.get("acc"),
+        {k.removeprefix("mf1_client_"): v for k, v in ev.items() if k.startswith("mf1_client_")}))
     if row is not None:
         log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
                  rnd, fed.total, fed.cloud.clock.at(ev["steps"] - 1)[0], row["src_loss"],
@@ -371,17 +412,21 @@ def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | No
                               run_dir.name if run_dir is not None else "",
                               spec=source.spec.to_dict())
     # to the nodes with an edge service (they reported a model tag at the count query)
+    fed.status.write(live_status.Phase("delivery"))
     fed.result.delivered = delivery.deliver(fed.send, sorted(fed.model_tags), final,
                                             setup_config(fed.cfg, source, round=fed.total,
                                                          bn_policy=fed.cfg.fed.bn_policy),
                                             sim_setup(fed.cfg, source))
+    fed.status.write(live_status.Delivered({str(c): v for c, v in
+                                            fed.result.delivered.items()}))
     if delivery_dir is not None:
         delivery.save_latest(delivery_dir, final)
 
 
 def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None = None,
              on_round=None, run_dir: Path | None = None, resume: Path | None = None,
-             stop_after: int | None = None, delivery_dir: Path | None = None) -> FedResult:
+             stop_after: int | None = None, delivery_dir: Path | None = None,
+             run_id: int = 0) -> FedResult:
     """Run the federation; with `run_dir`, checkpoint the full cloud state as it goes.
 
     `resume` continues from a checkpoint: every random draw is a function of (seed, stream,
@@ -389,12 +434,16 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     `stop_after` ends the loop after that round (used to test kill-and-resume).
     When the rounds end, every node with an edge service (`model-dir`) gets the final student
     (server/fed/delivery.py); with `delivery_dir` it is kept there, and a node that missed it
-    gets it at the next run's count query.
+    gets it at the next run's count query. With `run_dir`, live status records go to its
+    status.jsonl (server/fed/live_status.py); `run_id` is Flower's (0 in a simulation).
     """
     start = time.perf_counter()
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
-    fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir)
+    status = LiveStatus(run_dir)
+    status.write(live_status.Start(run_id, cfg.fed.clients, cfg.data.dataset, cfg.fed.dp))
+    fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir, status)
+    status.write(live_status.Phase("unikd", fed.total))
     plan, spe = fed.cloud.plan, fed.cloud.clock.steps_per_epoch
     eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe  # in steps of the clock
     for rnd in tqdm(range(first, fed.total + 1), desc="rounds",

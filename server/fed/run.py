@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from server.fed.harness import InProcessGrid, load_component
+from server.fed.live_status import End, LiveStatus
 from server.fed.rounds import FedResult, federate
 from server.fed.run_folder import open_run_dir, write_fed_run
 from shared.config import RunConfig
@@ -72,6 +73,7 @@ def run_federate(cfg: RunConfig, progress: bool = True, resume: Path | None = No
     result = (run_ray(cfg, run_dir, progress, resume) if cfg.fed.engine == "ray"
               else run_inprocess(cfg, progress, run_dir, resume))
     summary = write_fed_run(run_dir, cfg, result)
+    LiveStatus(run_dir).write(End("completed"))
     log.info("federated %s: target MF1 %.2f after %d rounds, %.1f MB moved, %d updates rejected, "
              "%.1fs -> %s", cfg.data.scenario, summary["mf1"] or float("nan"), summary["rounds"],
              (summary["bytes_up"] + summary["bytes_down"]) / 1e6, summary["rejected_updates"],

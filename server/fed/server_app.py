@@ -11,6 +11,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.fed.live_status import End, LiveStatus
 from server.fed.rounds import federate
 from server.fed.run_folder import open_run_dir, resume_config, resume_dir, write_fed_run
 from shared.platform import flower_pins, flower_pulls
@@ -43,11 +44,18 @@ def main(grid: Grid, context: Context) -> None:
     else:
         cfg = load_config(str(rc.get("config-path", "")) or None, overrides)
     run_dir = open_run_dir(cfg, Path(resume) if resume else None)
-    # The working directory is the cloud's state dir: its deliveries/ keeps the last final
-    # student for nodes that miss a delivery (server/fed/delivery.py).
-    result = federate(grid, cfg, progress=False, run_dir=run_dir,
-                      resume=run_dir if resume else None, delivery_dir=Path("deliveries"))
-    write_fed_run(run_dir, cfg, result)
+    status = LiveStatus(run_dir)  # the end of the run, for the dashboard (server/watch/)
+    try:
+        # The working directory is the cloud's state dir: its deliveries/ keeps the last final
+        # student for nodes that miss a delivery (server/fed/delivery.py).
+        result = federate(grid, cfg, progress=False, run_dir=run_dir,
+                          resume=run_dir if resume else None, delivery_dir=Path("deliveries"),
+                          run_id=int(context.run_id))
+        write_fed_run(run_dir, cfg, result)
+    except BaseException as err:
+        status.write(End("failed", f"{type(err).__name__}: {err}"[:500]))
+        raise
+    status.write(End("completed"))
 
 
 def make_server_app(cfg: RunConfig, box: dict, progress: bool = False, run_dir=None,

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from server.fed.aggregate import add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
+from server.fed.live_status import LiveStatus, Phase, Progress
 from server.fed.setup import setup_config, setup_content
 from server.fed.teacher_exchange import target_domain_loss, teacher_updates
 from server.fed.transport import Sender
@@ -50,10 +51,12 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
 
 def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                           n_trg: int, seed: int, progress: bool, privacy=None,
-                          first_round: int = 1):
+                          first_round: int = 1, status: LiveStatus | None = None,
+                          member: int | None = None):
     """One DANN teacher. `privacy` (a RecordLedger, record DP only): the nodes run per-window
     DP-SGD, send no BN statistics, are weighted by their released counts and charged per round;
-    `first_round` numbers the rounds of this member in that ledger."""
+    `first_round` numbers the rounds of this member in that ledger. `status` gets the member's
+    progress (server/fed/live_status.py)."""
     tcfg, spec = cfg.teacher, source.spec
     seed_init(seed, what=INIT_DANN_TEACHER)  # as train_dann_teacher
     teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
@@ -64,6 +67,8 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
     spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_for(spec))
     total = spe * tcfg.epochs
     shapes = teacher_up_shapes(teacher, disc)
+    status = status or LiveStatus(None)
+    status.write(Phase("teacher", total, member, tcfg.ensemble))
     for rnd in tqdm(range(1, total + 1), desc=f"federated DANN teacher (seed {seed})",
                     disable=None if progress else True, dynamic_ncols=True):
         rc = teacher_round_config(cfg, source, seed, rnd, spe)
@@ -76,6 +81,7 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         before = {k: v.clone() for k, v in bn_buffers(teacher, "").items()}
         updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
                                   privacy, (first_round + rnd - 1, TEACHER_ROUND.dp_steps()))
+        status.progress(Progress("teacher", rnd, total, send.exchanges, member))
         if updates is None:
             continue
         for o in opts:
@@ -100,18 +106,20 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
 
 
 def federated_dann_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
-                           n_trg: int, progress: bool = True, privacy=None):
+                           n_trg: int, progress: bool = True, privacy=None,
+                           status: LiveStatus | None = None):
     """The teacher: member after member, a step per round (edge mode), or every member in each
     round of L steps (`fed.local_steps_mode: both`, server/fed/teacher_joint.py)."""
     if cfg.fed.local_steps_mode == "both":
         from server.fed.teacher_joint import federated_dann_joint
 
-        members = federated_dann_joint(send, cfg, source, nodes, n_trg, progress, privacy)
+        members = federated_dann_joint(send, cfg, source, nodes, n_trg, progress, privacy,
+                                       status)
         return members[0] if len(members) == 1 else TeacherEnsemble(members)
     per_member = steps_per_epoch(len(source.train), n_trg,
                                  cfg.teacher.batch_for(source.spec)) * cfg.teacher.epochs
     members = [federated_dann_member(send, cfg, source, nodes, n_trg,
                                      member_seed(cfg.seed, k), progress, privacy,
-                                     1 + k * per_member)
+                                     1 + k * per_member, status, k)
                for k in range(cfg.teacher.ensemble)]
     return members[0] if len(members) == 1 else TeacherEnsemble(members)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from server.fed.aggregate import add_grads, compose_bn, weighted_mean
 from server.fed.cloud import SourceData
+from server.fed.live_status import LiveStatus, Phase, Progress
 from server.fed.server_step import adam_preconditioner, apply_server_step
 from server.fed.setup import setup_config, setup_content
 from server.fed.source_path import run_source_path
@@ -157,7 +158,8 @@ def path_records(members: list[Member], cfg: RunConfig, steps: int) -> dict:
 
 
 def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
-                         n_trg: int, progress: bool, privacy=None) -> list[CNN1d]:
+                         n_trg: int, progress: bool, privacy=None,
+                         status: LiveStatus | None = None) -> list[CNN1d]:
     """Every DANN member, trained together; `privacy` as in teacher.federated_dann_member."""
     t = cfg.teacher
     members = [Member.build(cfg, source, member_seed(cfg.seed, k)) for k in range(t.ensemble)]
@@ -166,6 +168,8 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
     clock = ScheduleClock(spe, t.epochs, grl_ramp=cfg.distill.grl_ramp)
     plan = RoundPlan.of("both", cfg.fed.local_steps, spe * t.epochs)
     shapes = teacher_up_shapes(members[0].teacher, members[0].pair["disc"], m)
+    status = status or LiveStatus(None)
+    status.write(Phase("teacher", plan.rounds, None, m))
     for rnd in tqdm(range(1, plan.rounds + 1), desc=f"federated DANN teacher ({m} members)",
                     disable=None if progress else True, dynamic_ncols=True):
         rc = joint_round_config(cfg, source, rnd, plan, clock, m)
@@ -182,6 +186,7 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
         content.update(path_records(members, cfg, len(path)))
         updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
                                   privacy, (rnd, teacher_dp_steps(m, rc.local_steps)))
+        status.progress(Progress("teacher", rnd, plan.rounds, send.exchanges))
         if updates is None:  # nothing moves, BN statistics included
             for x, b in zip(members, before):
                 abort_member(x, b)

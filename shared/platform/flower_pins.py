@@ -106,6 +106,9 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.supercore.constant", "FORCE_EXIT_TIMEOUT_SECONDS", None),
     ("flwr.supercore.logger", "FLOWER_LOGGER", None),
     ("flwr.supercore.retry.http_retry", "make_simple_http_retry_invoker", ()),
+    ("flwr.supernode.fleet_http_connection", "HEARTBEAT_DEFAULT_INTERVAL", None),
+    ("flwr.supercore.heartbeat", "HEARTBEAT_DEFAULT_INTERVAL", None),
+    ("flwr.common.constant", "HEARTBEAT_MAX_INTERVAL", None),
 )
 
 # used by the edge's join check (client/node/fleet_probe.py)
@@ -130,6 +133,7 @@ CONTROL_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.cli.typing", "SuperLinkConnection",
      ("name", "address", "root_certificates", "insecure")),
     ("flwr.proto.control_pb2", "ListNodesRequest", None),
+    ("flwr.common.constant", "HEARTBEAT_PATIENCE", None),
     ("flwr.proto.control_pb2", "ListRunsRequest", None),
     ("flwr.proto.control_pb2", "StartRunRequest", None),
     ("flwr.proto.control_pb2", "StreamLogsRequest", None),
@@ -156,6 +160,8 @@ REQUIRED_SOURCE: tuple[tuple[str, str, str], ...] = (
     # the join check's calls are the Fleet routes the cloud's proxy forwards (/v1/fleet/*)
     ("flwr.supernode.fleet_http_client", "FleetHttpClient", 'path="/v1/fleet/activate-node"'),
     ("flwr.supernode.fleet_http_client", "FleetHttpClient", 'path="/v1/fleet/deactivate-node"'),
+    # the node's heartbeat interval is these modules' constant (supernode_internals.py)
+    ("flwr.supercore.heartbeat", "HeartbeatSender", "HEARTBEAT_DEFAULT_INTERVAL"),
 )
 
 
