@@ -1,10 +1,20 @@
-"""Issue 4 scale: round time and peak memory of the in-process federation vs the client count.
+"""Scale of the in-process federation: round time and peak memory.
 
-Each client count runs in a fresh process (so peak RSS is its own), on real HAR 2->11 split
-IID over K clients, with a fixed teacher checkpoint so only UNI-KD rounds are timed.
+Issue 4 (every client every round): each client count runs in a fresh process (so peak RSS is
+its own), on real HAR 2->11 split IID over K clients, with a fixed teacher checkpoint so only
+UNI-KD rounds are timed.
 
     python bench/fed_scale.py --data ../shared/data/HAR --clients 10,30,100 \
         --out bench/results/fed_scale.json
+
+Issue 27 (cross-device): a population of P registered simulated clients (`fed.partition:
+population:8`, each client 8 windows of HAR subject 11 drawn for it alone), a seeded cohort of
+C per round (`fed.clients_per_round`), evaluation on a sample of 50. Each P,C in a fresh
+process; per round its wall time and its CPU time (this process, one torch thread: what the
+round costs whatever else the machine runs), the count query at the start, peak RSS.
+
+    python bench/fed_scale.py --data ../shared/data/HAR --population 1000:50,1000:100,\
+        10000:100,100000:100 --rounds 10 --out bench/results/fed_scale_cohort.json
 """
 
 from __future__ import annotations
@@ -45,6 +55,50 @@ def one(data: str, clients: int, rounds: int, teacher: str) -> dict:
                                                              for r in res.rounds)}
 
 
+def one_population(data: str, population: int, cohort: int, rounds: int, teacher: str) -> dict:
+    import torch
+
+    from server.fed import rounds as fed_rounds
+    from server.fed.harness import InProcessGrid, load_component
+    from shared.config import load_config
+    from shared.unikd.metrics import median
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR", "data.scenario=2->11",
+                             f"fed.clients={population}", f"fed.clients_per_round={cohort}",
+                             "fed.partition=population:8", "fed.eval_clients=50",
+                             f"fed.rounds={rounds}", f"teacher.checkpoint={teacher}"])
+    cpu, query = [], []
+    run_round, query_counts = fed_rounds.run_round, fed_rounds.query_counts
+
+    def timed_round(fed, rnd):  # CPU seconds of this process over the whole round
+        t = time.process_time()
+        out = run_round(fed, rnd)
+        cpu.append(time.process_time() - t)
+        return out
+
+    def timed_query(*args, **kw):
+        t = time.perf_counter()
+        out = query_counts(*args, **kw)
+        query.append(time.perf_counter() - t)
+        return out
+
+    fed_rounds.run_round, fed_rounds.query_counts = timed_round, timed_query
+    grid = InProcessGrid(load_component("client.node.client_app:app"), population)
+    t0 = time.perf_counter()
+    res = fed_rounds.federate(grid, cfg, progress=False)
+    wall = time.perf_counter() - t0
+    secs = [r["seconds"] for r in res.rounds]
+    return {"population": population, "cohort": cohort, "rounds": len(secs),
+            "round_seconds_median": median(secs), "round_seconds_max": max(secs),
+            "round_cpu_seconds_median": median(cpu), "round_cpu_seconds_max": max(cpu),
+            "count_query_seconds": sum(query), "wall_seconds": wall,
+            "contexts_held": len(grid.contexts),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load_average_1min": __import__("os").getloadavg()[0],
+            "final_mf1": res.final.get("mf1")}
+
+
 def make_teacher(data: str, path: Path) -> None:
     import torch
 
@@ -65,16 +119,25 @@ def main() -> None:
     ap.add_argument("--clients", default="10,30,100")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--out", default="bench/results/fed_scale.json")
+    ap.add_argument("--population", help="cross-device: POPULATION:COHORT,... (issue 27)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child-population", help=argparse.SUPPRESS)
     ap.add_argument("--teacher", help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = str(Path(args.data).resolve())
     if args.child:
         print(json.dumps(one(data, args.child, args.rounds, args.teacher)))
         return
+    if args.child_population:
+        pop, cohort = map(int, args.child_population.split(":"))
+        print(json.dumps(one_population(data, pop, cohort, args.rounds, args.teacher)))
+        return
     teacher = Path(args.out).with_suffix(".teacher.pt")
     if not teacher.exists():
         make_teacher(data, teacher)
+    if args.population:
+        population_rows(args, data, teacher)
+        return
     rows = []
     for k in map(int, args.clients.split(",")):
         out = subprocess.run([sys.executable, __file__, "--data", data, "--child", str(k),
@@ -85,6 +148,20 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
                                           "machine": "2-core CPU, 1 torch thread, in-process Grid",
                                           "rows": rows}, indent=2))
+
+
+def population_rows(args, data: str, teacher: Path) -> None:
+    rows = []
+    for spec in args.population.split(","):
+        out = subprocess.run([sys.executable, __file__, "--data", data, "--child-population",
+                              spec, "--rounds", str(args.rounds), "--teacher", str(teacher)],
+                             check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+        Path(args.out).write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": "2-core Xeon box shared with other jobs, 1 torch thread, in-process Grid",
+            "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -480,3 +480,60 @@ def test_edge_restart_rejoins_and_cloud_restart_resumes(deployment, tmp_path):
     assert len(clients) == rounds and all(c == 2 for c in clients), clients
     assert {n["node-id"] for n in deployment.cli.online_nodes()} == online
     assert deployment.edges[1].pid != old.pid
+
+
+def test_a_late_edge_joins_the_next_cohort_and_gets_the_student(deployment, tmp_path):
+    """Cross-device, deployed (issue 27): round 1 starts with the two edges online
+    (`fed.min_available=2`), each round takes every node available then. A third edge, with an
+    edge-service model directory, connects only after round 1 has been checkpointed: the cloud
+    asks it its count, sends it the teacher (edge placement) with its first round, it trains
+    in the rounds after, and it installs the delivered student at the end."""
+    from client.edge_service.delivery import installed_tag
+
+    rounds = 30
+    overrides = ["fed.clients=3", f"fed.rounds={rounds}", "fed.min_available=2",
+                 "fed.checkpoint_every=1", f"teacher.checkpoint={deployment.teacher}"]
+    priv, pub = make_node_key(deployment.cloud.cfg.certs, "edge-late")
+    deployment.cli.register(pub, "edge-late")
+    models = deployment.root / "late-models"
+    late_cfg = EdgeConfig(deployment.cloud.address, _edge_data(deployment.root, 2, 3),
+                          ca=deployment.cloud.cfg.paths.ca_crt, key=priv, client_id=2,
+                          port=free_port(), home=deployment.root / "edge-late",
+                          app_key=deployment.edge_cfgs[0].app_key, node_poll=NODE_POLL,
+                          task_poll=TASK_POLL, model_dir=models)
+    runs = deployment.cloud.cfg.state_dir / "runs"
+    box: dict = {}
+
+    def run():
+        try:
+            box["res"] = submit(deployment.cli, config_overrides(None, overrides),
+                                tmp_path / "runs", state_dir=deployment.cloud.cfg.state_dir,
+                                timeout=600)
+        except BaseException as exc:  # surfaced below
+            box["err"] = exc
+
+    started = time.time()
+    th = threading.Thread(target=run)
+    th.start()
+    deadline = time.monotonic() + 300
+    while (joined_after := _checkpoint_round(runs, started)[0]) < 1:
+        assert th.is_alive() and time.monotonic() < deadline, box
+        time.sleep(0.1)
+    late = deployment.start(late_cfg, "edge-late")
+    try:
+        th.join(620)
+        assert not th.is_alive() and "err" not in box, box.get("err")
+        res = box["res"]
+        assert res.status == "finished:completed", (res.run_dir / "server.log").read_text()
+        cohorts = [json.loads(line) for line in
+                   (res.run_dir / "cohorts.jsonl").read_text().splitlines()]
+        assert [c["round"] for c in cohorts] == list(range(1, rounds + 1))
+        assert all(2 not in c["cohort"] for c in cohorts[:joined_after])
+        trained = [c["round"] for c in cohorts if 2 in c["replied"]]
+        assert trained and trained[0] > joined_after, cohorts  # the late edge trained
+        assert all(2 in c["replied"] for c in cohorts if c["round"] >= trained[0])
+        assert installed_tag(models), "the late edge did not install the delivered student"
+        log = (res.run_dir / "server.log").read_text()
+        assert "new node(s) joined (clients 2)" in log
+    finally:
+        late.stop()

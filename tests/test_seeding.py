@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from shared.clock import seeding
-from shared.clock.seeding import (AUGMENT, BATCHES, CENTRAL_STREAM, DP_COUNT, DP_POISSON,
+from shared.clock.seeding import (AUGMENT, AVAILABILITY, AVAILABILITY_PHASE, BATCHES, CENTRAL_STREAM,
+                                  COHORT, DP_COUNT, DP_POISSON, EVAL_SAMPLE,
                                   DP_STEP_NOISE, DROPOUT, INIT_DANN_TEACHER, INIT_MODELS,
                                   INIT_SOURCE_TEACHER, MEMBER_SEEDS, MODEL_INIT, NOISE_SHARE,
                                   OFFSET_STRIDE, PHASE_TEACHER, PHASE_UNIKD, PURPOSES,
@@ -92,7 +93,8 @@ def test_the_numbers_are_the_recorded_ones():
     assert {p.name: p.base for p in PURPOSES} == {
         BATCHES.name: 1, DROPOUT.name: 2, MODEL_INIT.name: 3, UPDATE_NOISE.name: 7,
         MEMBER_SEEDS.name: 7, DP_POISSON.name: 40, DP_STEP_NOISE.name: 41, DP_COUNT.name: 42,
-        NOISE_SHARE.name: 43, AUGMENT.name: 4}
+        NOISE_SHARE.name: 43, AUGMENT.name: 4, COHORT.name: 5, EVAL_SAMPLE.name: 6,
+        AVAILABILITY.name: 12, AVAILABILITY_PHASE.name: 13}
     assert DROPOUT.number(3) == 2 + 16 * 3
     assert DP_POISSON.number(record_dp_offset(2, PHASE_TEACHER)) == 40 + 16 * (2 * 2 + 1)
     assert DP_STEP_NOISE.number(record_dp_offset(1, PHASE_UNIKD)) == 41 + 16 * 2

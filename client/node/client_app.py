@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node import budget, secagg
-from client.node.local_data import LocalData, check_shape, local_data
+from client.node.local_data import LocalData, SharedPool, check_shape, local_data
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.packing import packing_mod
 from client.node.privacy import privatize
@@ -98,20 +98,49 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
         out = from_record(context.state[TEACHER_OUT])
         return TeacherOut(out["feat"], out["logits"])
     if wire.TEACHER in msg.content:
-        arrays, members = from_record(msg.content[wire.TEACHER]), rc.teacher_members
+        record, members = msg.content[wire.TEACHER], rc.teacher_members
     elif same_teacher and TEACHER_ARRAYS in context.state:
-        arrays, members = from_record(context.state[TEACHER_ARRAYS]), int(meta["members"])
+        record, members = context.state[TEACHER_ARRAYS], int(meta["members"])
     else:
         raise UnikdError(f"client {node_of(context).client_id}, round {rc.round}: teacher snapshot "
                          f"{rc.teacher_hash[:12]} is not cached on this node")
-    teacher = teacher_from_arrays(arrays, members, decode_spec(msg.content))
-    out = teacher_outputs(teacher, data.x_train)
+    teacher = shared_teacher(rc.teacher_hash, lambda: teacher_from_arrays(
+        from_record(record), members, decode_spec(msg.content)))
+    out = (teacher_outputs(teacher, data.x_train) if data.pool is None else
+           pool_teacher_outputs(rc.teacher_hash, data.pool, teacher))
     context.state[TEACHER_OUT] = to_record({"feat": out.feat, "logits": out.logits})
     context.state[TEACHER_META] = ConfigRecord({"hash": rc.teacher_hash, "windows": windows,
                                                 "members": members})
     if node_of(context).store_path is not None:  # its windows change: keep the snapshot itself
-        context.state[TEACHER_ARRAYS] = to_record(arrays)
+        context.state[TEACHER_ARRAYS] = to_record(from_record(record))
     return out
+
+
+_TEACHERS: dict[str, torch.nn.Module] = {}  # the last teacher built in this process, by hash
+
+
+def shared_teacher(teacher_hash: str, build) -> torch.nn.Module:
+    """The frozen teacher of `teacher_hash`, built once per process: the simulated clients of
+    one process share it (a cross-device round meets mostly nodes new to the teacher), and a
+    device's process holds one anyway. Frozen and in eval mode, it is only ever read."""
+    if teacher_hash not in _TEACHERS:
+        _TEACHERS.clear()
+        _TEACHERS[teacher_hash] = build()
+    return _TEACHERS[teacher_hash]
+
+
+_POOL_OUT: dict[tuple, TeacherOut] = {}  # the teacher's outputs on the last shared pool
+
+
+def pool_teacher_outputs(teacher_hash: str, pool: SharedPool, teacher) -> TeacherOut:
+    """The teacher's outputs on a simulated population node's windows: its rows of the outputs
+    on the whole shared pool, computed once per process and teacher (local_data.SharedPool)."""
+    key = (teacher_hash, pool.key)
+    if key not in _POOL_OUT:
+        _POOL_OUT.clear()
+        _POOL_OUT[key] = teacher_outputs(teacher, pool.windows)
+    out = _POOL_OUT[key]
+    return TeacherOut(out.feat[pool.rows], out.logits[pool.rows])
 
 
 def hint_prototypes(content: RecordDict) -> torch.Tensor | None:

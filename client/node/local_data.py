@@ -20,7 +20,8 @@ from shared.data.adatime import Domain
 from shared.data.loaders import Normalizer
 from shared.data.scenario import load_split, subset
 from shared.data.datasets import DatasetSpec
-from shared.data.partition import PartitionSpec, client_domains, partition_indices, pooled_domains
+from shared.data.partition import (PartitionSpec, client_domains, partition_indices,
+                                   pooled_domains, population_indices)
 from shared.errors import DataError, UnikdError
 from shared.protocol.records import SetupConfig, SimSetup
 
@@ -29,10 +30,23 @@ log = logging.getLogger(__name__)
 TRAIN_SALT, TEST_SALT = 11, 13
 
 
+@dataclass(frozen=True)
+class SharedPool:
+    """A simulated population's node: its training windows are `rows` of a pool that every
+    simulated node of this process shares (`partition: population:W`), so what is computed
+    once per window, the frozen teacher's outputs, is computed once per pool
+    (client_app.pool_teacher_outputs) instead of once per node."""
+
+    key: tuple  # identifies the pool and its normalisation
+    rows: torch.Tensor  # this node's windows in the pool
+    windows: torch.Tensor  # the whole pool, normalised like x_train
+
+
 @dataclass
 class LocalData:
     x_train: torch.Tensor  # [n, C, L] normalised, unlabelled for training purposes
     test: Domain | None  # labelled test windows for federated evaluation (optional)
+    pool: SharedPool | None = None  # a simulated population's node: the pool it draws from
 
     @property
     def num_examples(self) -> int:
@@ -48,23 +62,54 @@ def _raw_split(dataset: str, path: str, shift: float, split: str, domain: str) -
 @lru_cache(maxsize=8)
 def simulated_split(dataset: str, path: str, shift: float, target: str, partition: str,
                num_clients: int, client: int, seed: int) -> tuple[Domain, Domain | None]:
-    """A simulated node's raw train and test windows, decided by the simulator's partitioner."""
+    """A simulated node's raw train and test windows, decided by the simulator's partitioner.
+
+    Its windows are copied out of the pool only when asked for (a few per client): the pool and
+    the split are held once per process for all simulated clients (`_pool`, `_split`), so a
+    population of thousands costs its index lists, not copies of its windows."""
     spec = PartitionSpec.parse(partition)
-    domain = client_domains(target, num_clients, spec)[client]
     if spec.kind == "per-domain":
+        domain = client_domains(target, num_clients, spec)[client]
         return (_raw_split(dataset, path, shift, "train", domain),
                 _raw_split(dataset, path, shift, "test", domain))
-    train = _pooled(dataset, path, shift, "train", domain)
-    test = _pooled(dataset, path, shift, "test", domain)
-    tr = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)[client]
-    train_part = subset(train, tr)
-    try:
-        te = partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)[client]
-    except UnikdError as err:  # e.g. 100 clients, 95 test windows: train on, skip evaluation
+    if not 0 <= client < num_clients:
+        raise UnikdError(f"client {client}: the simulated federation has clients 0.."
+                         f"{num_clients - 1}")
+    domain = client_domains(target, 1, spec)[0]  # every client draws from the one pool
+    train, test = _pool(dataset, path, shift, domain)
+    if spec.kind == "population":  # drawn for this client alone, overlapping the others
+        return (subset(train, population_indices(len(train), client, spec.windows, seed,
+                                                 TRAIN_SALT)),
+                subset(test, population_indices(len(test), client, spec.windows, seed,
+                                                TEST_SALT)))
+    train_parts, test_parts = _split(dataset, path, shift, domain, partition, num_clients, seed)
+    train_part = subset(train, train_parts[client])
+    if isinstance(test_parts, str):  # e.g. 100 clients, 95 test windows: train on, skip evaluation
         log.warning("client %d: no test windows (%s); it will not take part in evaluation",
-                    client, err)
+                    client, test_parts)
         return train_part, None
-    return train_part, subset(test, te)
+    return train_part, subset(test, test_parts[client])
+
+
+@lru_cache(maxsize=2)
+def _pool(dataset: str, path: str, shift: float, pool: str) -> tuple[Domain, Domain]:
+    """The target pool's train and test windows, loaded once for every simulated client."""
+    return (_pooled(dataset, path, shift, "train", pool),
+            _pooled(dataset, path, shift, "test", pool))
+
+
+@lru_cache(maxsize=2)
+def _split(dataset: str, path: str, shift: float, pool: str, partition: str, num_clients: int,
+           seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | str]:
+    """The pool's train and test windows split over the clients (index tensors), computed once;
+    the test split is the reason it failed where it cannot be made."""
+    train, test = _pool(dataset, path, shift, pool)
+    spec = PartitionSpec.parse(partition)
+    parts = partition_indices(train.y, num_clients, spec, seed * 1000 + TRAIN_SALT)
+    try:
+        return parts, partition_indices(test.y, num_clients, spec, seed * 1000 + TEST_SALT)
+    except UnikdError as err:
+        return parts, str(err)
 
 
 def _pooled(dataset: str, path: str, shift: float, split: str, pool: str) -> Domain:
@@ -140,7 +185,32 @@ def local_data(rc: SetupConfig, sim: SimSetup, node_config: NodeConfig | Mapping
         train, test = simulated_split(rc.dataset, sim.data_path, sim.synth_shift, sim.target,
                                  sim.partition, sim.num_clients, client, sim.seed)
     norm_test = Domain(norm(test.x), test.y, test.file) if test is not None else None
-    return LocalData(norm(train.x), norm_test)
+    pool = None
+    if node.data_path is None and PartitionSpec.parse(sim.partition).kind == "population":
+        pool = population_pool(rc.dataset, sim, client, norm)
+    return LocalData(norm(train.x), norm_test, pool)
+
+
+def population_pool(dataset: str, sim: SimSetup, client: int, norm: Normalizer) -> SharedPool:
+    """The pool a `population:W` node draws from, normalised once per process (an element-wise
+    z-score: the pool's rows are exactly the node's normalised windows)."""
+    spec = PartitionSpec.parse(sim.partition)
+    domain = client_domains(sim.target, 1, spec)[0]
+    train = _pool(dataset, sim.data_path, sim.synth_shift, domain)[0]
+    stats = (tuple(norm.mean.tolist()), tuple(norm.std.tolist()))
+    key = (dataset, sim.data_path, sim.synth_shift, domain, stats)
+    rows = population_indices(len(train), client, spec.windows, sim.seed, TRAIN_SALT)
+    return SharedPool(key, rows, _normalised_pool(key, train.x, norm))
+
+
+_NORMALISED: dict[tuple, torch.Tensor] = {}  # the last pool normalised, by its key
+
+
+def _normalised_pool(key: tuple, x: torch.Tensor, norm: Normalizer) -> torch.Tensor:
+    if key not in _NORMALISED:
+        _NORMALISED.clear()
+        _NORMALISED[key] = norm(x)
+    return _NORMALISED[key]
 
 
 def check_shape(data: LocalData, spec: DatasetSpec,

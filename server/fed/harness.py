@@ -16,12 +16,14 @@ import numpy as np
 from flwr.app import Array, Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 
+from server.fed.availability import Availability
 from shared.protocol import wire
 from shared.protocol.packing import is_packed, pack_content, unpack_content
 
 log = logging.getLogger(__name__)
 
 ErrorCode = 0  # flwr's generic client-app exception code
+FIRST_NODE = 1000  # simulated client k is node FIRST_NODE + k
 CORRUPTIONS = ("nan", "shape", "huge", "stale")
 
 
@@ -115,6 +117,20 @@ def _identity() -> None:
         TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
 
 
+class LazyContexts(dict):
+    """Each node's `Context`, made when first asked for: a population of 100,000 simulated
+    clients holds nothing per client until it takes part, and then only its state (the grid
+    forgets a context again whose state stayed empty: a fresh one is the same)."""
+
+    def __init__(self, make: Callable[[int], Context]):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, node: int) -> Context:
+        ctx = self[node] = self.make(node)
+        return ctx
+
+
 class InProcessGrid:
     """Implements the parts of `flwr.serverapp.Grid` the cloud uses."""
 
@@ -126,22 +142,37 @@ class InProcessGrid:
         self.fault_log: list[dict] = []  # {"round", "node", "type", "fault"} per injected fault
         self.client_app = client_app
         self.tap = tap  # sees every (request, reply) pair: used by the wire-manifest test
-        self.node_ids = [1000 + i for i in range(num_nodes)]
-        self.contexts = {
-            nid: Context(run_id=1, node_id=nid,
-                         node_config=(node_config(i) if node_config else
-                                      {"partition-id": i, "num-partitions": num_nodes,
-                                       # cloud and nodes share this process: reproducible DP
-                                       # draws (a deployed node keys them with its own secret)
-                                       "dp-reproducible": True}),
-                         state=RecordDict(), run_config={})
-            for i, nid in enumerate(self.node_ids)}
+        self.num_nodes = num_nodes
+        self.node_ids = range(FIRST_NODE, FIRST_NODE + num_nodes)  # client k is node 1000 + k
+        self.node_config = node_config
+        self.contexts = LazyContexts(self._make_context)
         self.online = set(self.node_ids)
+        self.availability: Availability | None = None  # simulated devices coming and going
         self._pushed = 0
         self._replies: dict[str, Message] = {}
 
+    def _make_context(self, nid: int) -> Context:
+        i = nid - FIRST_NODE
+        if not 0 <= i < self.num_nodes:
+            raise KeyError(nid)
+        return Context(run_id=1, node_id=nid,
+                       node_config=(self.node_config(i) if self.node_config else
+                                    {"partition-id": i, "num-partitions": self.num_nodes,
+                                     # cloud and nodes share this process: reproducible DP
+                                     # draws (a deployed node keys them with its own secret)
+                                     "dp-reproducible": True}),
+                       state=RecordDict(), run_config={})
+
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.node_ids if n in self.online]
+
+    def nodes_at(self, rnd: int) -> list[int]:
+        """The nodes online at round `rnd`: connected (`online`) and, under the simulated
+        availability model (server/fed/availability.py), drawn on for that round."""
+        if self.availability is None:
+            return list(self.get_node_ids())
+        return [n for n in (FIRST_NODE + int(k) for k in self.availability.online(rnd))
+                if n in self.online]
 
     complete_on_push = True  # every reply exists once push_messages returns (no waiting)
     # cloud and nodes share this process: the cloud's central-DP noise comes from the run seed
@@ -175,12 +206,15 @@ class InProcessGrid:
         if fault == "dropout":  # the node is offline this round: it never sees the message
             return None
         wire_msg = message_from_proto(message_to_proto(msg))  # what a transport would deliver
+        context = self.contexts[nid]
         try:
-            reply = self.client_app(wire_msg, self.contexts[nid])
+            reply = self.client_app(wire_msg, context)
         except Exception as exc:  # the client's failure becomes an error reply, as in Flower
             log.debug("node %s raised", nid, exc_info=True)
             reply = Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
                             reply_to=wire_msg)
+        if not context.state and self.contexts.get(nid) is context:
+            del self.contexts[nid]  # nothing kept: a fresh context is the same one
         reply = message_from_proto(message_to_proto(reply))
         if fault == "straggler":  # it computed, but its reply came after the round's timeout
             return None
@@ -212,6 +246,8 @@ class InProcessGrid:
         return fault
 
     def use_config_faults(self, fed, seed: int) -> None:
-        """Take the config's fault plan unless one was given to the constructor."""
+        """Take the config's fault plan and availability model unless given already."""
         if self.faults is None:
             self.faults = FaultPlan.from_config(fed, seed)
+        if self.availability is None:
+            self.availability = Availability.from_config(fed, seed, self.num_nodes)

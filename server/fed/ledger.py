@@ -18,8 +18,11 @@ class Ledger:
     rows: list[dict] = field(default_factory=list)
 
     def add_round(self, rnd: int, sent: dict[int, RecordDict], replies: list[Message]) -> None:
+        sizes: dict[int, dict[str, int]] = {}  # nodes sharing a payload share its sizes
         for node, content in sent.items():
-            for rec, n in record_bytes(content).items():
+            if id(content) not in sizes:
+                sizes[id(content)] = record_bytes(content)
+            for rec, n in sizes[id(content)].items():
                 self.rows.append({"round": rnd, "node": node, "direction": "down",
                                   "record": rec, "bytes": n})
         for r in replies:

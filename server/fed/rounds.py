@@ -18,6 +18,7 @@ from tqdm import tqdm
 from server.fed.aggregate import (ClientUpdate, norm_summary, parse_aggregator, reject_outliers,
                                   robust_combine, split_replies)
 from server.fed import delivery
+from server.fed.cohort import CohortPolicy, Roster, eval_sample
 from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source, round_plan,
                               private_w_mean, sim_setup, target_w_mean)
 from server.fed.ledger import Ledger
@@ -57,6 +58,9 @@ class FedResult:
     privacy: RecordLedger | None = None  # record DP: the per-client epsilon ledger
     delivered: dict[int, int] = field(default_factory=dict)  # client id -> installed version
     exchanges: int = 0  # message round trips of the whole run (transport.Sender.exchanges)
+    # cross-device runs (server/fed/cohort.py): per round drawn, {"round", "available",
+    # "cohort", "replied"} by client id; empty for a cross-silo run
+    cohorts: list[dict] = field(default_factory=list)
 
     @property
     def final(self) -> dict:
@@ -95,12 +99,14 @@ def obtain_fed_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: 
 
 def query_counts(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
                  model_tags: dict[int, int] | None = None,
-                 node_clients: dict[int, int] | None = None) -> dict[int, int]:
+                 node_clients: dict[int, int] | None = None, roster: Roster | None = None,
+                 required: bool = True) -> dict[int, int]:
     """How many training windows each client holds (round 0; nothing but counts comes back).
 
     `model_tags` (when given) collects, per node, the delivery tag of the student its edge
     service runs, for nodes that have one (wire.tag_number); `node_clients` (when given) each
-    node's client id."""
+    node's client id; `roster` (when given) learns which client each answering node is.
+    `required`: no answer at all is an error."""
     content = setup_content(cfg, source, setup_config(cfg, source, round=0))
     replies = send.to_all(nodes, content, wire.QUERY, 0)
     counts = {}
@@ -114,7 +120,9 @@ def query_counts(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[i
             node_clients[r.metadata.src_node_id] = int(m["client-id"])
         if model_tags is not None and "model-tag" in m:
             model_tags[r.metadata.src_node_id] = int(m["model-tag"])
-    if not counts:
+        if roster is not None:
+            roster.admit(r.metadata.src_node_id, int(m["client-id"]))
+    if not counts and required:
         raise UnikdError("no client answered the count query; see the client logs above")
     return counts
 
@@ -175,6 +183,10 @@ class Federation:
     model_tags: dict[int, int] = field(default_factory=dict)  # nodes with an edge service
     has_teacher: set[int] = field(default_factory=set)  # nodes holding the teacher snapshot
     status: LiveStatus = field(default_factory=lambda: LiveStatus(None))  # the live records
+    policy: CohortPolicy = field(default_factory=CohortPolicy)  # who takes part in a round
+    roster: Roster = field(default_factory=Roster)  # node id <-> client id of every known node
+    cohort: list[int] = field(default_factory=list)  # this round's nodes (cross-silo: all)
+    available: int = 0  # known nodes available for this round (cross-device)
 
 
 def check_cross_kd(cfg: RunConfig) -> None:
@@ -237,13 +249,15 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_record_noise(cfg)
     check_record_terms(cfg)
     check_pseudo_labels(cfg)
-    nodes = wait_for_nodes(grid, cfg.fed.clients)
+    policy = CohortPolicy.from_fed(cfg.fed)
+    nodes = wait_for_nodes(grid, policy.start_with)
     send = Sender(grid, timeout, TransportOptions.from_fed(cfg.fed))
     model_tags: dict[int, int] = {}
     status = status or LiveStatus(None)
     status.write(live_status.Phase("count-query"))
     node_clients: dict[int, int] = {}
-    counts = query_counts(send, cfg, source, nodes, model_tags, node_clients)
+    roster = Roster()
+    counts = query_counts(send, cfg, source, nodes, model_tags, node_clients, roster)
     status.write(live_status.Nodes({str(n): c for n, c in node_clients.items()},
                                    {str(c): n for c, n in counts.items()}))
     deliver_missed(send, cfg, source, model_tags, delivery_dir)
@@ -263,7 +277,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
                   privacy.plan if privacy is not None else None)
     use_faults(grid, cfg)
     fed = Federation(cfg, cloud, nodes, counts, send, total, FedResult(cloud, privacy=ledger),
-                     privacy, model_tags, status=status)
+                     privacy, model_tags, status=status, policy=policy, roster=roster)
     first = 1
     if ckpt:
         first = restore(cloud, fed.result, ckpt) + 1
@@ -294,9 +308,66 @@ def deliver_missed(send: Sender, cfg: RunConfig, source: SourceData,
 def use_faults(grid, cfg: RunConfig) -> None:
     if hasattr(grid, "use_config_faults"):  # the in-process harness simulates the config's faults
         grid.use_config_faults(cfg.fed, cfg.seed)
-    elif cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction:
-        log.warning("fed.dropout/straggler_fraction/corrupt_fraction are simulated by the "
-                    "in-process engine only; this Grid runs without injected faults")
+    elif (cfg.fed.dropout or cfg.fed.straggler_fraction or cfg.fed.corrupt_fraction
+          or cfg.fed.availability < 1.0 or cfg.fed.availability_period):
+        log.warning("fed.dropout/straggler_fraction/corrupt_fraction/availability* are "
+                    "simulated by the in-process engine only; this Grid runs without injected "
+                    "faults, its nodes online as they are")
+
+
+def available_nodes(grid, rnd: int) -> list[int]:
+    """The nodes online for round `rnd`: the simulator's availability model where the Grid has
+    one (server/fed/harness.py), else the nodes connected now."""
+    if hasattr(grid, "nodes_at"):
+        return sorted(grid.nodes_at(rnd))
+    return sorted(grid.get_node_ids())
+
+
+def draw_cohort(fed: Federation, rnd: int) -> list[int] | None:
+    """Round `rnd`'s nodes: every node of a cross-silo run; in a cross-device run a seeded
+    sample of the nodes available now, after asking any newcomer its count (server/fed/
+    cohort.py). None when fewer than fed.min_available are available (the round is skipped)."""
+    if not fed.policy.dynamic:
+        return fed.nodes
+    grid, pol = fed.send.grid, fed.policy
+    available = available_nodes(grid, rnd)
+    deadline = time.monotonic() + fed.cfg.fed.round_timeout
+    # A real Grid: wait for enough devices to come online; a simulated one answers at once.
+    while (len(available) < pol.min_available and not hasattr(grid, "nodes_at")
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+        available = available_nodes(grid, rnd)
+    admit_newcomers(fed, fed.roster.unknown(available), rnd)
+    known = [n for n in available if n in fed.roster.client_of]
+    fed.available = len(known)
+    if len(known) < max(pol.min_available, 1):
+        log.warning("round %d: %d node(s) available < fed.min_available %d; round skipped",
+                    rnd, len(known), pol.min_available)
+        fed.result.cohorts.append({"round": rnd, "available": len(known), "cohort": [],
+                                   "replied": []})
+        return None
+    rate = pol.rate if pol.sampling == "poisson" else None
+    return fed.roster.cohort(known, pol.per_round, fed.cfg.seed, rnd, rate=rate)
+
+
+def admit_newcomers(fed: Federation, nodes: list[int], rnd: int) -> None:
+    """Nodes seen for the first time (connected after round 1, or back with a new node id):
+    their counts, their edge service's model tag (so they get the final delivery); the teacher
+    follows with their first train message (they are not in `has_teacher`)."""
+    if not nodes:
+        return
+    if fed.privacy is not None and fed.cfg.fed.dp == "record":
+        log.warning("round %d: %d new node(s) not admitted: record DP's plan covers the nodes "
+                    "counted before round 1", rnd, len(nodes))
+        return
+    counts = query_counts(fed.send, fed.cfg, fed.cloud.source, nodes, fed.model_tags,
+                          roster=fed.roster, required=False)
+    fed.counts.update(counts)
+    fed.nodes = sorted({*fed.nodes, *nodes})
+    fed.status.write(live_status.Nodes({str(n): c for n, c in fed.roster.client_of.items()},
+                                       {str(c): n for c, n in fed.counts.items()}))
+    log.info("round %d: %d new node(s) joined (clients %s)", rnd, len(counts),
+             " ".join(str(c) for c in sorted(counts)))
 
 
 def run_round(fed: Federation, rnd: int) -> dict | None:
@@ -304,10 +375,16 @@ def run_round(fed: Federation, rnd: int) -> dict | None:
     replies came (skipped: nothing moves, BN statistics included)."""
     t0, started = time.perf_counter(), time.time()
     rejected_before = len(fed.result.rejected)
+    cohort = draw_cohort(fed, rnd)  # 0. who takes part (cross-silo: every node)
+    if cohort is None:  # too few devices available: skipped before anything moved
+        write_round_status(fed, rnd, None, [], started, rejected_before)
+        return None
+    fed.cohort = cohort
     opened = fed.cloud.begin_round(rnd)  # 1. the weights the clients get; the source step at them
-    contents = fed.cloud.round_messages(fed.nodes, fed.has_teacher)  # 2. built once, as sent
+    contents = fed.cloud.round_messages(fed.cohort, fed.has_teacher)  # 2. built once, as sent
     updates, replies, errors, sa_row = exchange(fed, opened, contents)  # 3. send and collect
     updates = check_updates(fed, rnd, updates, replies, errors)  # 4. refuse what cannot count
+    record_cohort(fed, rnd, replies)
     if len(updates) < fed.cfg.fed.min_clients:
         log.warning("round %d: %d valid replies < min_clients %d; round skipped", rnd,
                     len(updates), fed.cfg.fed.min_clients)
@@ -346,7 +423,7 @@ def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict
     rnd, shapes = opened.number, up_shapes(fed.cloud.nets)
     with_w = opened.config.w_share is not None  # the mean w inside the private update
     if fed.cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
-        updates, replies, sa_row = secure_updates(fed.send, fed.nodes, contents, rnd,
+        updates, replies, sa_row = secure_updates(fed.send, fed.cohort, contents, rnd,
                                                   fed.cfg.fed, shapes, with_w)
         errors: list[ReplyError] = []
     else:
@@ -356,7 +433,9 @@ def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict
                                         echo={"local-steps": opened.config.local_steps})
         sa_row = {}
     if fed.privacy is not None:  # record DP: every node asked spent its steps
-        fed.privacy.charge_round(rnd, fed.counts, opened.config.local_steps)
+        asked = (fed.counts if not fed.policy.dynamic else
+                 [fed.roster.client_of[n] for n in fed.cohort])
+        fed.privacy.charge_round(rnd, asked, opened.config.local_steps)
     return updates, replies, errors, sa_row
 
 
@@ -364,15 +443,30 @@ def check_updates(fed: Federation, rnd: int, updates: list[ClientUpdate], replie
                   errors: list[ReplyError]) -> list[ClientUpdate]:
     """The updates that may count: outliers (by the robust aggregator) out, refusals logged."""
     result = fed.result
-    if len(replies) < len(fed.nodes):
+    if len(replies) < len(fed.cohort):
         log.warning("round %d: %d of %d nodes replied within the timeout", rnd, len(replies),
-                    len(fed.nodes))
+                    len(fed.cohort))
     recent = [r["update_norm_median"] for r in result.rounds[-5:] if "update_norm_median" in r]
     updates, outliers = reject_outliers(updates, fed.cfg.fed.aggregator, rnd, recent)
     result.rejected += [str(e) for e in [*errors, *outliers]]
-    # A node that failed (e.g. restarted and lost its cache) gets the teacher again next round.
-    fed.has_teacher = {r.metadata.src_node_id for r in replies if not r.has_error()}
+    # A node that failed (e.g. restarted and lost its cache) gets the teacher again next time;
+    # the nodes outside this round's cohort keep what they hold.
+    fed.has_teacher = ((fed.has_teacher - set(fed.cohort))
+                       | {r.metadata.src_node_id for r in replies if not r.has_error()})
     return updates
+
+
+def record_cohort(fed: Federation, rnd: int, replies: list[Message]) -> None:
+    """A cross-device round's cohort and who of it answered, by client id (the run folder's
+    cohorts.jsonl; rounds.csv gets the cohort too)."""
+    if not fed.policy.dynamic:
+        return
+    client = fed.roster.client_of
+    fed.result.cohorts.append({
+        "round": rnd, "available": fed.available,
+        "cohort": [client[n] for n in fed.cohort],
+        "replied": sorted(client[r.metadata.src_node_id] for r in replies
+                          if not r.has_error() and r.metadata.src_node_id in client)})
 
 
 def finish_round(fed: Federation, opened: CloudRound, updates: list[ClientUpdate]) -> dict:
@@ -405,6 +499,9 @@ def record_round(fed: Federation, opened: CloudRound, contents: dict[int, Record
     row.update(norm_summary(updates, fed.cfg.fed.aggregator))  # next rounds' norm reference
     result.ledger.add_round(rnd, contents, replies)
     row.update(result.ledger.round_totals(rnd))
+    if fed.policy.dynamic:  # who took part (cohorts.jsonl has who answered too)
+        row["available"] = fed.available
+        row["cohort"] = " ".join(str(fed.roster.client_of[n]) for n in fed.cohort)
     result.rounds.append(row)
     return row
 
@@ -412,7 +509,7 @@ def record_round(fed: Federation, opened: CloudRound, contents: dict[int, Record
 def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
     """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
     fed.status.write(live_status.Phase("evaluation", fed.total))
-    ev = evaluate_round(fed.send, fed.cloud, fed.nodes, rnd)
+    ev = evaluate_round(fed.send, fed.cloud, scored_nodes(fed, rnd), rnd)
     ev["mb_total"] = fed.result.ledger.total_mb()
     ev["exchanges"] = fed.send.exchanges  # so far, this evaluation included
     ev["steps"] = fed.cloud.plan.steps_done(rnd)  # steps of the clock applied by then
@@ -427,6 +524,16 @@ def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
                  f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
 
 
+def scored_nodes(fed: Federation, rnd: int) -> list[int]:
+    """The nodes a federated evaluation asks: the run's nodes (cross-device: those known and
+    connected now, whether or not the availability model lets them train), or a seeded sample
+    of fed.eval_clients of them."""
+    nodes = fed.nodes
+    if fed.policy.dynamic:
+        nodes = [n for n in sorted(fed.send.grid.get_node_ids()) if n in fed.roster.client_of]
+    return eval_sample(fed.roster, nodes, fed.policy.eval_clients, fed.cfg.seed, rnd)
+
+
 def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | None) -> None:
     """The run is over: every node with an edge service installs the final student (the EMA,
     when `distill.ema_decay` > 0)."""
@@ -435,9 +542,14 @@ def deliver_final(fed: Federation, run_dir: Path | None, delivery_dir: Path | No
                               source.normalizer.std, source.spec.name, fed.total,
                               run_dir.name if run_dir is not None else "",
                               spec=source.spec.to_dict())
-    # to the nodes with an edge service (they reported a model tag at the count query)
+    # to the nodes with an edge service (they reported a model tag at the count query); in a
+    # cross-device run to those of them connected now (a device gone for good cannot answer)
     fed.status.write(live_status.Phase("delivery"))
-    fed.result.delivered = delivery.deliver(fed.send, sorted(fed.model_tags), final,
+    targets = sorted(fed.model_tags)
+    if fed.policy.dynamic:
+        connected = set(fed.send.grid.get_node_ids())
+        targets = [n for n in targets if n in connected]
+    fed.result.delivered = delivery.deliver(fed.send, targets, final,
                                             setup_config(fed.cfg, source, round=fed.total,
                                                          bn_policy=fed.cfg.fed.bn_policy),
                                             sim_setup(fed.cfg, source))
@@ -469,7 +581,8 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir, status)
     status.write(live_status.Phase("unikd", fed.total))
     plan, spe = fed.cloud.plan, fed.cloud.clock.steps_per_epoch
-    eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe  # in steps of the clock
+    eval_every = cfg.fed.eval_every or spe  # in steps of the clock
+    ckpt_every = cfg.fed.checkpoint_every or spe
     for rnd in tqdm(range(first, fed.total + 1), desc="rounds",
                     disable=None if progress else True, dynamic_ncols=True):
         row = run_round(fed, rnd)
@@ -506,7 +619,8 @@ def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, excha
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},
         "teacher": teacher_state(cloud.teacher), "teacher_hash": cloud.teacher_hash,
         "rounds": result.rounds, "evals": result.evals, "rejected": result.rejected,
-        "ledger": result.ledger.rows, "rng": capture_rng(), **extra})
+        "ledger": result.ledger.rows, "rng": capture_rng(), **extra,
+        **({"cohorts": result.cohorts} if result.cohorts else {})})
 
 
 def load_checkpoint(path: Path, cfg: RunConfig) -> dict:
@@ -529,6 +643,7 @@ def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
     cloud.target_control = dict(ckpt.get("target_control", {}))
     result.rounds, result.evals = list(ckpt["rounds"]), list(ckpt["evals"])
     result.rejected, result.ledger.rows = list(ckpt["rejected"]), list(ckpt["ledger"])
+    result.cohorts = list(ckpt.get("cohorts", []))
     restore_rng(ckpt["rng"])
     return int(ckpt["round"])
 

@@ -6,6 +6,7 @@ Both launchers use it: `unikd federate` (server.fed.run) and a deployed ServerAp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from server.fed.dp.report import write_privacy_ledger
@@ -52,6 +53,9 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
     write_csv(run_dir / "rounds.csv", result.rounds)
     write_csv(run_dir / "evals.csv", result.evals)
     write_csv(run_dir / "ledger.csv", result.ledger.rows)
+    if result.cohorts:  # cross-device: each round's cohort and who of it answered
+        (run_dir / "cohorts.jsonl").write_text(
+            "".join(json.dumps(c) + "\n" for c in result.cohorts))
     plot_curves(run_dir / "mf1_vs_rounds.png", result.evals, "round", ["mf1", "acc"],
                 "federated target MF1")
     plot_curves(run_dir / "mf1_vs_mb.png", result.evals, "mb_total", ["mf1"],

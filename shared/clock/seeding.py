@@ -81,8 +81,16 @@ NOISE_SHARE = Purpose("distributed-DP noise share", 43, ("clients",), "round")
 # centralized trainer draws them on client 0's stream like the target's dropout masks.
 AUGMENT = Purpose("target-window augmentation", 4, ("clients",), "global step",
                   "the local step inside a round")
+# Cross-device federations (server/fed/cohort.py, availability.py): the cloud's draws of who
+# trains or is scored in a round, and the simulator's availability of every client. One
+# generator per (seed, round) serves a whole population, the client's position in it picking
+# its draw, so a round costs one seed however many clients there are.
+COHORT = Purpose("cohort sampling", 5, ("central",), "round")
+EVAL_SAMPLE = Purpose("evaluation sample", 6, ("central",), "round")
+AVAILABILITY = Purpose("simulated availability", 12, ("central",), "round")
+AVAILABILITY_PHASE = Purpose("simulated diurnal phase", 13, ("central",), "0")
 PURPOSES = (BATCHES, DROPOUT, MODEL_INIT, UPDATE_NOISE, MEMBER_SEEDS, DP_POISSON, DP_STEP_NOISE,
-            DP_COUNT, NOISE_SHARE, AUGMENT)
+            DP_COUNT, NOISE_SHARE, AUGMENT, COHORT, EVAL_SAMPLE, AVAILABILITY, AVAILABILITY_PHASE)
 
 # MODEL_INIT's step: which models a seed_init builds (students and baselines use the default).
 INIT_MODELS, INIT_DANN_TEACHER, INIT_SOURCE_TEACHER = 0, 100, 101

@@ -112,7 +112,9 @@ class DistillConfig(KDHparams, StudentTraining):
 
 @dataclass
 class FedConfig:
-    clients: int = field(default=3, metadata=rng(1, 10_000))
+    # the simulated population (in-process engine: up to a million lazily held clients); a
+    # deployment's expected number of nodes (fed.min_available: how many a round needs)
+    clients: int = field(default=3, metadata=rng(1, 1_000_000))
     rounds: int = field(default=0, metadata=rng(0, 1_000_000))  # 0 = distill.epochs worth of steps
     local_steps: int = field(default=1, metadata=rng(1, 10_000))
     # what a round is (shared/clock/local_steps.py): "edge" = one step of the clock per round,
@@ -177,6 +179,29 @@ class FedConfig:
     straggler_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # late: dropped
     corrupt_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # replies corrupted
     aggregator: str = "mean"  # mean | trimmed-mean:<fraction> | norm-bounded:<x median>
+    # --- cross-device federations (issue 27, server/fed/cohort.py) ---
+    # clients per UNI-KD round, a seeded sample of the nodes available at that round; 0 = every
+    # node, fixed before round 1 (the cross-silo behaviour)
+    clients_per_round: int = field(default=0, metadata=rng(0, 1_000_000))
+    # how the cohort is drawn: "fixed" = exactly clients_per_round of the available nodes;
+    # "poisson" = each available node independently with probability clients_per_round /
+    # fed.clients (DP-FedAvg's sampling, which client-level DP accounts: server/fed/dp/)
+    cohort_sampling: Literal["fixed", "poisson"] = "fixed"
+    # how many nodes must be available for round 1 to start and for any round to run (below it
+    # the round is skipped); 0 = fed.clients before round 1 and a fixed node list (cross-silo).
+    # Set it, or clients_per_round, and nodes that connect later join the next rounds' cohorts
+    min_available: int = field(default=0, metadata=rng(0, 1_000_000))
+    # federated evaluation on a seeded sample of this many nodes; 0 = every node
+    eval_clients: int = field(default=0, metadata=rng(0, 1_000_000))
+    # evaluate every this many steps of the clock; 0 = each epoch (the last round always is)
+    eval_every: int = field(default=0, metadata=rng(0, 1_000_000))
+    # simulated availability (in-process engine only): each client is online at a round with
+    # this probability, drawn per (seed, client, round); with availability_period > 0 the
+    # probability swings by +-availability_swing (relative) over that many rounds, each client
+    # with its own seeded phase (a diurnal cycle across time zones)
+    availability: float = field(default=1.0, metadata=rng(0.0, 1.0))
+    availability_period: int = field(default=0, metadata=rng(0, 1_000_000))
+    availability_swing: float = field(default=0.5, metadata=rng(0.0, 1.0))
 
 
 @dataclass

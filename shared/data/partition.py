@@ -8,6 +8,13 @@ Three kinds (`PartitionSpec.parse`):
   classes; large ALPHA (1000) is close to IID.
 * ``per-domain`` — multi-target: every client holds a whole target domain of its own
   (`client_domains` maps clients to domains; the target lists them: ``11+13+16`` or ``11,13,16``).
+* ``population:W`` — a synthetic population of any size (scale tests, issue 27): client k
+  holds W windows drawn without replacement from the target pool, and W test windows likewise,
+  seeded by (seed, k) alone (`population_indices`). Clients overlap, so 100,000 clients need no
+  more windows than one, and nothing is decided for a client until it is asked.
+
+A cross-device partition of real data is ``iid`` over a pool of target subjects with K in the
+thousands (``2->11+13+...``, K=1000: a few windows each).
 
 ``iid`` and ``dirichlet`` given several target domains (``11+13+16``) pool their windows first and
 split the pool: many small clients drawn from a few people, e.g. the K = 100 client-level DP
@@ -33,12 +40,14 @@ import torch
 from shared.data.datasets import scenario_targets
 from shared.errors import UnikdError
 
-Kind = Literal["iid", "dirichlet", "per-domain"]
-KINDS: tuple[str, ...] = ("iid", "dirichlet", "per-domain")
+Kind = Literal["iid", "dirichlet", "per-domain", "population"]
+KINDS: tuple[str, ...] = ("iid", "dirichlet", "per-domain", "population")
 _SALT = 0xDA7A
+_POPULATION_SALT = 0x9090
 _REDRAWS = 20  # Dirichlet re-draws before topping up the small clients from the largest one
 
-_FORMS = "expected 'iid', 'dirichlet:ALPHA' (ALPHA > 0, e.g. dirichlet:0.5) or 'per-domain'"
+_FORMS = ("expected 'iid', 'dirichlet:ALPHA' (ALPHA > 0, e.g. dirichlet:0.5), 'per-domain' or "
+          "'population:W' (W windows per client, an integer >= 1, e.g. population:8)")
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,19 @@ class PartitionSpec:
 
     kind: Kind
     alpha: float | None = None  # for dirichlet
+    windows: int | None = None  # for population: windows per client
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UnikdError(f"bad partition kind '{self.kind}': {_FORMS}")
+        if (self.kind == "population") != (self.windows is not None):
+            raise UnikdError(f"bad partition '{self.kind}' with windows={self.windows}: only "
+                             "population takes (and needs) a window count")
+        if self.windows is not None and (isinstance(self.windows, bool)
+                                         or not isinstance(self.windows, int)
+                                         or self.windows < 1):
+            raise UnikdError(f"bad partition 'population:{self.windows}': W must be an integer "
+                             ">= 1")
         if self.kind == "dirichlet":
             if self.alpha is None or not _positive_finite(self.alpha):
                 raise UnikdError(f"bad partition 'dirichlet:{self.alpha}': ALPHA must be a finite "
@@ -84,9 +102,16 @@ class PartitionSpec:
                 raise UnikdError(f"bad partition '{text}': ALPHA must be a finite number > 0, "
                                  f"got {arg}")
             return cls("dirichlet", alpha)
+        if name == "population":
+            if not arg.isdigit() or int(arg) < 1:
+                raise UnikdError(f"bad partition '{text}': population needs W, the windows per "
+                                 f"client, an integer >= 1 (e.g. population:8)")
+            return cls("population", windows=int(arg))
         raise UnikdError(f"bad partition '{text}': {_FORMS}")
 
     def __str__(self) -> str:
+        if self.kind == "population":
+            return f"population:{self.windows}"
         return f"dirichlet:{self.alpha:g}" if self.kind == "dirichlet" else self.kind
 
 
@@ -139,6 +164,9 @@ def partition_indices(
     if y.is_floating_point() or y.is_complex():
         raise UnikdError(f"labels must be integers, got {y.dtype}")
     n = len(y)
+    if spec.kind == "population":
+        raise UnikdError("partition 'population:W' draws each client's windows on its own "
+                         "(population_indices); there is no split of the pool to compute")
     if spec.kind == "per-domain" and K != 1:
         raise UnikdError(f"partition 'per-domain' gives each client a whole domain of its own; "
                          f"call partition_indices once per client's domain with num_clients=1, "
@@ -155,6 +183,20 @@ def partition_indices(
     else:
         parts = _dirichlet(y.cpu().numpy(), K, float(spec.alpha), min_size, rng)
     return [torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts]
+
+
+def population_indices(n: int, client: int, windows: int, seed: int, salt: int = 0
+                       ) -> torch.Tensor:
+    """Client `client`'s windows of a synthetic population (``population:W``): `windows` of the
+    pool's `n`, sorted, drawn without replacement by a generator of (seed, client, salt) alone,
+    so any client of any population size costs the same and needs nothing stored. A pool
+    smaller than `windows` gives all of its windows."""
+    if n < 1:
+        raise UnikdError("partition 'population': the target pool holds no windows")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [int(seed), int(client), int(salt), _POPULATION_SALT])))
+    picked = rng.choice(n, size=min(windows, n), replace=False)
+    return torch.from_numpy(np.sort(picked).astype(np.int64))
 
 
 def _dirichlet(y: np.ndarray, K: int, alpha: float, min_size: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ def _from_config_record(cls, record: ConfigRecord, nested: bool = False):
 
     A nested dataclass is read from the same flat keys, and travels whole: each of its keys
     is required, so a node never fills in a default the cloud did not send."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs, missing = {}, []
     for f in dataclasses.fields(cls):
         optional = _optional_dataclass(hints[f.name])
@@ -223,6 +224,13 @@ def _from_config_record(cls, record: ConfigRecord, nested: bool = False):
     if missing:
         raise ValueError(f"{cls.__name__}: the record lacks {', '.join(missing)}")
     return cls(**kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """A record dataclass's resolved field types: resolving them takes about a millisecond, and
+    every message decodes two or three records (10,000 simulated clients: tens of seconds)."""
+    return typing.get_type_hints(cls)
 
 
 def _optional_dataclass(hint) -> type | None:

@@ -3,7 +3,12 @@ accounting and the central noise.
 
 `plan_privacy` turns (epsilon, delta, planned rounds T) into the noise multiplier z with the RDP
 accountant of Google's `dp-accounting` (a Gaussian mechanism composed T times, sampling rate 1:
-every node is asked every round, so there is no amplification by sampling). After every applied
+every node is asked every round, so there is no amplification by sampling). A cross-device run
+with a Poisson cohort (`fed.clients_per_round` = E of `fed.clients` = K,
+`fed.cohort_sampling: poisson`, server/fed/cohort.py) is DP-FedAvg (McMahan et al. 2018): each
+client takes part in a round with probability q = E/K, the composition is of T Poisson-sampled
+Gaussians (amplification by sampling), and the central mean divides the clipped sum by the
+expected cohort size E, not by the number that came (that number is not private). After every applied
 round the cloud records the epsilon spent so far in that round's row; report.py
 (`write_privacy_ledger`) writes them to `privacy.csv` and a summary to `privacy.json`.
 
@@ -50,14 +55,19 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- accounting
 
 
-def _event(z: float, rounds: int):
+def _event(z: float, rounds: int, rate: float = 1.0):
     from dp_accounting import dp_event
 
-    return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), rounds)
+    one = dp_event.GaussianDpEvent(z)
+    if rate < 1.0:  # each client in a round's cohort with probability `rate` (Poisson)
+        one = dp_event.PoissonSampledDpEvent(rate, one)
+    return dp_event.SelfComposedDpEvent(one, rounds)
 
 
-def epsilon_after(noise_multiplier: float, rounds: int, delta: float) -> float:
-    """Epsilon spent by `rounds` Gaussian releases with multiplier z (RDP accountant)."""
+def epsilon_after(noise_multiplier: float, rounds: int, delta: float, rate: float = 1.0
+                  ) -> float:
+    """Epsilon spent by `rounds` Gaussian releases with multiplier z (RDP accountant), each of
+    a Poisson cohort sampled at `rate` (1: every client every round)."""
     if rounds <= 0:
         return 0.0
     if noise_multiplier <= 0:
@@ -65,18 +75,18 @@ def epsilon_after(noise_multiplier: float, rounds: int, delta: float) -> float:
     from dp_accounting import rdp
 
     acc = rdp.RdpAccountant()
-    acc.compose(_event(noise_multiplier, rounds))
+    acc.compose(_event(noise_multiplier, rounds, rate))
     return float(acc.get_epsilon(delta))
 
 
 @lru_cache(maxsize=64)
-def calibrate_noise(epsilon: float, delta: float, rounds: int) -> float:
+def calibrate_noise(epsilon: float, delta: float, rounds: int, rate: float = 1.0) -> float:
     """The smallest noise multiplier z whose T-fold composition stays within (epsilon, delta)."""
     from dp_accounting import mechanism_calibration as mc
     from dp_accounting import rdp
 
     return float(mc.calibrate_dp_mechanism(
-        rdp.RdpAccountant, lambda z: _event(z, rounds), epsilon, delta,
+        rdp.RdpAccountant, lambda z: _event(z, rounds, rate), epsilon, delta,
         mc.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4))
 
 
@@ -88,9 +98,11 @@ class PrivacyPlan:
     delta: float
     rounds: int  # planned rounds T
     noise_multiplier: float  # z
+    sampling_rate: float = 1.0  # q of a Poisson cohort (central DP); 1: every client
+    expected_cohort: float = 0.0  # E = qK, the central mean's divisor; 0: the replies' count
 
     def spent(self, releases: int) -> float:
-        return epsilon_after(self.noise_multiplier, releases, self.delta)
+        return epsilon_after(self.noise_multiplier, releases, self.delta, self.sampling_rate)
 
     @property
     def count_std(self) -> float:
@@ -102,10 +114,15 @@ def plan_privacy(cfg: RunConfig, rounds: int) -> PrivacyPlan | None:
     f = cfg.fed
     if f.dp == "off":
         return None
-    z = calibrate_noise(f.dp_epsilon, f.dp_delta, max(rounds, 1))
-    plan = PrivacyPlan(f.dp, f.dp_clip, f.dp_epsilon, f.dp_delta, rounds, z)
-    log.info("DP %s: clip %.3g, noise multiplier %.4f for (eps %.3g, delta %.1e) over %d rounds",
-             plan.mode, plan.clip, z, plan.epsilon, plan.delta, rounds)
+    poisson = f.dp == "central" and f.cohort_sampling == "poisson" and f.clients_per_round
+    rate = min(1.0, f.clients_per_round / f.clients) if poisson else 1.0
+    z = calibrate_noise(f.dp_epsilon, f.dp_delta, max(rounds, 1), rate)
+    plan = PrivacyPlan(f.dp, f.dp_clip, f.dp_epsilon, f.dp_delta, rounds, z, rate,
+                       float(f.clients_per_round) if poisson else 0.0)
+    log.info("DP %s: clip %.3g, noise multiplier %.4f for (eps %.3g, delta %.1e) over %d rounds"
+             "%s", plan.mode, plan.clip, z, plan.epsilon, plan.delta, rounds,
+             f", Poisson cohorts at q={rate:.4g} (expected {f.clients_per_round})"
+             if poisson else "")
     if f.aggregator != "mean":
         log.warning("DP with aggregator %s: the data-dependent filter is outside the accounting",
                     f.aggregator)
@@ -161,7 +178,12 @@ def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int,
             norms.append(norm)
             clipped.append(ClientUpdate(u.client, u.num_examples, arrays, u.metrics))
         mean = uniform_mean(clipped, keys)
-        std = central_noise_std(plan.noise_multiplier, plan.clip, len(updates))
+        divisor = len(updates)
+        if plan.expected_cohort:  # DP-FedAvg: the clipped sum over the expected cohort size
+            divisor = plan.expected_cohort
+            mean = {k: {n: t * (len(updates) / divisor) for n, t in rec.items()}
+                    for k, rec in mean.items()}
+        std = central_noise_std(plan.noise_multiplier, plan.clip, divisor)
         mean = add_noise(mean, std, dp_generator(seed, CENTRAL_STREAM, rnd, UPDATE_NOISE.number(),
                                                  secret))
     else:  # local: the nodes clipped and noised already (the w coordinate included)
