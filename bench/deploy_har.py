@@ -1,6 +1,6 @@
 """Issue 12: a full real-HAR run deployed against the same run in-process.
 
-One HAR scenario with the federated default (the packaged HAR recipe: no config file), the
+One HAR scenario with the federated default (the defaults: no config file), the
 federated DANN teacher pre-training included, K edges. Deployed: Caddy proxy + loopback
 SuperLink with TLS and node auth, K `unikd edge` processes on 127.0.0.1 (launcher + warm
 executor, signed bundle), each reading only its own data folder (the windows the simulator
@@ -78,7 +78,7 @@ def main() -> int:
     report = {
         "overrides": args.set,
         "polls": {"node_poll": args.node_poll, "task_poll": args.task_poll},
-        "what": f"HAR {args.scenario}, the packaged HAR recipe (federated DANN teacher included), "
+        "what": f"HAR {args.scenario}, the defaults (federated DANN teacher included), "
                 f"K={args.clients}, seed {args.seed}: deployed (proxy + SuperLink with TLS and "
                 f"node auth, {args.clients} unikd edge processes on 127.0.0.1) vs in-process",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

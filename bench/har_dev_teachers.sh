@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14's teacher levers on the HAR development pairs (configs/har-dev-pairs.txt), centralized,
-# label-free: a larger DANN ensemble and longer DANN training, each against the shipped recipe
-# (no --config: shared/config/recipes/har.yaml, 3 members x 40 epochs) rerun by the same code. Every
-# variant trains its own teachers (its own OUT sub-folder); the students are the shipped recipe's.
+# label-free: a larger DANN ensemble and longer DANN training, each against the HAR recipe
+# (now the dataclass defaults: 3 members x 40 epochs) rerun by the same code. Every
+# variant trains its own teachers (its own OUT sub-folder); the students are the recipe's.
 # Usage: bash bench/har_dev_teachers.sh [OUT_DIR]   (run from the repo root; needs ../shared/data/HAR)
 set -euo pipefail
 DEV=$(tail -1 configs/har-dev-pairs.txt)

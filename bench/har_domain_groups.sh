@@ -4,7 +4,7 @@
 # holding a different target subject. Both teacher placements, 3 seeds. The federated DANN
 # teacher of each (group, seed) is trained once (--cache-teachers, under OUT/fed-teachers) and
 # reused by the other placement, so the second placement costs only the student rounds.
-# Without --config the bench runs the packaged HAR recipe (shared/config/recipes/har.yaml); extra
+# Without --config the bench runs the defaults (the HAR recipe, since 2026-12-06 the dataclass defaults); extra
 # arguments go to every bench call, e.g. --config configs/har-central-best.yaml
 # --set distill.cross_kd=expected, or --set distill.epochs=1 for a smoke run.
 # PLACEMENTS: any of edge, cloud, iid (the IID control below), in that order.

@@ -2,7 +2,8 @@
 # MF1 against epsilon on real HAR (issue 13). Every run uses a teacher trained on the labelled
 # source alone (fed.teacher_placement=source-only), so the DP ledger covers everything that
 # touches a target window, and the configs/har-fixes.yaml recipe (the default recipe's
-# cross_kd=expected needs each edge's un-noised mean w, which DP withholds).
+# issue-13 measurement; since issue 25 the recipe's cross_kd=expected runs under DP too, its mean
+# w inside the clipped vector: BENCHMARKS.md, "Record DP + secure aggregation with the recipe").
 #   groups: the per-domain federations of configs/har-domain-groups.txt (5 edges, each a whole
 #           target subject): off, record DP with per-node noise, record DP + secure aggregation
 #           with noise shares, client-level (central) DP at K=5 (there: person-level).

@@ -73,10 +73,7 @@ def bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     if args.data:
         overrides.append(f"data.path={Path(args.data).resolve()}")
     res = resolve_config(args.config, overrides)  # validate early, in this process
-    cfg, recipe = res.config, res.recipe
-    if recipe is not None:
-        log.info("no --config: the %s recipe (%s) is the base of every run", recipe.dataset,
-                 recipe.file)
+    cfg = res.config
     spec = resolve_spec(cfg.data)
     if args.scenarios:
         pairs = parse_scenario_list(args.scenarios)
@@ -90,9 +87,7 @@ def bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     except ValueError:
         raise UnikdError(f"--seeds {args.seeds!r}: give a comma list of integers") from None
     return BenchPlan(spec, [format_scenario(p) for p in pairs], seeds,
-                     {"file": args.config, "overrides": overrides, "label": args.label,
-                      "recipe": recipe and {"dataset": recipe.dataset, "file": recipe.file,
-                                            "sha256": recipe.digest}})
+                     {"file": args.config, "overrides": overrides, "label": args.label})
 
 
 def bench_central_cmd(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ def _yaml(tmp_path, text: str):
 def test_defaults_load():
     cfg = load_config()
     assert cfg == RunConfig().resolved()
-    assert cfg.distill.target_kd and not cfg.distill.reference_compat
+    assert not cfg.distill.target_kd and cfg.distill.cross_kd == "expected"  # issue 25
+    assert not cfg.distill.reference_compat and cfg.teacher.ensemble == 3
 
 
 def test_yaml_file_values_are_applied(tmp_path):

@@ -149,7 +149,8 @@ def test_device_loop_end_to_end(tmp_path):
                               str(root / f"models-{i}"), "--ca", str(cloud.cfg.paths.ca_crt),
                               "--key", str(priv), "--app-key", str(app_pub),
                               "--client-id", str(i), "--node-poll", str(NODE_POLL), "--port",
-                              str(free_port()), "--home", str(root / f"edge-home-{i}")])
+                              str(free_port()), "--home", str(root / f"edge-home-{i}"),
+                              "--metrics-port", "0"])  # one fixed default per host
             edges.append(start_group(f"edge-{i}", edge_cmds[i], root / f"edge-{i}.log", _env(),
                                      REPO_ROOT))
         wait_for("2 edges online", lambda: len(cli.online_nodes()) >= 2, 90)

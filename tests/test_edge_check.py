@@ -82,7 +82,8 @@ def edge(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, 
     """`unikd edge ARGS` in a fresh process; (its result, its wall time)."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "shared.cli.main", "edge", *args], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "shared.cli.main", "edge", *args,
+                           "--metrics-port", "0"], cwd=REPO,  # parallel tests: no fixed port
                           capture_output=True, text=True, timeout=timeout, env=env)
     return proc, time.monotonic() - started
 
@@ -288,7 +289,8 @@ def test_edge_joins_once_its_checks_pass(cloud, make_domain_file, tmp_path):
     log = tmp_path / "edge.log"
     node = start_group("edge", [sys.executable, "-m", "shared.cli.main", "edge", *cloud.args(),
                                 "--data", str(data), "--home", str(tmp_path / "home"),
-                                "--port", str(free_port()), "--node-poll", "0.3"],
+                                "--port", str(free_port()), "--node-poll", "0.3",
+                                "--metrics-port", "0"],
                        log, env, REPO)
     try:
         deadline = time.monotonic() + 90

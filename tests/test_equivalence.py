@@ -99,8 +99,9 @@ def test_federated_dann_teacher_equals_centralized(setup, mode):
     from server.fed.transport import Sender
 
     path, data, _ = setup
-    cfg = config(path, f"fed.local_steps_mode={mode}")
-    central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False)
+    cfg = config(path, f"fed.local_steps_mode={mode}", "teacher.ensemble=1")  # one member's
+    central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False,
+                                 grl_ramp=cfg.distill.grl_ramp)
     grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
     fed = federated_dann_teacher(Sender(grid, None), cfg, load_source(cfg), grid.node_ids,
                                  len(data.trg_train), progress=False)

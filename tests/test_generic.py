@@ -177,7 +177,7 @@ def test_teacher_command(generic_dir, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert {"trg_mf1", "src_mf1", "train_seconds", "content_hash"} <= set(results)
     teacher, _ = load_teacher(run / "teacher.pt", generic_spec(CHANNELS, LENGTH, CLASSES))
-    first = teacher.block1[0]
+    first = teacher.members[0].block1[0]  # the default teacher: a 3-member ensemble
     assert (first.kernel_size[0], first.stride[0], first.in_channels) == (14, 2, CHANNELS)
     assert teacher(torch.zeros(2, CHANNELS, LENGTH)).shape == (2, CLASSES)
 

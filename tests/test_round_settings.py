@@ -22,6 +22,7 @@ from server.fed.rounds import federate
 from server.fed.setup import setup_config
 from server.fed.teacher import teacher_round_config
 from shared.clock.schedules import grl_alpha, kd_beta, training_progress
+from shared.clock.steps import steps_per_epoch
 from shared.config import DistillConfig, load_config
 from shared.data.scenario import load_scenario
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig, flat_fields
@@ -117,7 +118,9 @@ def test_a_kd_setting_reaches_the_centralized_engine(field, monkeypatch):
     with pytest.raises(Stop):
         trainer.distill_unikd(cfg, data, teacher_for(data.spec), progress=False)
     assert seen["hp"] == expected(field.name, value)
-    assert seen["sched"] == StepSchedule.at(cfg.distill, 1, 0, 1)  # step 0 of epoch 1
+    spe = steps_per_epoch(len(data.src_train), len(data.trg_train),
+                          cfg.distill.batch_for(data.spec))
+    assert seen["sched"] == StepSchedule.at(cfg.distill, 1, 0, spe)  # step 0 of epoch 1
 
 
 def test_a_federation_trains_with_the_configs_settings_on_both_sides(monkeypatch):

@@ -214,8 +214,8 @@ def _federation(tmp_path, monkeypatch, overrides: list[str], faults=None):
         return real_grid(app, n, faults=faults,
                          tap=lambda q, r: taps.append((q.metadata.message_type, q, r)), **kw)
 
-    def secure(send, nodes, contents, rnd, fed, shapes):
-        out = real_secure(send, nodes, contents, rnd, fed, shapes)
+    def secure(send, nodes, contents, rnd, fed, shapes, *with_w):
+        out = real_secure(send, nodes, contents, rnd, fed, shapes, *with_w)
         if out[0]:
             sums[rnd] = out[0][0]
         return out
@@ -279,7 +279,9 @@ def test_record_dp_with_secure_aggregation_and_a_dropout_end_to_end(tmp_path, mo
 
     from shared.privacy.secagg_math import clip_and_check
 
-    dp = ["fed.dp=record", "fed.dp_epsilon=8"]
+    # target KD on the edge's own windows: the update is the gradients alone (the expected
+    # cross KD's w coordinate inside it: tests/test_private_w.py)
+    dp = ["fed.dp=record", "fed.dp_epsilon=8", "distill.target_kd=true"]
     plain_dir, plain_taps, _ = _federation(tmp_path / "plain", monkeypatch, [*E2E, *dp])
     run_dir, taps, sums = _federation(tmp_path / "secure", monkeypatch,
                                       [*E2E, *dp, "fed.secure_aggregation=true"],
@@ -388,7 +390,10 @@ def test_record_dp_noise_shares_leave_the_full_noise_only_in_the_sum(tmp_path, m
         return real_advertise(state, rc, cid, grads)
 
     monkeypatch.setattr(secagg, "advertise", spy)
-    dp = ["fed.dp=record", "fed.dp_epsilon=8"]
+    # the gradients alone, with the fixes-on schedules the size check below was set on (the
+    # ramped GRL keeps the un-noised step small against the noise)
+    dp = ["fed.dp=record", "fed.dp_epsilon=8", "distill.target_kd=true", "distill.grl_ramp=true",
+          "distill.beta_natural_log=true", "distill.double_target_forward=false"]
     full_dir, _, _ = _federation(tmp_path / "full", monkeypatch,
                                  [*E2E, *dp, "fed.secure_aggregation=true"],
                                  faults=_DropAtMask(1003, {1}))

@@ -171,7 +171,8 @@ def test_off_the_terms_run_nothing_and_change_nothing():
     """Weights 0 (whatever the threshold): no key, no draw from either RNG, today's loss."""
     x, teacher = batch()
     runs = []
-    for hp in (KDHparams(), KDHparams(pl_threshold=0.3)):
+    one_pass = {"double_target_forward": False}  # the reference's second pass off
+    for hp in (KDHparams(**one_pass), KDHparams(pl_threshold=0.3, **one_pass)):
         torch.manual_seed(0)
         nets, aug = UniKDNets.for_spec(SPEC).train(), gen(11)  # with dropout
         torch.manual_seed(7)
@@ -210,7 +211,8 @@ def test_pl_labels_come_from_the_teachers_plain_window_and_train_the_strong_view
 
 
 def test_with_the_teacher_in_the_cloud_the_labels_are_the_students_own():
-    hp = KDHparams(pl_weight=1.0, pl_threshold=0.2)
+    # target KD on the edge's own windows (§8.1 fix): with the teacher in the cloud, none
+    hp = KDHparams(pl_weight=1.0, pl_threshold=0.2, target_kd=True)
     x, _ = batch()
     nets = nets_without_dropout()
     torch.manual_seed(7)
@@ -246,7 +248,8 @@ ON = ["distill.im_weight=1.0", "distill.pl_weight=1.0", "distill.pl_threshold=0.
 
 
 def test_im_under_record_dp_is_refused_before_any_round():
-    cfg = load_config(overrides=[*TINY, "fed.dp=record", "distill.im_weight=0.5"])
+    cfg = load_config(overrides=[*TINY, "fed.dp=record", "distill.im_weight=0.5",
+                                 "distill.target_kd=true"])
     grid = InProcessGrid(load_component("client.node.client_app:app"), 1)
     with pytest.raises(UnikdError, match="distill.im_weight=0.5"):
         federate(grid, cfg, progress=False)

@@ -26,6 +26,7 @@ from shared.protocol import wire
 from shared.protocol.reply_shapes import teacher_up_shapes, up_shapes
 from shared.data.loaders import Normalizer
 from shared.data.datasets import DatasetSpec
+from shared.privacy.clipping import w_bounds, w_clip
 from shared.privacy.dp_sgd import sampling_rate
 from shared.unikd.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import UnikdError
@@ -176,6 +177,14 @@ def window_fingerprint(x: torch.Tensor) -> str:
     return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def w_coordinate(w_mean: float, rc: RoundConfig) -> dict[str, torch.Tensor]:
+    """The node's mean w over this round's windows as the coordinate s * w of its update
+    (wire.TARGET_W; s from shared/privacy/clipping.py): clipped, noised or masked with the
+    gradients from here on, by whoever does that in this DP mode."""
+    _, scale = w_bounds(w_clip(rc.dp_mode, rc.dp_clip, rc.secagg_clip), rc.w_share)
+    return {"w": torch.tensor([scale * w_mean], dtype=torch.float32)}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
@@ -198,9 +207,13 @@ def train(msg: Message, context: Context) -> Message:
         budget.charge(context, rc, "train")  # refused where the operator set a budget
         grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
                                               prototypes, mover)
+        if rc.w_share is not None:  # the mean w as a coordinate of the private update
+            grads["target_w"] = w_coordinate(metrics["w_mean"], rc)
         secret = node_secret(node_of(context), context.state) if rc.dp_mode == "local" else None
         grads, buffers = privatize(grads, buffers, msg.content[wire.STUDENT], rc, cid,
                                    secret)  # local DP: noise keyed by the node's secret
+        if rc.dp_mode == "local":  # the cloud is not trusted: no un-noised loss or w_mean
+            metrics = {}
         count = data.num_examples
     if rc.bn_policy == "local":
         context.state["bn-local"] = to_record(bn_buffers(nets.student, ""))
@@ -218,6 +231,8 @@ def train(msg: Message, context: Context) -> Message:
                                     "num-examples": count,
                                     "local-steps": rc.local_steps, **metrics}),
     })
+    if "target_w" in grads:
+        reply[wire.TARGET_W] = to_record(grads["target_w"])
     if buffers is not None:
         reply[wire.STUDENT_BN] = to_record(buffers)
     wire.check_outgoing(reply, up_shapes(nets))

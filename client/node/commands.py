@@ -79,10 +79,14 @@ def edge_cmd(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _term)
     proc = None
+    join = None
+    server = None
     try:
         target = join_target(args)  # checked first, and again after each failure, with backoff
+        join, server = start_metrics(args, cfg, lambda: proc is not None and proc.alive())
         results = wait_until_joinable(target, args.max_retries,
-                                      say=lambda line: print(line, file=sys.stderr, flush=True))
+                                      say=lambda line: print(line, file=sys.stderr, flush=True),
+                                      on_attempt=join.checked if join else None)
         if results is None:
             return 1
         print(summary(target, results), file=sys.stderr, flush=True)
@@ -96,8 +100,12 @@ def edge_cmd(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if join is not None:
+            join.stopped()
         if proc is not None:
             proc.stop()  # the whole group: node, its SuperExec, any ClientApp process
+        if server is not None:
+            server[0].shutdown()
     why = proc.outcome() if code else ""
     if why == "refused":
         print(f"unikd: the cloud refused this node: its key is not registered. Ask the operator "
@@ -110,6 +118,43 @@ def edge_cmd(args: argparse.Namespace) -> int:
     elif code:
         print(f"unikd: the SuperNode exited with code {code}", file=sys.stderr)
     return code
+
+
+def start_metrics(args: argparse.Namespace, cfg, supernode_alive):
+    """`--metrics-port`: this node's /metrics on 127.0.0.1 (client/node/node_metrics.py), served
+    by this process, which runs the join checks and outlives the SuperNode it starts; the
+    executor's task tallies reach it through `cfg.metrics_file`. (None, None) with port 0."""
+    from client.node.node_metrics import (STATUS_FILE, JoinState, NodeCollector,
+                                          start_node_metrics)
+
+    if not args.metrics_port:
+        return None, None
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    cfg.metrics_file = cfg.home / STATUS_FILE
+    cfg.metrics_file.unlink(missing_ok=True)  # counters start at 0 with this process
+    join = JoinState()
+    ledger = cfg.home / "dp-ledger.json" if cfg.max_epsilon > 0 else None
+    collector = NodeCollector(join, cfg.metrics_file, ledger, cfg.max_epsilon, cfg.dp_delta,
+                              cfg.model_dir, supernode_alive)
+    server = start_node_metrics(collector, args.metrics_port)
+    print(f"unikd: node metrics on http://127.0.0.1:{args.metrics_port}/metrics",
+          file=sys.stderr, flush=True)
+    return join, server
+
+
+def metrics_port(text: str) -> int:
+    """`--metrics-port`: 0..65535, the flag named in the error."""
+    from client.node.node_metrics import check_port
+
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port number (0: no metrics)"
+                                         ) from None
+    try:
+        return check_port(port)
+    except UnikdError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def keygen_cmd(args: argparse.Namespace) -> int:
@@ -128,6 +173,7 @@ def keygen_cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from client.node.node_metrics import DEFAULT_NODE_METRICS_PORT
     from client.node.supernode import DEFAULT_RUNTIME_PORT
 
     p = sub.add_parser("edge", allow_abbrev=False,
@@ -171,6 +217,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
                    help="the node's heartbeat interval (default 30, Flower's; 10..1800): the "
                         "cloud shows this node as gone at most two intervals after it died")
+    p.add_argument("--metrics-port", type=metrics_port, default=DEFAULT_NODE_METRICS_PORT,
+                   metavar="PORT",
+                   help=f"this node's Prometheus /metrics on 127.0.0.1:PORT (default "
+                        f"{DEFAULT_NODE_METRICS_PORT}; 0: none): join state, rounds per phase, "
+                        f"bytes, round latency, epsilon spent, installed version")
     p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
     p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
     p.add_argument("--check", action="store_true",

@@ -37,7 +37,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from client.node import supernode_internals
+from client.node import node_metrics, supernode_internals
 from client.node.polling import TASK_IDLE_POLL, IdleBackoff
 from client.node.warm_bundle import WarmBundle, forget_modules
 from shared.platform import app_signing, flower_pins, flower_pulls
@@ -46,6 +46,28 @@ from shared.errors import UnikdError
 log = logging.getLogger("unikd.executor")
 
 DEFAULT_TASK_POLL = 0.05  # seconds between AcquireTask calls (loopback, a few ms each)
+METRICS_RECORD = "metrics"  # shared/protocol/wire.py METRICS: every reply's MetricRecord
+
+
+def reply_report(message, reply, received: float) -> bytes:
+    """What a task tells the executor about the reply it sent (client/node/node_metrics.py):
+    phase, outcome, round, bytes each way, seconds from arrival to reply, windows used and an
+    installed version where the reply's metrics say so. Counts and numbers only."""
+    metrics = reply.content[METRICS_RECORD] if (
+        reply.has_content() and METRICS_RECORD in reply.content) else {}
+
+    def number(key: str) -> int | None:
+        value = metrics.get(key) if hasattr(metrics, "get") else None
+        return int(value) if isinstance(value, (int, float)) else None
+
+    round_ = number("round")
+    if round_ is None and str(message.metadata.group_id).isdigit():
+        round_ = int(message.metadata.group_id)
+    return node_metrics.task_report(
+        str(message.metadata.message_type), not reply.has_error(), round_, received,
+        time.time() - received, supernode_internals.content_bytes(message),
+        supernode_internals.content_bytes(reply), number("num-examples"),
+        number("model-version"))
 
 
 def bundle_modules(fab_content: bytes) -> set[str]:
@@ -126,12 +148,16 @@ def run_task(address: str, token: str, task_id: int, run_id: int, bundle_check,
                                "modules": modules}) + "\n"
             os.write(report_fd, line.encode())
 
+    def replied(message, reply, received: float) -> None:
+        if report_fd is not None:  # the node's metrics (node_metrics.NodeTally)
+            os.write(report_fd, reply_report(message, reply, received))
+
     started = time.perf_counter()
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # run_clientapp installs its own handlers
         supernode_internals.run_clientapp_checked(address, token, os.getppid(), check_and_say,
-                                                  report)
+                                                  report, replied)
         code = 0
     except SystemExit as done:  # Flower ends its task process with sys.exit
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
@@ -152,8 +178,10 @@ class Executor:
 
     def __init__(self, address: str, public, allow_unsigned: bool,
                  poll: float = DEFAULT_TASK_POLL, idle_poll: float = TASK_IDLE_POLL,
-                 trusted: str = ""):
+                 trusted: str = "", metrics_file: Path | None = None):
         self.address, self.public, self.allow_unsigned = address, public, allow_unsigned
+        # each task's outcome, for `unikd edge`'s /metrics (client/node/node_metrics.py)
+        self.tally = node_metrics.NodeTally(metrics_file) if metrics_file else None
         self.trusted = trusted  # what a refusal's log line names: "apps signed by FILE"
         self.backoff = IdleBackoff(poll, idle_poll)
         self.children: dict[int, int] = {}  # pid -> task id
@@ -179,7 +207,10 @@ class Executor:
             self.note_install(json.loads(line))
 
     def note_install(self, report: dict) -> None:
-        if "warm_failed" in report:  # its tasks fork from here again, and it is not retried
+        if "task" in report:  # a task's reply, for the node's metrics
+            if self.tally is not None:
+                self.tally.add(report["task"])
+        elif "warm_failed" in report:  # its tasks fork from here again, and it is not retried
             if self.warm is not None and self.warm.digest == report["warm_failed"]:
                 self.failed_warm.add(self.warm.digest)
                 self.retire_warm()
@@ -298,6 +329,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between task polls while tasks come")
     p.add_argument("--idle-poll", type=float, default=TASK_IDLE_POLL,
                    help="the poll backs off to this after 10 s without a task")
+    p.add_argument("--metrics-file", type=Path,
+                   help="keep each task's outcome here for `unikd edge`'s /metrics")
     return p.parse_args(argv)
 
 
@@ -326,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     flower_pulls.shorten_object_backoff()
     trusted = "" if public is None else f"apps signed by --app-key {args.app_key}"
     ex = Executor(args.runtime_api_address, public, args.allow_unsigned_apps, args.poll,
-                  args.idle_poll, trusted)
+                  args.idle_poll, trusted, args.metrics_file)
     signal.signal(signal.SIGTERM, ex.stop)
     signal.signal(signal.SIGINT, ex.stop)
     log.info("ready: polling %s every %.2fs (%.1fs when idle); %s", args.runtime_api_address,

@@ -384,14 +384,19 @@ def retry_delays(first: float = FIRST_RETRY, cap: float = MAX_RETRY) -> Iterator
 
 def wait_until_joinable(t: JoinTarget, max_retries: int | None = None,
                         say: Callable[[str], None] = print,
-                        sleep: Callable[[float], None] = time.sleep) -> list[Result] | None:
+                        sleep: Callable[[float], None] = time.sleep,
+                        on_attempt: Callable[[list[Result]], None] | None = None
+                        ) -> list[Result] | None:
     """Run the checks until they pass (their results), saying why each attempt failed and
-    when the next one is; None when a local cause stops it, or after `max_retries` retries."""
+    when the next one is; None when a local cause stops it, or after `max_retries` retries.
+    `on_attempt` gets each attempt's results (the node's metrics)."""
     delays = retry_delays()
     attempt = 0
     while True:
         attempt += 1
         results = run_checks(t)
+        if on_attempt is not None:
+            on_attempt(results)
         if results[-1].ok:
             return results
         cause = summary(t, results)

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--node-poll", type=float, default=0.1)
     p.add_argument("--idle-poll", type=float, default=NODE_IDLE_POLL)
     p.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT)
+    p.add_argument("--metrics-file", help="the executor's task tallies, for `unikd edge`'s "
+                                          "/metrics (client/node/node_metrics.py)")
     return p.parse_args(argv[:cut]), argv[cut + 1:]
 
 
@@ -53,6 +55,8 @@ def executor_command(args: argparse.Namespace) -> list[str]:
         cmd.append("--allow-unsigned-apps")
     if args.app_key:
         cmd += ["--app-key", args.app_key]
+    if args.metrics_file:
+        cmd += ["--metrics-file", args.metrics_file]
     return cmd
 
 

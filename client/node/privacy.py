@@ -3,13 +3,16 @@
 The cloud tells the node the mode, the clip bound C and the noise multiplier z in the round's
 `config` record (RoundConfig.dp_mode, dp_clip, dp_noise). Under `local` the node
 
-1. clips its student, D_f and D_d gradients together to L2 norm <= C;
+1. clips its student, D_f and D_d gradients together to L2 norm <= C (under the expected cross
+   KD to sqrt(1 - share) C, with its mean w as one more coordinate sqrt(share) C w: the whole
+   vector within C, shared/privacy/clipping.py `clip_update_with_w`);
 2. adds N(0, (2 z C)^2) per coordinate, drawn from a generator keyed by (seed, client stream,
    round) **and the node's secret** (`record_dp.node_secret`), so the cloud, which knows the run
    seed, cannot regenerate the noise and subtract it. Only the in-process simulation
    (`dp-reproducible` in the node config) draws from the seed alone, for reproducible runs;
 3. sends back the BN buffers it *received* instead of its own, so no statistic of its windows
-   leaves the node (the cloud ignores BN statistics under DP anyway).
+   leaves the node (the cloud ignores BN statistics under DP anyway), and no loss metric or
+   `w_mean` (client_app.train; the mean w travels inside the noised update, `target_w`).
 
 Under `off` and `central` nothing changes here (central clipping and noise are the cloud's).
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from shared.privacy.dp_sgd import dp_generator
-from shared.privacy.clipping import add_noise, clip_update, local_noise_std
+from shared.privacy.clipping import add_noise, clip_update, clip_update_with_w, local_noise_std
 from shared.protocol.records import RoundConfig, from_record
 from shared.clock.seeding import UPDATE_NOISE, client_stream
 
@@ -40,7 +43,10 @@ def privatize(grads: Grads, buffers: dict[str, torch.Tensor], received_student,
         return grads, buffers
     received = from_record(received_student)
     clip, z = rc.dp_clip, rc.dp_noise
-    clipped, _ = clip_update(grads, clip)
+    if "target_w" in grads:  # the mean w's coordinate: within the same bound C (clipping.py)
+        clipped, _ = clip_update_with_w(grads, "target_w", clip, rc.w_share)
+    else:
+        clipped, _ = clip_update(grads, clip)
     gen = dp_generator(rc.seed, client_stream(client), rc.round, UPDATE_NOISE.number(), secret)
     noisy = add_noise(clipped, local_noise_std(z, clip), gen)
     withheld = {k: received[k].clone() if k in received else v for k, v in buffers.items()}

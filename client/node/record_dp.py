@@ -8,7 +8,10 @@ teacher's target half gets the same treatment over teacher + discriminator param
 
 What leaves the node under record DP: the noisy gradients (post-processing of the DP-SGD
 steps), the released window count ñ (noised once, accounted) and the round's bookkeeping
-(client id, round, local steps). No BN statistics, no losses, no w_mean.
+(client id, round, local steps). No BN statistics, no losses, no w_mean metric. Under the
+expected cross KD (`rc.w_share`) each window's confusion weight w_i in [0, 1] rides inside its
+clipped vector (shared/privacy/dp_sgd.py): the node sends the noised coordinate, an estimate of
+sqrt(share) C times its mean w, as the record wire.TARGET_W, at no extra epsilon.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from shared.privacy.dp_sgd import (dp_generator, dp_sgd_gradient, frozen_bn, noisy_count,
-                                   sampling_rate)
+from shared.privacy.dp_sgd import (BOUNDED, dp_generator, dp_sgd_gradient, frozen_bn,
+                                   noisy_count, sampling_rate)
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
@@ -79,12 +82,14 @@ class TargetLoss(nn.Module):
         super().__init__()
         self.nets, self.sched, self.hp, self.prototypes = nets, sched, hp, prototypes
         self.augment: torch.Generator | None = None
+        self.with_w = False  # forward returns (loss, mean w) for the w coordinate
 
     def forward(self, x: torch.Tensor, feat: torch.Tensor | None = None,
-                logits: torch.Tensor | None = None) -> torch.Tensor:
+                logits: torch.Tensor | None = None):
         teacher = TeacherOut(feat, logits) if feat is not None else None
-        return target_terms(self.nets, x, teacher, self.sched, self.hp,
-                            prototypes=self.prototypes, augment=self.augment)["loss"]
+        t = target_terms(self.nets, x, teacher, self.sched, self.hp, prototypes=self.prototypes,
+                         augment=self.augment)
+        return (t["loss"], t["w_mean"]) if self.with_w else t["loss"]
 
 
 
@@ -112,7 +117,7 @@ def _wire_groups(flat: dict[str, torch.Tensor]) -> Grads:
 
 
 def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: SetupConfig, client: int,
-             secret: bytes | None, released: int, phase: int, sub: int
+             secret: bytes | None, released: int, phase: int, sub: int, w_share: float = 0.0
              ) -> dict[str, torch.Tensor]:
     """One DP-SGD step. With `rc.dp_shares`: no noise here (the node adds its 1/t share at SecAgg's mask
     stage, client/node/secagg.py) and the sum is divided by the batch size B itself, the same
@@ -125,7 +130,7 @@ def _dp_step(loss: nn.Module, data: tuple[torch.Tensor, ...], rc: SetupConfig, c
         dp_generator(rc.seed, stream, rc.global_step, DP_POISSON.number(offset), secret),
         dp_generator(rc.seed, stream, rc.global_step, DP_STEP_NOISE.number(offset), secret),
         before_forward=lambda: seed_side(rc.seed, stream, rc.global_step, sub=sub),
-        group_of=network_of if rc.dp_clip_scope == "per-network" else None)
+        group_of=network_of if rc.dp_clip_scope == "per-network" else None, share=w_share)
     return grads
 
 
@@ -157,21 +162,30 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
     if refusal:
         raise ValueError(f"round {rc.round}: {refusal}")
     loss = TargetLoss(nets, rc.schedule, rc.hparams, prototypes)
+    loss.with_w = rc.w_share is not None
     data = (x,) if teacher is None else (x, teacher.feat, teacher.logits)
     params = dict(loss.named_parameters())
     path = round_path(rc)
+    w_coords: list[torch.Tensor] = []  # each step's noised w coordinate (rc.w_share)
     nets.train()
 
     def gradient(j: int) -> dict[str, torch.Tensor]:
         loss.sched = step_schedule(rc, path[j])  # `both` mode: each step its own values
         loss.augment = augment_generator(rc.seed, client_stream(client), rc.global_step, sub=j)
-        return _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j)
+        g = _dp_step(loss, data, rc, client, secret, released, PHASE_UNIKD, j,
+                     rc.w_share or 0.0)
+        if BOUNDED in g:
+            w_coords.append(g.pop(BOUNDED))
+        return g
 
     if mover is not None:  # the loss module names them "nets.<name>"
         mover = mover.keyed({k: k.removeprefix("nets.") for k in params})
     with frozen_bn(nets):
         mean = local_sgd(params, steps, rc.lr, gradient, mover)
-    return _wire_groups(mean)
+    out = _wire_groups(mean)
+    if w_coords:  # the mean over the local steps, as the pseudo-gradient is
+        out["target_w"] = {"w": (sum(w_coords) / len(w_coords)).to(torch.float32)}
+    return out
 
 
 def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,

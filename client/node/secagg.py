@@ -29,6 +29,7 @@ from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, Metric
                       RecordDict)
 from flwr.clientapp import ClientApp
 
+from shared.privacy.clipping import clip_update_with_w
 from shared.privacy.dp_sgd import dp_generator
 from shared.protocol import wire
 from shared.protocol.records import RoundConfig
@@ -68,15 +69,28 @@ def noise_share_std(rc: RoundConfig) -> float:
 
 
 def update_vector(grads: dict[str, dict[str, torch.Tensor]]) -> np.ndarray:
-    """A node's update (gradients by network) as the one vector it masks, in wire-record order."""
-    vec, _ = flatten({wire.STUDENT_GRAD: grads["student"], wire.D_F_GRAD: grads["d_f"],
-                      wire.D_D_GRAD: grads["d_d"]})
+    """A node's update (gradients by network, and the mean w's coordinate where the round
+    asks for it: `target_w`) as the one vector it masks, in wire-record order (the w coordinate
+    last: "target.w" sorts after the gradient records; server/fed/secagg.py `layout_of`)."""
+    records = {wire.STUDENT_GRAD: grads["student"], wire.D_F_GRAD: grads["d_f"],
+               wire.D_D_GRAD: grads["d_d"]}
+    if "target_w" in grads:
+        records[wire.TARGET_W] = grads["target_w"]
+    vec, _ = flatten(records)
     return vec
 
 
 def advertise(state: RecordDict, rc: RoundConfig, cid: int,
               grads: dict[str, dict[str, torch.Tensor]]) -> RecordDict:
-    """Stage 0: keep the clipped update, return the public keys (the `secagg.keys` record)."""
+    """Stage 0: keep the clipped update, return the public keys (the `secagg.keys` record).
+
+    With the mean w's coordinate (`rc.w_share`) and an update nobody clipped yet (no DP, or
+    central DP whose clip is this one): the gradients are clipped to sqrt(1 - share) C and the
+    coordinate s w (s = sqrt(share) C) is kept whole, so the sum carries the exact sum of the
+    nodes' w to fixed-point precision. Under local and record DP the update, coordinate
+    included, was clipped and noised already; here C is only the range bound, as without it."""
+    if "target_w" in grads and rc.dp_mode in ("off", "central"):
+        grads, _ = clip_update_with_w(grads, "target_w", rc.secagg_clip, rc.w_share)
     vec, _ = clip_and_check(update_vector(grads), rc.secagg_clip)
     c_key, s_key = new_key(), new_key()
     state[SECRETS] = ArrayRecord({"c_sk": Array(to_u8(private_bytes(c_key))),

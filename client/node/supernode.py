@@ -57,6 +57,7 @@ class EdgeConfig:
     max_epsilon: float = 0.0  # the operator's privacy budget (client/node/budget.py); 0: none
     dp_delta: float = 1e-5  # the delta that budget is stated at
     heartbeat: float = DEFAULT_HEARTBEAT  # seconds; the cloud sees a dead node after two
+    metrics_file: Path | None = None  # the executor's task tallies (client/node/node_metrics.py)
 
     def __post_init__(self) -> None:
         self.app_key = Path(self.app_key).expanduser().resolve() if self.app_key else None
@@ -65,6 +66,8 @@ class EdgeConfig:
         self.model_dir = Path(self.model_dir).expanduser().resolve() if self.model_dir else None
         self.ca = Path(self.ca).expanduser().resolve() if self.ca else None
         self.key = Path(self.key).expanduser().resolve() if self.key else None
+        self.metrics_file = Path(self.metrics_file).expanduser().resolve() \
+            if self.metrics_file else None
         self.home = Path(self.home).expanduser().resolve() if self.home else \
             Path.home() / ".unikd" / "edge"
 
@@ -179,6 +182,8 @@ def launcher_args(cfg: EdgeConfig) -> list[str]:
         cmd += ["--app-key", str(cfg.app_key)]
     if cfg.allow_unsigned:
         cmd.append("--allow-unsigned-apps")
+    if cfg.metrics_file is not None:
+        cmd += ["--metrics-file", str(cfg.metrics_file)]
     return [*cmd, "--"]
 
 

@@ -197,23 +197,26 @@ class AppRefused(Exception):
 
 def run_clientapp_checked(address: str, token: str, parent_pid: int,
                           bundle_check: BundleCheck,
-                          on_installed: Callable[[str, Path], None] | None = None) -> None:
+                          on_installed: Callable[[str, Path], None] | None = None,
+                          on_reply: Callable | None = None) -> None:
     """Flower's own per-task ClientApp runner (what `flwr-clientapp` calls), with
     `bundle_check` run right after the task's input arrives and before the bundle is
     installed. A refusal answers the server with an error reply (so its round goes on
-    without this node) and ends the task as failed. Call in a fresh (forked) process."""
+    without this node) and ends the task as failed. Call in a fresh (forked) process.
+    `on_reply(message, reply, received)`: told of each reply once it was pushed, with the
+    message it answers and when (time.time()) that message arrived (the node's metrics)."""
     from flwr.app import Error, Message
     from flwr.common.config import get_project_dir
     from flwr.common.constant import ErrorCode
     from flwr.supernode.runtime import run_clientapp as rc
 
-    pull = rc.pull_task_input
+    pull, push = rc.pull_task_input, rc.push_message
     task_run = {}
 
     def pull_checked(client):
         """Flower's `pull_task_input`, then `bundle_check`; a refusal replies and raises."""
         message, context, run, fab = pull(client)
-        task_run["run"] = run
+        task_run.update(run=run, message=message, received=time.time())
         why = bundle_check(run.fab_hash, fab.hash_str, fab.content, dict(run.override_config))
         if why is not None:
             reply = Message(Error(code=ErrorCode.INVALID_FAB, reason=f"app refused: {why}"),
@@ -222,7 +225,18 @@ def run_clientapp_checked(address: str, token: str, parent_pid: int,
             raise AppRefused(why)
         return message, context, run, fab
 
+    def push_told(client, message, context):
+        """Flower's `push_message`, then `on_reply` (a failure there never fails the task)."""
+        result = push(client, message, context)
+        if on_reply is not None and "message" in task_run:
+            try:
+                on_reply(task_run["message"], message, task_run["received"])
+            except Exception as err:  # noqa: BLE001  metrics are never worth a lost reply
+                logging.getLogger("unikd.executor").warning("node metrics: %s", err)
+        return result
+
     rc.pull_task_input = pull_checked
+    rc.push_message = push_told
     rc.install_from_fab = install_once(
         rc.install_from_fab, lambda digest: get_project_dir(task_run["run"].fab_id,
                                                             task_run["run"].fab_version, digest),
@@ -247,3 +261,10 @@ def preload_clientapp(app_dir: Path) -> None:
     app = load_app(ref, UnikdError, app_dir)
     if not isinstance(app, ClientApp):
         raise UnikdError(f"{app_dir}: {ref} is not a ClientApp")
+
+
+def content_bytes(message) -> int:
+    """A message's records serialized as Flower sends them (0 for an error reply)."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return recorddict_to_proto(message.content).ByteSize() if message.has_content() else 0

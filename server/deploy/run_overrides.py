@@ -11,18 +11,16 @@ def config_overrides(config: str | None, sets: list[str]) -> list[str]:
     """The run's config as `section.key=value` overrides of the defaults, validated here.
 
     The cloud rebuilds exactly this RunConfig from the defaults, so a config file on the
-    submitting machine need not exist on the cloud. Without a config file there, the cloud
-    applies the dataset's recipe (shared/config/schema.py) under these values, from the same app
-    bundle: so every key that differs from the defaults OR from that recipe travels.
+    submitting machine need not exist on the cloud: every key that differs from the defaults
+    travels, and the cloud reads the same defaults from the same app bundle.
     """
     from shared.config import RunConfig, load_config
 
     cfg = load_config(config, sets)
     want, base = _flat(cfg.to_dict()), _flat(RunConfig().to_dict())
-    recipe = _flat(load_config(None, [f"data.dataset={cfg.data.dataset}"]).to_dict())
     out = []
     for key, value in want.items():
-        if value == base.get(key) and value == recipe.get(key):
+        if value == base.get(key):
             continue
         text = value if isinstance(value, str) else json.dumps(value)
         if not text or any(c.isspace() for c in text):

@@ -39,6 +39,7 @@ from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from server.fed.aggregate import ClientUpdate, add_grads, compose_bn, weighted_mean
+from server.fed.dp.w_coordinate import private_w_scale
 from server.fed.dp.federation import DpPlan
 from server.fed.secagg import masking_clip
 from server.fed.server_step import adam_preconditioner, apply_server_step
@@ -53,6 +54,7 @@ from shared.data.datasets import DatasetSpec, parse_scenario
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            make_optimizers, source_terms, target_passes, teacher_outputs,
                            zero_all)
+from shared.privacy.clipping import w_from_coordinate
 from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
@@ -94,6 +96,18 @@ def target_w_mean(updates: list[ClientUpdate]) -> float:
     """
     total = sum(u.num_examples for u in updates)
     return sum((u.num_examples / total) * float(u.metrics["w_mean"]) for u in updates)
+
+
+def private_w_mean(updates: list[ClientUpdate], scale: float) -> float:
+    """The clients' mean w from the w coordinate (wire.TARGET_W) of what the cloud applies under
+    DP or secure aggregation: the coordinate is s * w, s = `scale` (shared/privacy/clipping.py),
+    aggregated as the gradients are (record DP: weighted by the released counts; client-level
+    DP and secure aggregation: one uniform mean), so the product rule's two halves of the
+    expected cross KD keep one weighting. Noise can push it outside [0, 1]: clamped there."""
+    if not updates:
+        return 0.0
+    return w_from_coordinate(float(weighted_mean(updates, wire.TARGET_W)["w"].double().sum()),
+                             scale)
 
 
 def sim_setup(cfg: RunConfig, source: SourceData) -> SimSetup:
@@ -238,7 +252,15 @@ class Cloud:
             rc.secagg, rc.secagg_bits = True, f.secagg_bits
             rc.secagg_clip = masking_clip(f)
             rc.dp_shares = rc.dp_mode == "record" and f.record_noise == "shares"
+        if self.w_scale is not None:  # the mean w inside the private update (wire.TARGET_W)
+            rc.w_share = f.w_share
         return rc
+
+    @property
+    def w_scale(self) -> float | None:
+        """The scale s of the w coordinate (`private_w_mean`) where the expected cross KD runs
+        under DP or secure aggregation; None where the cloud reads the metric w_mean."""
+        return private_w_scale(self.cfg)
 
     def reported_nets(self) -> UniKDNets:
         """The nets the run evaluates and delivers: the EMA student and adapter when

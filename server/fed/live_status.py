@@ -141,6 +141,7 @@ class LiveStatus:
         if self.path is None:
             return
         line = json.dumps({"kind": KIND_OF[type(record)], "t": time.time(), **asdict(record)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # the run folder may come later
         with open(self.path, "a") as f:  # one write of a whole line: readers see whole lines
             f.write(line + "\n")
 

@@ -20,7 +20,7 @@ from server.fed.aggregate import (ClientUpdate, norm_summary, parse_aggregator, 
 from server.fed import delivery
 from server.fed.cohort import CohortPolicy, Roster, eval_sample
 from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source, round_plan,
-                              sim_setup, target_w_mean)
+                              private_w_mean, sim_setup, target_w_mean)
 from server.fed.ledger import Ledger
 from server.fed import live_status
 from server.fed.live_status import LiveStatus
@@ -32,6 +32,7 @@ from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_reco
                                       check_teacher_source, plan_run_privacy,
                                       teacher_round_charges, train_records)
 from server.fed.dp.record_level import RecordLedger
+from server.fed.dp.w_coordinate import w_coordinate_summary
 from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
@@ -192,13 +193,27 @@ def check_cross_kd(cfg: RunConfig) -> None:
     """The reference's cross-domain KD (target_kd=false): split exactly, or dropped with a warning."""
     if cfg.distill.target_kd:
         return
+    private = cfg.fed.dp != "off" or cfg.fed.secure_aggregation
     if cfg.distill.cross_kd == "expected":
-        if cfg.fed.dp != "off" or cfg.fed.secure_aggregation:
-            raise UnikdError("distill.cross_kd=expected needs each client's mean w, which DP "
-                             "and secure aggregation withhold; use distill.target_kd=true there")
         log.info("distill.cross_kd=expected: the reference's cross-domain KD in expectation, "
                  "split between cloud and edges")
+        summary = w_coordinate_summary(cfg)
+        if summary is not None:  # derived values, stated (also in privacy.json)
+            log.info("the clients' mean w rides in the private update (fed.dp=%s, secure "
+                     "aggregation %s): one coordinate s*w with s = sqrt(fed.w_share=%g) * C = "
+                     "%.4g, gradients clipped to sqrt(1 - %g) * C = %.4g, C = %s = %g (%s)",
+                     cfg.fed.dp, cfg.fed.secure_aggregation, summary["w_share"],
+                     summary["w_scale"], summary["w_share"], summary["gradient_bound"],
+                     summary["source"], summary["bound"], summary["bound_of"])
         return
+    if private:
+        raise UnikdError(f"distill.cross_kd=paired with distill.target_kd=false: the reference's "
+                         f"cross-domain KD pairs source window i with target window i, a "
+                         f"per-window product that cannot be split between cloud and edge "
+                         f"without sending per-window values, which fed.dp={cfg.fed.dp} / "
+                         f"fed.secure_aggregation={cfg.fed.secure_aggregation} forbid. Use "
+                         f"distill.cross_kd=expected (its expectation, which they carry) or "
+                         f"distill.target_kd=true")
     log.warning("distill.target_kd=false: the reference's 'target' KD pairs source sample i "
                 "with target sample i and cannot be split between cloud and edge; the "
                 "federation drops the target KD term instead (spec §9.2; distill.cross_kd="
@@ -406,13 +421,15 @@ def write_round_status(fed: Federation, rnd: int, row: dict | None, replies: lis
 def exchange(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict]):
     """Send the round, collect the replies; (valid updates, replies, errors, secagg stats)."""
     rnd, shapes = opened.number, up_shapes(fed.cloud.nets)
+    with_w = opened.config.w_share is not None  # the mean w inside the private update
     if fed.cfg.fed.secure_aggregation:  # four exchanges; the cloud learns only the sum
         updates, replies, sa_row = secure_updates(fed.send, fed.cohort, contents, rnd,
-                                                  fed.cfg.fed, shapes)
+                                                  fed.cfg.fed, shapes, with_w)
         errors: list[ReplyError] = []
     else:
         replies = fed.send(contents, wire.TRAIN, rnd)
-        updates, errors = split_replies(replies, rnd, shapes, train_records(fed.privacy),
+        records = train_records(fed.privacy) + ((wire.TARGET_W,) if with_w else ())
+        updates, errors = split_replies(replies, rnd, shapes, records,
                                         echo={"local-steps": opened.config.local_steps})
         sa_row = {}
     if fed.privacy is not None:  # record DP: every node asked spent its steps
@@ -455,14 +472,21 @@ def record_cohort(fed: Federation, rnd: int, replies: list[Message]) -> None:
 def finish_round(fed: Federation, opened: CloudRound, updates: list[ClientUpdate]) -> dict:
     """Aggregate the valid updates (privately under DP) and close the cloud's round; the DP
     stats."""
+    scale = fed.cloud.w_scale  # None: the metric w_mean; else the private update's coordinate
     if fed.privacy is not None:  # DP modes: clipped/noised updates, source-only BN statistics
         combined, dp_row = fed.privacy.aggregate(updates, fed.cfg.seed, opened.number,
                                                  len(fed.result.rounds))
-        fed.cloud.finish_round(combined)
+        target_w = private_w_mean(combined, scale) if opened.cross_kd else None
+        fed.cloud.finish_round(combined, target_w)
+        if target_w is not None:
+            dp_row["w_mean_private"] = target_w
         return dp_row
-    fed.cloud.finish_round(robust_combine(updates, fed.cfg.fed.aggregator),
-                           target_w_mean(updates) if opened.cross_kd else None)
-    return {}
+    if opened.cross_kd:  # secure aggregation: the coordinate of the one summed update
+        target_w = target_w_mean(updates) if scale is None else private_w_mean(updates, scale)
+    else:
+        target_w = None
+    fed.cloud.finish_round(robust_combine(updates, fed.cfg.fed.aggregator), target_w)
+    return {} if scale is None or target_w is None else {"w_mean_private": target_w}
 
 
 def record_round(fed: Federation, opened: CloudRound, contents: dict[int, RecordDict],

@@ -17,7 +17,9 @@ A round whose U0, U1, U2 or set of unmasking replies falls below t is skipped cl
 is applied and the round is logged. The cloud sees no individual update, so it cannot check one:
 the nodes clip and range-check their own update before masking (shared/privacy/secagg_math.py). The sum
 is applied as the uniform mean of the survivors' updates; BN statistics and scalar metrics are
-not sent under secure aggregation (the cloud keeps source-only BN statistics).
+not sent under secure aggregation (the cloud keeps source-only BN statistics). Under the expected
+cross KD the nodes' mean w is one more coordinate of the masked vector (wire.TARGET_W, last in
+`layout_of`), so the cloud learns the survivors' mean w and nothing else about it.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[int, RecordDict], str, int], list[Message]]
 
 
-def layout_of(shapes: dict[str, dict[str, tuple[int, ...]]]) -> list:
-    """The flattening order both sides use: gradient records, then names, sorted."""
-    return [(rec, name, shapes[rec][name]) for rec in sorted(wire.GRAD_KEYS)
+def layout_of(shapes: dict[str, dict[str, tuple[int, ...]]], with_w: bool = False) -> list:
+    """The flattening order both sides use: gradient records, then names, sorted; with `with_w`
+    the mean w's coordinate (wire.TARGET_W) too, which sorts last (client/node/secagg.py)."""
+    keys = wire.W_UPDATE_KEYS if with_w else wire.GRAD_KEYS
+    return [(rec, name, shapes[rec][name]) for rec in sorted(keys)
             for name in sorted(shapes[rec])]
 
 
@@ -69,7 +73,7 @@ def _config(rnd: int, **sets) -> ConfigRecord:
 
 def secure_round(send: Send, nodes: list[int], contents: dict[int, RecordDict], rnd: int,
                  fraction: float, clip: float, bits: int,
-                 shapes: dict[str, dict[str, tuple[int, ...]]]
+                 shapes: dict[str, dict[str, tuple[int, ...]]], with_w: bool = False
                  ) -> tuple[ClientUpdate | None, list[Message], dict]:
     """(the survivors' mean update, or None when the round is skipped; all replies; stats)."""
     replies: list[Message] = []
@@ -103,7 +107,8 @@ def secure_round(send: Send, nodes: list[int], contents: dict[int, RecordDict], 
                                         for i in u1 if i != j}),
         wire.SECAGG_CONFIG: mask_cfg}) for j in u1}
     masked = stage(inboxes, wire.SECAGG_MASK_TYPE, wire.SECAGG_MASKED)
-    length = sum(int(np.prod(s)) for _, _, s in layout_of(shapes))
+    layout = layout_of(shapes, with_w)
+    length = sum(int(np.prod(s)) for _, _, s in layout)
     u2 = sorted(n for n in masked if masked[n][wire.SECAGG_MASKED]["y"].shape == (length,))
     dropped = sorted(set(u1) - set(u2))
     stats.update(secagg_u2=len(u2), secagg_dropped=len(dropped))
@@ -123,7 +128,7 @@ def secure_round(send: Send, nodes: list[int], contents: dict[int, RecordDict], 
     except SecAggError as err:
         return _skip(rnd, f"unmasking failed: {err}", replies, stats)
     mean = decode(total, clip, bits) / len(u2)
-    arrays = unflatten(mean, layout_of(shapes))
+    arrays = unflatten(mean, layout)
     update = ClientUpdate(-1, len(u2), {**arrays, wire.STUDENT_BN: {}}, {})
     return update, replies, stats
 
@@ -170,14 +175,16 @@ def masking_clip(fed) -> float:
 
 
 def secure_updates(send: Send, nodes: list[int], contents: dict[int, RecordDict], rnd: int,
-                   fed, shapes: dict) -> tuple[list[ClientUpdate], list[Message], dict]:
-    """The round loop's entry point: ([the survivors' mean] or [] when skipped, replies, row)."""
+                   fed, shapes: dict, with_w: bool = False
+                   ) -> tuple[list[ClientUpdate], list[Message], dict]:
+    """The round loop's entry point: ([the survivors' mean] or [] when skipped, replies, row).
+    `with_w`: the masked vector ends with the nodes' w coordinate (wire.TARGET_W)."""
     clip = masking_clip(fed)
     if fed.aggregator != "mean":
         log.warning("fed.aggregator=%s needs individual updates; under secure aggregation the "
                     "cloud has only the sum", fed.aggregator)
     update, replies, row = secure_round(send, nodes, contents, rnd, fed.secagg_threshold, clip,
-                                        fed.secagg_bits, shapes)
+                                        fed.secagg_bits, shapes, with_w)
     if update is not None and update.num_examples < fed.min_clients:
         row["secagg_skipped"] = f"{update.num_examples} survivors < fed.min_clients"
         update = None

@@ -49,8 +49,10 @@ class ScheduleClock:
 
     steps_per_epoch: int
     epochs: int  # distill.epochs: where the schedules end
-    beta_natural_log: bool = True
-    grl_ramp: bool = True
+    # the run config's defaults (distill.beta_natural_log, distill.grl_ramp: the official code's
+    # schedules, issue 25's one default)
+    beta_natural_log: bool = False
+    grl_ramp: bool = False
 
     def at(self, global_step: int) -> tuple[int, int]:
         """(1-based epoch, 0-based step inside it) of a 0-based global step."""

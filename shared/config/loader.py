@@ -1,4 +1,4 @@
-"""Strict loading: defaults <- dataset recipe <- YAML file <- `--set` overrides.
+"""Strict loading: defaults <- YAML file <- `--set` overrides.
 
 An unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the key and
 the file.
@@ -6,11 +6,8 @@ the file.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import logging
-import re
 import types
 import typing
 from dataclasses import dataclass
@@ -138,73 +135,27 @@ def _read_file(path: str | Path) -> dict[str, Any]:
     return loaded or {}
 
 
-# ---------------------------------------------------------------- dataset recipes
-
-RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data (pyproject)
-
-
-@dataclass(frozen=True, eq=False)
-class Recipe:
-    """A dataset's recommended settings, `shared/config/recipes/<dataset>.yaml`, validated."""
-
-    dataset: str
-    file: str  # where it was read from
-    tree: dict[str, Any]  # the file's mapping
-    digest: str  # sha256 of the file's bytes, first 12 hex digits (recorded by the benches)
-
-
-def find_recipe(dataset: str) -> Recipe | None:
-    """The recipe shipped for `dataset` (case-insensitive), or None when it has none.
-
-    Validated like a config file (unknown key, wrong type, out of range: an error naming the
-    recipe file); a recipe names no input path and no other dataset."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", dataset or ""):
-        return None
-    path = RECIPE_DIR / f"{dataset.lower()}.yaml"
-    if not path.is_file():
-        return None
-    file = str(path)
-    tree = _read_file(path)
-    from_dict(RunConfig, tree, file)
-    check_reference_compat(tree, file)
-    named = (tree.get("data") or {}).get("dataset", dataset)
-    if str(named).upper() != dataset.upper():
-        raise ConfigError("data.dataset", f"the recipe for {dataset.upper()} names {named!r}", file)
-    for key in _path_keys(tree, RunConfig):
-        raise ConfigError(key, "a recipe may not set an input path (give it with --set or a "
-                               "config file)", file)
-    return Recipe(dataset.upper(), file, tree, hashlib.sha256(path.read_bytes()).hexdigest()[:12])
-
-
 @dataclass
 class Resolution:
     """A resolved config and where each value that is not a dataclass default came from."""
 
     config: RunConfig
-    recipe: Recipe | None  # applied over the defaults (only when no config file is given)
-    sources: dict[str, str]  # dotted key -> the config file, "--set" or the recipe file
+    sources: dict[str, str]  # dotted key -> the config file or "--set"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                recipe: bool = True) -> RunConfig:
-    """Defaults <- dataset recipe <- YAML file <- `--set` overrides; see `resolve_config`."""
-    res = resolve_config(path, overrides, recipe)
-    if res.recipe is not None:
-        log.info("recipe %s applied (no config file given): %s; --set values override it",
-                 res.recipe.dataset, res.recipe.file)
-    return res.config
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file <- `--set` overrides; see `resolve_config`."""
+    return resolve_config(path, overrides).config
 
 
-def resolve_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                   recipe: bool = True) -> Resolution:
-    """Defaults <- dataset recipe <- YAML file <- `--set` overrides, validated at every layer,
-    then presets applied.
+def resolve_config(path: str | Path | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> Resolution:
+    """Defaults <- YAML file <- `--set` overrides, validated at every layer, then presets applied.
 
-    The dataset's recipe (`shared/config/recipes/<dataset>.yaml`, `find_recipe`) is applied only when
-    no config file is given: a config file is a complete base over the dataclass defaults, so a
-    file means the same thing whatever the recipes say. A value set in the file or with `--set`
-    is never overridden; datasets without a recipe use the dataclass defaults. `recipe=False`
-    skips the recipe layer.
+    The dataclass defaults are the one recommendation for every dataset (issue 25: chosen on
+    both development sets, HAR and HHAR_SA); no dataset has settings of its own. A value set in
+    the file or with `--set` is never overridden.
 
     Relative input paths (fields marked PATH) are made absolute: against the config file's
     folder for values from the file, against the working directory for `--set` values, so a
@@ -232,24 +183,7 @@ def resolve_config(path: str | Path | None = None, overrides: list[str] | tuple[
         check_reference_compat(tree, "--set" if key.startswith("distill.") else file)
         sources[key] = "--set"
     _absolute_paths(tree, RunConfig, Path.cwd())
-    found = None
-    if recipe and not path:
-        found = find_recipe(from_dict(RunConfig, tree, file).data.dataset)
-    if found is not None:
-        given = tree.get("distill") or {}
-        tree = _merge(found.tree, tree)
-        _check_recipe_preset(tree, given, found)
-        for key in _leaf_keys(found.tree):
-            sources.setdefault(key, found.file)
-    return Resolution(from_dict(RunConfig, tree, file).resolved(), found, sources)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`base` with every value of `over` on top (sections merged key by key); copies."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return Resolution(from_dict(RunConfig, tree, file).resolved(), sources)
 
 
 def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -257,34 +191,6 @@ def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     for k, v in tree.items():
         out += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + str(k)]
     return out
-
-
-def _path_keys(tree: dict[str, Any], cls: type, prefix: str = "") -> list[str]:
-    """Dotted keys of `tree` that set an input path (fields marked PATH) to a non-empty value."""
-    out: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        value = tree.get(f.name)
-        if f.metadata.get("path") and value:
-            out.append(prefix + f.name)
-        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict):
-            out += _path_keys(value, hints[f.name], f"{prefix}{f.name}.")
-    return out
-
-
-def _check_recipe_preset(tree: dict[str, Any], given: dict[str, Any], found: Recipe) -> None:
-    """A switch the user set (`given`) that the recipe's `reference_compat: true` would force
-    otherwise is a contradiction the user must resolve: never override what they set."""
-    d = from_dict(RunConfig, tree, "--set").distill
-    if not d.reference_compat or "reference_compat" in given:
-        return  # a user's own reference_compat was checked against their switches already
-    conflict = _reference_conflict(d, given)
-    if conflict:
-        name, forced = conflict
-        raise ConfigError(f"distill.{name}", f"is {getattr(d, name)} but the "
-                          f"{found.dataset} recipe ({found.file}) sets "
-                          f"distill.reference_compat, which sets it to {forced}; also give "
-                          f"distill.reference_compat=false, or drop this value", "--set")
 
 
 def check_reference_compat(tree: dict[str, Any], source: str | None) -> None:

@@ -97,6 +97,7 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.supercore.object_ref", "load_app",
      ("module_attribute_str", "error_type", "project_dir")),
     ("flwr.supernode.runtime.run_clientapp", "push_message", ("client", "message", "context")),
+    ("flwr.common.serde", "recorddict_to_proto", ("recorddict",)),
     ("flwr.supercore.runtime", "RuntimeHttpClient", None),
     ("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor", ("component_name",)),
     ("flwr.proto.runtime_pb2", "AcquireTaskRequest", None),
@@ -109,6 +110,7 @@ SUPERNODE_SIDE: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("flwr.supernode.fleet_http_connection", "HEARTBEAT_DEFAULT_INTERVAL", None),
     ("flwr.supercore.heartbeat", "HEARTBEAT_DEFAULT_INTERVAL", None),
     ("flwr.common.constant", "HEARTBEAT_MAX_INTERVAL", None),
+    ("flwr.common.constant", "HEARTBEAT_MIN_INTERVAL", None),
 )
 
 # used by the edge's join check (client/node/fleet_probe.py)

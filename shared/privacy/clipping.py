@@ -80,3 +80,46 @@ def local_noise_std(noise_multiplier: float, clip: float) -> float:
 
 def central_noise_std(noise_multiplier: float, clip: float, n: int) -> float:
     return noise_multiplier * clip / max(n, 1)
+
+
+# ---------------------------------------------------------------- the w coordinate
+# The expected cross-domain KD (distill.cross_kd=expected) needs, on the cloud, the clients' mean
+# confusion weight w in [0, 1]: an aggregate, never a per-window value. Under DP or secure
+# aggregation it travels as ONE more coordinate of the update that is clipped, noised and summed
+# privately (the record wire.TARGET_W), never beside it. The coordinate is s * w with the public
+# scale s = sqrt(share) * C, and the gradient part is clipped to sqrt(1 - share) * C, so the whole
+# vector's L2 norm is at most C: the bound every mechanism here is calibrated for (record DP:
+# dp_sgd.py, per window; client-level DP and secure aggregation: per update, below).
+
+
+def w_bounds(clip: float, share: float) -> tuple[float, float]:
+    """(the gradient part's L2 bound, the w coordinate's scale s) inside a vector bounded by
+    `clip` = C: sqrt(1 - share) C and sqrt(share) C, whose squares sum to C^2."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"fed.w_share={share}: must lie in (0, 1)")
+    return math.sqrt(1.0 - share) * clip, math.sqrt(share) * clip
+
+
+def w_clip(dp_mode: str, dp_clip: float, secagg_clip: float) -> float:
+    """The bound C the w coordinate shares: the DP clip under any DP mode (record: one window's
+    vector; central, local: one update's), else secure aggregation's own range bound."""
+    return dp_clip if dp_mode != "off" else secagg_clip
+
+
+def clip_update_with_w(update: Update, w_key: str, clip: float, share: float
+                       ) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
+    """`clip_update` for an update whose record `w_key` holds the w coordinate s * w: every other
+    record scaled to norm <= sqrt(1 - share) C, the coordinate clamped into [0, s] (a node that
+    sent more cannot exceed the bound). The whole stays within C. Returns (copy, norm before,
+    of the gradient part)."""
+    grad_clip, scale = w_bounds(clip, share)
+    grads = {k: v for k, v in update.items() if k != w_key}
+    clipped, norm = clip_update(grads, grad_clip)
+    clipped[w_key] = {k: t.clamp(0.0, scale) for k, t in update[w_key].items()}
+    return clipped, norm
+
+
+def w_from_coordinate(value: float, scale: float) -> float:
+    """The mean w from an aggregated (possibly noised) coordinate: value / s, clamped into
+    [0, 1] (post-processing: noise can push the estimate outside the range w lives in)."""
+    return min(1.0, max(0.0, value / scale))

@@ -11,6 +11,15 @@ One DP-SGD step on a node holding n windows, with released (noisy) count ñ and 
 4. the clipped gradients are summed, N(0, (z C)^2) is added to every coordinate, and the sum is
    divided by the *expected* batch size q ñ (a public constant, not the realised batch size).
 
+A per-window value in [0, 1] may ride with the gradient (`share` > 0, the UNI-KD target loss's
+confusion weight w_i, needed by the cloud's half of the expected cross-domain KD): window i's
+vector is then (its gradient clipped to sqrt(1 - share) C, sqrt(share) C w_i). Its squared norm
+is at most (1 - share) C^2 + share C^2 = C^2, so adding or removing one window still moves the
+sum by at most C in L2, exactly the sensitivity the accountant assumes; the value's coordinate
+gets the same N(0, (z C)^2) as every other and the same divisor, so it is released by the same
+Gaussian mechanism at no extra epsilon. After the division it estimates sqrt(share) C times the
+mean w over the node's windows (E[sum over the Poisson batch] = q sum over all windows).
+
 The accountant (server/fed/dp/) composes a Poisson-subsampled Gaussian with rate q and
 multiplier z for every such step. The count ñ = n + round(N(0, s^2)) is released once and is
 itself a Gaussian mechanism of sensitivity 1 in the same ledger.
@@ -19,6 +28,7 @@ itself a Gaussian mechanism of sensitivity 1 in the same ledger.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -80,21 +90,25 @@ def frozen_bn(module: nn.Module) -> Iterator[None]:
             m.train(was)
 
 
-def per_sample_grads(loss_module: nn.Module, batch: tuple[torch.Tensor, ...]
-                     ) -> dict[str, torch.Tensor]:
+BOUNDED = "bounded"  # dp_sgd_gradient's key of the per-window value's coordinate (`share` > 0)
+
+
+def per_sample_grads(loss_module: nn.Module, batch: tuple[torch.Tensor, ...], aux: bool = False
+                     ):
     """{parameter name: [B, *shape]}: the gradient of `loss_module(*one_window)` per window.
 
-    `loss_module.forward` takes one-window batches (leading dim 1) and returns a scalar loss.
+    `loss_module.forward` takes one-window batches (leading dim 1) and returns a scalar loss, or
+    with `aux` a pair (loss, value): the values come back too, as a second result [B].
     Dropout masks differ per window (`randomness="different"`), drawn from the global torch RNG.
     """
     params = {k: p.detach() for k, p in loss_module.named_parameters()}
     buffers = dict(loss_module.named_buffers())
 
-    def one(p: dict[str, torch.Tensor], *sample: torch.Tensor) -> torch.Tensor:
+    def one(p: dict[str, torch.Tensor], *sample: torch.Tensor):
         return functional_call(loss_module, (p, buffers), tuple(s.unsqueeze(0) for s in sample))
 
     dims = (None, *([0] * len(batch)))
-    return vmap(grad(one), in_dims=dims, randomness="different")(params, *batch)
+    return vmap(grad(one, has_aux=aux), in_dims=dims, randomness="different")(params, *batch)
 
 
 def per_sample_norms(per_sample: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -104,14 +118,27 @@ def per_sample_norms(per_sample: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def clipped_sum(per_sample: Mapping[str, torch.Tensor], clip: float,
-                group_of: Callable[[str], str] | None = None
+                group_of: Callable[[str], str] | None = None,
+                bounded: torch.Tensor | None = None, share: float = 0.0
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(sum_i g_i * min(1, C / ||g_i||), the norms before clipping).
 
     `group_of` (parameter name -> network) clips each network's part of a window's gradient
     on its own, to C / sqrt(G) for G networks, so the whole stays within C (the sensitivity is
     unchanged) while no network's gradient can crowd the others out of the bound.
+
+    `bounded` ([B], each clamped into [0, 1]) with `share` in (0, 1): the gradients are clipped
+    to sqrt(1 - share) C instead (each network to that over sqrt(G)), and the sum gets one more
+    entry, BOUNDED = [sum_i sqrt(share) C v_i]: every window's whole vector stays within C
+    (module docstring).
     """
+    if bounded is not None:
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"share {share}: the per-window value needs a share in (0, 1) of C^2")
+        out, norms = clipped_sum(per_sample, math.sqrt(1.0 - share) * clip, group_of)
+        scale = math.sqrt(share) * clip
+        out[BOUNDED] = (scale * bounded.detach().double().clamp(0.0, 1.0).sum()).reshape(1)
+        return out, norms
     if group_of is None:
         norms = per_sample_norms(per_sample)
         factor = (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
@@ -145,18 +172,32 @@ def dp_sgd_gradient(loss_module: nn.Module, data: tuple[torch.Tensor, ...], q: f
                     clip: float, z: float, expected_batch: float,
                     sample_gen: torch.Generator, noise_gen: torch.Generator,
                     before_forward: Callable[[], None] | None = None,
-                    group_of: Callable[[str], str] | None = None
+                    group_of: Callable[[str], str] | None = None, share: float = 0.0
                     ) -> tuple[dict[str, torch.Tensor], int]:
     """One DP-SGD gradient over `data` (tensors indexed by window): (gradient by name, batch size).
 
+    With `share` > 0 the loss module returns (loss, value in [0, 1]) per window and the result
+    holds BOUNDED too: (sum_i sqrt(share) C v_i + N(0, (z C)^2)) / expected batch, its noise
+    drawn after every parameter's (so the parameters' noise is the draw it is without it).
     An empty Poisson batch still releases noise: the output's distribution must not reveal it.
     """
     idx = poisson_batch(len(data[0]), q, sample_gen)
     if before_forward is not None:
         before_forward()
+    with_value = share > 0
     if len(idx):
-        summed, _ = clipped_sum(per_sample_grads(loss_module, tuple(d[idx] for d in data)), clip,
-                                group_of)
+        batch = tuple(d[idx] for d in data)
+        if with_value:
+            per, values = per_sample_grads(loss_module, batch, aux=True)
+            summed, _ = clipped_sum(per, clip, group_of, values, share)
+        else:
+            summed, _ = clipped_sum(per_sample_grads(loss_module, batch), clip, group_of)
     else:
         summed = {k: torch.zeros_like(p) for k, p in loss_module.named_parameters()}
-    return noisy_mean(summed, z * clip, expected_batch, noise_gen), len(idx)
+        if with_value:
+            summed[BOUNDED] = torch.zeros(1, dtype=torch.float64)
+    value = summed.pop(BOUNDED, None)
+    out = noisy_mean(summed, z * clip, expected_batch, noise_gen)
+    if value is not None:
+        out.update(noisy_mean({BOUNDED: value}, z * clip, expected_batch, noise_gen))
+    return out, len(idx)

@@ -138,6 +138,10 @@ class RoundConfig(SetupConfig):
     secagg: bool = False  # secure aggregation: the train reply carries public keys only
     secagg_clip: float = 0.0  # L2 bound the node clips its update to before masking
     secagg_bits: int = 24  # fixed-point bits per clip unit in Z_{2^64}
+    # the expected cross KD under DP or secure aggregation: the share of the squared L2 bound the
+    # node's mean w takes as one more coordinate of its private update (fed.w_share, record
+    # wire.TARGET_W); None (not on the wire): the cloud reads the metric w_mean, no coordinate
+    w_share: float | None = None
     # no node reads it (the message type says what a message is); it stays on the wire so a
     # round's bytes, which the communication ledger counts, stay as measured
     phase: str = "unikd"

@@ -3,7 +3,8 @@ direction.
 
 Down (cloud -> edge): model weights, the round's schedule and settings, the dataset's model
 shape, normalisation stats and, once, the frozen teacher. Up (edge -> cloud): gradients shaped
-exactly like parameters, BN running statistics, and scalar metrics from a fixed list. Nothing
+exactly like parameters, BN running statistics, scalar metrics from a fixed list and, under DP
+or secure aggregation with the expected cross KD, one number (TARGET_W) inside the private update. Nothing
 with a per-sample dimension and no label ever goes up: `check_outgoing` enforces it on every
 client reply.
 """
@@ -60,6 +61,14 @@ STUDENT_GRAD = "student.grad"  # (pseudo-)gradient for student + adapter paramet
 D_F_GRAD = "d_f.grad"
 D_D_GRAD = "d_d.grad"
 STUDENT_BN = "student.bn"  # BN running statistics after the local steps
+TARGET_W = "target.w"  # distill.cross_kd=expected under fed.dp or secure aggregation only:
+#   array "w" [1] = s * (the node's mean confusion weight over its windows, a number in [0, 1]),
+#   s the public scale of shared/privacy/clipping.py w_bounds; under record DP its DP-SGD
+#   estimate (noised with the gradients, per-window bound included), under local DP noised with
+#   the update; under secure aggregation one more coordinate of the masked vector, never sent
+#   alone. One number per node: nothing per window. Without DP and secure aggregation the cloud
+#   reads the metric `w_mean` instead
+TARGET_W_SHAPES = {"w": (1,)}
 TEACHER_GRAD = "teacher.grad"  # federated DANN: target-domain gradient for the teacher
 TEACHER_DISC_GRAD = "teacher-disc.grad"
 TEACHER_BN = "teacher.bn"
@@ -95,6 +104,7 @@ PACKED = "packed"
 
 GRAD_RECORDS = {STUDENT_GRAD: STUDENT, D_F_GRAD: D_F, D_D_GRAD: D_D}
 GRAD_KEYS = tuple(GRAD_RECORDS)  # a client's update: the three gradient records together
+W_UPDATE_KEYS = (*GRAD_KEYS, TARGET_W)  # ... and the w coordinate where it travels (TARGET_W)
 
 TEACHER_DANN_DOM = "teacher-dann-dom"
 # Scalars a client may report. Each is a count or a mean over its batches, never per sample.
@@ -140,7 +150,8 @@ def expected_up_shapes(student_state: Mapping, d_f_state: Mapping, d_d_state: Ma
                        student_buffers: Mapping) -> dict[str, dict[str, tuple[int, ...]]]:
     """Exact shapes allowed per upward ArrayRecord, taken from the models themselves."""
     return {STUDENT_GRAD: shapes_of(student_state), D_F_GRAD: shapes_of(d_f_state),
-            D_D_GRAD: shapes_of(d_d_state), STUDENT_BN: shapes_of(student_buffers)}
+            D_D_GRAD: shapes_of(d_d_state), STUDENT_BN: shapes_of(student_buffers),
+            TARGET_W: dict(TARGET_W_SHAPES)}
 
 
 def expected_teacher_shapes(teacher_params: Mapping, disc_params: Mapping,

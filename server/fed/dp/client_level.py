@@ -46,7 +46,7 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.unikd.metrics import median
 from shared.privacy.dp_sgd import dp_generator
-from shared.privacy.clipping import add_noise, central_noise_std, clip_update
+from shared.privacy.clipping import add_noise, central_noise_std, clip_update, clip_update_with_w
 from shared.clock.seeding import CENTRAL_STREAM, UPDATE_NOISE
 
 log = logging.getLogger(__name__)
@@ -155,20 +155,29 @@ def cloud_secret(grid) -> bytes | None:
 
 
 def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int, rnd: int,
-                      secret: bytes | None) -> tuple[ClientUpdate, dict]:
+                      secret: bytes | None, w_share: float | None = None
+                      ) -> tuple[ClientUpdate, dict]:
     """The round's update as ONE ClientUpdate the cloud applies as is (weight 1), plus stats.
 
     Its BN record is empty, so `compose_bn` leaves the cloud's (source-only) BN statistics.
     `secret` keys the central noise (`cloud_secret`); None draws it from the seed alone.
+    `w_share` (the expected cross KD): every update carries the mean w's coordinate
+    (wire.TARGET_W), clipped with it into C (`clip_update_with_w`) and noised with it; its noise
+    is drawn after every gradient coordinate's ("target.w" sorts last).
     """
     norms = []
+    keys = wire.W_UPDATE_KEYS if w_share is not None else wire.GRAD_KEYS
     if plan.mode == "central":
         clipped = []
         for u in updates:
-            arrays, norm = clip_update({k: u.arrays[k] for k in wire.GRAD_KEYS}, plan.clip)
+            if wire.TARGET_W in u.arrays:  # the mean w's coordinate, within the same bound C
+                arrays, norm = clip_update_with_w({k: u.arrays[k] for k in wire.W_UPDATE_KEYS},
+                                                  wire.TARGET_W, plan.clip, w_share)
+            else:
+                arrays, norm = clip_update({k: u.arrays[k] for k in wire.GRAD_KEYS}, plan.clip)
             norms.append(norm)
             clipped.append(ClientUpdate(u.client, u.num_examples, arrays, u.metrics))
-        mean = uniform_mean(clipped)
+        mean = uniform_mean(clipped, keys)
         divisor = len(updates)
         if plan.expected_cohort:  # DP-FedAvg: the clipped sum over the expected cohort size
             divisor = plan.expected_cohort
@@ -177,8 +186,8 @@ def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int,
         std = central_noise_std(plan.noise_multiplier, plan.clip, divisor)
         mean = add_noise(mean, std, dp_generator(seed, CENTRAL_STREAM, rnd, UPDATE_NOISE.number(),
                                                  secret))
-    else:  # local: the nodes clipped and noised already
-        mean = uniform_mean(updates)
+    else:  # local: the nodes clipped and noised already (the w coordinate included)
+        mean = uniform_mean(updates, keys)
         std = 0.0
     agg = ClientUpdate(-1, sum(u.num_examples for u in updates) or 1,
                        {**mean, wire.STUDENT_BN: {}}, {})

@@ -91,6 +91,7 @@ class RunPrivacy:
     secret: bytes | None = None  # key of the central noise (cloud_secret); None: seed only
     secure: bool = False  # fed.secure_aggregation: the cloud sees the survivors' sum only
     shares: bool = False  # record DP whose nodes add 1/t noise shares (fed.record_noise=shares)
+    w_share: float = 0.1  # fed.w_share: the mean w's share of C^2 (expected cross KD)
 
     @property
     def reply_records(self) -> tuple[str, ...]:
@@ -132,7 +133,9 @@ class RunPrivacy:
             return updates, {"dp_epsilon": plan.spent(releases(plan, rnd, applied_before)),
                              "dp_noise_multiplier": plan.noise_multiplier,
                              "dp_noise": DISTRIBUTED}
-        agg, row = private_aggregate(updates, plan, seed, rnd, self.secret)
+        with_w = bool(updates) and wire.TARGET_W in updates[0].arrays
+        agg, row = private_aggregate(updates, plan, seed, rnd, self.secret,
+                                     self.w_share if with_w else None)
         row["dp_epsilon"] = plan.spent(releases(plan, rnd, applied_before))
         row["dp_noise_multiplier"] = plan.noise_multiplier
         return [agg], row
@@ -153,8 +156,8 @@ def plan_run_privacy(cfg: RunConfig, rounds: RoundPlan, counts: dict[int, int], 
         return None
     if f.dp != "record":
         return RunPrivacy(plan_privacy(cfg, rounds.rounds), secret=secret,
-                          secure=f.secure_aggregation)
+                          secure=f.secure_aggregation, w_share=f.w_share)
     teacher = sum(teacher_round_charges(cfg, n_src, sum(counts.values()), spec))
     plan = plan_record_privacy(cfg, counts, teacher, rounds.dp_steps(), spec)
     return RunPrivacy(plan, RecordLedger(plan), secret, f.secure_aggregation,
-                      f.record_noise == "shares")
+                      f.record_noise == "shares", f.w_share)

@@ -100,9 +100,11 @@ def plan_record_privacy(cfg: RunConfig, counts: dict[int, int], teacher_steps: i
 
 
 def record_aggregate(updates: list[ClientUpdate], plan: RecordPlan) -> list[ClientUpdate]:
-    """Updates weighted by the released counts, without BN statistics (source-only BN)."""
+    """Updates weighted by the released counts, without BN statistics (source-only BN); the
+    mean w's noised coordinate (wire.TARGET_W, expected cross KD) is kept and weighted alike."""
     return [ClientUpdate(u.client, plan.counts.get(u.client, 1),
-                         {**{k: u.arrays[k] for k in wire.GRAD_KEYS}, wire.STUDENT_BN: {}},
+                         {**{k: u.arrays[k] for k in wire.W_UPDATE_KEYS if k in u.arrays},
+                          wire.STUDENT_BN: {}},
                          u.metrics) for u in updates]
 
 

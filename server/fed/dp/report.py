@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.fed.dp.record_level import RecordLedger
+from server.fed.dp.w_coordinate import w_coordinate_summary
 from shared.config import RunConfig
 from shared.platform.runs import write_csv, write_json
 
@@ -17,8 +18,9 @@ from shared.platform.runs import write_csv, write_json
 def write_privacy_ledger(run_dir: Path, cfg: RunConfig, result) -> dict:
     """privacy.csv (epsilon after every round) and privacy.json; {} keys for results.json."""
     f = cfg.fed
-    if f.dp == "off":
-        return {"dp": "off"}
+    if f.dp == "off":  # secure aggregation alone: the w coordinate's derived values, if any
+        summary = w_coordinate_summary(cfg)
+        return {"dp": "off", **({"w_coordinate": summary} if summary else {})}
     if f.dp == "record":
         return write_record_ledger(run_dir, cfg, result.privacy)
     rows = [{"round": r["round"], "epsilon": r.get("dp_epsilon"), "delta": f.dp_delta,
@@ -32,7 +34,8 @@ def write_privacy_ledger(run_dir: Path, cfg: RunConfig, result) -> dict:
         "mode": f.dp, "clip": f.dp_clip, "target_epsilon": f.dp_epsilon, "delta": f.dp_delta,
         "noise_multiplier": z, "epsilon_spent": spent, "rounds": len(rows),
         "accountant": "dp_accounting.rdp.RdpAccountant (Gaussian, sampling rate 1)",
-        "bn_statistics": "not released (cloud keeps source-only BN statistics)"})
+        "bn_statistics": "not released (cloud keeps source-only BN statistics)",
+        "w_coordinate": w_coordinate_summary(cfg)})
     return {"dp": f.dp, "dp_epsilon_spent": spent, "dp_delta": f.dp_delta,
             "dp_noise_multiplier": z, "epsilon": spent, "delta": f.dp_delta}
 
@@ -58,7 +61,10 @@ def write_record_ledger(run_dir: Path, cfg: RunConfig, ledger: RecordLedger | No
         "epsilon_spent": spent, "epsilon_per_client": per_client,
         "accountant": "dp_accounting RDP: Poisson-subsampled Gaussian per DP-SGD step + "
                       "Gaussian count release, composed per node",
-        "withheld": "BN statistics, losses, w_mean; counts released once with noise",
+        "withheld": "BN statistics, losses, the w_mean metric; counts released once with "
+                    "noise",
+        # the expected cross KD: each window's w rides noised inside its clipped vector
+        "w_coordinate": w_coordinate_summary(cfg),
         "evaluation": "confusion matrices on labelled test windows, disjoint from the "
                       "training windows, outside the accounting (docs/privacy.md)"})
     return {"dp": "record", "epsilon": spent, "delta": f.dp_delta,

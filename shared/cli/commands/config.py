@@ -20,7 +20,7 @@ def type_name(tp: Any) -> str:
 def rows(cls: type, resolved: Any, prefix: str = "",
          sources: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per leaf key: dotted key, type, default, resolved value, range, and where the
-    value came from (`source`: "default", the config file, "--set" or the recipe file)."""
+    value came from (`source`: "default", the config file or "--set")."""
     out: list[dict[str, Any]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -43,27 +43,21 @@ def show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, indent=2, default=str))
         return 0
-    if res.recipe is not None:
-        print(f"recipe: {res.recipe.dataset} ({res.recipe.file}), applied over the defaults "
-              f"because no --config was given; --set values override it\n")
     width = max(len(r["key"]) for r in table)
     kind = min(max(len(r["type"]) for r in table), 22)  # long choice lists just overflow
     print(f"{'key':<{width}}  {'type':<{kind}}  {'default':<12}  value")
     for r in table:
-        mark = "" if r["value"] == r["default"] else f"  * ({label(r['source'], res)})"
+        mark = "" if r["value"] == r["default"] else f"  * ({label(r['source'])})"
         print(f"{r['key']:<{width}}  {r['type']:<{kind}}  {str(r['default']):<12}  "
               f"{r['value']}{mark}")
-    sources = [s for s in (args.config, "--set" if args.set else None,
-                           res.recipe and f"the {res.recipe.dataset} recipe") if s]
+    sources = [s for s in (args.config, "--set" if args.set else None) if s]
     print("\n* differs from the default" + (f" (set by {' and '.join(sources)})" if sources
                                            else ""))
     return 0
 
 
-def label(source: str, res: Any) -> str:
-    """A row's source in the text table: --set, file or recipe (default: a preset's doing)."""
-    if res.recipe is not None and source == res.recipe.file:
-        return "recipe"
+def label(source: str) -> str:
+    """A row's source in the text table: --set or file (default: a preset's doing)."""
     return {"--set": "--set", "default": "preset"}.get(source, "file")
 
 
