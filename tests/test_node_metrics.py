@@ -25,6 +25,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from client.node.node_config import DEFAULT_DELTA
+from deploy_kit import prepare_operator
 from shared.platform.processes import free_port, group_members, process_table
 from shared.privacy.accounting import epsilon_from_rdp
 
@@ -154,22 +155,13 @@ def deployed(tmp_path_factory):
     """A cloud, two `unikd edge` processes with /metrics, and one finished record-DP run."""
     from client.node.local_data import write_device_folder
     from client.node.supernode import generate_key
-    from server.central.teacher import save_teacher, train_teacher
     from server.deploy.cloud_config import CloudConfig
     from server.deploy.submit import submit
     from server.deploy.superlink import start_cloud
-    from shared.cli.main import main
     from shared.config import load_config
-    from shared.data.scenario import load_scenario
 
     root = tmp_path_factory.mktemp("nodemetrics")
-    tcfg = load_config(overrides=["teacher.epochs=1"])
-    data = load_scenario(tcfg.data)
-    save_teacher(root / "teacher.pt", train_teacher(tcfg, data, False, []), tcfg, data)
-    assert main(["certs", "init", "--dir", str(root / "pki"), "--name", "localhost",
-                 "--cloud-dir", str(root / "cloud" / "certs"),
-                 "--edge-dir", str(root / "trust")]) == 0
-    assert main(["app", "keygen", str(root / "op.key")]) == 0
+    teacher, op_key = prepare_operator(root)
     cloud, edges, groups = None, [], set()
     try:
         cloud = start_cloud(CloudConfig(root / "cloud", host="127.0.0.1", port=free_port(),
@@ -197,7 +189,7 @@ def deployed(tmp_path_factory):
                                                  for i in range(2)]
             time.sleep(0.3)
         started = time.time()
-        run = submit(cloud.cli(sign_key=root / "op.key"),
+        run = submit(cloud.cli(sign_key=op_key),
                      RUN + [f"teacher.checkpoint={root / 'teacher.pt'}"], root / "runs",
                      cloud.cfg.state_dir, timeout=400)
         assert run.status == "finished:completed", (run.run_dir / "server.log").read_text()[-3000:]

@@ -27,6 +27,7 @@ from server.deploy.submit import submit
 from server.deploy.superlink import CloudProcesses, start_cloud
 from shared.cli.main import main
 from shared.config import load_config
+from deploy_kit import prepare_operator
 from shared.platform.processes import free_port, group_members
 
 ONE_ROUND = ["fed.clients=2", "fed.rounds=1"]
@@ -54,23 +55,15 @@ def _edge_data(root: Path, client: int) -> Path:
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
-    from server.central.teacher import save_teacher, train_teacher
-    from shared.data.scenario import load_scenario
-
     root = tmp_path_factory.mktemp("secure")
-    tcfg = load_config(overrides=["teacher.epochs=1"])
-    data = load_scenario(tcfg.data)
-    save_teacher(root / "teacher.pt", train_teacher(tcfg, data, False, []), tcfg, data)
     # The operator's machine: the CA and the app key stay there; the cloud gets three files.
+    teacher, op_key = prepare_operator(root)
     state = root / "cloud"
-    assert main(["certs", "init", "--dir", str(root / "pki"), "--name", "localhost",
-                 "--cloud-dir", str(state / "certs"), "--edge-dir", str(root / "trust")]) == 0
-    assert main(["app", "keygen", str(root / "op.key")]) == 0
     cloud, dep = None, None
     try:
         cloud = start_cloud(CloudConfig(state, host="127.0.0.1", port=free_port(),
                                         link_port=free_port(), dashboard_port=free_port()))
-        dep = Secure(root, cloud, cloud.cli(), root / "teacher.pt", root / "op.key")
+        dep = Secure(root, cloud, cloud.cli(), teacher, op_key)
         for i in range(2):  # node keys are made on the devices; only .pub reaches the cloud
             pub = generate_key(root / f"device-{i}" / "node.key")
             dep.cli.register(pub, f"edge-{i}")

@@ -28,8 +28,8 @@ from client.node.supernode import EdgeConfig, EdgeProcess, generate_key, start_e
 from server.deploy.cloud_config import CloudConfig
 from server.deploy.submit import submit
 from server.deploy.superlink import CloudProcesses, start_cloud
-from shared.cli.main import main
 from shared.config import load_config
+from deploy_kit import prepare_operator
 from shared.platform.processes import free_port, group_members
 
 HEARTBEAT = 10.0  # Flower's shortest (HEARTBEAT_MIN_INTERVAL): a dead edge shows within 2 x this
@@ -57,22 +57,15 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     from client.node.local_data import write_device_folder
-    from server.central.teacher import save_teacher, train_teacher
-    from shared.data.scenario import load_scenario
 
     root = tmp_path_factory.mktemp("watch")
-    tcfg = load_config(overrides=["teacher.epochs=1"])
-    data = load_scenario(tcfg.data)
-    save_teacher(root / "teacher.pt", train_teacher(tcfg, data, False, []), tcfg, data)
+    teacher, op_key = prepare_operator(root)
     state = root / "cloud"
-    assert main(["certs", "init", "--dir", str(root / "pki"), "--name", "localhost",
-                 "--cloud-dir", str(state / "certs"), "--edge-dir", str(root / "trust")]) == 0
-    assert main(["app", "keygen", str(root / "op.key")]) == 0
     cloud, dep = None, None
     try:
         cloud = start_cloud(CloudConfig(state, host="127.0.0.1", port=free_port(),
                                         link_port=free_port(), dashboard_port=free_port()))
-        dep = Deployment(root, cloud, root / "teacher.pt", root / "op.key")
+        dep = Deployment(root, cloud, teacher, op_key)
         cli = cloud.cli()
         for i in range(2):
             pub = generate_key(root / f"device-{i}" / "node.key")
