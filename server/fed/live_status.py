@@ -135,13 +135,14 @@ class LiveStatus:
 
     def __init__(self, run_dir: Path | None):
         self.path = Path(run_dir) / STATUS_FILE if run_dir is not None else None
+        if self.path is not None:  # the run folder itself may be made later (a resumed run's)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._last_progress = 0.0
 
     def write(self, record: Any) -> None:
         if self.path is None:
             return
         line = json.dumps({"kind": KIND_OF[type(record)], "t": time.time(), **asdict(record)})
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # the run folder may come later
         with open(self.path, "a") as f:  # one write of a whole line: readers see whole lines
             f.write(line + "\n")
 
