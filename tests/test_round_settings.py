@@ -192,4 +192,5 @@ def test_two_fields_of_one_name_cannot_share_the_wire():
     assert len(flat_fields(RoundConfig(round=1, seed=0, dataset="x", lr=0.0,
                                        schedule=StepSchedule(0.0, 0.0),
                                        hparams=KDHparams()))) == \
-        len(dataclasses.fields(RoundConfig)) - 3 + len(KD_FIELDS) + 2  # `clock` None: absent
+        len(dataclasses.fields(RoundConfig)) - 4 + len(KD_FIELDS) + 2  # hparams and schedule
+    # nest; `clock` and `w_share` left at None are absent
