@@ -293,12 +293,14 @@ def test_edge_joins_once_its_checks_pass(cloud, make_domain_file, tmp_path):
                                 "--metrics-port", "0"],
                        log, env, REPO)
     try:
+        # The check itself activates the node, so the cloud can see it online before the
+        # summary line is printed: wait for the line first, then for the SuperNode.
+        joined = f"unikd: {cloud.procs.address} can be joined: address 127.0.0.1"
         deadline = time.monotonic() + 90
-        while not cloud.cli.online_nodes():
+        while joined not in log.read_text() or not cloud.cli.online_nodes():
             assert node.alive() and time.monotonic() < deadline, node.log_tail()
             time.sleep(0.3)
         text = log.read_text()
-        assert f"unikd: {cloud.procs.address} can be joined: address 127.0.0.1" in text, text
         assert "cannot join" not in text, text
     finally:
         node.stop()
