@@ -121,6 +121,12 @@ class FedConfig:
     # gradient (barely moves); "preconditioned" = along its own half plus the other side's latest
     # pseudo-gradient, scaled by the cloud's Adam second moments (sent down with each round)
     local_path: Literal["plain", "preconditioned"] = "preconditioned"
+    # "both" only: the federated DANN teacher's own local steps per exchange (its own clock,
+    # teacher.epochs x its steps per epoch); 0 = fed.local_steps
+    teacher_local_steps: int = field(default=0, metadata=rng(0, 10_000))
+    # "both" only: how the teacher's server applies its rounds (as fed.server_step); "same" =
+    # fed.server_step
+    teacher_server_step: Literal["same", "repeat", "scaled-lr", "sqrt-lr"] = "same"
     partition: str = "iid"  # iid | dirichlet:<alpha> | per-domain
     teacher_placement: Literal["edge", "cloud", "source-only"] = "edge"
     # cloud placement only: "prototypes" sends the teacher's mean source feature per class
@@ -130,6 +136,13 @@ class FedConfig:
     engine: Literal["inprocess", "ray"] = "inprocess"
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
     checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # steps; 0 = each epoch
+    # federated evaluation after each epoch of steps (and after the last round):
+    # "piggyback" = the evaluation of the weights a round sends rides on that round's replies
+    # (no exchange of its own; the last one, after the final round, is one), where a round can
+    # carry it: not under secure aggregation (its replies carry masked sums) nor with
+    # distill.ema_decay > 0 (the evaluated EMA weights are not the trained ones), where every
+    # evaluation stays an exchange; "exchange" = every evaluation its own exchange
+    evaluation: Literal["piggyback", "exchange"] = "piggyback"
     round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
     # the round loop's transport (server/fed/transport.py): seconds between reply pulls, and
     # one packed array per message instead of one Flower object per array
@@ -163,6 +176,16 @@ class FedConfig:
     straggler_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # late: dropped
     corrupt_fraction: float = field(default=0.0, metadata=rng(0.0, 1.0))  # replies corrupted
     aggregator: str = "mean"  # mean | trimmed-mean:<fraction> | norm-bounded:<x median>
+
+    @property
+    def teacher_steps(self) -> int:
+        """Local steps per exchange of the federated DANN teacher (both mode)."""
+        return self.teacher_local_steps or self.local_steps
+
+    @property
+    def teacher_step_rule(self) -> str:
+        """The teacher's server step (both mode): its own, or the student's."""
+        return self.server_step if self.teacher_server_step == "same" else self.teacher_server_step
 
 
 @dataclass
