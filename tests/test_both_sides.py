@@ -28,6 +28,7 @@ from shared.clock.schedules import ScheduleClock
 from shared.clock.steps import batch_plan
 from shared.clock.seeding import client_stream
 from shared.config import DistillConfig, load_config
+from shared.errors import UnikdError
 from shared.data.datasets import get_spec
 from shared.protocol.records import RoundConfig
 from shared.unikd.engine import TeacherOut, UniKDNets, make_optimizers, source_terms
@@ -350,7 +351,8 @@ def test_one_local_step_on_both_sides_is_todays_round_bit_for_bit():
 
 
 def test_l_steps_per_round_divide_the_exchanges_and_evaluate_once_per_epoch_of_steps():
-    cfg, result = run(2, "fed.local_steps=4", *BOTH, "fed.teacher_placement=source-only")
+    cfg, result = run(2, "fed.local_steps=4", *BOTH, "fed.teacher_placement=source-only",
+                      "fed.evaluation=exchange")  # every evaluation its own exchange
     total = result.cloud.clock.total
     assert len(result.rounds) == math.ceil(total / 4)
     assert result.evals[-1]["steps"] == total
@@ -414,6 +416,38 @@ def test_every_member_in_one_exchange_is_member_after_member_bit_for_bit():
     four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=4")
     assert four_exchanges == math.ceil(both_exchanges / 4)
     assert all(torch.isfinite(v).all() for v in four.state_dict().values())
+
+
+def test_the_teacher_takes_its_own_local_steps_and_server_step():
+    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=4")
+    own, own_exchanges = teacher_run(*BOTH, "fed.local_steps=1", "fed.teacher_local_steps=4")
+    assert own_exchanges == four_exchanges
+    for (k, a), b in zip(four.state_dict().items(), own.state_dict().values()):
+        assert torch.equal(a, b), k  # the student's L does not reach the teacher
+    rule, _ = teacher_run(*BOTH, "fed.local_steps=4", "fed.server_step=repeat")
+    own_rule, _ = teacher_run(*BOTH, "fed.local_steps=4", "fed.teacher_server_step=repeat")
+    for (k, a), b in zip(rule.state_dict().items(), own_rule.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not all(torch.equal(a, b) for a, b in zip(four.state_dict().values(),
+                                                    own_rule.state_dict().values()))
+
+
+def test_the_teachers_own_steps_are_refused_in_edge_mode():
+    cfg = load_config(overrides=[*TINY, "fed.clients=2", "fed.teacher_local_steps=4"])
+    with pytest.raises(UnikdError, match="fed.teacher_local_steps"):
+        federate(grid(2), cfg, progress=False)
+
+
+def test_record_dp_charges_the_teachers_own_local_steps():
+    from server.fed.dp.federation import teacher_round_charges
+    from shared.clock.steps import steps_per_epoch
+
+    cfg = load_config(overrides=["teacher.ensemble=2", *BOTH, "fed.local_steps=2",
+                                 "fed.teacher_local_steps=5", "teacher.epochs=1"])
+    spec = load_source(cfg).spec
+    steps = steps_per_epoch(100, 64, cfg.teacher.batch_for(spec))  # one member's, one epoch
+    charges = teacher_round_charges(cfg, 100, 64, spec)
+    assert charges == [2 * min(5, steps - 5 * r) for r in range(math.ceil(steps / 5))]
 
 
 def test_record_dp_charges_every_members_local_steps_and_resumes_with_them(tmp_path):

@@ -23,6 +23,7 @@ from server.fed.cloud import (Clock, Cloud, CloudRound, SourceData, load_source,
 from server.fed.ledger import Ledger
 from server.fed.transport import Sender, TransportOptions
 from server.fed.setup import setup_config, setup_content
+from server.fed.stopping import PlateauRule, epoch_signals
 from server.fed.secagg import secure_updates
 from server.fed.dp.client_level import cloud_secret
 from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_record_terms,
@@ -444,6 +445,7 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir)
     plan, spe = fed.cloud.plan, fed.cloud.clock.steps_per_epoch
     eval_every, ckpt_every = spe, cfg.fed.checkpoint_every or spe  # in steps of the clock
+    stopping = StopWatch.of(cfg, fed.result.rounds, plan, eval_every)  # fed.stop; None: off
     for rnd in tqdm(range(first, fed.total + 1), desc="rounds",
                     disable=None if progress else True, dynamic_ncols=True):
         row = run_round(fed, rnd)
@@ -453,18 +455,56 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
             continue
         if on_round is not None:
             on_round(rnd, fed.cloud, row)
-        if plan.ends_period(rnd, eval_every) or rnd == fed.total:
-            score(fed, rnd, row, final=rnd == fed.total)
+        last = rnd == fed.total
+        if plan.ends_period(rnd, eval_every) or last:
+            if stopping is not None and not last and stopping.stops(fed.result.rounds):
+                log.info("round %d: the label-free plateau rule (fed.stop) ends the run after "
+                         "%d of %d rounds", rnd, rnd, fed.total)
+                last = True
+            score(fed, rnd, row, final=last)
         if run_dir is not None and (plan.ends_period(rnd, ckpt_every) or rnd == fed.total):
             save_checkpoint(run_dir / "checkpoints" / "last.pt", fed.cloud, fed.result, rnd,
                             fed.send.exchanges, fed.pending_eval)
         if stop_after is not None and rnd >= stop_after:
+            break
+        if last:
+            deliver_final(fed, run_dir, delivery_dir)
             break
     else:
         deliver_final(fed, run_dir, delivery_dir)
     fed.result.exchanges = fed.send.exchanges
     fed.result.wall_seconds = time.perf_counter() - start
     return fed.result
+
+
+@dataclass
+class StopWatch:
+    """`fed.stop: plateau`: each epoch's label-free signals so far (server/fed/stopping.py)."""
+
+    rule: PlateauRule
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    seen: int = 0  # round rows already folded into `history`
+
+    @classmethod
+    def of(cls, cfg: RunConfig, rounds: list[dict], plan, period: int) -> StopWatch | None:
+        """The rule's state; `rounds`: the rows of a resumed run so far, folded by epoch."""
+        f = cfg.fed
+        if f.stop == "off":
+            return None
+        watch = cls(PlateauRule(f.stop_patience, f.stop_tolerance, f.stop_min_fraction),
+                    cfg.distill.epochs)
+        for i, row in enumerate(rounds):
+            if plan.ends_period(row["round"], period):
+                watch.history.append(epoch_signals(rounds[watch.seen:i + 1]))
+                watch.seen = i + 1
+        return watch
+
+    def stops(self, rounds: list[dict]) -> bool:
+        """Fold the epoch that just ended (its rounds' rows) in, and apply the rule."""
+        self.history.append(epoch_signals(rounds[self.seen:]))
+        self.seen = len(rounds)
+        return self.rule.stops(self.history, self.epochs)
 
 
 def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, exchanges: int,

@@ -143,6 +143,14 @@ class FedConfig:
     # distill.ema_decay > 0 (the evaluated EMA weights are not the trained ones), where every
     # evaluation stays an exchange; "exchange" = every evaluation its own exchange
     evaluation: Literal["piggyback", "exchange"] = "piggyback"
+    # a label-free stopping rule for the UNI-KD rounds (server/fed/stopping.py): "plateau" stops
+    # once the cloud's source CE and the clients' mean D_d confusion weight w have each changed
+    # by at most stop_tolerance (relative) per epoch for stop_patience epochs in a row, never
+    # before stop_min_fraction of the epochs; "off" runs the whole schedule
+    stop: Literal["off", "plateau"] = "off"
+    stop_patience: int = field(default=3, metadata=rng(1, 10_000))
+    stop_tolerance: float = field(default=0.05, metadata=rng(0.0, 10.0))
+    stop_min_fraction: float = field(default=0.5, metadata=rng(0.0, 1.0))
     round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
     # the round loop's transport (server/fed/transport.py): seconds between reply pulls, and
     # one packed array per message instead of one Flower object per array
