@@ -28,7 +28,8 @@ from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
 from shared.unikd.models import teacher_for
 from shared.unikd.settings import KDHparams, StepSchedule
 
-TINY = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=1"]
+TINY = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=1",
+        "fed.local_steps_mode=edge", "fed.local_steps=1"]  # a round per step: rounds 1, 3, 8
 KD_FIELDS = dataclasses.fields(KDHparams)
 
 
@@ -189,4 +190,5 @@ def test_two_fields_of_one_name_cannot_share_the_wire():
     assert len(flat_fields(RoundConfig(round=1, seed=0, dataset="x", lr=0.0,
                                        schedule=StepSchedule(0.0, 0.0),
                                        hparams=KDHparams()))) == \
-        len(dataclasses.fields(RoundConfig)) - 3 + len(KD_FIELDS) + 2  # `clock` None: absent
+        len(dataclasses.fields(RoundConfig)) - 4 + len(KD_FIELDS) + 2  # `clock`, `evaluate`
+    # None: absent

@@ -6,7 +6,7 @@ The run's clock has T steps (distill.epochs x steps per epoch, shared/clock/step
 its own source batch, target batch, dropout draws and schedule values (β, GRL α), exactly those
 of the centralized trainer's step t. A round is one message exchange. It is one of two kinds:
 
-`fed.local_steps_mode: edge` (the default; the rounds of issue 12)
+`fed.local_steps_mode: edge` (the rounds of issue 12)
 - round r is ONE step t = r - 1 of the clock: T rounds;
 - the cloud takes one source step, at the weights it sends the edges;
 - each edge takes L local steps on its target terms, on batches t*L .. t*L+L-1 of its epoch's
@@ -16,7 +16,7 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
   the cloud adds it to its source gradient and takes ONE Adam step. L > 1 multiplies the edge's
   work per round and saves no round.
 
-`fed.local_steps_mode: both` (issue 26: L times fewer exchanges)
+`fed.local_steps_mode: both` (the default, L = 10; issue 26: L times fewer exchanges)
 - round r covers L consecutive steps of the clock, t0 = (r - 1) * L .. t0 + L - 1 (the last
   round fewer, where L does not divide T): ceil(T / L) rounds;
 - the cloud runs the L source halves of those steps on its own copy of the weights, each edge
