@@ -37,6 +37,7 @@ from shared.unikd.settings import KDHparams, StepSchedule
 
 TINY = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128", "seed=3"]
 BOTH = ["fed.local_steps_mode=both"]
+EDGE = ["fed.local_steps_mode=edge"]  # today's rounds: one step of the clock each
 
 
 def grid(n: int) -> InProcessGrid:
@@ -339,7 +340,7 @@ def test_a_round_of_l_steps_carries_the_mean_gradient_of_those_centralized_steps
 
 def test_one_local_step_on_both_sides_is_todays_round_bit_for_bit():
     """Two clients: the same losses, evaluations and weights as edge mode, to the bit."""
-    _, edge = run(2, "fed.local_steps=1")
+    _, edge = run(2, "fed.local_steps=1", *EDGE)
     _, both = run(2, "fed.local_steps=1", *BOTH)
     assert [r["src_loss"] for r in both.rounds] == [r["src_loss"] for r in edge.rounds]
     assert [r["trg_loss"] for r in both.rounds] == [r["trg_loss"] for r in edge.rounds]
@@ -408,24 +409,24 @@ def teacher_run(*overrides: str, clients: int = 2):
 
 
 def test_every_member_in_one_exchange_is_member_after_member_bit_for_bit():
-    edge, edge_exchanges = teacher_run()
-    both, both_exchanges = teacher_run(*BOTH)
+    edge, edge_exchanges = teacher_run(*EDGE, "fed.local_steps=1")
+    both, both_exchanges = teacher_run(*BOTH, "fed.local_steps=1")  # the teacher's L: 1 too
     assert both_exchanges * 2 == edge_exchanges  # two members per exchange
     for (k, a), b in zip(edge.state_dict().items(), both.state_dict().values()):
         assert torch.equal(a, b), k
-    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=4")
+    four, four_exchanges = teacher_run(*BOTH, "fed.teacher_local_steps=4")
     assert four_exchanges == math.ceil(both_exchanges / 4)
     assert all(torch.isfinite(v).all() for v in four.state_dict().values())
 
 
 def test_the_teacher_takes_its_own_local_steps_and_server_step():
-    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=4")
+    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=8")  # the teacher's L: half
     own, own_exchanges = teacher_run(*BOTH, "fed.local_steps=1", "fed.teacher_local_steps=4")
     assert own_exchanges == four_exchanges
     for (k, a), b in zip(four.state_dict().items(), own.state_dict().values()):
-        assert torch.equal(a, b), k  # the student's L does not reach the teacher
-    rule, _ = teacher_run(*BOTH, "fed.local_steps=4", "fed.server_step=repeat")
-    own_rule, _ = teacher_run(*BOTH, "fed.local_steps=4", "fed.teacher_server_step=repeat")
+        assert torch.equal(a, b), k  # the student's L reaches the teacher only through it
+    rule, _ = teacher_run(*BOTH, "fed.local_steps=8", "fed.server_step=repeat")
+    own_rule, _ = teacher_run(*BOTH, "fed.local_steps=8", "fed.teacher_server_step=repeat")
     for (k, a), b in zip(rule.state_dict().items(), own_rule.state_dict().values()):
         assert torch.equal(a, b), k
     assert not all(torch.equal(a, b) for a, b in zip(four.state_dict().values(),
@@ -433,7 +434,7 @@ def test_the_teacher_takes_its_own_local_steps_and_server_step():
 
 
 def test_the_teachers_own_steps_are_refused_in_edge_mode():
-    cfg = load_config(overrides=[*TINY, "fed.clients=2", "fed.teacher_local_steps=4"])
+    cfg = load_config(overrides=[*TINY, *EDGE, "fed.clients=2", "fed.teacher_local_steps=4"])
     with pytest.raises(UnikdError, match="fed.teacher_local_steps"):
         federate(grid(2), cfg, progress=False)
 
@@ -452,7 +453,8 @@ def test_record_dp_charges_the_teachers_own_local_steps():
 
 def test_record_dp_charges_every_members_local_steps_and_resumes_with_them(tmp_path):
     over = ["distill.epochs=1", "teacher.epochs=1", "teacher.ensemble=2", "fed.clients=2",
-            "fed.dp=record", "fed.local_steps=3", *BOTH, "fed.checkpoint_every=6", "seed=5"]
+            "fed.dp=record", "fed.local_steps=3", *BOTH, "fed.checkpoint_every=6", "seed=5",
+            "fed.teacher_local_steps=3"]
     cfg = load_config(overrides=over)
     full = federate(grid(2), cfg, progress=False)
     teacher = [r for r in full.privacy.rows if r["phase"] == "teacher"]

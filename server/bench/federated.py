@@ -64,8 +64,9 @@ def fed_teacher_key(cfg: RunConfig) -> str:
     # the student's local steps and server step reach the teacher only through its own (both
     # mode: fed.teacher_steps, fed.teacher_step_rule); edge mode trains it one step per exchange
     f, both = key.fed, key.fed.local_steps_mode == "both"
-    f.local_steps, f.server_step = (f.teacher_steps, f.teacher_step_rule) if both else (1, "sqrt-lr")
-    f.teacher_local_steps, f.teacher_server_step = 0, "same"
+    f.teacher_local_steps, f.teacher_server_step = ((f.teacher_steps, f.teacher_step_rule) if both
+                                                    else (0, "same"))
+    f.local_steps, f.server_step = 1, "sqrt-lr"
     f.evaluation = "piggyback"  # when the student is scored does not touch the teacher
     return key.hash()
 

@@ -49,7 +49,7 @@ own clock (teacher.epochs, its batch size) and learning rate. In edge mode a tea
 step of one ensemble member, member after member (`TEACHER_ROUND`); in both mode one exchange
 carries every member, each with the round's L steps, and the cloud applies each member's
 combination with that member's Adam optimizers as above. The teacher's L is its own,
-`fed.teacher_local_steps` (0: the student's `fed.local_steps`), and so is its server step,
+`fed.teacher_local_steps` (0: half the student's `fed.local_steps`, rounded up), and so is its server step,
 `fed.teacher_server_step` ("same": the student's `fed.server_step`).
 
 Record DP (`fed.dp=record`): every local step is one DP-SGD step over the node's windows, so a

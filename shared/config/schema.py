@@ -124,9 +124,10 @@ class FedConfig:
     # pseudo-gradient, scaled by the cloud's Adam second moments (sent down with each round)
     local_path: Literal["plain", "preconditioned"] = "preconditioned"
     # "both" only: the federated DANN teacher's own local steps per exchange (its own clock,
-    # teacher.epochs x its steps per epoch); 0 = fed.local_steps. The default, 5: at 10 the
-    # teacher undertrains with sqrt-lr and diverges with repeat (BENCHMARKS.md, issue 26)
-    teacher_local_steps: int = field(default=5, metadata=rng(0, 10_000))
+    # teacher.epochs x its steps per epoch); 0 (the default) = half of fed.local_steps, rounded
+    # up (10 -> 5, 1 -> 1): at the student's 10 the teacher undertrains with sqrt-lr and
+    # diverges with repeat (BENCHMARKS.md, "Fewer exchanges", issue 26)
+    teacher_local_steps: int = field(default=0, metadata=rng(0, 10_000))
     # "both" only: how the teacher's server applies its rounds (as fed.server_step); "same" =
     # fed.server_step
     teacher_server_step: Literal["same", "repeat", "scaled-lr", "sqrt-lr"] = "same"
@@ -190,8 +191,9 @@ class FedConfig:
 
     @property
     def teacher_steps(self) -> int:
-        """Local steps per exchange of the federated DANN teacher (both mode)."""
-        return self.teacher_local_steps or self.local_steps
+        """Local steps per exchange of the federated DANN teacher (both mode): its own, or half
+        the student's, rounded up."""
+        return self.teacher_local_steps or (self.local_steps + 1) // 2
 
     @property
     def teacher_step_rule(self) -> str:
