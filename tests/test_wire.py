@@ -48,7 +48,8 @@ UP_RECORDS = {
 UP_METRICS = {
     "query": {"client-id", "round", "num-examples"},
     "train": {"client-id", "round", "num-examples", "local-steps", "loss", "kd", "hint", "dom",
-              "adv", "d_f", "w_mean", "im", "pl", "pl_kept"},
+              "adv", "d_f", "w_mean", "im", "pl", "pl_kept",
+              "confusion"},  # a round that carries an evaluation (fed.evaluation=piggyback)
     "train.teacher": {"client-id", "round", "num-examples", "teacher-dann-dom"},
     "evaluate": {"client-id", "round", "num-examples", "confusion"},
 }
@@ -115,7 +116,7 @@ def _check_metrics(mtype: str, record: MetricRecord, n_train: int, n_test: int) 
     assert {"client-id", "round", "num-examples"} <= keys
     for name, value in record.items():
         if name == "confusion":
-            assert mtype == "evaluate"
+            assert mtype in ("evaluate", "train")
             assert isinstance(value, list) and len(value) == SPEC.classes ** 2
             assert all(isinstance(v, int) and v >= 0 for v in value)
             assert sum(value) == n_test == record["num-examples"]

@@ -154,7 +154,7 @@ def score_teacher(cfg: RunConfig, teacher) -> dict[str, float]:
     from shared.data.scenario import load_scenario
     from shared.unikd.evaluation import evaluate
 
-    if "+" in parse_scenario(cfg.data.scenario)[1]:
+    if len(scenario_targets(parse_scenario(cfg.data.scenario)[1])) > 1:
         return {}
     data = load_scenario(cfg.data)
     return {"teacher_mf1": evaluate(teacher, data.trg_test, data.spec.classes)["mf1"],
