@@ -19,9 +19,10 @@ from pathlib import Path
 from server.fed.stopping import PlateauRule, epoch_signals
 
 
-def replay(curve: dict, rule: PlateauRule, epochs: int) -> tuple[float, int, int]:
-    """(MF1, exchanges, epochs run) of the run `rule` would have stopped."""
+def replay(curve: dict, rule: PlateauRule) -> tuple[float, int, int]:
+    """(MF1, exchanges, evaluation points run) of the run `rule` would have stopped."""
     rounds, evals = curve["rounds"], [e for e in curve["evals"] if "mf1" in e]
+    epochs = len(evals)  # the run's evaluation points, as the round loop counts them
     history, seen = [], 0
     for i, ev in enumerate(evals):
         upto = next((j for j, r in enumerate(rounds) if r["round"] > ev["round"]), len(rounds))
@@ -38,14 +39,13 @@ def main() -> None:
     ap.add_argument("--patience", default="2,3,5")
     ap.add_argument("--tolerance", default="0.02,0.05,0.1")
     ap.add_argument("--min-fraction", default="0.3,0.5")
-    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     files = sorted(p for d in a.curves for p in Path(d).glob("*.json"))
     curves = {f"{f.parent.parent.parent.name}/{f.parent.name}/{f.stem}": json.loads(f.read_text())
               for f in files}
     rows = []
-    full = {k: replay(c, PlateauRule(1, -1.0, 1.0), a.epochs) for k, c in curves.items()}
+    full = {k: replay(c, PlateauRule(1, -1.0, 1.0)) for k, c in curves.items()}
     print(f"{len(curves)} runs; full schedule: mean MF1 "
           f"{sum(v[0] for v in full.values()) / len(full):.2f}, mean exchanges "
           f"{sum(v[1] for v in full.values()) / len(full):.1f}")
@@ -53,7 +53,7 @@ def main() -> None:
         for t in map(float, a.tolerance.split(",")):
             for m in map(float, a.min_fraction.split(",")):
                 rule = PlateauRule(p, t, m)
-                got = {k: replay(c, rule, a.epochs) for k, c in curves.items()}
+                got = {k: replay(c, rule) for k, c in curves.items()}
                 mf1 = sum(v[0] for v in got.values()) / len(got)
                 exch = sum(v[1] for v in got.values()) / len(got)
                 ep = sum(v[2] for v in got.values()) / len(got)

@@ -482,7 +482,7 @@ class StopWatch:
     """`fed.stop: plateau`: each epoch's label-free signals so far (server/fed/stopping.py)."""
 
     rule: PlateauRule
-    epochs: int
+    epochs: int  # evaluation points in the run (an epoch of steps ends in each)
     history: list[dict] = field(default_factory=list)
     seen: int = 0  # round rows already folded into `history`
 
@@ -492,8 +492,9 @@ class StopWatch:
         f = cfg.fed
         if f.stop == "off":
             return None
-        watch = cls(PlateauRule(f.stop_patience, f.stop_tolerance, f.stop_min_fraction),
-                    cfg.distill.epochs)
+        points = sum(1 for r in range(1, plan.rounds + 1)  # the run's evaluation points
+                     if plan.ends_period(r, period) or r == plan.rounds)
+        watch = cls(PlateauRule(f.stop_patience, f.stop_tolerance, f.stop_min_fraction), points)
         for i, row in enumerate(rounds):
             if plan.ends_period(row["round"], period):
                 watch.history.append(epoch_signals(rounds[watch.seen:i + 1]))

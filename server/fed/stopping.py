@@ -1,13 +1,13 @@
 """A label-free stopping rule for the UNI-KD rounds (`fed.stop: plateau`, issue 26).
 
-At the end of each epoch of steps (where the run evaluates) the cloud averages what it already
+At each evaluation point (a round in which an epoch of steps ends) the cloud averages what it already
 has over that epoch's rounds: its own source cross-entropy (`src_ce`, the classifier on the
 labelled source windows) and the clients' mean confusion weight of the data-domain
 discriminator (`trg_w_mean`, a batch mean every reply carries; no target label is involved).
-The run stops once both have stayed flat for `patience` epochs in a row: each epoch's mean
-within `tolerance` of the previous one, relatively. The evaluation at the stop is the run's
+The run stops once both have stayed flat for `patience` evaluation points in a row: each
+period's mean within `tolerance` of the previous one, relatively. The evaluation at the stop is the run's
 final one, and the final student is delivered as after the last round. Never before
-`min_fraction` of the schedule: β and the GRL α still move early on.
+`min_fraction` of the run's evaluation points: β and the GRL α still move early on.
 
 bench/stop_rule.py replays the rule on a run's curves (each epoch's signals and evaluation),
 which gives exactly the run the rule would have stopped: the rounds before the stop do not
