@@ -95,6 +95,10 @@ def check_reply(mtype: str, content: RecordDict, n_train: int, n_test: int) -> N
             continue
         assert isinstance(record, ArrayRecord), f"{mtype}: '{key}' is {type(record)}"
         allowed = MODEL_SHAPES[key]
+        members = {n.split(".", 1)[0] for n in record.keys()}
+        if mtype == "train.teacher" and all(m.isdigit() for m in members):
+            # fed.local_steps_mode=both: every ensemble member's arrays, "<member>.<name>"
+            allowed = {f"{m}.{n}": shape for m in members for n, shape in allowed.items()}
         assert set(record.keys()) == set(allowed), f"{mtype}/{key}: names differ from the model"
         for name, arr in record.items():
             a = arr.numpy()

@@ -16,7 +16,7 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
   the cloud adds it to its source gradient and takes ONE Adam step. L > 1 multiplies the edge's
   work per round and saves no round.
 
-`fed.local_steps_mode: both` (the default, L = 10; issue 26: L times fewer exchanges)
+`fed.local_steps_mode: both` (the default, with L = 1; issue 26: L times fewer exchanges)
 - round r covers L consecutive steps of the clock, t0 = (r - 1) * L .. t0 + L - 1 (the last
   round fewer, where L does not divide T): ceil(T / L) rounds;
 - the cloud runs the L source halves of those steps on its own copy of the weights, each edge
