@@ -20,7 +20,7 @@ run() {
                           --label fed-ref-expected-cloud-proto ;;
     default)            $B --config configs/har-fixes.yaml --label fed-default ;;
     ref-expected-reest) $B $REF --set fed.bn_policy=reestimate --label fed-ref-expected-reest ;;
-    local2|local5|local10) $B $REF --set fed.local_steps=${1#local} --label fed-ref-expected-$1 ;;
+    local2|local5|local10) $B $REF --set fed.local_steps_mode=edge --set fed.local_steps=${1#local} --label fed-ref-expected-$1 ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

@@ -13,6 +13,6 @@ $F --partition iid --seeds 0,1,2 --teachers "$TEACHERS" --label "fed-iid-K5"
 $F --partition dirichlet:0.5 --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-dirichlet0.5-K5"
 $F --partition iid --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-iid-K5-cloud-teacher" --set fed.teacher_placement=cloud
 $F --partition iid --seeds 0 --scenarios $MAIN5 --label "fed-iid-K5-source-only-teacher" --set fed.teacher_placement=source-only
-$F --partition iid --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-iid-K5-local5" --set fed.local_steps=5
-$F --partition iid --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-iid-K5-local20" --set fed.local_steps=20
+$F --partition iid --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-iid-K5-local5" --set fed.local_steps_mode=edge --set fed.local_steps=5
+$F --partition iid --seeds 0 --scenarios $MAIN5 --teachers "$TEACHERS" --label "fed-iid-K5-local20" --set fed.local_steps_mode=edge --set fed.local_steps=20
 $F --partition iid --seeds 0 --scenarios $MAIN5 --label "fed-iid-K5-fedDANN-teacher-x1" --set teacher.ensemble=1

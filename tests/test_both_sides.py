@@ -28,6 +28,7 @@ from shared.clock.schedules import ScheduleClock
 from shared.clock.steps import batch_plan
 from shared.clock.seeding import client_stream
 from shared.config import DistillConfig, load_config
+from shared.errors import UnikdError
 from shared.data.datasets import get_spec
 from shared.protocol.records import RoundConfig
 from shared.unikd.engine import TeacherOut, UniKDNets, make_optimizers, source_terms
@@ -43,6 +44,7 @@ FIXES_ON = ["distill.target_kd=true", "distill.double_target_forward=false",
             "distill.beta_natural_log=true", "distill.grl_ramp=true"]
 # Under DP and secure aggregation the clients' mean w is withheld (issue 25 item 6).
 PRIVATE_KD = ["distill.target_kd=true"]
+EDGE = ["fed.local_steps_mode=edge"]  # today's rounds: one step of the clock each
 
 
 def grid(n: int) -> InProcessGrid:
@@ -348,7 +350,7 @@ def test_one_local_step_on_both_sides_is_todays_round_bit_for_bit():
 
     One teacher member: edge mode trains members one after another, both mode in one exchange
     each step, so with more members only the exchange counts differ."""
-    _, edge = run(2, "fed.local_steps=1", "teacher.ensemble=1")
+    _, edge = run(2, "fed.local_steps=1", "teacher.ensemble=1", *EDGE)
     _, both = run(2, "fed.local_steps=1", "teacher.ensemble=1", *BOTH)
     assert [r["src_loss"] for r in both.rounds] == [r["src_loss"] for r in edge.rounds]
     assert [r["trg_loss"] for r in both.rounds] == [r["trg_loss"] for r in edge.rounds]
@@ -360,7 +362,8 @@ def test_one_local_step_on_both_sides_is_todays_round_bit_for_bit():
 
 
 def test_l_steps_per_round_divide_the_exchanges_and_evaluate_once_per_epoch_of_steps():
-    cfg, result = run(2, "fed.local_steps=4", *BOTH, "fed.teacher_placement=source-only")
+    cfg, result = run(2, "fed.local_steps=4", *BOTH, "fed.teacher_placement=source-only",
+                      "fed.evaluation=exchange")  # every evaluation its own exchange
     total = result.cloud.clock.total
     assert len(result.rounds) == math.ceil(total / 4)
     assert result.evals[-1]["steps"] == total
@@ -417,20 +420,52 @@ def teacher_run(*overrides: str, clients: int = 2):
 
 
 def test_every_member_in_one_exchange_is_member_after_member_bit_for_bit():
-    edge, edge_exchanges = teacher_run()
-    both, both_exchanges = teacher_run(*BOTH)
+    edge, edge_exchanges = teacher_run(*EDGE, "fed.local_steps=1")
+    both, both_exchanges = teacher_run(*BOTH, "fed.local_steps=1")  # the teacher's L: 1 too
     assert both_exchanges * 2 == edge_exchanges  # two members per exchange
     for (k, a), b in zip(edge.state_dict().items(), both.state_dict().values()):
         assert torch.equal(a, b), k
-    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=4")
+    four, four_exchanges = teacher_run(*BOTH, "fed.teacher_local_steps=4")
     assert four_exchanges == math.ceil(both_exchanges / 4)
     assert all(torch.isfinite(v).all() for v in four.state_dict().values())
+
+
+def test_the_teacher_takes_its_own_local_steps_and_server_step():
+    four, four_exchanges = teacher_run(*BOTH, "fed.local_steps=8")  # the teacher's L: half
+    own, own_exchanges = teacher_run(*BOTH, "fed.local_steps=1", "fed.teacher_local_steps=4")
+    assert own_exchanges == four_exchanges
+    for (k, a), b in zip(four.state_dict().items(), own.state_dict().values()):
+        assert torch.equal(a, b), k  # the student's L reaches the teacher only through it
+    rule, _ = teacher_run(*BOTH, "fed.local_steps=8", "fed.server_step=repeat")
+    own_rule, _ = teacher_run(*BOTH, "fed.local_steps=8", "fed.teacher_server_step=repeat")
+    for (k, a), b in zip(rule.state_dict().items(), own_rule.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not all(torch.equal(a, b) for a, b in zip(four.state_dict().values(),
+                                                    own_rule.state_dict().values()))
+
+
+def test_the_teachers_own_steps_are_refused_in_edge_mode():
+    cfg = load_config(overrides=[*TINY, *EDGE, "fed.clients=2", "fed.teacher_local_steps=4"])
+    with pytest.raises(UnikdError, match="fed.teacher_local_steps"):
+        federate(grid(2), cfg, progress=False)
+
+
+def test_record_dp_charges_the_teachers_own_local_steps():
+    from server.fed.dp.federation import teacher_round_charges
+    from shared.clock.steps import steps_per_epoch
+
+    cfg = load_config(overrides=["teacher.ensemble=2", *BOTH, "fed.local_steps=2",
+                                 "fed.teacher_local_steps=5", "teacher.epochs=1"])
+    spec = load_source(cfg).spec
+    steps = steps_per_epoch(100, 64, cfg.teacher.batch_for(spec))  # one member's, one epoch
+    charges = teacher_round_charges(cfg, 100, 64, spec)
+    assert charges == [2 * min(5, steps - 5 * r) for r in range(math.ceil(steps / 5))]
 
 
 def test_record_dp_charges_every_members_local_steps_and_resumes_with_them(tmp_path):
     over = ["distill.epochs=1", "teacher.epochs=1", "teacher.ensemble=2", "fed.clients=2",
             "fed.dp=record", "fed.local_steps=3", *BOTH, "fed.checkpoint_every=6", "seed=5",
-            *PRIVATE_KD]
+            *PRIVATE_KD, "fed.teacher_local_steps=3"]
     cfg = load_config(overrides=over)
     full = federate(grid(2), cfg, progress=False)
     teacher = [r for r in full.privacy.rows if r["phase"] == "teacher"]

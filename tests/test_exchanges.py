@@ -69,3 +69,39 @@ def test_a_resumed_run_counts_the_exchanges_before_its_interruption(tmp_path):
     _, second, resumed = run([], resume=run_dir)
     # the resumed process asks the count query again: one exchange more than an uninterrupted run
     assert resumed.exchanges == len(first.batches) + len(second.batches)
+
+
+EPOCHS = ["distill.epochs=3", "fed.rounds=0"]  # an evaluation after each of 3 epochs of steps
+
+
+def test_piggybacked_evaluations_score_the_same_weights_in_fewer_exchanges():
+    _, plain_grid, plain = run(EPOCHS + ["fed.evaluation=exchange"])
+    _, grid, piggy = run(EPOCHS)  # the default: fed.evaluation=piggyback
+    assert len(piggy.evals) == len(plain.evals) == 3
+    # the same scores of the same weights; the ledger (UNI-KD rounds' bytes) now also holds
+    # the flag and the confusion counts the rounds carry
+    skip = ("exchanges", "mb_total")
+    strip = [{k: v for k, v in e.items() if k not in skip} for e in plain.evals]
+    assert [{k: v for k, v in e.items() if k not in skip} for e in piggy.evals] == strip
+    assert plain_grid.batches.count("evaluate") == 3
+    assert grid.batches.count("evaluate") == 1  # only the one after the last round
+    assert piggy.exchanges == plain.exchanges - 2 == len(grid.batches)
+    assert [r["src_loss"] for r in piggy.rounds] == [r["src_loss"] for r in plain.rounds]
+    # each evaluation is stamped with the exchanges spent when its weights were trained
+    assert piggy.evals[-1]["exchanges"] == piggy.exchanges
+    assert piggy.evals[0]["exchanges"] == plain.evals[0]["exchanges"] - 1
+
+
+def test_evaluations_stay_exchanges_where_a_round_cannot_carry_them():
+    _, grid, result = run(EPOCHS + ["distill.ema_decay=0.9"])  # the EMA is evaluated, not sent
+    assert grid.batches.count("evaluate") == len(result.evals) == 3
+
+
+def test_a_resumed_run_completes_the_pending_evaluation(tmp_path):
+    _, _, full = run(EPOCHS)
+    first_eval = full.evals[0]["round"]  # its score rides on the next round
+    run_dir = make_run_dir(tmp_path, "fed")
+    run(EPOCHS, run_dir=run_dir, stop_after=first_eval)
+    _, _, resumed = run(EPOCHS, resume=run_dir)
+    assert [e["mf1"] for e in resumed.evals] == [e["mf1"] for e in full.evals]
+    assert [e["round"] for e in resumed.evals] == [e["round"] for e in full.evals]

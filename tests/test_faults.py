@@ -28,7 +28,8 @@ from shared.errors import ConfigError
 CLIENTS = 3
 ROUNDS = 4
 BASE = ("distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128",
-        f"fed.clients={CLIENTS}", f"fed.rounds={ROUNDS}", "fed.teacher_placement=source-only")
+        f"fed.clients={CLIENTS}", f"fed.rounds={ROUNDS}", "fed.teacher_placement=source-only",
+        "fed.local_steps_mode=edge", "fed.local_steps=1")  # a round per step
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -66,3 +66,18 @@ def test_the_cache_key_ignores_the_students_ema():
     """The EMA averages the student after the teacher is trained: EMA on and off share one."""
     key = lambda *sets: fed_teacher_key(load_config(None, [*SETS, *sets]))  # noqa: E731
     assert key() == key("distill.ema_decay=0.9")
+
+
+def test_the_cache_key_follows_the_teachers_own_local_steps_not_the_students():
+    key = lambda *sets: fed_teacher_key(load_config(None, [*SETS, *sets]))  # noqa: E731
+    both = ("fed.local_steps_mode=both",)
+    # L=10 gives the teacher 5 steps per exchange: the same teacher as L=1 with 5 of its own
+    assert key(*both, "fed.local_steps=10") == key(*both, "fed.local_steps=1",
+                                                   "fed.teacher_local_steps=5")
+    assert key(*both, "fed.local_steps=10") != key(*both, "fed.local_steps=2")
+    assert key(*both, "fed.server_step=repeat") == key(*both, "fed.teacher_server_step=repeat")
+    assert key(*both) != key(*both, "fed.teacher_server_step=repeat")
+    assert key(*both) == key(*both, "fed.evaluation=exchange")
+    edge = ("fed.local_steps_mode=edge",)  # one step per teacher exchange whatever L
+    assert key(*edge, "fed.local_steps=1") == key(*edge, "fed.local_steps=3")
+    assert key(*edge) != key(*both, "fed.local_steps=1")

@@ -29,7 +29,8 @@ from shared.unikd.settings import KDHparams
 CLIENTS = 3
 ROUNDS = 3
 BASE = ("distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128",
-        f"fed.clients={CLIENTS}", f"fed.rounds={ROUNDS}", "fed.teacher_placement=source-only")
+        f"fed.clients={CLIENTS}", f"fed.rounds={ROUNDS}", "fed.teacher_placement=source-only",
+        "fed.local_steps_mode=edge", "fed.local_steps=1")  # a round per step, member after member
 
 
 @dataclass

@@ -33,7 +33,8 @@ from shared.clock.seeding import client_stream
 CLIENTS = 3
 ROUNDS = 3
 BASE = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", f"fed.clients={CLIENTS}",
-        f"fed.rounds={ROUNDS}", "fed.teacher_placement=source-only"]
+        f"fed.rounds={ROUNDS}", "fed.teacher_placement=source-only",
+        "fed.local_steps_mode=edge", "fed.local_steps=1"]  # a round per step
 
 
 def _update(scale: float, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:

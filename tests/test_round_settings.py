@@ -29,7 +29,8 @@ from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig
 from shared.unikd.models import teacher_for
 from shared.unikd.settings import KDHparams, StepSchedule
 
-TINY = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=1"]
+TINY = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=1",
+        "fed.local_steps_mode=edge", "fed.local_steps=1"]  # a round per step: rounds 1, 3, 8
 KD_FIELDS = dataclasses.fields(KDHparams)
 
 
@@ -192,5 +193,5 @@ def test_two_fields_of_one_name_cannot_share_the_wire():
     assert len(flat_fields(RoundConfig(round=1, seed=0, dataset="x", lr=0.0,
                                        schedule=StepSchedule(0.0, 0.0),
                                        hparams=KDHparams()))) == \
-        len(dataclasses.fields(RoundConfig)) - 4 + len(KD_FIELDS) + 2  # hparams and schedule
-    # nest; `clock` and `w_share` left at None are absent
+        len(dataclasses.fields(RoundConfig)) - 5 + len(KD_FIELDS) + 2  # hparams and schedule
+    # nest; `clock`, `w_share` and `evaluate` left at None are absent

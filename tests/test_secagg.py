@@ -266,7 +266,8 @@ def _round_one_updates(taps) -> dict[int, np.ndarray]:
 
 
 E2E = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=4",
-       "fed.rounds=2", "fed.teacher_placement=source-only"]
+       "fed.rounds=2", "fed.teacher_placement=source-only",
+       "fed.local_steps_mode=edge", "fed.local_steps=1"]  # noise shares need one local step
 
 
 def test_record_dp_with_secure_aggregation_and_a_dropout_end_to_end(tmp_path, monkeypatch):

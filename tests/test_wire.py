@@ -51,7 +51,8 @@ OPTIONAL_RECORDS = {"train": {"target.w"}}
 UP_METRICS = {
     "query": {"client-id", "round", "num-examples"},
     "train": {"client-id", "round", "num-examples", "local-steps", "loss", "kd", "hint", "dom",
-              "adv", "d_f", "w_mean", "im", "pl", "pl_kept"},
+              "adv", "d_f", "w_mean", "im", "pl", "pl_kept",
+              "confusion"},  # a round that carries an evaluation (fed.evaluation=piggyback)
     "train.teacher": {"client-id", "round", "num-examples", "teacher-dann-dom"},
     "evaluate": {"client-id", "round", "num-examples", "confusion"},
 }
@@ -99,6 +100,10 @@ def check_reply(mtype: str, content: RecordDict, n_train: int, n_test: int) -> N
             continue
         assert isinstance(record, ArrayRecord), f"{mtype}: '{key}' is {type(record)}"
         allowed = MODEL_SHAPES[key]
+        members = {n.split(".", 1)[0] for n in record.keys()}
+        if mtype == "train.teacher" and all(m.isdigit() for m in members):
+            # fed.local_steps_mode=both: every ensemble member's arrays, "<member>.<name>"
+            allowed = {f"{m}.{n}": shape for m in members for n, shape in allowed.items()}
         assert set(record.keys()) == set(allowed), f"{mtype}/{key}: names differ from the model"
         for name, arr in record.items():
             a = arr.numpy()
@@ -120,7 +125,7 @@ def _check_metrics(mtype: str, record: MetricRecord, n_train: int, n_test: int) 
     assert {"client-id", "round", "num-examples"} <= keys
     for name, value in record.items():
         if name == "confusion":
-            assert mtype == "evaluate"
+            assert mtype in ("evaluate", "train")
             assert isinstance(value, list) and len(value) == SPEC.classes ** 2
             assert all(isinstance(v, int) and v >= 0 for v in value)
             assert sum(value) == n_test == record["num-examples"]

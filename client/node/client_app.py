@@ -189,6 +189,8 @@ def w_coordinate(w_mean: float, rc: RoundConfig) -> dict[str, torch.Tensor]:
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context)
+    spec = decode_spec(msg.content)
+    scored = score_received(msg, context, rc, data, spec) if rc.evaluate else {}
     teacher = cached_teacher(msg, context, rc, data)
     prototypes = hint_prototypes(msg.content)
     nets = decode_nets(msg.content)
@@ -229,13 +231,13 @@ def train(msg: Message, context: Context) -> Message:
         wire.D_D_GRAD: to_record(grads["d_d"]),
         wire.METRICS: MetricRecord({"client-id": cid, "round": rc.round,
                                     "num-examples": count,
-                                    "local-steps": rc.local_steps, **metrics}),
+                                    "local-steps": rc.local_steps, **metrics, **scored}),
     })
     if "target_w" in grads:
         reply[wire.TARGET_W] = to_record(grads["target_w"])
     if buffers is not None:
         reply[wire.STUDENT_BN] = to_record(buffers)
-    wire.check_outgoing(reply, up_shapes(nets))
+    wire.check_outgoing(reply, up_shapes(nets), num_classes=spec.classes)
     store = node_of(context).store_path
     if store is not None:  # the service's Status reports the last round
         from client.edge_service.store import record_round
@@ -274,19 +276,29 @@ def train_teacher(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
+def score_received(msg: Message, context: Context, rc: SetupConfig, data, spec: DatasetSpec
+                   ) -> dict:
+    """The received student's confusion counts on this node's labelled test windows (empty
+    where it holds none), on a copy of its own: an evaluation, or a training round that carries
+    one (`RoundConfig.evaluate`), scored before anything trains."""
+    if data.test is None:
+        return {}
+    nets = UniKDNets.for_spec(spec)
+    load_student_state(nets, from_record(msg.content[wire.STUDENT]))
+    adapt_bn(nets, rc, context, data.x_train)
+    cm = confusion(data.test.y, predict(nets.student, data.test.x), spec.classes)
+    return {"confusion": cm.flatten().tolist()}
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received student on this node's labelled test windows: confusion counts only."""
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context)
     spec = decode_spec(msg.content)
-    nets = UniKDNets.for_spec(spec)
-    load_student_state(nets, from_record(msg.content[wire.STUDENT]))
-    adapt_bn(nets, rc, context, data.x_train)
     metrics: dict = {"client-id": cid, "round": rc.round, "num-examples": 0}
-    if data.test is not None:
-        cm = confusion(data.test.y, predict(nets.student, data.test.x), spec.classes)
-        metrics.update({"num-examples": len(data.test), "confusion": cm.flatten().tolist()})
+    if (scored := score_received(msg, context, rc, data, spec)):
+        metrics.update({"num-examples": len(data.test), **scored})
     reply = RecordDict({wire.METRICS: MetricRecord(metrics)})
     wire.check_outgoing(reply, {}, wire.EVAL_METRICS, spec.classes)
     return Message(reply, reply_to=msg)

@@ -61,6 +61,13 @@ def fed_teacher_key(cfg: RunConfig) -> str:
     key.out, key.teacher.checkpoint, key.distill.ema_decay = "", "", 0.0
     if key.fed.teacher_placement in ("edge", "cloud"):
         key.fed.teacher_placement = "edge"
+    # the student's local steps and server step reach the teacher only through its own (both
+    # mode: fed.teacher_steps, fed.teacher_step_rule); edge mode trains it one step per exchange
+    f, both = key.fed, key.fed.local_steps_mode == "both"
+    f.teacher_local_steps, f.teacher_server_step = ((f.teacher_steps, f.teacher_step_rule) if both
+                                                    else (0, "same"))
+    f.local_steps, f.server_step = 1, "sqrt-lr"
+    f.evaluation = "piggyback"  # when the student is scored does not touch the teacher
     return key.hash()
 
 
@@ -109,6 +116,9 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
     result = run_inprocess(cfg, progress=False)
     if cache is not None and not cached:
         save_fed_teacher(cache, result.cloud.teacher, cfg, scenario)
+    teacher_scores = ({} if base.get("teachers") or base.get("no_teacher_scores")
+                      else score_teacher(cfg, result.cloud.teacher))
+    write_curves(Path(out), base.get("label") or "fedunikd", scenario, seed, result)
     ev = result.final
     rounds = result.rounds
     return {"method": base.get("label") or "fedunikd", "scenario": scenario, "seed": seed,
@@ -129,7 +139,41 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
             "dp_noise_multiplier": last_value(rounds, "dp_noise_multiplier"),
             "teacher": ("central bench" if base.get("teachers") else "cached" if cached
                         else "trained in this run"),
+            "teacher_local_steps": cfg.fed.teacher_steps,
+            "teacher_server_step": cfg.fed.teacher_step_rule,
+            "evaluation": cfg.fed.evaluation,
+            "evaluations": len(result.evals), "student_rounds": len(rounds),
+            **teacher_scores,
             "mf1_per_edge": per_edge_mf1(ev, scenario, cfg.fed.partition)}
+
+
+def score_teacher(cfg: RunConfig, teacher) -> dict[str, float]:
+    """The federated teacher's MF1 on the target and source test splits: a benchmark's
+    measurement, read from the data folder here (the federation never sees target labels).
+    Empty where the scenario has several targets."""
+    from shared.data.scenario import load_scenario
+    from shared.unikd.evaluation import evaluate
+
+    if len(scenario_targets(parse_scenario(cfg.data.scenario)[1])) > 1:
+        return {}
+    data = load_scenario(cfg.data)
+    return {"teacher_mf1": evaluate(teacher, data.trg_test, data.spec.classes)["mf1"],
+            "teacher_src_mf1": evaluate(teacher, data.src_test, data.spec.classes)["mf1"]}
+
+
+CURVE_KEYS = ("round", "src_loss", "src_ce", "src_dom", "src_d_f", "trg_loss", "trg_d_f",
+              "trg_w_mean", "trg_dom")
+
+
+def write_curves(out: Path, label: str, scenario: str, seed: int, result) -> None:
+    """OUT/curves/<label>/<scenario>_seed<seed>.json: every evaluation and each round's losses
+    (the label-free stopping rule is measured on them, bench/stop_rule.py)."""
+    src, trg = parse_scenario(scenario)
+    rows = [{k: r[k] for k in CURVE_KEYS if k in r} for r in result.rounds]
+    evals = [{k: v for k, v in e.items() if not k.startswith("mf1_client_")}
+             for e in result.evals]
+    write_json(out / "curves" / label / f"{src}to{trg.replace(',', '+')}_seed{seed}.json",
+               {"rounds": rows, "evals": evals, "exchanges": result.exchanges})
 
 
 def last_value(rounds: list[dict], key: str):

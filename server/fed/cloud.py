@@ -297,16 +297,26 @@ class Cloud:
             content[wire.HINT_PROTOTYPES] = to_record({"feat": self.prototypes})
         return content
 
+    @property
+    def piggybacks_evaluation(self) -> bool:
+        """Whether a training round can carry the evaluation of the weights it sends
+        (`fed.evaluation: piggyback`): not under secure aggregation, whose replies carry
+        masked sums, nor with the student's EMA, whose evaluated weights are not the sent ones."""
+        f = self.cfg.fed
+        return (f.evaluation == "piggyback" and not f.secure_aggregation
+                and self.ema is None)
+
     def eval_content(self, rnd: int) -> RecordDict:
         """Federated evaluation's payload: the reported weights (the EMA's, when on), no teacher,
         no DP settings."""
         return self.down_content(self.node_config(rnd), self.weight_records(self.reported_nets()),
                                  with_teacher=False)
 
-    def begin_round(self, rnd: int) -> CloudRound:
+    def begin_round(self, rnd: int, evaluate: bool = False) -> CloudRound:
         """Open round `rnd`: keep the weights (BN buffers included) the clients receive, then run
         the source step at them. Its forward pass moves the BN buffers (train mode); the
-        messages carry them as they were before, as the centralized step sees them."""
+        messages carry them as they were before, as the centralized step sees them.
+        `evaluate`: the nodes also score those weights (`fed.evaluation: piggyback`)."""
         if self.current is not None:
             raise UnikdError(f"round {rnd} begun while round {self.current.number} is open")
         weights = self.weight_records()
@@ -325,8 +335,10 @@ class Cloud:
                                {k: p.grad for k, p in self.nets.named_parameters()
                                 if p.grad is not None})}
         source_kd = src["cross_kd"].item() if "cross_kd" in src else None
-        self.current = CloudRound(rnd, weights, bn_before, src,
-                                  self.node_config(rnd, self.dp, source_kd), cross, records)
+        rc = self.node_config(rnd, self.dp, source_kd)
+        if evaluate:
+            rc.evaluate = True
+        self.current = CloudRound(rnd, weights, bn_before, src, rc, cross, records)
         return self.current
 
     def path_mover(self) -> PathMover | None:

@@ -26,6 +26,7 @@ from server.fed import live_status
 from server.fed.live_status import LiveStatus
 from server.fed.transport import Sender, TransportOptions
 from server.fed.setup import setup_config, setup_content
+from server.fed.stopping import PlateauRule, epoch_signals
 from server.fed.secagg import secure_updates
 from server.fed.dp.client_level import cloud_secret
 from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_record_terms,
@@ -130,7 +131,12 @@ def query_counts(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[i
 def evaluate_round(send: Sender, cloud: Cloud, nodes: list[int], rnd: int) -> dict:
     """Federated evaluation: clients return confusion counts; the cloud sums them into MF1."""
     replies = send.to_all(nodes, cloud.eval_content(rnd), wire.EVALUATE, rnd)
-    k = cloud.source.spec.classes
+    return confusion_eval(replies, cloud.source.spec.classes, rnd)
+
+
+def confusion_eval(replies: list[Message], k: int, rnd: int) -> dict:
+    """The evaluation of round `rnd`'s weights from the replies that carry confusion counts (an
+    evaluation's, or a training round's under `fed.evaluation: piggyback`)."""
     total = torch.zeros(k, k, dtype=torch.long)
     clients = 0
     per_client: dict[str, float] = {}  # MF1 on each client's own windows (per-domain: per edge)
@@ -187,6 +193,8 @@ class Federation:
     roster: Roster = field(default_factory=Roster)  # node id <-> client id of every known node
     cohort: list[int] = field(default_factory=list)  # this round's nodes (cross-silo: all)
     available: int = 0  # known nodes available for this round (cross-device)
+    # fed.evaluation=piggyback: the evaluation the next round's replies complete (`score`)
+    pending_eval: dict | None = None
 
 
 def check_cross_kd(cfg: RunConfig) -> None:
@@ -229,6 +237,18 @@ def check_cloud_hint(cfg: RunConfig) -> None:
                          f"nothing: set fed.teacher_placement=cloud or fed.cloud_hint=off")
 
 
+def check_teacher_steps(cfg: RunConfig) -> None:
+    """The teacher's own local steps and server step exist in both mode only: edge mode trains
+    the teacher member after member, one step per exchange (server/fed/teacher.py)."""
+    f = cfg.fed
+    if f.local_steps_mode == "edge" and (f.teacher_local_steps or f.teacher_server_step != "same"):
+        raise UnikdError(f"fed.teacher_local_steps={f.teacher_local_steps} / "
+                         f"fed.teacher_server_step={f.teacher_server_step} apply to "
+                         f"fed.local_steps_mode=both only; in edge mode the federated teacher "
+                         f"takes one step per exchange: set fed.local_steps_mode=both or leave "
+                         f"them at 0 / same")
+
+
 def check_pseudo_labels(cfg: RunConfig) -> None:
     """Say where the pseudo-labels come from when it is not the teacher (engine.py)."""
     if cfg.distill.pl_weight > 0 and cfg.fed.teacher_placement == "cloud":
@@ -246,6 +266,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     check_cross_kd(cfg)
     check_cloud_hint(cfg)
+    check_teacher_steps(cfg)
     check_record_noise(cfg)
     check_record_terms(cfg)
     check_pseudo_labels(cfg)
@@ -281,6 +302,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     first = 1
     if ckpt:
         first = restore(cloud, fed.result, ckpt) + 1
+        fed.pending_eval = ckpt.get("pending_eval")
         send.exchanges += int(ckpt.get("exchanges", 0))  # before the interruption
         if privacy is not None:
             privacy.replay(teacher_round_charges(cfg, len(source.train), n_trg, source.spec),
@@ -380,9 +402,13 @@ def run_round(fed: Federation, rnd: int) -> dict | None:
         write_round_status(fed, rnd, None, [], started, rejected_before)
         return None
     fed.cohort = cohort
-    opened = fed.cloud.begin_round(rnd)  # 1. the weights the clients get; the source step at them
+    # 1. the weights the clients get (and score, when an evaluation rides along); the source
+    # step at them
+    opened = fed.cloud.begin_round(rnd, evaluate=fed.pending_eval is not None)
     contents = fed.cloud.round_messages(fed.cohort, fed.has_teacher)  # 2. built once, as sent
     updates, replies, errors, sa_row = exchange(fed, opened, contents)  # 3. send and collect
+    if fed.pending_eval is not None:  # the previous round's weights, scored by these replies
+        complete_eval(fed, replies)
     updates = check_updates(fed, rnd, updates, replies, errors)  # 4. refuse what cannot count
     record_cohort(fed, rnd, replies)
     if len(updates) < fed.cfg.fed.min_clients:
@@ -506,20 +532,49 @@ def record_round(fed: Federation, opened: CloudRound, contents: dict[int, Record
     return row
 
 
-def score(fed: Federation, rnd: int, row: dict | None = None) -> None:
-    """Federated evaluation after `rnd`, logged with the round's losses when it has a row."""
+def score(fed: Federation, rnd: int, row: dict | None = None, final: bool = False) -> None:
+    """Federated evaluation after `rnd`, logged with the round's losses when it has a row.
+
+    Under `fed.evaluation: piggyback` (where the run allows it: `piggybacks`) an evaluation
+    before the `final` one costs no exchange: the next round's messages carry the same weights
+    and ask the nodes to score them (`complete_eval`)."""
     fed.status.write(live_status.Phase("evaluation", fed.total))
-    ev = evaluate_round(fed.send, fed.cloud, scored_nodes(fed, rnd), rnd)
-    ev["mb_total"] = fed.result.ledger.total_mb()
-    ev["exchanges"] = fed.send.exchanges  # so far, this evaluation included
-    ev["steps"] = fed.cloud.plan.steps_done(rnd)  # steps of the clock applied by then
+    ev = {"round": rnd, "mb_total": fed.result.ledger.total_mb(),
+          "exchanges": fed.send.exchanges,  # so far (an evaluation exchange adds itself)
+          "steps": fed.cloud.plan.steps_done(rnd)}  # steps of the clock applied by then
+    if piggybacks(fed) and not final:
+        fed.pending_eval = {**ev, "row": row}
+        return
+    scored = evaluate_round(fed.send, fed.cloud, scored_nodes(fed, rnd), rnd)
+    ev["exchanges"] = fed.send.exchanges
+    add_eval(fed, {**scored, **ev}, row)
+
+
+def piggybacks(fed: Federation) -> bool:
+    """An evaluation rides on the next training round only where that round asks the nodes an
+    evaluation would: cross-silo, every node, no evaluation sample."""
+    return (fed.cloud.piggybacks_evaluation and not fed.policy.dynamic
+            and not fed.policy.eval_clients)
+
+
+def complete_eval(fed: Federation, replies: list[Message]) -> None:
+    """The pending evaluation, from the confusion counts a training round's replies carry."""
+    pending, fed.pending_eval = fed.pending_eval, None
+    row = pending.pop("row")
+    scored = confusion_eval(replies, fed.cloud.source.spec.classes, pending["round"])
+    add_eval(fed, {**scored, **pending}, row)
+
+
+def add_eval(fed: Federation, ev: dict, row: dict | None) -> None:
+    """Keep an evaluation (its keys in the order the run folder's evals.csv has always had)."""
+    ev = {k: ev[k] for k in ("round", "clients", "mf1", "acc", "num-examples") if k in ev} | ev
     fed.result.evals.append(ev)
     fed.status.write(live_status.Eval(
-        rnd, ev["exchanges"], ev.get("mf1"), ev.get("acc"),
+        ev["round"], ev["exchanges"], ev.get("mf1"), ev.get("acc"),
         {k.removeprefix("mf1_client_"): v for k, v in ev.items() if k.startswith("mf1_client_")}))
     if row is not None:
         log.info("[ROUND %d/%d] epoch %d  loss src %.3f trg %.3f  target MF1 %s  (%.2f MB)",
-                 rnd, fed.total, fed.cloud.clock.at(ev["steps"] - 1)[0], row["src_loss"],
+                 ev["round"], fed.total, fed.cloud.clock.at(ev["steps"] - 1)[0], row["src_loss"],
                  row.get("trg_loss", float("nan")),
                  f"{ev['mf1']:.2f}" if "mf1" in ev else "n/a", ev["mb_total"])
 
@@ -583,21 +638,30 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     plan, spe = fed.cloud.plan, fed.cloud.clock.steps_per_epoch
     eval_every = cfg.fed.eval_every or spe  # in steps of the clock
     ckpt_every = cfg.fed.checkpoint_every or spe
+    stopping = StopWatch.of(cfg, fed.result.rounds, plan, eval_every)  # fed.stop; None: off
     for rnd in tqdm(range(first, fed.total + 1), desc="rounds",
                     disable=None if progress else True, dynamic_ncols=True):
         row = run_round(fed, rnd)
         if row is None:
             if rnd == fed.total and fed.result.rounds:  # the last round was skipped: still score
-                score(fed, rnd)
+                score(fed, rnd, final=True)
             continue
         if on_round is not None:
             on_round(rnd, fed.cloud, row)
-        if plan.ends_period(rnd, eval_every) or rnd == fed.total:
-            score(fed, rnd, row)
+        last = rnd == fed.total
+        if plan.ends_period(rnd, eval_every) or last:
+            if stopping is not None and not last and stopping.stops(fed.result.rounds):
+                log.info("round %d: the label-free plateau rule (fed.stop) ends the run after "
+                         "%d of %d rounds", rnd, rnd, fed.total)
+                last = True
+            score(fed, rnd, row, final=last)
         if run_dir is not None and (plan.ends_period(rnd, ckpt_every) or rnd == fed.total):
             save_checkpoint(run_dir / "checkpoints" / "last.pt", fed.cloud, fed.result, rnd,
-                            fed.send.exchanges)
+                            fed.send.exchanges, fed.pending_eval)
         if stop_after is not None and rnd >= stop_after:
+            break
+        if last:
+            deliver_final(fed, run_dir, delivery_dir)
             break
     else:
         deliver_final(fed, run_dir, delivery_dir)
@@ -606,14 +670,47 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     return fed.result
 
 
-def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, exchanges: int
-                    ) -> None:
+@dataclass
+class StopWatch:
+    """`fed.stop: plateau`: each epoch's label-free signals so far (server/fed/stopping.py)."""
+
+    rule: PlateauRule
+    epochs: int  # evaluation points in the run (an epoch of steps ends in each)
+    history: list[dict] = field(default_factory=list)
+    seen: int = 0  # round rows already folded into `history`
+
+    @classmethod
+    def of(cls, cfg: RunConfig, rounds: list[dict], plan, period: int) -> StopWatch | None:
+        """The rule's state; `rounds`: the rows of a resumed run so far, folded by epoch."""
+        f = cfg.fed
+        if f.stop == "off":
+            return None
+        points = sum(1 for r in range(1, plan.rounds + 1)  # the run's evaluation points
+                     if plan.ends_period(r, period) or r == plan.rounds)
+        watch = cls(PlateauRule(f.stop_patience, f.stop_tolerance, f.stop_min_fraction), points)
+        for i, row in enumerate(rounds):
+            if plan.ends_period(row["round"], period):
+                watch.history.append(epoch_signals(rounds[watch.seen:i + 1]))
+                watch.seen = i + 1
+        return watch
+
+    def stops(self, rounds: list[dict]) -> bool:
+        """Fold the epoch that just ended (its rounds' rows) in, and apply the rule."""
+        self.history.append(epoch_signals(rounds[self.seen:]))
+        self.seen = len(rounds)
+        return self.rule.stops(self.history, self.epochs)
+
+
+def save_checkpoint(path: Path, cloud: Cloud, result: FedResult, rnd: int, exchanges: int,
+                    pending_eval: dict | None = None) -> None:
     """Everything needed to continue: weights, all optimizer moments, the student's EMA (when
     kept), the cloud's path control (fed.local_path=preconditioned), round, logs, teacher, and
     the message exchanges spent so far (a resumed run adds its own to them)."""
     extra = {"ema": cloud.ema.state_dict()} if cloud.ema is not None else {}
     if cloud.target_control:  # fed.local_path=preconditioned: the next round's cloud path
         extra["target_control"] = cloud.target_control
+    if pending_eval is not None:  # fed.evaluation=piggyback: the next round completes it
+        extra["pending_eval"] = pending_eval
     checkpoints.save(path, checkpoints.FED_RESUME, {
         "round": rnd, "exchanges": exchanges, "config_hash": cloud.cfg.hash(), "nets": cloud.nets.state_dict(),
         "optimizers": {k: o.state_dict() for k, o in cloud.opts.items()},

@@ -1,5 +1,6 @@
 """The federated DANN teacher under `fed.local_steps_mode: both`: every ensemble member in each
-exchange, L steps of the teacher's clock per exchange (shared/clock/local_steps.py).
+exchange, L steps of the teacher's clock per exchange (shared/clock/local_steps.py; L is
+`fed.teacher_local_steps`, by default the student's `fed.local_steps`).
 
 A round sends all members' teachers and discriminators side by side ("<member>.<name>"); each
 node trains every member's target half over the round's L steps under that member's seed
@@ -7,7 +8,8 @@ node trains every member's target half over the round's L steps under that membe
 member's L source steps before the messages go (on a copy when L > 1, server/fed/source_path.py,
 moving as `fed.local_path` says, exactly as the student's; the preconditioned paths' records go
 down with the round), adds the member's clients' weighted mean, composes its BN statistics and
-applies the sum with the member's own Adam optimizers, by L steps (server/fed/server_step.py). The
+applies the sum with the member's own Adam optimizers, by L steps (server/fed/server_step.py,
+`fed.teacher_server_step`, by default the student's `fed.server_step`). The
 members never interact: each is trained as it would be alone, in 1/(members x L) of the
 exchanges. With L = 1 and one client every member equals its centralized twin bit for bit.
 """
@@ -135,7 +137,7 @@ def finish_member(cfg: RunConfig, member: Member, steps: int,
         add_grads(dict(member.pair[name].named_parameters()), grads[name])
         member.target_control.update({f"{name}.{k}": v.clone() for k, v in grads[name].items()})
     compose_bn(member.teacher, before, bn, target_passes=steps)
-    apply_server_step(member.opts, steps, cfg.fed.server_step, lambda: None)
+    apply_server_step(member.opts, steps, cfg.fed.teacher_step_rule, lambda: None)
 
 
 def abort_member(member: Member, before: dict[str, torch.Tensor]) -> None:
@@ -166,7 +168,7 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
     m = len(members)
     spe = steps_per_epoch(len(source.train), n_trg, t.batch_for(source.spec))
     clock = ScheduleClock(spe, t.epochs, grl_ramp=cfg.distill.grl_ramp)
-    plan = RoundPlan.of("both", cfg.fed.local_steps, spe * t.epochs)
+    plan = RoundPlan.of("both", cfg.fed.teacher_steps, spe * t.epochs)
     shapes = teacher_up_shapes(members[0].teacher, members[0].pair["disc"], m)
     status = status or LiveStatus(None)
     status.write(Phase("teacher", plan.rounds, None, m))

@@ -6,7 +6,7 @@ The run's clock has T steps (distill.epochs x steps per epoch, shared/clock/step
 its own source batch, target batch, dropout draws and schedule values (β, GRL α), exactly those
 of the centralized trainer's step t. A round is one message exchange. It is one of two kinds:
 
-`fed.local_steps_mode: edge` (the default; the rounds of issue 12)
+`fed.local_steps_mode: edge` (the rounds of issue 12)
 - round r is ONE step t = r - 1 of the clock: T rounds;
 - the cloud takes one source step, at the weights it sends the edges;
 - each edge takes L local steps on its target terms, on batches t*L .. t*L+L-1 of its epoch's
@@ -16,7 +16,7 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
   the cloud adds it to its source gradient and takes ONE Adam step. L > 1 multiplies the edge's
   work per round and saves no round.
 
-`fed.local_steps_mode: both` (issue 26: L times fewer exchanges)
+`fed.local_steps_mode: both` (the default, with L = 1; issue 26: L times fewer exchanges)
 - round r covers L consecutive steps of the clock, t0 = (r - 1) * L .. t0 + L - 1 (the last
   round fewer, where L does not divide T): ceil(T / L) rounds;
 - the cloud runs the L source halves of those steps on its own copy of the weights, each edge
@@ -37,7 +37,9 @@ of the centralized trainer's step t. A round is one message exchange. It is one 
 - BN running statistics: the cloud's L source updates, then the clients' mean L target
   updates (aggregate.compose_bn with L target passes);
 - evaluations and checkpoints follow the steps: after each round in which an epoch of steps
-  (a checkpoint period) ends.
+  (a checkpoint period) ends. So L changes the number of exchanges and nothing else; under
+  `fed.evaluation: piggyback` an evaluation rides on the next round's exchange (the weights it
+  sends are the ones to score), and only the one after the last round is an exchange.
 
 With L = 1 both kinds are the same round, bit for bit, and with one client that round is
 exactly one centralized step (tests/test_equivalence.py).
@@ -46,7 +48,9 @@ The federated DANN teacher (server/fed/teacher.py) runs on the same terms with t
 own clock (teacher.epochs, its batch size) and learning rate. In edge mode a teacher round is one
 step of one ensemble member, member after member (`TEACHER_ROUND`); in both mode one exchange
 carries every member, each with the round's L steps, and the cloud applies each member's
-combination with that member's Adam optimizers as above.
+combination with that member's Adam optimizers as above. The teacher's L is its own,
+`fed.teacher_local_steps` (0: half the student's `fed.local_steps`, rounded up), and so is its server step,
+`fed.teacher_server_step` ("same": the student's `fed.server_step`).
 
 Record DP (`fed.dp=record`): every local step is one DP-SGD step over the node's windows, so a
 round charges every node asked its L steps (`dp_steps`), a both-mode teacher round L per member

@@ -116,12 +116,16 @@ class FedConfig:
     # deployment's expected number of nodes (fed.min_available: how many a round needs)
     clients: int = field(default=3, metadata=rng(1, 1_000_000))
     rounds: int = field(default=0, metadata=rng(0, 1_000_000))  # 0 = distill.epochs worth of steps
+    # the default stays 1 (issue 26): 10 per exchange on both sides scored 4+ MF1 lower on the
+    # HAR development pairs (BENCHMARKS.md, "Fewer exchanges")
     local_steps: int = field(default=1, metadata=rng(1, 10_000))
     # what a round is (shared/clock/local_steps.py): "edge" = one step of the clock per round,
     # its target half over L local steps on each edge; "both" = L steps of the clock per round,
     # L source steps on the cloud and L target steps on each edge: L times fewer rounds. With
-    # "both", fed.rounds counts rounds of L steps and fed.checkpoint_every counts steps
-    local_steps_mode: Literal["edge", "both"] = "edge"
+    # "both", fed.rounds counts rounds of L steps and fed.checkpoint_every counts steps. The
+    # default "both" (issue 26): at L=1 the same round as "edge", bit for bit, but the federated
+    # teacher's ensemble members share each exchange (teacher.ensemble times fewer)
+    local_steps_mode: Literal["edge", "both"] = "both"
     # "both" only: how the cloud applies a round's combined pseudo-gradient to advance L steps
     # (server/fed/server_step.py): "repeat" = L Adam steps on it, "scaled-lr" = one Adam step
     # with the learning rate x L, "sqrt-lr" = L Adam steps with the learning rate / sqrt(L)
@@ -131,6 +135,14 @@ class FedConfig:
     # gradient (barely moves); "preconditioned" = along its own half plus the other side's latest
     # pseudo-gradient, scaled by the cloud's Adam second moments (sent down with each round)
     local_path: Literal["plain", "preconditioned"] = "preconditioned"
+    # "both" only: the federated DANN teacher's own local steps per exchange (its own clock,
+    # teacher.epochs x its steps per epoch); 0 (the default) = half of fed.local_steps, rounded
+    # up (10 -> 5, 1 -> 1): at the student's 10 the teacher undertrains with sqrt-lr and
+    # diverges with repeat (BENCHMARKS.md, "Fewer exchanges", issue 26)
+    teacher_local_steps: int = field(default=0, metadata=rng(0, 10_000))
+    # "both" only: how the teacher's server applies its rounds (as fed.server_step); "same" =
+    # fed.server_step
+    teacher_server_step: Literal["same", "repeat", "scaled-lr", "sqrt-lr"] = "same"
     partition: str = "iid"  # iid | dirichlet:<alpha> | per-domain
     teacher_placement: Literal["edge", "cloud", "source-only"] = "edge"
     # cloud placement only: "prototypes" sends the teacher's mean source feature per class
@@ -140,6 +152,21 @@ class FedConfig:
     engine: Literal["inprocess", "ray"] = "inprocess"
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
     checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # steps; 0 = each epoch
+    # federated evaluation after each epoch of steps (and after the last round):
+    # "piggyback" = the evaluation of the weights a round sends rides on that round's replies
+    # (no exchange of its own; the last one, after the final round, is one), where a round can
+    # carry it: not under secure aggregation (its replies carry masked sums) nor with
+    # distill.ema_decay > 0 (the evaluated EMA weights are not the trained ones), where every
+    # evaluation stays an exchange; "exchange" = every evaluation its own exchange
+    evaluation: Literal["piggyback", "exchange"] = "piggyback"
+    # a label-free stopping rule for the UNI-KD rounds (server/fed/stopping.py): "plateau" stops
+    # once the cloud's source CE and the clients' mean D_d confusion weight w have each changed
+    # by at most stop_tolerance (relative) per epoch for stop_patience epochs in a row, never
+    # before stop_min_fraction of the epochs; "off" runs the whole schedule
+    stop: Literal["off", "plateau"] = "off"
+    stop_patience: int = field(default=3, metadata=rng(1, 10_000))
+    stop_tolerance: float = field(default=0.05, metadata=rng(0.0, 10.0))
+    stop_min_fraction: float = field(default=0.5, metadata=rng(0.0, 1.0))
     round_timeout: float = field(default=600.0, metadata=rng(1.0, 86_400.0))  # seconds
     # the round loop's transport (server/fed/transport.py): seconds between reply pulls, and
     # one packed array per message instead of one Flower object per array
@@ -202,6 +229,17 @@ class FedConfig:
     availability: float = field(default=1.0, metadata=rng(0.0, 1.0))
     availability_period: int = field(default=0, metadata=rng(0, 1_000_000))
     availability_swing: float = field(default=0.5, metadata=rng(0.0, 1.0))
+
+    @property
+    def teacher_steps(self) -> int:
+        """Local steps per exchange of the federated DANN teacher (both mode): its own, or half
+        the student's, rounded up."""
+        return self.teacher_local_steps or (self.local_steps + 1) // 2
+
+    @property
+    def teacher_step_rule(self) -> str:
+        """The teacher's server step (both mode): its own, or the student's."""
+        return self.server_step if self.teacher_server_step == "same" else self.teacher_server_step
 
 
 @dataclass

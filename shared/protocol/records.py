@@ -149,6 +149,11 @@ class RoundConfig(SetupConfig):
     # each local step's own schedule values (shared/clock/local_steps.py); None (not on the
     # wire) in edge mode, whose local steps all take `schedule`
     clock: ScheduleClock | None = None
+    # fed.evaluation=piggyback: True on the round after an evaluation point; the node scores
+    # the weights it received on its labelled test windows before it trains and adds the
+    # confusion counts to its reply, so the evaluation costs no exchange of its own. None (not
+    # on the wire) on every other round
+    evaluate: bool | None = None
 
 
 def flat_fields(config: object) -> dict:

@@ -116,6 +116,8 @@ TRAIN_METRICS = frozenset({
     "im", "pl", "pl_kept",  # the label-free target terms, where on (pl_kept: kept fraction)
     TEACHER_DANN_DOM,  # teacher rounds: the target half of the domain loss (the cloud logs it)
     "model-tag",  # query: the delivery tag of the student in the node's service (tag_number)
+    "confusion",  # a round with RoundConfig.evaluate (fed.evaluation=piggyback): the received
+    #   student's confusion counts on the node's test windows, as an evaluation reply's
 })
 # Federated evaluation: the confusion matrix (C*C counts, summed over the client's test windows).
 EVAL_METRICS = frozenset({"client-id", "round", "num-examples", "confusion"})

@@ -76,7 +76,7 @@ def teacher_round_charges(cfg: RunConfig, n_src: int, n_trg: int, spec) -> list[
     steps = steps_per_epoch(n_src, n_trg, t.batch_for(spec)) * t.epochs
     if cfg.fed.local_steps_mode == "edge":
         return [TEACHER_ROUND.dp_steps()] * (steps * t.ensemble)
-    plan = RoundPlan.of("both", cfg.fed.local_steps, steps)
+    plan = RoundPlan.of("both", cfg.fed.teacher_steps, steps)
     return [teacher_dp_steps(t.ensemble, plan.local_steps(r).count)
             for r in range(1, plan.rounds + 1)]
 
