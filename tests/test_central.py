@@ -215,7 +215,7 @@ def test_the_ema_changes_what_is_reported_not_how_the_student_trains(synth):
     """`distill.ema_decay` on: the live weights, the losses and the discriminators are those of
     the run without it; the student returned (and scored) is their average."""
     data, teacher = synth
-    off = distill_unikd(tiny_cfg(), data, teacher, progress=False)
+    off = distill_unikd(tiny_cfg("distill.ema_decay=0"), data, teacher, progress=False)
     on = distill_unikd(tiny_cfg("distill.ema_decay=0.9"), data, teacher, progress=False)
     assert on.history == off.history
     assert _states_equal(on.extras["live_student"].state_dict(), off.student.state_dict())
@@ -236,7 +236,7 @@ def test_an_ema_probe_is_the_student_a_run_with_that_decay_reports(synth):
 
     data, teacher = synth
     track: dict = {}
-    probed = distill_unikd(tiny_cfg(), data, teacher, progress=False,
+    probed = distill_unikd(tiny_cfg("distill.ema_decay=0"), data, teacher, progress=False,
                            **epoch_tracking(data, teacher, track, (0.9, 0.5)))
     on_mf1: list[float] = []
     on = distill_unikd(tiny_cfg("distill.ema_decay=0.9"), data, teacher, progress=False,
