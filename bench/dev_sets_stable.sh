@@ -7,7 +7,7 @@
 # The DANN teachers come from OUT/{har,hhar}/teachers (copy a cache there first: only students
 # train). Results: bench/results/dev_sets_stable_{har,hhar_sa}.{json,md};
 # tables: python3 bench/summarize_stable.py.
-# Usage (from the repo root): SEEDS=0 DATA=../shared/data bash bench/dev_sets_stable.sh OUT [LEVER...]
+# Usage (from the repo root): SEEDS=0 SETS="har hhar" DATA=../shared/data bash bench/dev_sets_stable.sh OUT [LEVER...]
 set -euo pipefail
 OUT=${1:?OUT dir}; shift
 SEEDS=${SEEDS:-0}
@@ -25,7 +25,7 @@ flags() {
   esac
 }
 for lever in $LEVERS; do
-  for set in har hhar; do
+  for set in ${SETS:-har hhar}; do
     if [ $set = har ]; then D=HAR; DS=HAR; PAIRS=configs/har-dev-pairs.txt
     else D=HHAR_SA; DS=HHAR; PAIRS=configs/hhar-sa-dev-pairs.txt; fi
     # shellcheck disable=SC2046

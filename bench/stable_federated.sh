@@ -10,20 +10,27 @@
 set -euo pipefail
 OUT=${1:?OUT dir}; TEACHERS=${2:?central bench dir with teachers/}
 DECAY=${DECAY:-0.955}
-PAIRS=${PAIRS:-4->7,19->30}
+PAIRS=${PAIRS:-19->30}
 DATA=${DATA:-../shared/data}
 RECIPE="--set teacher.ensemble=3 --set distill.reference_compat=true --set distill.cross_kd=expected"
-# shellcheck disable=SC2086
-for d in $DECAY 0; do
+fed() {  # the HAR federation with EMA decay $1
+  # shellcheck disable=SC2086
   nice -n 10 unikd bench federated --data "$DATA/HAR" --dataset HAR --scenarios "$PAIRS" \
     --seeds 0 --clients 5 --partition iid --teachers "$TEACHERS" --jobs 1 --quiet \
-    --out "$OUT/har-fed" --label "recipe, ema_decay=$d" $RECIPE --set distill.ema_decay=$d \
+    --out "$OUT/har-fed" --label "recipe, ema_decay=$1" $RECIPE --set distill.ema_decay=$1 \
     > /dev/null
-  echo "$(date +%T) har-fed ema $d done"
-done
-nice -n 10 unikd federate --quiet $RECIPE --set distill.ema_decay=$DECAY --set out="$OUT/main"
+  echo "$(date +%T) har-fed ema $1 done"
+}
+main() {  # the main job with EMA decay $1 (and any further --set)
+  # shellcheck disable=SC2086
+  nice -n 10 unikd federate --quiet $RECIPE --set distill.ema_decay=$1 --set out="$OUT/main" \
+    "${@:2}"
+  echo "$(date +%T) main job ema $1 done"
+}
+# the EMA runs first, then the live ones (the main job's live run on the first run's teacher)
+fed "$DECAY"
+main "$DECAY"
+fed 0
 FIRST=$(ls -d "$OUT"/main/*/ | head -1)
-nice -n 10 unikd federate --quiet $RECIPE --set distill.ema_decay=0 --set out="$OUT/main" \
-  --set teacher.checkpoint="$FIRST/checkpoints/teacher.pt"
-echo "$(date +%T) main job done"
+main 0 --set teacher.checkpoint="${FIRST}checkpoints/teacher.pt"
 echo DONE
