@@ -10,7 +10,7 @@
 set -euo pipefail
 OUT=${1:?OUT dir}; TEACHERS=${2:?central bench dir with teachers/}
 DECAY=${DECAY:-0.955}
-PAIRS=${PAIRS:-19->30}
+PAIRS=${PAIRS:-4->7,19->30}
 DATA=${DATA:-../shared/data}
 RECIPE="--set teacher.ensemble=3 --set distill.reference_compat=true --set distill.cross_kd=expected"
 fed() {  # the HAR federation with EMA decay $1
