@@ -298,8 +298,8 @@ def test_a_round_of_l_steps_carries_the_mean_gradient_of_those_centralized_steps
     from shared.unikd.engine import target_terms, teacher_outputs
 
     cfg = load_config(overrides=[*TINY, "fed.clients=1", *BOTH, "fed.local_steps=4",
-                                 "distill.lr=0", "distill.pl_weight=0"])  # written without the
-    data, source = load_scenario(cfg.data), load_source(cfg)  # pseudo-labels' augmentations
+                                 "distill.lr=0"])
+    data, source = load_scenario(cfg.data), load_source(cfg)
     torch.manual_seed(0)
     teacher = teacher_for(source.spec).eval()
     bs = cfg.distill.batch_for(source.spec)

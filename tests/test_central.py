@@ -61,7 +61,7 @@ def _explicit_w(d: torch.Tensor) -> torch.Tensor:
 
 def test_reference_compat_target_kd_uses_source_tensors(synth):
     data, teacher = synth
-    cfg = tiny_cfg("distill.reference_compat=true", "distill.pl_weight=0")  # the KD alone
+    cfg = tiny_cfg("distill.reference_compat=true")
     hp = KDHparams.from_config(cfg.distill)
     assert not hp.target_kd and hp.double_target_forward and not hp.detach_weights
     nets, _ = build_unikd(cfg, data)

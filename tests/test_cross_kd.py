@@ -43,8 +43,7 @@ def test_the_split_terms_sum_to_the_expected_gradient():
     xs, xt = torch.randn(8, 9, 128), torch.randn(8, 9, 128)
     ys = torch.arange(8) % 6
     t_src = TeacherOut(torch.randn(8, 128), torch.randn(8, 6))
-    hp = KDHparams(target_kd=False, cross_kd="expected", detach_weights=False,
-                   pl_weight=0.0)  # the KD split alone (no augmentation generator here)
+    hp = KDHparams(target_kd=False, cross_kd="expected", detach_weights=False)
     sched = StepSchedule(beta=1.0, alpha=0.5)
     nets.eval()  # no dropout, fixed BN: both evaluations see the same function
 

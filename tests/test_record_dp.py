@@ -40,9 +40,8 @@ def _loop_grads(loss: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> list[
     return out
 
 
-@pytest.mark.parametrize("hp", [KDHparams(detach_weights=False, pl_weight=0.0),
-                                KDHparams(adv_to_student=True, detach_weights=True,
-                                          pl_weight=0.0)])  # the pseudo-labels: test below
+@pytest.mark.parametrize("hp", [KDHparams(detach_weights=False),
+                                KDHparams(adv_to_student=True, detach_weights=True)])
 def test_per_window_grads_equal_a_loop_of_single_window_backwards(hp):
     # Prepare
     torch.manual_seed(0)

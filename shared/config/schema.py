@@ -98,8 +98,8 @@ class DistillConfig(KDHparams, StudentTraining):
     # both mode), kept by whoever holds the master weights (shared/unikd/ema.py). Training
     # itself always continues on the live weights. 0.955 (a horizon of ~22 steps, 2-3 epochs
     # on the dev pairs) was chosen on both development sets: the best mean of the last 5
-    # evaluations on both, the spread of the last 5 evaluations 1.95 -> 0.46 MF1 (HAR dev),
-    # 2.83 -> 2.36 (HHAR_SA dev); longer horizons lag (BENCHMARKS.md, issue 25).
+    # evaluations on both, their spread 1.95 -> 0.46 MF1 std (HAR dev, seed 0), 2.76 -> 1.22
+    # (HHAR_SA dev, 3 seeds, final MF1 78.66 -> 79.50); longer horizons lag (BENCHMARKS.md).
     ema_decay: float = field(default=0.955, metadata=rng(0.0, 0.999999))
 
     def batch_for(self, spec: DatasetSpec) -> int:

@@ -47,10 +47,8 @@ class KDHparams:
     # Confident pseudo-labels (FixMatch-style): CE of the student on a strong augmentation of
     # each target window towards the teacher's arg-max class on the plain window, kept where the
     # teacher's probability is at least pl_threshold (the student's own where the teacher stays
-    # in the cloud). On at 1.0 (issue 25): on top of the HAR recipe and the EMA it gained on both
-    # development sets and cut the spread of the last evaluations (BENCHMARKS.md); IM did not
-    # gain on HHAR_SA and stays off.
-    pl_weight: float = field(default=1.0, metadata={"range": (0.0, None)})
+    # in the cloud).
+    pl_weight: float = field(default=0.0, metadata={"range": (0.0, None)})
     pl_threshold: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
 
     @classmethod
