@@ -105,6 +105,15 @@ def bench_central_cmd(args: argparse.Namespace) -> int:
         get_method(m)
     if args.label and len(methods) != 1:
         raise UnikdError("--label names one variant: give exactly one method with it")
+    if args.ema_probes:
+        try:
+            probes = [float(v) for v in args.ema_probes.split(",") if v.strip()]
+        except ValueError:
+            raise UnikdError(f"--ema-probes {args.ema_probes!r}: give a comma list of decays "
+                             f"in (0, 1)") from None
+        if not all(0.0 < v < 1.0 for v in probes):
+            raise UnikdError(f"--ema-probes {args.ema_probes!r}: every decay must be in (0, 1)")
+        plan.base["ema_probes"] = probes
     report = run_bench(plan.base, plan.spec, methods, plan.scenarios, plan.seeds,
                        Path(args.out), args.jobs)
     print((Path(args.out) / "results.md").read_text())
@@ -173,6 +182,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--methods", default="unikd,source-only")
     b.add_argument("--label", help="name this variant in the tables (e.g. unikd+adv); it shares "
                                    "the cached teachers of the same --out")
+    b.add_argument("--ema-probes", metavar="D1,D2,...",
+                   help="unikd only: keep an EMA of the student per decay beside each run and "
+                        "record its MF1 and teacher agreement every epoch (results.json "
+                        "`probes`); training is unchanged, so each equals a run with "
+                        "distill.ema_decay=D")
     b.set_defaults(func=bench_central_cmd)
 
     f = bsub.add_parser("federated", help="simulated federations x scenarios x seeds")

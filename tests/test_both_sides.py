@@ -221,6 +221,16 @@ def test_the_server_step_advances_l_steps(how, adam_steps):
         assert {int(s["step"]) for s in o.state.values()} == {adam_steps}
 
 
+@pytest.mark.parametrize("shape", [["fed.local_steps=3"], ["fed.local_steps=4", *BOTH]])
+def test_the_emas_decay_counts_steps_of_the_clock_whatever_a_round_is(shape):
+    """`distill.ema_decay` is per step of the run's clock: a round of L local edge steps is one
+    step (edge mode), a round of L steps on both sides is L (both mode). So the EMA folds in as
+    many times as the centralized run of the same clock steps, and a decay means the same
+    horizon with any local steps, federated or not."""
+    cfg, result = run(2, *shape, "distill.ema_decay=0.9", "fed.teacher_placement=source-only")
+    assert int(result.cloud.ema.average.n_averaged) == result.cloud.clock.total
+
+
 # ---------------------------------------------------------------- the cloud's round
 
 

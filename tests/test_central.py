@@ -219,7 +219,7 @@ def test_the_ema_changes_what_is_reported_not_how_the_student_trains(synth):
     """`distill.ema_decay` on: the live weights, the losses and the discriminators are those of
     the run without it; the student returned (and scored) is their average."""
     data, teacher = synth
-    off = distill_unikd(tiny_cfg(), data, teacher, progress=False)
+    off = distill_unikd(tiny_cfg("distill.ema_decay=0"), data, teacher, progress=False)
     on = distill_unikd(tiny_cfg("distill.ema_decay=0.9"), data, teacher, progress=False)
     assert on.history == off.history
     assert _states_equal(on.extras["live_student"].state_dict(), off.student.state_dict())
@@ -229,3 +229,28 @@ def test_the_ema_changes_what_is_reported_not_how_the_student_trains(synth):
     assert "live_student" not in off.extras  # off: exactly the run it always was
     assert not _states_equal(on.student.state_dict(), off.student.state_dict())
     assert not on.student.training  # ready to score, like the live student
+
+
+def test_an_ema_probe_is_the_student_a_run_with_that_decay_reports(synth):
+    """`probe_decays` (bench only) keeps EMAs beside the run without changing it: the probe of
+    decay d at every epoch's end is, to the bit, what a run with `distill.ema_decay=d` evaluates,
+    and "live" is the run's live student."""
+    from server.bench.central import epoch_tracking
+    from shared.unikd.evaluation import evaluate
+
+    data, teacher = synth
+    track: dict = {}
+    probed = distill_unikd(tiny_cfg("distill.ema_decay=0"), data, teacher, progress=False,
+                           **epoch_tracking(data, teacher, track, (0.9, 0.5)))
+    on_mf1: list[float] = []
+    on = distill_unikd(tiny_cfg("distill.ema_decay=0.9"), data, teacher, progress=False,
+                       epoch_hook=lambda e, s: on_mf1.append(
+                           evaluate(s, data.trg_test, data.spec.classes)["mf1"]))
+    assert set(track["probes"]) == {"live", "ema0.9", "ema0.5"}
+    assert track["probes"]["ema0.9"] == on_mf1  # every epoch, to the bit
+    assert track["probes"]["live"] == track["mf1_by_epoch"]  # the run itself reports live
+    assert probed.history == on.history
+    assert _states_equal(probed.student.state_dict(), on.extras["live_student"].state_dict())
+    assert len(track["agree_by_epoch"]["live"]) == tiny_cfg().distill.epochs
+    assert all(0.0 <= a <= 1.0 for a in track["agree_by_epoch"]["ema0.5"])
+    assert track["mf1_last5_std"] is not None

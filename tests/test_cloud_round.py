@@ -115,8 +115,8 @@ def test_with_the_ema_training_rounds_send_live_weights_and_evaluation_the_avera
     """`distill.ema_decay` on: each applied round folds the live student into the EMA; the
     nodes train from the live weights and evaluate the average; an aborted round adds nothing."""
     cloud = make_cloud("distill.ema_decay=0.5")
-    off = make_cloud()
-    assert off.ema is None and off.reported_nets() is off.nets  # the default: no EMA at all
+    off = make_cloud("distill.ema_decay=0")
+    assert off.ema is None and off.reported_nets() is off.nets  # off: no EMA at all
     for rnd in (1, 2):
         cloud.begin_round(rnd)
         cloud.finish_round([])

@@ -167,10 +167,11 @@ def test_hash_changes_with_any_value():
     assert load_config().hash() != load_config(None, ["seed=1"]).hash()
 
 
-def test_ema_decay_is_off_by_default_and_refused_outside_zero_to_one(tmp_path):
-    """`distill.ema_decay` in [0, 1): 0 (the default) is off; 1 would freeze the first step's
-    weights and a negative decay is no average: both are refused naming the key."""
-    assert load_config().distill.ema_decay == 0.0
+def test_ema_decay_is_on_by_default_and_refused_outside_zero_to_one(tmp_path):
+    """`distill.ema_decay` in [0, 1): 0.955 by default (issue 25), 0 is off; 1 would freeze the
+    first step's weights and a negative decay is no average: both are refused naming the key."""
+    assert load_config().distill.ema_decay == 0.955
+    assert load_config(None, ["distill.ema_decay=0"]).distill.ema_decay == 0.0
     assert load_config(None, ["distill.ema_decay=0.99"]).distill.ema_decay == 0.99
     for bad in ("1", "1.5", "-0.1", "often"):
         with pytest.raises(ConfigError) as info:
@@ -180,3 +181,15 @@ def test_ema_decay_is_off_by_default_and_refused_outside_zero_to_one(tmp_path):
     with pytest.raises(ConfigError, match="out of range") as info:
         load_config(path)
     assert "'distill.ema_decay'" in str(info.value) and str(path) in str(info.value)
+
+
+def test_the_label_free_levers_compose_with_reference_compat():
+    """`reference_compat: true` refuses a switch it would force; the EMA and the label-free
+    target terms (issue 25) are none of those (they only add target-side terms or average the
+    reported student), so they stand beside it with the values given."""
+    cfg = load_config(None, ["distill.reference_compat=true", "distill.cross_kd=expected",
+                             "distill.ema_decay=0.9", "distill.im_weight=0.5",
+                             "distill.pl_weight=2.0", "distill.pl_threshold=0.8"])
+    d = cfg.distill
+    assert (d.ema_decay, d.im_weight, d.pl_weight, d.pl_threshold) == (0.9, 0.5, 2.0, 0.8)
+    assert d.double_target_forward and not d.target_kd  # the reference's switches still set

@@ -374,7 +374,7 @@ def test_two_round_deployed_run_completes_with_the_simulations_numbers(deploymen
     from shared.protocol.records import student_state
 
     final = torch.load(res.run_dir / "checkpoints" / "final.pt", weights_only=False)
-    want = student_state(sim.cloud.nets)
+    want = student_state(sim.cloud.reported_nets())  # final.pt: the reported (EMA) student
     assert final["student"].keys() == want.keys()
     for name, value in want.items():
         assert torch.equal(final["student"][name], value), name

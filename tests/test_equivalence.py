@@ -21,8 +21,9 @@ from shared.data.scenario import load_scenario
 from shared.protocol.records import student_state
 
 
+# the live weights are compared (the EMA's own test below turns it on)
 BASE = ["distill.epochs=2", "teacher.epochs=1", "fed.clients=1", "fed.local_steps=1",
-        "fed.partition=iid", "seed=3"]
+        "fed.partition=iid", "seed=3", "distill.ema_decay=0"]
 SWITCHES = ["distill.adv_to_student=false", "distill.double_target_forward=false",
             "distill.detach_weights=true"]  # the variants below override these
 
@@ -61,7 +62,12 @@ def config(teacher_path, *variant: str):
                                      ["fed.local_steps_mode=both", "distill.reference_compat=true",
                                       "distill.cross_kd=expected"],
                                      ["fed.local_steps_mode=both", "distill.im_weight=1.0",
-                                      "distill.pl_weight=1.0", "distill.pl_threshold=0.5"]])
+                                      "distill.pl_weight=1.0", "distill.pl_threshold=0.5"],
+                                     # the label-free terms on top of the HAR recipe (issue 25):
+                                     # target-only, so they compose with reference_compat
+                                     ["distill.reference_compat=true", "distill.cross_kd=expected",
+                                      "distill.im_weight=1.0", "distill.pl_weight=1.0",
+                                      "distill.pl_threshold=0.5"]])
 def test_one_client_one_step_equals_centralized(setup, variant):
     path, data, teacher = setup
     cfg = config(path, *variant)

@@ -75,11 +75,54 @@ def _method_task(base: dict, method: str, scenario: str, seed: int, out: str) ->
     torch.set_num_threads(cfg.threads)
     data = load_scenario(cfg.data)
     teacher, _ = load_teacher(teacher_path(Path(out), scenario, seed), data.spec)
-    result = get_method(method)(cfg, data, teacher, False)
+    track: dict = {}
+    if method == "unikd":  # evaluated every epoch (the reported student and the probes)
+        from server.central.trainer import distill_unikd
+
+        result = distill_unikd(cfg, data, teacher, False, **epoch_tracking(
+            data, teacher, track, base.get("ema_probes") or ()))
+    else:
+        result = get_method(method)(cfg, data, teacher, False)
     scores = score_student(result.student, data)
     return {"method": base.get("label") or method, "scenario": data.name, "seed": seed, "mf1": scores["mf1"],
             "acc": scores["acc"], "src_mf1": scores["src_mf1"],
-            "train_seconds": result.train_seconds, "peak_rss_mb": peak_rss_mb()}
+            "train_seconds": result.train_seconds, "peak_rss_mb": peak_rss_mb(), **track}
+
+
+LAST_EVALS = 5  # the spread of a run's final student: std over its last 5 evaluations
+
+
+def last_std(values: list[float], n: int = LAST_EVALS) -> float | None:
+    """Sample std (n-1) of the last `n` values; None with fewer than 2."""
+    tail = values[-n:]
+    return statistics.stdev(tail) if len(tail) > 1 else None
+
+
+def epoch_tracking(data, teacher, track: dict, probe_decays) -> dict:
+    """`distill_unikd`'s hooks for the bench: the reported student's target-test MF1 at every
+    epoch's end (`mf1_by_epoch`, `mf1_last5_std`), and for the probes (the live student and an
+    EMA per decay in `probe_decays`) their MF1 per epoch and their agreement with the teacher's
+    arg-max on the unlabelled target *train* windows (`agree_by_epoch`): a label-free score a
+    run could choose its final checkpoint by. The target labels only score."""
+    from shared.unikd.engine import teacher_outputs
+    from shared.unikd.evaluation import evaluate, predict
+
+    classes = data.spec.classes
+    t_pred = teacher_outputs(teacher, data.trg_train.x).logits.argmax(1)
+    track.update(mf1_by_epoch=[], probes={}, agree_by_epoch={})
+
+    def on_epoch(epoch: int, student) -> None:
+        track["mf1_by_epoch"].append(evaluate(student, data.trg_test, classes)["mf1"])
+        track["mf1_last5_std"] = last_std(track["mf1_by_epoch"])
+
+    def on_probe(epoch: int, students: dict) -> None:
+        for name, student in students.items():
+            track["probes"].setdefault(name, []).append(
+                evaluate(student, data.trg_test, classes)["mf1"])
+            agree = (predict(student, data.trg_train.x) == t_pred).float().mean().item()
+            track["agree_by_epoch"].setdefault(name, []).append(agree)
+
+    return {"epoch_hook": on_epoch, "probe_decays": tuple(probe_decays), "probe_hook": on_probe}
 
 
 def run_bench(base: dict, spec: DatasetSpec, methods: list[str], scenarios: list[str],
@@ -139,6 +182,12 @@ def _exchanges(runs: list[dict]) -> str:
     return f"{statistics.mean(counts):.0f}" if counts else "–"
 
 
+def _spread(runs: list[dict]) -> str:
+    """Mean over runs of each run's std over its last 5 evaluations ('–' where not tracked)."""
+    stds = [r["mf1_last5_std"] for r in runs if r.get("mf1_last5_std") is not None]
+    return f"{statistics.mean(stds):.2f}" if stds else "–"
+
+
 def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) -> str:
     """Per-scenario mean ± std over seeds; 10-scenario and main-5 means of the scenario means."""
     runs, teachers = report["runs"], report["teachers"]
@@ -148,9 +197,10 @@ def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) 
     rows = [("teacher (DANN)", teachers)] * with_teacher + [
         (m, [r for r in runs if r["method"] == m]) for m in methods]
     exchanges = any("exchanges" in r for r in runs)  # federated runs: round trips per run
+    spread = any(r.get("mf1_last5_std") is not None for r in runs)  # evaluated every epoch/eval
     head = ("| method | " + " | ".join(scenarios) + " | mean | main-5 mean | s/run |"
-            + " exchanges/run |" * exchanges)
-    lines = [head, "|" + "---|" * (len(scenarios) + 4 + exchanges)]
+            + " exchanges/run |" * exchanges + " last-5 std |" * spread)
+    lines = [head, "|" + "---|" * (len(scenarios) + 4 + exchanges + spread)]
     for name, rs in rows:
         per = {sc: [r["mf1"] for r in rs if r["scenario"] == sc] for sc in scenarios}
         means = {sc: statistics.mean(v) for sc, v in per.items() if v}
@@ -158,9 +208,10 @@ def markdown_report(report: dict, spec: DatasetSpec, with_teacher: bool = True) 
         secs = statistics.mean(r["train_seconds"] for r in rs) if rs else math.nan
         lines.append(f"| {name} | " + " | ".join(_mean_std(per[sc]) for sc in scenarios)
                      + f" | {_mean(list(means.values()))} | {_mean(main_means)} | {secs:.1f} |"
-                     + f" {_exchanges(rs)} |" * exchanges)
+                     + f" {_exchanges(rs)} |" * exchanges + f" {_spread(rs)} |" * spread)
     c = report["compression"]
-    lines += ["", f"MF1 (%) on the target test split, mean ± std over seeds; final-epoch students. "
+    lines += ["", f"MF1 (%) on the target test split, mean ± std over seeds; final-epoch students"
+              f"{' (last-5 std: mean over runs of the sample std of its last 5 evaluations)' * spread}. "
               f"Teacher {c['teacher']['params']:,} params / {c['teacher']['macs'] / 1e6:.2f} M MACs, "
               f"student {c['student']['params']:,} / {c['student']['macs'] / 1e6:.3f} M "
               f"({c['compression']['params']}x params, {c['compression']['macs']}x MACs). "

@@ -14,8 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from server.bench.central import (markdown_report, merge_previous, peak_rss_mb, scenario_cfg,
-                                  teacher_path)
+from server.bench.central import (last_std, markdown_report, merge_previous, peak_rss_mb,
+                                  scenario_cfg, teacher_path)
 from shared.config import RunConfig
 from shared.data.datasets import DatasetSpec, parse_scenario, scenario_targets
 from shared.errors import UnikdError
@@ -130,6 +130,8 @@ def fed_task(base: dict, scenario: str, seed: int, out: str, clients: int) -> di
             "bytes_down_per_client_round": median(r["bytes_down_per_client"]
                                                              for r in rounds),
             "rounds_to_95pct": rounds_to_fraction(result.evals, 0.95),
+            "mf1_by_eval": [e["mf1"] for e in result.evals if "mf1" in e],
+            "mf1_last5_std": last_std([e["mf1"] for e in result.evals if "mf1" in e]),
             "rejected": len(result.rejected), "clients": cfg.fed.clients,
             "partition": cfg.fed.partition, "local_steps": cfg.fed.local_steps,
             "local_steps_mode": cfg.fed.local_steps_mode, "server_step": cfg.fed.server_step,

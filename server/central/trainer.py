@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +21,7 @@ from shared.data.scenario import ScenarioData
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            expected_cross_kd, make_optimizers, scalars, source_terms, step_all,
                            target_terms, teacher_outputs, zero_all)
-from shared.unikd.ema import reported_nets, student_ema
+from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.evaluation import evaluate
 from shared.unikd.models import CNN1d
 from shared.clock.seeding import (SOURCE_STREAM, augment_generator, client_stream, seed_init,
@@ -65,10 +65,19 @@ def build_unikd(cfg: RunConfig, data: ScenarioData, teacher_features: int = 128)
 
 def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progress: bool = True,
                   step_hook: Callable[[int, dict, dict], None] | None = None,
-                  epoch_hook: Callable[[int, nn.Module], None] | None = None) -> StudentResult:
+                  epoch_hook: Callable[[int, nn.Module], None] | None = None,
+                  probe_decays: Sequence[float] = (),
+                  probe_hook: Callable[[int, dict[str, nn.Module]], None] | None = None
+                  ) -> StudentResult:
     """UNI-KD on one machine. `step_hook(global_step, source scalars, target scalars)` sees
     every step; `epoch_hook(epoch, student)` every epoch's end, with the student the run
-    reports (the EMA when `distill.ema_decay` > 0), where a federation evaluates."""
+    reports (the EMA when `distill.ema_decay` > 0), where a federation evaluates.
+
+    Benchmarks only: `probe_hook(epoch, students)` sees at every epoch's end the live student
+    (`"live"`) and, for each decay d of `probe_decays`, an EMA of decay d kept beside the run
+    (`f"ema{d}"`). An EMA reads the live weights and changes nothing in training, so the probe
+    of decay d is exactly the student a run with `distill.ema_decay=d` reports: one training run
+    measures every decay."""
     d, hp = cfg.distill, KDHparams.from_config(cfg.distill)
     start = time.perf_counter()
     teacher.eval()
@@ -76,6 +85,7 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
     t_trg = CachedTeacher(teacher, data.trg_train.x, d.cache_teacher)
     nets, opts = build_unikd(cfg, data, getattr(teacher, "features_dim", 128))
     ema = student_ema(nets, d.ema_decay)  # None: off
+    probes = {f"ema{p:g}": StudentEMA(nets, p) for p in probe_decays}
     nets.train()
 
     def step(s: StepInfo) -> dict[str, float]:
@@ -102,11 +112,16 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
         step_all(opts)
         if ema is not None:
             ema.update(nets)
+        for probe in probes.values():
+            probe.update(nets)
         src_s, trg_s = scalars(src), scalars(trg)
         if step_hook is not None:
             step_hook(s.global_step, src_s, trg_s)
         if epoch_hook is not None and s.step == s.steps_per_epoch - 1:
             epoch_hook(s.epoch, reported_nets(nets, ema).student)
+        if probe_hook is not None and s.step == s.steps_per_epoch - 1:
+            probe_hook(s.epoch, {"live": nets.student,
+                                 **{k: e.reported(nets).student for k, e in probes.items()}})
         return {**{f"src_{k}": v for k, v in src_s.items()},
                 **{f"trg_{k}": v for k, v in trg_s.items()},
                 "beta": sched.beta, "alpha": sched.alpha}
