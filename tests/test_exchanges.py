@@ -74,9 +74,12 @@ def test_a_resumed_run_counts_the_exchanges_before_its_interruption(tmp_path):
 EPOCHS = ["distill.epochs=3", "fed.rounds=0"]  # an evaluation after each of 3 epochs of steps
 
 
-def test_piggybacked_evaluations_score_the_same_weights_in_fewer_exchanges():
-    _, plain_grid, plain = run(EPOCHS + ["fed.evaluation=exchange"])
-    _, grid, piggy = run(EPOCHS)  # the default: fed.evaluation=piggyback
+@pytest.mark.parametrize("ema", ["distill.ema_decay=0", "distill.ema_decay=0.9"],
+                         ids=["live", "ema"])
+def test_piggybacked_evaluations_score_the_same_weights_in_fewer_exchanges(ema):
+    """Live weights are the sent ones; the EMA's ride beside them (wire.EVAL_STUDENT)."""
+    _, plain_grid, plain = run(EPOCHS + [ema, "fed.evaluation=exchange"])
+    _, grid, piggy = run(EPOCHS + [ema])  # the default: fed.evaluation=piggyback
     assert len(piggy.evals) == len(plain.evals) == 3
     # the same scores of the same weights; the ledger (UNI-KD rounds' bytes) now also holds
     # the flag and the confusion counts the rounds carry
@@ -93,7 +96,8 @@ def test_piggybacked_evaluations_score_the_same_weights_in_fewer_exchanges():
 
 
 def test_evaluations_stay_exchanges_where_a_round_cannot_carry_them():
-    _, grid, result = run(EPOCHS + ["distill.ema_decay=0.9"])  # the EMA is evaluated, not sent
+    # secure aggregation's replies are masked sums: no node's confusion counts can ride on them
+    _, grid, result = run(EPOCHS + ["fed.secure_aggregation=true"])
     assert grid.batches.count("evaluate") == len(result.evals) == 3
 
 

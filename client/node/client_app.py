@@ -284,7 +284,8 @@ def score_received(msg: Message, context: Context, rc: SetupConfig, data, spec: 
     if data.test is None:
         return {}
     nets = UniKDNets.for_spec(spec)
-    load_student_state(nets, from_record(msg.content[wire.STUDENT]))
+    scored = wire.EVAL_STUDENT if wire.EVAL_STUDENT in msg.content else wire.STUDENT  # EMA on
+    load_student_state(nets, from_record(msg.content[scored]))
     adapt_bn(nets, rc, context, data.x_train)
     cm = confusion(data.test.y, predict(nets.student, data.test.x), spec.classes)
     return {"confusion": cm.flatten().tolist()}

@@ -301,10 +301,10 @@ class Cloud:
     def piggybacks_evaluation(self) -> bool:
         """Whether a training round can carry the evaluation of the weights it sends
         (`fed.evaluation: piggyback`): not under secure aggregation, whose replies carry
-        masked sums, nor with the student's EMA, whose evaluated weights are not the sent ones."""
+        masked sums. With the student's EMA on, the round also carries the EMA's weights
+        (wire.EVAL_STUDENT), which the nodes score instead of the training weights."""
         f = self.cfg.fed
-        return (f.evaluation == "piggyback" and not f.secure_aggregation
-                and self.ema is None)
+        return f.evaluation == "piggyback" and not f.secure_aggregation
 
     def eval_content(self, rnd: int) -> RecordDict:
         """Federated evaluation's payload: the reported weights (the EMA's, when on), no teacher,
@@ -338,6 +338,8 @@ class Cloud:
         rc = self.node_config(rnd, self.dp, source_kd)
         if evaluate:
             rc.evaluate = True
+            if self.ema is not None:  # the reported weights are not the sent ones: send them too
+                records[wire.EVAL_STUDENT] = to_record(student_state(self.reported_nets()))
         self.current = CloudRound(rnd, weights, bn_before, src, rc, cross, records)
         return self.current
 

@@ -45,6 +45,9 @@ PATH_PRECOND = "path.precond"  # fed.local_path=preconditioned (both mode, L > 1
 #   UniKDNets.named_parameters(); a function of the aggregates the cloud has already applied
 PATH_CONTROL = "path.control"  # and the cloud's source pseudo-gradient of this round, the same
 #   names: the edge's stand-in for the source half along its local path (no target data in it)
+EVAL_STUDENT = "eval.student"  # a training round that carries an evaluation (RoundConfig.evaluate)
+# with the student's EMA on: the reported student + adapter state, which the node scores instead
+# of the sent training weights (fed.evaluation=piggyback); down only
 TEACHER_TRAIN = "teacher.train"  # teacher weights during federated DANN pre-training
 TEACHER_DISC = "teacher-disc"  # the DANN teacher's domain discriminator
 DELIVERY = "delivery"  # ConfigRecord of the final delivery: tag (content hash), run, round
