@@ -110,7 +110,8 @@ def load_component(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _identity() -> None:
+def set_task_identity() -> None:
+    """The task identity Flower's `Message()` needs, set once per process."""
     from flwr.supercore.task_identity import TaskIdentity  # internal; see flower-notes §4.4
 
     if getattr(TaskIdentity, "_run_id", None) is None:
@@ -125,6 +126,9 @@ def call_client(client_app, msg: Message, context: Context) -> Message:
         log.debug("node %s raised", msg.metadata.dst_node_id, exc_info=True)
         return Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
                        reply_to=msg)
+
+
+_identity = set_task_identity  # the old name (tests import it)
 
 
 class LazyContexts(dict):
@@ -147,7 +151,7 @@ class InProcessGrid:
     def __init__(self, client_app, num_nodes: int, node_config: Callable[[int], dict] | None = None,
                  tap: Callable[[Message, Message], None] | None = None,
                  faults: FaultPlan | None = None):
-        _identity()
+        set_task_identity()
         self.faults = faults  # seeded dropout / stragglers / corrupted replies (None: none)
         self.fault_log: list[dict] = []  # {"round", "node", "type", "fault"} per injected fault
         self.client_app = client_app

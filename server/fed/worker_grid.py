@@ -32,7 +32,8 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
-from server.fed.harness import FIRST_NODE, FaultPlan, InProcessGrid, _identity, call_client
+from server.fed.harness import (FIRST_NODE, FaultPlan, InProcessGrid, call_client,
+                               set_task_identity)
 from shared.errors import UnikdError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _worker_main(client_ref: str, requests: Connection, replies: Connection,
 
     torch.set_num_threads(1)
     logging.basicConfig(level=log_level)
-    _identity()
+    set_task_identity()
     app = load_component(client_ref)
     contexts: dict[int, Context] = {}
     inbox: queue.Queue = queue.Queue()
