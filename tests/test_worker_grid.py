@@ -45,15 +45,16 @@ def tapped(log: list):
 
 
 def test_the_main_jobs_path_matches_the_sequential_grid_bit_for_bit():
-    """run_inprocess with 2 workers for 3 clients (one worker owns two nodes) against the
-    sequential grid: every round row, every evaluation, the student's weights, the exchanges."""
+    """run_inprocess with 2 workers for 3 clients (the cloud's process runs nodes 1000 and 1002,
+    one worker 1001) against the sequential grid: every round row, every evaluation, the
+    student's weights, the exchanges."""
     sequential = federate(InProcessGrid(load_component(APP), CLIENTS),
                           load_config(overrides=BASE), progress=False)
     parallel = run_inprocess(load_config(overrides=[*BASE, "fed.workers=2"]), progress=False)
     assert_same_run(sequential, parallel)
 
 
-def test_faults_taps_and_kept_state_match_with_one_worker_per_node():
+def test_faults_taps_and_kept_state_match_in_worker_processes():
     """Local BN (state kept on the nodes between rounds), dropout, stragglers and corrupted
     replies, the tap seeing every pair: the same draws, the same pairs in the same order."""
     overrides = [*BASE, "fed.bn_policy=local", "fed.rounds=4"]
@@ -61,8 +62,8 @@ def test_faults_taps_and_kept_state_match_with_one_worker_per_node():
     seq_taps: list = []
     seq_grid = InProcessGrid(load_component(APP), CLIENTS, faults=plan, tap=tapped(seq_taps))
     sequential = federate(seq_grid, load_config(overrides=overrides), progress=False)
-    par_taps: list = []
-    with WorkerGrid(APP, CLIENTS, CLIENTS, faults=plan, tap=tapped(par_taps)) as grid:
+    par_taps: list = []  # two worker processes, none in the cloud's: one holds 1000 and 1002
+    with WorkerGrid(APP, CLIENTS, 2, faults=plan, tap=tapped(par_taps), in_cloud=False) as grid:
         parallel = federate(grid, load_config(overrides=overrides), progress=False)
         kept = {nid: grid.node_state_keys(nid) for nid in grid.node_ids}
     assert_same_run(sequential, parallel)
@@ -88,17 +89,19 @@ def test_a_client_exception_is_an_error_reply_and_a_dead_worker_names_its_node()
         assert got[0].metadata.src_node_id == 1001
         # the worker still serves its nodes after the client's failure; then it is killed
         assert grid.node_state_keys(1001) == []
-        os.kill(grid._procs[grid.owner(1001)].pid, signal.SIGKILL)
+        assert grid.worker_pid(1000) is None  # the cloud's own process runs node 1000
+        os.kill(grid.worker_pid(1001), signal.SIGKILL)
         with pytest.raises(UnikdError, match="node 1001"):
             grid.push_messages([_bad_message(1001)])
         with pytest.raises(UnikdError, match="broken"):  # and stays an error, never a hang
             grid.push_messages([_bad_message(1000)])
-    assert not any(p.is_alive() for p in grid._procs)
+    assert not any(p.is_alive() for p in grid._procs.values())
 
 
 def test_close_stops_the_workers():
-    grid = WorkerGrid(APP, 3, 2)
-    procs = list(grid._procs)
+    grid = WorkerGrid(APP, 3, 3)
+    procs = list(grid._procs.values())
+    assert len(procs) == 2 and grid.worker_pid(1000) is None
     assert all(p.is_alive() for p in procs)
     grid.close()
     grid.close()  # idempotent

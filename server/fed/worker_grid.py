@@ -1,5 +1,7 @@
 """The in-process simulation on several cores: the simulated clients' ClientApps run in worker
 processes, each owning a fixed share of the nodes (node index mod workers) and their `Context`s.
+By default share 0 stays in the cloud's own process, which would otherwise only wait for the
+replies: `workers` processes compute, workers - 1 of them started for it.
 
 Everything else is the in-process harness's (server/fed/harness.py): the cloud's process draws
 the faults, drops, delays, corrupts and taps the replies exactly as `InProcessGrid` does, in the
@@ -23,6 +25,7 @@ import multiprocessing as mp
 import os
 import queue
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Iterable
@@ -33,7 +36,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from server.fed.harness import (FIRST_NODE, FaultPlan, InProcessGrid, call_client,
-                               set_task_identity)
+                               load_component, set_task_identity)
 from shared.errors import UnikdError
 
 log = logging.getLogger(__name__)
@@ -75,8 +78,6 @@ def _worker_main(client_ref: str, requests: Connection, replies: Connection,
     """One worker: run the ClientApp on each request, keep its nodes' contexts between calls."""
     import torch
 
-    from server.fed.harness import load_component
-
     torch.set_num_threads(1)
     logging.basicConfig(level=log_level)
     set_task_identity()
@@ -89,6 +90,7 @@ def _worker_main(client_ref: str, requests: Connection, replies: Connection,
         op = item[0]
         if op == "stop":
             return
+        start = time.perf_counter()
         try:
             if op == "call":
                 _, nid, node_config, data = item
@@ -101,14 +103,15 @@ def _worker_main(client_ref: str, requests: Connection, replies: Connection,
                 reply = call_client(app, msg, context)
                 if not context.state:
                     del contexts[nid]  # nothing kept: a fresh context is the same one
-                replies.send(("ok", to_bytes(reply)))
+                data = to_bytes(reply)
+                replies.send(("ok", data, time.perf_counter() - start))
             elif op == "state":  # the keys a node keeps (tests, diagnostics)
                 ctx = contexts.get(item[1])
-                replies.send(("ok", sorted(ctx.state.keys()) if ctx is not None else []))
+                replies.send(("ok", sorted(ctx.state.keys()) if ctx is not None else [], 0.0))
             else:
-                replies.send(("failed", f"unknown request {op!r}"))
+                replies.send(("failed", f"unknown request {op!r}", 0.0))
         except Exception:  # a failure outside the ClientApp itself: the cloud raises it
-            replies.send(("failed", traceback.format_exc()))
+            replies.send(("failed", traceback.format_exc(), 0.0))
 
 
 # --- the cloud's side -----------------------------------------------------------------------
@@ -134,22 +137,27 @@ class WorkerGrid(InProcessGrid):
 
     `client_ref` is the ClientApp's component reference ("client.node.client_app:app"), which
     each worker loads itself. `node_config` is called in this process; its dicts travel.
+    `in_cloud`: share 0 of the nodes runs in this (the cloud's) process, which would otherwise
+    sit waiting for the replies, so `workers` counts it and starts workers - 1 processes;
+    False: `workers` processes of their own, this one only sends and collects.
     """
 
     def __init__(self, client_ref: str, num_nodes: int, workers: int,
                  node_config=None, tap=None, faults: FaultPlan | None = None,
-                 start_method: str = "spawn"):
+                 in_cloud: bool = True, start_method: str = "spawn"):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
-        super().__init__(None, num_nodes, node_config=node_config, tap=tap, faults=faults)
+        super().__init__(load_component(client_ref) if in_cloud else None, num_nodes,
+                         node_config=node_config, tap=tap, faults=faults)
         self.client_ref = client_ref
-        self.workers = min(workers, num_nodes)
+        self.workers = min(workers, num_nodes)  # shares of the nodes
+        self.in_cloud = in_cloud
         ctx = mp.get_context(start_method)
-        self._procs: list = []
-        self._requests: list[Connection] = []  # cloud -> worker w
-        self._reply_conns: list[Connection] = []  # worker w -> cloud
+        self._procs: dict[int, mp.process.BaseProcess] = {}  # share -> its worker process
+        self._requests: dict[int, Connection] = {}  # cloud -> worker
+        self._reply_conns: dict[int, Connection] = {}  # worker -> cloud
         level = logging.getLogger().getEffectiveLevel()
-        for w in range(self.workers):
+        for w in range(1 if in_cloud else 0, self.workers):
             req_r, req_w = ctx.Pipe(duplex=False)
             rep_r, rep_w = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_worker_main, args=(client_ref, req_r, rep_w, level),
@@ -157,21 +165,25 @@ class WorkerGrid(InProcessGrid):
             proc.start()
             req_r.close()  # the worker's ends: a dead worker then reads as EOF here
             rep_w.close()
-            self._procs.append(proc)
-            self._requests.append(req_w)
-            self._reply_conns.append(rep_r)
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs,
-                                           self._requests + self._reply_conns)
+            self._procs[w], self._requests[w], self._reply_conns[w] = proc, req_w, rep_r
+        self._finalizer = weakref.finalize(self, _shutdown, list(self._procs.values()),
+                                           [*self._requests.values(), *self._reply_conns.values()])
         self._broken: str | None = None
+        self.busy = [0.0] * self.workers  # seconds each share spent on requests (diagnostics)
 
     def owner(self, nid: int) -> int:
-        """The worker that runs node `nid` (its index mod the workers)."""
+        """The share that runs node `nid` (its index mod the shares); with `in_cloud`, share 0
+        runs in this process."""
         return (nid - FIRST_NODE) % self.workers
 
+    def _local(self, nid: int) -> bool:
+        return self.in_cloud and self.owner(nid) == 0
+
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        """Send every message to its node's worker, then collect the replies in push order."""
+        """Send every message to its node's worker, run this process's share meanwhile, then
+        take the replies in push order: faults and the tap see them as InProcessGrid's do."""
         self._check_open()
-        ids, sent = [], []
+        ids, delivered, local = [], [], []
         for msg in messages:
             self._pushed += 1
             mid = f"inprocess-{self._pushed}"
@@ -181,10 +193,20 @@ class WorkerGrid(InProcessGrid):
             if fault == "dropout":  # the node is offline this round: it never sees the message
                 continue
             nid = msg.metadata.dst_node_id
-            self._send(nid, ("call", nid, self.node_config_of(nid), to_bytes(msg)))
-            sent.append((mid, msg, fault))
-        for mid, msg, fault in sent:
-            reply = from_bytes(self._receive(msg.metadata.dst_node_id))
+            if self._local(nid):
+                local.append((mid, msg))
+            else:
+                self._send(nid, ("call", nid, self.node_config_of(nid), to_bytes(msg)))
+            delivered.append((mid, msg, fault))
+        answered = {}
+        for mid, msg in local:  # the other shares compute meanwhile
+            start = time.perf_counter()
+            answered[mid] = self._call(msg)
+            self.busy[0] += time.perf_counter() - start
+        for mid, msg, fault in delivered:
+            reply = answered.pop(mid, None)
+            if reply is None:
+                reply = from_bytes(self._receive(msg.metadata.dst_node_id))
             reply = self._arrived(msg, reply, fault)
             if reply is not None:
                 self._replies[mid] = reply
@@ -193,8 +215,15 @@ class WorkerGrid(InProcessGrid):
     def node_state_keys(self, nid: int) -> list[str]:
         """The record names node `nid` keeps in its context now (in its worker)."""
         self._check_open()
+        if self._local(nid):
+            return sorted(self.contexts[nid].state.keys()) if nid in self.contexts else []
         self._send(nid, ("state", nid))
         return self._receive(nid)
+
+    def worker_pid(self, nid: int) -> int | None:
+        """The process id of node `nid`'s worker (None: it runs in this process)."""
+        proc = self._procs.get(self.owner(nid))
+        return None if proc is None else proc.pid
 
     def _send(self, nid: int, item: tuple) -> None:
         w = self.owner(nid)
@@ -209,12 +238,13 @@ class WorkerGrid(InProcessGrid):
         while True:
             if conn in wait([conn, proc.sentinel]):
                 try:
-                    status, payload = conn.recv()
+                    status, payload, seconds = conn.recv()
                 except (EOFError, OSError):
                     self._fail(w, nid, "closed its pipe")
                 break
             if not proc.is_alive():
                 self._fail(w, nid, "died")
+        self.busy[w] += seconds
         if status != "ok":
             self._fail(w, nid, f"failed outside the ClientApp:\n{payload}")
         return payload
