@@ -20,7 +20,8 @@ from shared.privacy.accounting import RDP_ORDERS, add_rdp, count_rdp, epsilon_fr
     step_rdp
 
 RECORD_RUN = ["distill.epochs=1", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=2",
-              "fed.rounds=3", "fed.dp=record", "fed.dp_epsilon=8"]
+              "fed.rounds=3", "fed.dp=record", "fed.dp_epsilon=8",
+              "fed.workers=1"]  # the sequential grid, which _with_node_config replaces
 
 
 def _with_node_config(monkeypatch, extra: dict[int, dict]) -> None:
@@ -84,7 +85,7 @@ def test_node_ledger_matches_the_cloud_and_refuses_past_its_budget(tmp_path, mon
 def test_a_budgeted_node_refuses_rounds_that_are_not_record_dp(tmp_path, monkeypatch):
     _with_node_config(monkeypatch, {0: {MAX_EPSILON_KEY: 100.0}})
     cfg = load_config(overrides=["distill.epochs=1", "teacher.epochs=1", "fed.clients=2",
-                                 "fed.rounds=2", f"out={tmp_path}"])
+                                 "fed.rounds=2", "fed.workers=1", f"out={tmp_path}"])
     run_dir = run_federate(cfg, progress=False)
     rows = list(csv.DictReader((run_dir / "rounds.csv").open()))
     assert rows and all(r["clients"] == "1" for r in rows)  # node 0 never trained

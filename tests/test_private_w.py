@@ -222,7 +222,7 @@ def test_record_dp_secure_aggregation_and_the_recipe_end_to_end(tmp_path, monkey
     monkeypatch.setattr(run_mod, "InProcessGrid", lambda app, n, **kw: real_grid(
         app, n, tap=lambda q, r: taps.append((q.metadata.message_type, r)), **kw))
     cfg = _cfg([*TINY, "fed.dp=record", "fed.dp_epsilon=8", "fed.secure_aggregation=true",
-                f"out={tmp_path}"])
+                "fed.workers=1", f"out={tmp_path}"])  # 1: the sequential grid, patched above
     run_dir = run_federate(cfg, progress=False)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["dp"] == "record" and 0 < results["epsilon"] <= 8.0 + 1e-3

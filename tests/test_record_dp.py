@@ -197,7 +197,9 @@ def test_record_dp_federation_sends_only_noisy_gradients_and_writes_the_ledger(t
     # Prepare: federated DANN teacher + UNI-KD, both under record DP; tap every reply
     cfg = load_config(overrides=["distill.epochs=1", "teacher.epochs=1",
                                  "teacher.batch_size=128", "fed.clients=2", "fed.rounds=2",
-                                 "fed.dp=record", "fed.dp_epsilon=8", f"out={tmp_path}"])
+                                 "fed.dp=record", "fed.dp_epsilon=8",
+                                 "fed.workers=1",  # the sequential grid, patched below
+                                 f"out={tmp_path}"])
     replies = []
     import server.fed.run as run_mod
 

@@ -224,7 +224,8 @@ def _federation(tmp_path, monkeypatch, overrides: list[str], faults=None):
     monkeypatch.setattr(rounds_mod, "secure_updates", secure)
     from server.fed.run import run_federate
 
-    cfg = load_config(overrides=[*overrides, f"out={tmp_path}"])
+    # fed.workers=1: the sequential grid, the one patched above
+    cfg = load_config(overrides=[*overrides, "fed.workers=1", f"out={tmp_path}"])
     return run_federate(cfg, progress=False), taps, sums
 
 

@@ -110,11 +110,25 @@ def load_component(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _identity() -> None:
+def set_task_identity() -> None:
+    """The task identity Flower's `Message()` needs, set once per process."""
     from flwr.supercore.task_identity import TaskIdentity  # internal; see flower-notes §4.4
 
     if getattr(TaskIdentity, "_run_id", None) is None:
         TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+
+
+def call_client(client_app, msg: Message, context: Context) -> Message:
+    """The ClientApp's reply; its exception becomes an error reply, as in Flower."""
+    try:
+        return client_app(msg, context)
+    except Exception as exc:
+        log.debug("node %s raised", msg.metadata.dst_node_id, exc_info=True)
+        return Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
+                       reply_to=msg)
+
+
+_identity = set_task_identity  # the old name (tests import it)
 
 
 class LazyContexts(dict):
@@ -137,7 +151,7 @@ class InProcessGrid:
     def __init__(self, client_app, num_nodes: int, node_config: Callable[[int], dict] | None = None,
                  tap: Callable[[Message, Message], None] | None = None,
                  faults: FaultPlan | None = None):
-        _identity()
+        set_task_identity()
         self.faults = faults  # seeded dropout / stragglers / corrupted replies (None: none)
         self.fault_log: list[dict] = []  # {"round", "node", "type", "fault"} per injected fault
         self.client_app = client_app
@@ -152,16 +166,19 @@ class InProcessGrid:
         self._replies: dict[str, Message] = {}
 
     def _make_context(self, nid: int) -> Context:
+        return Context(run_id=1, node_id=nid, node_config=self.node_config_of(nid),
+                       state=RecordDict(), run_config={})
+
+    def node_config_of(self, nid: int) -> dict:
+        """Node `nid`'s node config (KeyError for a node outside the federation)."""
         i = nid - FIRST_NODE
         if not 0 <= i < self.num_nodes:
             raise KeyError(nid)
-        return Context(run_id=1, node_id=nid,
-                       node_config=(self.node_config(i) if self.node_config else
-                                    {"partition-id": i, "num-partitions": self.num_nodes,
-                                     # cloud and nodes share this process: reproducible DP
-                                     # draws (a deployed node keys them with its own secret)
-                                     "dp-reproducible": True}),
-                       state=RecordDict(), run_config={})
+        return (self.node_config(i) if self.node_config else
+                {"partition-id": i, "num-partitions": self.num_nodes,
+                 # cloud and nodes share this process: reproducible DP
+                 # draws (a deployed node keys them with its own secret)
+                 "dp-reproducible": True})
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.node_ids if n in self.online]
@@ -201,21 +218,23 @@ class InProcessGrid:
 
     def _deliver(self, msg: Message) -> Message | None:
         """The node's reply as the transport would deliver it; None when it never arrives."""
-        nid = msg.metadata.dst_node_id
         fault = self._fault(msg)
         if fault == "dropout":  # the node is offline this round: it never sees the message
             return None
+        return self._arrived(msg, self._call(msg), fault)
+
+    def _call(self, msg: Message) -> Message:
+        """The node's ClientApp on the message as a transport delivers it: its reply, as one."""
+        nid = msg.metadata.dst_node_id
         wire_msg = message_from_proto(message_to_proto(msg))  # what a transport would deliver
         context = self.contexts[nid]
-        try:
-            reply = self.client_app(wire_msg, context)
-        except Exception as exc:  # the client's failure becomes an error reply, as in Flower
-            log.debug("node %s raised", nid, exc_info=True)
-            reply = Message(Error(code=ErrorCode, reason=f"{type(exc).__name__}: {exc}"),
-                            reply_to=wire_msg)
+        reply = call_client(self.client_app, wire_msg, context)
         if not context.state and self.contexts.get(nid) is context:
             del self.contexts[nid]  # nothing kept: a fresh context is the same one
-        reply = message_from_proto(message_to_proto(reply))
+        return message_from_proto(message_to_proto(reply))
+
+    def _arrived(self, msg: Message, reply: Message, fault: str | None) -> Message | None:
+        """What of the node's `reply` to `msg` arrives under `fault`, tapped (None: nothing)."""
         if fault == "straggler":  # it computed, but its reply came after the round's timeout
             return None
         if reply.has_error() or (fault is None and self.tap is None):

@@ -12,6 +12,7 @@ from server.fed.harness import InProcessGrid, load_component
 from server.fed.live_status import End, LiveStatus
 from server.fed.rounds import FedResult, federate
 from server.fed.run_folder import open_run_dir, write_fed_run
+from server.fed.worker_grid import WorkerGrid, resolve_workers
 from shared.config import RunConfig
 from shared.platform.flower_tools import FLWR_ENV
 
@@ -21,8 +22,15 @@ CLIENT_APP = "client.node.client_app:app"  # the [tool.flwr.app.components] clie
 
 def run_inprocess(cfg: RunConfig, progress: bool = True, run_dir: Path | None = None,
                   resume: Path | None = None) -> FedResult:
-    grid = InProcessGrid(load_component(CLIENT_APP), cfg.fed.clients)
-    return federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
+    """The simulation in this process, its clients in `fed.workers` worker processes (server/fed/
+    worker_grid.py) or, at one worker, one after another here: the same results either way."""
+    workers = resolve_workers(cfg.fed)
+    if workers <= 1:
+        grid = InProcessGrid(load_component(CLIENT_APP), cfg.fed.clients)
+        return federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
+    log.info("simulating %d clients in %d worker processes", cfg.fed.clients, workers)
+    with WorkerGrid(CLIENT_APP, cfg.fed.clients, workers) as grid:
+        return federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
 
 
 def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False,

@@ -155,6 +155,12 @@ class FedConfig:
     cloud_hint: Literal["off", "prototypes"] = "off"
     bn_policy: Literal["averaged", "local", "reestimate"] = "averaged"
     engine: Literal["inprocess", "ray"] = "inprocess"
+    # in-process engine: processes that run the simulated clients' ClientApps at once, each
+    # owning a fixed share of the nodes and their contexts (server/fed/worker_grid.py), the
+    # cloud's own process one of them; the results are bit-identical whatever the count.
+    # 0 = min(fed.clients, CPU cores); 1 = every client in the cloud's process, one after
+    # another. Not part of the config's hash (an execution setting: a resume may change it)
+    workers: int = field(default=0, metadata=rng(0, 1024))
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
     checkpoint_every: int = field(default=0, metadata=rng(0, 1_000_000))  # steps; 0 = each epoch
     # federated evaluation after each epoch of steps (and after the last round):
@@ -268,12 +274,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """What the results depend on: every key but the execution-only ones (HASH_EXEMPT)."""
+        d = self.to_dict()
+        for section, key in HASH_EXEMPT:
+            d[section].pop(key, None)
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+
+# Keys that change how a run executes, never its results (a resume may change them).
+HASH_EXEMPT = (("fed", "workers"),)
 
 # What `distill.reference_compat: true` sets: the official code's behaviour (spec §8.1-8.7, §8.14).
 REFERENCE_SWITCHES = {"target_kd": False, "adv_to_student": False, "beta_natural_log": False,
