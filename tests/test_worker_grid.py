@@ -91,8 +91,8 @@ def test_a_client_exception_is_an_error_reply_and_a_dead_worker_names_its_node()
         assert grid.node_state_keys(1001) == []
         assert grid.worker_pid(1000) is None  # the cloud's own process runs node 1000
         os.kill(grid.worker_pid(1001), signal.SIGKILL)
-        with pytest.raises(UnikdError, match="node 1001"):
-            grid.push_messages([_bad_message(1001)])
+        with pytest.raises(UnikdError, match="node 1001"):  # on sending, or on collecting
+            grid.pull_messages(grid.push_messages([_bad_message(1001)]))
         with pytest.raises(UnikdError, match="broken"):  # and stays an error, never a hang
             grid.push_messages([_bad_message(1000)])
     assert not any(p.is_alive() for p in grid._procs.values())
@@ -112,7 +112,7 @@ def test_close_stops_the_workers():
 
 def test_the_workers_key():
     fed = load_config().fed
-    assert fed.workers == 0 and resolve_workers(fed) == min(fed.clients, os.cpu_count() or 1)
+    assert fed.workers == 0 and resolve_workers(fed) == min(fed.clients, (os.cpu_count() or 1) + 1)
     assert resolve_workers(load_config(overrides=["fed.workers=1"]).fed) == 1
     assert resolve_workers(load_config(overrides=["fed.workers=64", "fed.clients=5"]).fed) == 5
     for bad in ("-1", "1025"):

@@ -6,6 +6,7 @@ check the replies, and keep the updates that may count.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flwr.app import RecordDict
 
@@ -20,12 +21,16 @@ RECORDS = (wire.TEACHER_GRAD, wire.TEACHER_DISC_GRAD, wire.TEACHER_BN)  # a teac
 
 def teacher_updates(send: Sender, nodes: list[int], content: RecordDict, rnd: int,
                     shapes: Shapes, min_clients: int, privacy=None,
-                    charge: tuple[int, int] = (0, 0)) -> list[ClientUpdate] | None:
+                    charge: tuple[int, int] = (0, 0), meanwhile: Callable[[], None] = lambda: None
+                    ) -> list[ClientUpdate] | None:
     """The round's valid updates, or None when fewer than `min_clients` came (the round is
     skipped: nothing moves). `privacy` (a RecordLedger, record DP only): every node asked is
     charged `charge` = (ledger round, DP-SGD steps), the replies carry gradients only and
-    are weighted by the released counts."""
-    replies = send.to_all(nodes, content, wire.TRAIN_TEACHER, rnd)
+    are weighted by the released counts. `meanwhile` runs after the messages went and before
+    the replies are collected: the cloud's own work, done while the nodes do theirs."""
+    collect = send.start({n: content for n in nodes}, wire.TRAIN_TEACHER, rnd)
+    meanwhile()
+    replies = collect()
     if privacy is not None:  # every node asked may have spent its steps
         privacy.charge("teacher", charge[0], sorted(privacy.plan.counts), charge[1])
     updates, _ = split_replies(replies, rnd, shapes,

@@ -149,10 +149,15 @@ def abort_member(member: Member, before: dict[str, torch.Tensor]) -> None:
             buf.copy_(before[name])
 
 
+def sends_path(cfg: RunConfig, steps: int) -> bool:
+    """Whether a round's messages carry the members' source halves (`path_records`)."""
+    return steps > 1 and cfg.fed.local_path == "preconditioned"
+
+
 def path_records(members: list[Member], cfg: RunConfig, steps: int) -> dict:
     """`fed.local_path: preconditioned`, L > 1: every member's preconditioner and source
     pseudo-gradient, for the nodes' paths (arrays "<member>.<teacher|disc>.<name>")."""
-    if steps == 1 or cfg.fed.local_path != "preconditioned":
+    if not sends_path(cfg, steps):
         return {}
     return {wire.PATH_PRECOND: to_record(by_member([dict(x.mover(cfg).precond) for x in members])),
             wire.PATH_CONTROL: to_record(by_member([{k: p.grad for k, p in x.pair.named_parameters()
@@ -184,10 +189,20 @@ def federated_dann_joint(send: Sender, cfg: RunConfig, source: SourceData, nodes
                                                           for x in members]))
         before = [{k: v.clone() for k, v in bn_buffers(x.teacher, "").items()} for x in members]
         path = local_path(plan.local_steps(rnd), rc.global_step, rc.epoch, rc.step, clock)
-        terms = [begin_member(cfg, source, x, path) for x in members]
-        content.update(path_records(members, cfg, len(path)))
+        terms: list[dict] = []
+
+        def source_halves() -> None:
+            terms.extend(begin_member(cfg, source, x, path) for x in members)
+
+        first = sends_path(cfg, len(path))  # the messages carry what the source halves leave
+        if first:
+            source_halves()
+            content.update(path_records(members, cfg, len(path)))
+        # Otherwise the messages do not depend on the source halves (the weights were copied
+        # into `content` above), so the cloud computes them while the nodes compute theirs.
         updates = teacher_updates(send, nodes, content, rnd, shapes, cfg.fed.min_clients,
-                                  privacy, (rnd, teacher_dp_steps(m, rc.local_steps)))
+                                  privacy, (rnd, teacher_dp_steps(m, rc.local_steps)),
+                                  meanwhile=(lambda: None) if first else source_halves)
         status.progress(Progress("teacher", rnd, plan.rounds, send.exchanges))
         if updates is None:  # nothing moves, BN statistics included
             for x, b in zip(members, before):

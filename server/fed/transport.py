@@ -44,13 +44,27 @@ def exchange(grid, messages: list[Message], timeout: float | None, poll_interval
     `complete_on_push`) is pulled once; a Grid without push/pull falls back to its own
     `send_and_receive`.
     """
+    return start_exchange(grid, messages, timeout, poll_interval, clock, sleep)()
+
+
+def start_exchange(grid, messages: list[Message], timeout: float | None, poll_interval: float,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> Callable[[], list[Message]]:
+    """`exchange` in two halves: push now, and return the call that pulls the replies, so the
+    cloud can compute while the nodes do (the timeout counts from the push)."""
     if not hasattr(grid, "push_messages"):
-        return sort_replies(grid.send_and_receive(messages, timeout=timeout))
+        return lambda: sort_replies(grid.send_and_receive(messages, timeout=timeout))
     deadline = None if timeout is None else clock() + timeout
     pending = {mid for mid in grid.push_messages(messages) if mid}
     if len(pending) < len(messages):
         log.warning("%d of %d messages could not be pushed", len(messages) - len(pending),
                     len(messages))
+    return lambda: pull_replies(grid, pending, deadline, poll_interval, clock, sleep)
+
+
+def pull_replies(grid, pending: set[str], deadline: float | None, poll_interval: float,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> list[Message]:
+    """Pull until every pushed message is answered or the deadline passed."""
     replies: list[Message] = []
     while pending:
         got = list(grid.pull_messages(sorted(pending)))
@@ -111,6 +125,12 @@ class Sender:
     exchanges: int = field(default=0, init=False)
 
     def __call__(self, contents: dict[int, RecordDict], mtype: str, rnd: int) -> list[Message]:
+        return self.start(contents, mtype, rnd)()
+
+    def start(self, contents: dict[int, RecordDict], mtype: str, rnd: int
+              ) -> Callable[[], list[Message]]:
+        """Send now; the returned call collects the replies (unpacked, sorted by node id).
+        What was sent is serialised on sending: the cloud may change its own copies meanwhile."""
         if contents:
             self.exchanges += 1
         packed: dict[int, RecordDict] = {}
@@ -121,8 +141,8 @@ class Sender:
                 content = packed.setdefault(id(content), pack_content(content))
             msgs.append(Message(content, dst_node_id=node, message_type=mtype,
                                 group_id=str(rnd)))
-        replies = exchange(self.grid, msgs, self.timeout, self.opts.poll_interval)
-        return [unpack_reply(r, rnd) for r in replies]
+        collect = start_exchange(self.grid, msgs, self.timeout, self.opts.poll_interval)
+        return lambda: [unpack_reply(r, rnd) for r in collect()]
 
     def to_all(self, nodes: list[int], content: RecordDict, mtype: str, rnd: int
                ) -> list[Message]:

@@ -45,8 +45,11 @@ STOP_TIMEOUT = 10.0  # seconds a worker gets to stop before it is terminated
 
 
 def resolve_workers(fed) -> int:
-    """`fed.workers` as a count: 0 = min(fed.clients, CPU cores); never more than the clients."""
-    want = fed.workers or (os.cpu_count() or 1)
+    """`fed.workers` as a count: 0 = min(fed.clients, CPU cores + 1); never more than the
+    clients. The + 1: share 0 runs in the cloud's process, which also runs the cloud's own steps
+    while the other shares wait (on 2 cores the short main job took 22-25 s at 3 shares against
+    25-29 s at 2 and 30-33 s at 1; BENCHMARKS.md "Simulated clients on every core")."""
+    want = fed.workers or (os.cpu_count() or 1) + 1
     return max(1, min(want, fed.clients))
 
 
@@ -169,6 +172,7 @@ class WorkerGrid(InProcessGrid):
         self._finalizer = weakref.finalize(self, _shutdown, list(self._procs.values()),
                                            [*self._requests.values(), *self._reply_conns.values()])
         self._broken: str | None = None
+        self._inflight: tuple[list, list] | None = None  # pushed, not yet pulled
         self.busy = [0.0] * self.workers  # seconds each share spent on requests (diagnostics)
 
     def owner(self, nid: int) -> int:
@@ -180,9 +184,11 @@ class WorkerGrid(InProcessGrid):
         return self.in_cloud and self.owner(nid) == 0
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        """Send every message to its node's worker, run this process's share meanwhile, then
-        take the replies in push order: faults and the tap see them as InProcessGrid's do."""
+        """Send every message to its node's worker and return: the workers compute while the
+        cloud goes on (`pull_messages` runs this process's share, then takes the replies in
+        push order, so faults and the tap see them as InProcessGrid's do)."""
         self._check_open()
+        self._complete()  # an earlier push not pulled yet: its replies first
         ids, delivered, local = [], [], []
         for msg in messages:
             self._pushed += 1
@@ -198,6 +204,18 @@ class WorkerGrid(InProcessGrid):
             else:
                 self._send(nid, ("call", nid, self.node_config_of(nid), to_bytes(msg)))
             delivered.append((mid, msg, fault))
+        self._inflight = (delivered, local)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        self._complete()
+        return super().pull_messages(message_ids)
+
+    def _complete(self) -> None:
+        """Finish the pushed messages: this process's share, then every reply in push order."""
+        if self._inflight is None:
+            return
+        (delivered, local), self._inflight = self._inflight, None
         answered = {}
         for mid, msg in local:  # the other shares compute meanwhile
             start = time.perf_counter()
@@ -210,11 +228,11 @@ class WorkerGrid(InProcessGrid):
             reply = self._arrived(msg, reply, fault)
             if reply is not None:
                 self._replies[mid] = reply
-        return ids
 
     def node_state_keys(self, nid: int) -> list[str]:
         """The record names node `nid` keeps in its context now (in its worker)."""
         self._check_open()
+        self._complete()  # its pipe answers in order: the pushed calls' replies come first
         if self._local(nid):
             return sorted(self.contexts[nid].state.keys()) if nid in self.contexts else []
         self._send(nid, ("state", nid))

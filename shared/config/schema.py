@@ -158,7 +158,8 @@ class FedConfig:
     # in-process engine: processes that run the simulated clients' ClientApps at once, each
     # owning a fixed share of the nodes and their contexts (server/fed/worker_grid.py), the
     # cloud's own process one of them; the results are bit-identical whatever the count.
-    # 0 = min(fed.clients, CPU cores); 1 = every client in the cloud's process, one after
+    # 0 = min(fed.clients, CPU cores + 1: the cloud's process also runs the cloud's own steps
+    # between exchanges); 1 = every client in the cloud's process, one after
     # another. Not part of the config's hash (an execution setting: a resume may change it)
     workers: int = field(default=0, metadata=rng(0, 1024))
     min_clients: int = field(default=1, metadata=rng(1, 10_000))
