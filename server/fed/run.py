@@ -28,7 +28,8 @@ def run_inprocess(cfg: RunConfig, progress: bool = True, run_dir: Path | None = 
     if workers <= 1:
         grid = InProcessGrid(load_component(CLIENT_APP), cfg.fed.clients)
         return federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
-    log.info("simulating %d clients in %d worker processes", cfg.fed.clients, workers)
+    log.info("simulating %d clients in %d processes (this one and %d workers)", cfg.fed.clients,
+             workers, workers - 1)
     with WorkerGrid(CLIENT_APP, cfg.fed.clients, workers) as grid:
         return federate(grid, cfg, progress=progress, run_dir=run_dir, resume=resume)
 
