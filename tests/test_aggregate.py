@@ -15,7 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from server.fed.aggregate import ClientUpdate, parse_reply, split_replies, weighted_mean
-from server.fed.harness import _identity
+from server.fed.harness import set_task_identity
 from shared.protocol import wire
 from shared.errors import ReplyError
 
@@ -27,7 +27,7 @@ RECORDS = (wire.STUDENT_GRAD, wire.STUDENT_BN)
 
 @pytest.fixture(autouse=True, scope="module")
 def _task_identity():
-    _identity()  # Message() needs a TaskIdentity, as in server/fed/harness.py
+    set_task_identity()  # Message() needs a TaskIdentity, as in server/fed/harness.py
 
 
 def request(node: int, rnd: int = RND) -> Message:

@@ -70,10 +70,9 @@ class FakeGrid:
 def _task_identity():
     """Message() needs a TaskIdentity; no Flower runtime here (and no test may rely on another
     having set one)."""
-    from flwr.supercore.task_identity import TaskIdentity
+    from server.fed.harness import set_task_identity
 
-    if getattr(TaskIdentity, "_run_id", None) is None:
-        TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    set_task_identity()
 
 
 def _msgs(nodes):

@@ -128,7 +128,10 @@ def call_client(client_app, msg: Message, context: Context) -> Message:
                        reply_to=msg)
 
 
-_identity = set_task_identity  # the old name (tests import it)
+def new_context(nid: int, node_config: dict) -> Context:
+    """A simulated node's fresh Context (empty state), wherever its ClientApp runs."""
+    return Context(run_id=1, node_id=nid, node_config=node_config, state=RecordDict(),
+                   run_config={})
 
 
 class LazyContexts(dict):
@@ -166,8 +169,7 @@ class InProcessGrid:
         self._replies: dict[str, Message] = {}
 
     def _make_context(self, nid: int) -> Context:
-        return Context(run_id=1, node_id=nid, node_config=self.node_config_of(nid),
-                       state=RecordDict(), run_config={})
+        return new_context(nid, self.node_config_of(nid))
 
     def node_config_of(self, nid: int) -> dict:
         """Node `nid`'s node config (KeyError for a node outside the federation)."""

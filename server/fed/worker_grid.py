@@ -31,12 +31,12 @@ import weakref
 from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from server.fed.harness import (FIRST_NODE, FaultPlan, InProcessGrid, call_client,
-                               load_component, set_task_identity)
+                               load_component, new_context, set_task_identity)
 from shared.errors import UnikdError
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,7 @@ def _worker_main(client_ref: str, requests: Connection, replies: Connection,
                 msg = from_bytes(data)
                 context = contexts.get(nid)
                 if context is None:
-                    context = contexts[nid] = Context(run_id=1, node_id=nid,
-                                                      node_config=node_config,
-                                                      state=RecordDict(), run_config={})
+                    context = contexts[nid] = new_context(nid, node_config)
                 reply = call_client(app, msg, context)
                 if not context.state:
                     del contexts[nid]  # nothing kept: a fresh context is the same one
