@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from shared.config import METHODS, load_config, resolve_config
+from shared.config import METHODS, Resolution, load_config, resolve_config
 from shared.data.datasets import DatasetSpec, format_scenario, parse_scenario_list
 from shared.errors import UnikdError
+from shared.unikd.compute import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
-    cfg = load_config(args.config, [*args.set, *extra])
-    torch.set_num_threads(cfg.threads)
-    return cfg
+    res = resolve_config(args.config, [*args.set, *extra])
+    check_device(res)
+    torch.set_num_threads(res.config.threads)
+    return res.config
+
+
+def check_device(res: Resolution) -> None:
+    """`device: cuda` on a machine without CUDA stops the command before any work, naming the
+    key and where the value came from (the config file or --set)."""
+    resolve_device(res.config.device, res.sources.get("device"))
 
 
 def teacher_cmd(args: argparse.Namespace) -> int:
@@ -73,6 +81,7 @@ def bench_plan(args: argparse.Namespace, extra: list[str]) -> BenchPlan:
     if args.data:
         overrides.append(f"data.path={Path(args.data).resolve()}")
     res = resolve_config(args.config, overrides)  # validate early, in this process
+    check_device(res)
     cfg = res.config
     spec = resolve_spec(cfg.data)
     if args.scenarios:

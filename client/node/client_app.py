@@ -2,6 +2,11 @@
 
 Handlers stay thin: no tensor math here. The node keeps in `context.state` the frozen teacher
 snapshot (by content hash) and the teacher's outputs on its windows, so neither travels twice.
+
+The node computes on its own device (node config `device`, `node_device`; a deployed edge's CPU
+unless its operator says otherwise, a simulated node the run's device): the received nets and
+teacher move there, its windows stay on the CPU and move batch by batch, and what it sends is
+moved back to the CPU before any privacy step or record (`to_cpu`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from shared.data.datasets import DatasetSpec
 from shared.privacy.clipping import w_bounds, w_clip
 from shared.privacy.dp_sgd import sampling_rate
 from shared.unikd.engine import TeacherOut, UniKDNets, teacher_outputs
-from shared.errors import UnikdError
+from shared.errors import ConfigError, UnikdError
+from shared.unikd.compute import CPU, resolve_device, to_cpu, to_device
 from shared.unikd.evaluation import predict
 from shared.unikd.metrics import confusion
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
@@ -53,6 +59,17 @@ def node_of(context: Context) -> NodeConfig:
     return read_node_config(context.node_config)
 
 
+def node_device(context: Context) -> torch.device:
+    """Where this node computes: its node config's `device`, resolved as the cloud resolves its
+    own (auto: cuda where present). cuda without a CUDA device is an error naming the key."""
+    node = node_of(context)
+    try:
+        return resolve_device(node.device)
+    except ConfigError as err:
+        raise UnikdError(f"client {node.client_id}: node config device={node.device}: "
+                         f"{err.problem}") from None
+
+
 def node_inputs(msg: Message, context: Context, kind: type[Config] = RoundConfig
                 ) -> tuple[Config, int, LocalData]:
     """The message's config (a `kind`), this node's client id and its (cached) local windows."""
@@ -69,8 +86,9 @@ def decode_spec(content: RecordDict) -> DatasetSpec:
     return spec_from_record(content[wire.SPEC])
 
 
-def decode_nets(content: RecordDict) -> UniKDNets:
-    nets = UniKDNets.for_spec(decode_spec(content))
+def decode_nets(content: RecordDict, device: torch.device = CPU) -> UniKDNets:
+    """The round's nets as the cloud sent them, on `device`."""
+    nets = UniKDNets.for_spec(decode_spec(content)).to(device)
     load_student_state(nets, from_record(content[wire.STUDENT]))
     nets.d_f.load_state_dict(from_record(content[wire.D_F]))
     nets.d_d.load_state_dict(from_record(content[wire.D_D]))
@@ -82,9 +100,10 @@ def decode_norm(content: RecordDict) -> Normalizer:
     return Normalizer(stats["mean"], stats["std"])
 
 
-def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalData
-                   ) -> TeacherOut | None:
-    """Teacher outputs on this node's windows, computed once per teacher snapshot and window set.
+def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalData,
+                   device: torch.device = CPU) -> TeacherOut | None:
+    """Teacher outputs on this node's windows, computed once per teacher snapshot and window set
+    (by the teacher on `device`; kept on the CPU in the node's state).
 
     A node training on its window store sees new windows between rounds: it keeps the snapshot
     itself too (TEACHER_ARRAYS) and recomputes the outputs when its windows change.
@@ -105,7 +124,7 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
         raise UnikdError(f"client {node_of(context).client_id}, round {rc.round}: teacher snapshot "
                          f"{rc.teacher_hash[:12]} is not cached on this node")
     teacher = shared_teacher(rc.teacher_hash, lambda: teacher_from_arrays(
-        from_record(record), members, decode_spec(msg.content)))
+        from_record(record), members, decode_spec(msg.content)).to(device), device)
     out = (teacher_outputs(teacher, data.x_train) if data.pool is None else
            pool_teacher_outputs(rc.teacher_hash, data.pool, teacher))
     context.state[TEACHER_OUT] = to_record({"feat": out.feat, "logits": out.logits})
@@ -116,17 +135,19 @@ def cached_teacher(msg: Message, context: Context, rc: RoundConfig, data: LocalD
     return out
 
 
-_TEACHERS: dict[str, torch.nn.Module] = {}  # the last teacher built in this process, by hash
+_TEACHERS: dict[tuple[str, str], torch.nn.Module] = {}  # the last teacher built, by hash, device
 
 
-def shared_teacher(teacher_hash: str, build) -> torch.nn.Module:
-    """The frozen teacher of `teacher_hash`, built once per process: the simulated clients of
-    one process share it (a cross-device round meets mostly nodes new to the teacher), and a
-    device's process holds one anyway. Frozen and in eval mode, it is only ever read."""
-    if teacher_hash not in _TEACHERS:
+def shared_teacher(teacher_hash: str, build, device: torch.device = CPU) -> torch.nn.Module:
+    """The frozen teacher of `teacher_hash` on `device`, built once per process: the simulated
+    clients of one process share it (a cross-device round meets mostly nodes new to the
+    teacher), and a device's process holds one anyway. Frozen and in eval mode, it is only
+    ever read."""
+    key = (teacher_hash, str(device))
+    if key not in _TEACHERS:
         _TEACHERS.clear()
-        _TEACHERS[teacher_hash] = build()
-    return _TEACHERS[teacher_hash]
+        _TEACHERS[key] = build()
+    return _TEACHERS[key]
 
 
 _POOL_OUT: dict[tuple, TeacherOut] = {}  # the teacher's outputs on the last shared pool
@@ -159,11 +180,14 @@ def hint_prototypes(content: RecordDict) -> torch.Tensor | None:
 
 def path_mover(content: RecordDict, nets: UniKDNets) -> PathMover | None:
     """How this round's local path moves, where the cloud sent its preconditioner and source
-    control (`fed.local_path: preconditioned`), checked against the parameters; else None."""
+    control (`fed.local_path: preconditioned`), checked against the parameters and moved to
+    their device; else None."""
     if wire.PATH_PRECOND not in content:
         return None
     params = dict(nets.named_parameters())
-    parts = [from_record(content[key]) for key in (wire.PATH_PRECOND, wire.PATH_CONTROL)]
+    device = next(iter(params.values())).device
+    parts = [to_device(from_record(content[key]), device)
+             for key in (wire.PATH_PRECOND, wire.PATH_CONTROL)]
     for key, arrays in zip((wire.PATH_PRECOND, wire.PATH_CONTROL), parts):
         for name, a in arrays.items():
             if name not in params or a.shape != params[name].shape or not torch.isfinite(a).all():
@@ -188,12 +212,13 @@ def w_coordinate(w_mean: float, rc: RoundConfig) -> dict[str, torch.Tensor]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
+    device = node_device(context)
     rc, cid, data = node_inputs(msg, context)
     spec = decode_spec(msg.content)
     scored = score_received(msg, context, rc, data, spec) if rc.evaluate else {}
-    teacher = cached_teacher(msg, context, rc, data)
+    teacher = cached_teacher(msg, context, rc, data, device)
     prototypes = hint_prototypes(msg.content)
-    nets = decode_nets(msg.content)
+    nets = decode_nets(msg.content, device)
     mover = path_mover(msg.content, nets)  # fed.local_path=preconditioned; else None
     if rc.bn_policy == "local" and "bn-local" in context.state:
         nets.student.load_state_dict(from_record(context.state["bn-local"]), strict=False)
@@ -202,13 +227,13 @@ def train(msg: Message, context: Context) -> Message:
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         budget.charge(context, rc, "train", LocalSteps(rc.local_steps).dp_steps(),
                       sampling_rate(rc.batch_size, count))
-        grads = record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
-                                   prototypes, mover)
+        grads = to_cpu(record_unikd_round(nets, data.x_train, teacher, rc, cid, secret, count,
+                                          prototypes, mover))
         buffers, metrics = None, {}
     else:
         budget.charge(context, rc, "train")  # refused where the operator set a budget
-        grads, buffers, metrics = unikd_round(nets, data.x_train, teacher, rc, cid,
-                                              prototypes, mover)
+        grads, buffers, metrics = to_cpu(unikd_round(nets, data.x_train, teacher, rc, cid,
+                                                     prototypes, mover))
         if rc.w_share is not None:  # the mean w as a coordinate of the private update
             grads["target_w"] = w_coordinate(metrics["w_mean"], rc)
         secret = node_secret(node_of(context), context.state) if rc.dp_mode == "local" else None
@@ -251,18 +276,19 @@ def train_teacher(msg: Message, context: Context) -> Message:
     """Federated DANN pre-training: the target half of the domain loss on this node's windows."""
     torch.set_num_threads(1)
     rc, cid, data = node_inputs(msg, context, TeacherRoundConfig)
-    members = decode_members(msg.content, rc, decode_spec(msg.content))
+    members = decode_members(msg.content, rc, decode_spec(msg.content), node_device(context))
     movers = member_movers(msg.content, rc, members)  # fed.local_path=preconditioned
     if rc.dp_mode == "record":  # per-window DP-SGD, BN frozen: gradients and the noisy count
         secret = node_secret(node_of(context), context.state)
         count = released_count(data.num_examples, rc, cid, secret, context.state)
         budget.charge(context, rc, "teacher train", teacher_dp_steps(rc.members, rc.local_steps),
                       sampling_rate(rc.batch_size, count))
-        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, (secret, count),
-                                                movers)
+        grads, buffers, metrics = to_cpu(teacher_round(members, data.x_train, rc, cid,
+                                                       (secret, count), movers))
     else:
         budget.charge(context, rc, "teacher train")  # refused where the operator set a budget
-        grads, buffers, metrics = teacher_round(members, data.x_train, rc, cid, None, movers)
+        grads, buffers, metrics = to_cpu(teacher_round(members, data.x_train, rc, cid, None,
+                                                       movers))
         count = data.num_examples
     reply = RecordDict({
         wire.TEACHER_GRAD: to_record(grads["teacher"]),
@@ -283,7 +309,7 @@ def score_received(msg: Message, context: Context, rc: SetupConfig, data, spec: 
     one (`RoundConfig.evaluate`), scored before anything trains."""
     if data.test is None:
         return {}
-    nets = UniKDNets.for_spec(spec)
+    nets = UniKDNets.for_spec(spec).to(node_device(context))
     scored = wire.EVAL_STUDENT if wire.EVAL_STUDENT in msg.content else wire.STUDENT  # EMA on
     load_student_state(nets, from_record(msg.content[scored]))
     adapt_bn(nets, rc, context, data.x_train)

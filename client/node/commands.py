@@ -66,7 +66,7 @@ def edge_cmd(args: argparse.Namespace) -> int:
                      store=Path(args.store) if args.store else None,
                      model_dir=Path(args.model_dir) if args.model_dir else None,
                      max_epsilon=args.max_epsilon or 0.0, dp_delta=args.dp_delta,
-                     heartbeat=args.heartbeat,
+                     heartbeat=args.heartbeat, device=args.device,
                      **({} if args.node_poll is None else {"node_poll": args.node_poll}),
                      **({} if args.idle_poll is None else {"idle_poll": args.idle_poll}))
     cmd = supernode_command(cfg)  # validates data/store, CA and keys before anything starts
@@ -173,8 +173,10 @@ def keygen_cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from client.node.node_config import DEFAULT_DEVICE
     from client.node.node_metrics import DEFAULT_NODE_METRICS_PORT
     from client.node.supernode import DEFAULT_RUNTIME_PORT
+    from shared.unikd.devices import DEVICE_NAMES
 
     p = sub.add_parser("edge", allow_abbrev=False,
                        help="start this device's edge node (a Flower SuperNode)")
@@ -222,6 +224,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"this node's Prometheus /metrics on 127.0.0.1:PORT (default "
                         f"{DEFAULT_NODE_METRICS_PORT}; 0: none): join state, rounds per phase, "
                         f"bytes, round latency, epsilon spent, installed version")
+    p.add_argument("--device", choices=DEVICE_NAMES, default=DEFAULT_DEVICE,
+                   help="where this device trains (default cpu: its GPU may serve other work, "
+                        "and on the CPU a deployment reproduces the simulation bit for bit); "
+                        "auto: cuda when present. The cloud never chooses it")
     p.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
     p.add_argument("--dry-run", action="store_true", help="check the setup, print the command")
     p.add_argument("--check", action="store_true",

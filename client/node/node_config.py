@@ -14,7 +14,17 @@ checks every key once per node and names the one that is wrong.
     dp-delta         the delta that budget is stated at (default 1e-5)
     dp-ledger        a JSON file that carries the node's privacy ledger across runs
     dp-reproducible  in-process simulation only: DP noise drawn from the run seed alone
+    device           where this node computes: cpu (the default), cuda or auto (cuda when
+                     present); `unikd edge --device`, or the simulator's run device
     num-partitions   set by Flower's simulation engine and our in-process Grid; read by nothing
+
+The device is the node's own choice, never the cloud's: nothing in a round says where to
+compute. A deployed edge computes on its CPU unless its operator says otherwise, because its
+GPU, where it has one, may be busy with other work (the edge service's predictions, the
+device's own apps), the student's target step is small enough for a CPU, and on the CPU a
+deployment reproduces the simulation bit for bit (tests/test_deploy.py). The in-process
+simulator (server/fed/harness.py) gives its nodes the run's resolved device: there the cloud's
+machine is every node's machine.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from shared.errors import UnikdError
+from shared.unikd.devices import DEVICE_NAMES
 
 PARTITION_ID_KEY = "partition-id"
 DATA_PATH_KEY = "data-path"
@@ -36,8 +47,10 @@ DELTA_KEY = "dp-delta"
 LEDGER_KEY = "dp-ledger"
 REPRODUCIBLE_KEY = "dp-reproducible"
 NUM_PARTITIONS_KEY = "num-partitions"
+DEVICE_KEY = "device"
 KEYS = (DATA_PATH_KEY, DOMAIN_KEY, PARTITION_ID_KEY, STORE_PATH_KEY, MODEL_DIR_KEY,
-        MAX_EPSILON_KEY, DELTA_KEY, LEDGER_KEY, REPRODUCIBLE_KEY, NUM_PARTITIONS_KEY)
+        MAX_EPSILON_KEY, DELTA_KEY, LEDGER_KEY, REPRODUCIBLE_KEY, DEVICE_KEY, NUM_PARTITIONS_KEY)
+DEFAULT_DEVICE = "cpu"  # a deployed edge's (see the module docstring for why not auto)
 DEFAULT_DELTA = 1e-5
 NO_BUDGET = (None, "", 0, 0.0, "0")  # max-epsilon values that mean "no budget set"
 
@@ -67,6 +80,7 @@ class NodeConfig:
     model_dir: str | None = None
     budget: Budget | None = None
     dp_reproducible: bool = False
+    device: str = DEFAULT_DEVICE  # auto | cpu | cuda (shared/unikd/compute.py resolves it)
 
     @classmethod
     def from_node_config(cls, raw: Mapping[str, object]) -> NodeConfig:
@@ -79,7 +93,8 @@ class NodeConfig:
         return cls(client_id=_client_id(raw.get(PARTITION_ID_KEY, 0)),
                    data_path=_text(raw, DATA_PATH_KEY), domain=_text(raw, DOMAIN_KEY, int),
                    store_path=_text(raw, STORE_PATH_KEY), model_dir=_text(raw, MODEL_DIR_KEY),
-                   budget=_budget(raw), dp_reproducible=_flag(raw, REPRODUCIBLE_KEY))
+                   budget=_budget(raw), dp_reproducible=_flag(raw, REPRODUCIBLE_KEY),
+                   device=_device(raw))
 
     def to_arg(self) -> str:
         """The `--node-config` argument Flower's SuperNode parses back into this config."""
@@ -91,6 +106,8 @@ class NodeConfig:
                       (LEDGER_KEY, self.budget.ledger)]
         if self.dp_reproducible:
             pairs.append((REPRODUCIBLE_KEY, True))
+        if self.device != DEFAULT_DEVICE:  # the default stays implicit: the same argument as before
+            pairs.append((DEVICE_KEY, self.device))
         return " ".join(f"{key}={_toml(value)}" for key, value in pairs if value is not None)
 
 
@@ -134,6 +151,16 @@ def _flag(raw: Mapping[str, object], key: str) -> bool:
     if not isinstance(value, bool):
         raise UnikdError(f"node config {key}={value!r}: expected true or false")
     return value
+
+
+def _device(raw: Mapping[str, object]) -> str:
+    """auto, cpu or cuda (absent: cpu). Whether cuda is there is checked where the node first
+    computes (client_app.node_device), by the same rule as the cloud's `device` key."""
+    value = raw.get(DEVICE_KEY, DEFAULT_DEVICE)
+    if value not in DEVICE_NAMES:
+        raise UnikdError(f"node config {DEVICE_KEY}={value!r}: expected one of "
+                         f"{', '.join(DEVICE_NAMES)}")
+    return str(value)
 
 
 def _budget(raw: Mapping[str, object]) -> Budget | None:

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.node.node_config import Budget, NodeConfig
+from client.node.node_config import DEFAULT_DEVICE, Budget, NodeConfig
 from client.node.polling import DEFAULT_HEARTBEAT, NODE_IDLE_POLL
 from shared.errors import UnikdError
 from shared.platform.secrets import write_secret
@@ -58,6 +58,7 @@ class EdgeConfig:
     dp_delta: float = 1e-5  # the delta that budget is stated at
     heartbeat: float = DEFAULT_HEARTBEAT  # seconds; the cloud sees a dead node after two
     metrics_file: Path | None = None  # the executor's task tallies (client/node/node_metrics.py)
+    device: str = DEFAULT_DEVICE  # where the ClientApp computes (node config `device`)
 
     def __post_init__(self) -> None:
         self.app_key = Path(self.app_key).expanduser().resolve() if self.app_key else None
@@ -104,7 +105,21 @@ def validate(cfg: EdgeConfig) -> str | None:
         read_ledger(operator_budget(cfg).ledger)  # a damaged ledger stops the start, not a run
     domain = data_domain(cfg) if cfg.data is not None else None
     check_trust(cfg)
+    check_compute(cfg.device)
     return domain
+
+
+def check_compute(device: str) -> None:
+    """`--device cuda` on a device without CUDA stops the start, not every round later."""
+    if device != "cuda":
+        return
+    from shared.errors import ConfigError
+    from shared.unikd.compute import resolve_device  # torch: only where cuda is asked for
+
+    try:
+        resolve_device(device)
+    except ConfigError as err:
+        raise UnikdError(f"--device cuda: {err.problem}") from None
 
 
 def data_domain(cfg: EdgeConfig) -> str:
@@ -154,14 +169,15 @@ def check_trust(cfg: EdgeConfig) -> None:
 def node_config(cfg: EdgeConfig, domain: str | None) -> str:
     """The `--node-config` the ClientApp reads (client/node/node_config.py): its windows (an
     AdaTime folder's `domain`, or only labelled test windows beside a store), its client id,
-    its model directory and its operator's budget."""
+    its model directory, its operator's budget and where it computes."""
     def text(path: Path | None) -> str | None:
         return None if path is None else str(path)
 
     return NodeConfig(client_id=cfg.client_id, data_path=text(cfg.data),
                       domain=domain if cfg.data is not None else None,
                       store_path=text(cfg.store), model_dir=text(cfg.model_dir),
-                      budget=operator_budget(cfg) if cfg.max_epsilon > 0 else None).to_arg()
+                      budget=operator_budget(cfg) if cfg.max_epsilon > 0 else None,
+                      device=cfg.device).to_arg()
 
 
 def operator_budget(cfg: EdgeConfig) -> Budget:

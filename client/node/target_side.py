@@ -14,6 +14,7 @@ import dataclasses
 
 import torch
 
+from shared.unikd.compute import module_device, on
 from shared.unikd.engine import TeacherOut, UniKDNets, dann_target_terms, scalars, target_terms
 from shared.unikd.settings import StepSchedule
 from shared.unikd.models import CNN1d, DomainDisc
@@ -136,12 +137,14 @@ def member_config(rc: TeacherRoundConfig, member: int) -> TeacherRoundConfig:
 
 @torch.no_grad()
 def reestimate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Recompute BN running statistics on local windows (cumulative average, eval afterwards)."""
+    """Recompute BN running statistics on local windows (cumulative average, eval afterwards),
+    on the model's device."""
+    device = module_device(model)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
     model.train()
     for i in range(0, len(x), 256):
-        model(x[i:i + 256])
+        model(on(device, x[i:i + 256]))
     model.eval()

@@ -19,14 +19,16 @@ from shared.errors import UnikdError
 from shared.protocol import wire
 from shared.protocol.checkpoints import by_member, of_members
 from shared.protocol.records import TeacherRoundConfig, from_record
+from shared.unikd.compute import CPU, module_device, to_device
 from shared.unikd.models import CNN1d, DomainDisc, teacher_for
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
 
 Members = list[tuple[CNN1d, DomainDisc]]
 
 
-def decode_members(content: RecordDict, rc: TeacherRoundConfig, spec: DatasetSpec) -> Members:
-    """The round's teacher(s) and discriminator(s), as the cloud sent them."""
+def decode_members(content: RecordDict, rc: TeacherRoundConfig, spec: DatasetSpec,
+                   device: torch.device = CPU) -> Members:
+    """The round's teacher(s) and discriminator(s), as the cloud sent them, on `device`."""
     teachers, discs = (from_record(content[key]) for key in (wire.TEACHER_TRAIN, wire.TEACHER_DISC))
     if rc.members is None:
         states = [(teachers, discs)]
@@ -35,6 +37,8 @@ def decode_members(content: RecordDict, rc: TeacherRoundConfig, spec: DatasetSpe
     out = []
     for t_state, d_state in states:
         teacher, disc = teacher_for(spec), DomainDisc(TEACHER_FEATURES, spec.d_d_hidden)
+        teacher.to(device)
+        disc.to(device)
         teacher.load_state_dict(t_state)
         disc.load_state_dict(d_state)
         out.append((teacher, disc))
@@ -45,7 +49,8 @@ def member_movers(content: RecordDict, rc: TeacherRoundConfig, members: Members
                   ) -> list[PathMover | None]:
     """How each member's local path moves: by the cloud's preconditioner and source control
     where the round carries them (`fed.local_path: preconditioned`, arrays
-    "<member>.<teacher|disc>.<name>"), checked against the member's parameters; else plain."""
+    "<member>.<teacher|disc>.<name>"), checked against the member's parameters and moved to
+    their device; else plain."""
     if wire.PATH_PRECOND not in content or rc.members is None:
         return [None] * len(members)
     parts = [of_members(from_record(content[key]), rc.members)
@@ -60,7 +65,8 @@ def member_movers(content: RecordDict, rc: TeacherRoundConfig, members: Members
                         or not torch.isfinite(a).all():
                     raise UnikdError(f"record '{key}': '{k}.{name}' is not a finite array "
                                      f"shaped like a parameter")
-        movers.append(PathMover(parts[0][k], parts[1][k]))
+        device = module_device(teacher)
+        movers.append(PathMover(to_device(parts[0][k], device), to_device(parts[1][k], device)))
     return movers
 
 

@@ -108,7 +108,7 @@ def epoch_tracking(data, teacher, track: dict, probe_decays) -> dict:
     from shared.unikd.evaluation import evaluate, predict
 
     classes = data.spec.classes
-    t_pred = teacher_outputs(teacher, data.trg_train.x).logits.argmax(1)
+    t_pred = teacher_outputs(teacher, data.trg_train.x).logits.argmax(1).cpu()  # as `predict`
     track.update(mf1_by_epoch=[], probes={}, agree_by_epoch={})
 
     def on_epoch(epoch: int, student) -> None:

@@ -16,6 +16,8 @@ Common departures from the reference code, stated once here and again where they
 * KL is computed with log_softmax on both sides (no log(0); spec §8.13).
 * Batches, shuffling and dropout masks come from our per-(seed, stream, step) generators, not
   from DataLoader's global RNG.
+* Models are built on the CPU under the init seed, then moved to the run's device (`device`);
+  batches move there at their point of use (`_batch`, `_on`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from server.central.trainer import CachedTeacher, StudentResult
 from shared.unikd import losses
+from shared.unikd.compute import module_device, on, resolve_device
 from shared.config import RunConfig
 from shared.data.adatime import Domain
 from shared.data.scenario import ScenarioData
@@ -114,18 +117,27 @@ def _train(cfg: RunConfig, data: ScenarioData, name: str, progress: bool,
 
 
 def _student_with_target_teacher(cfg: RunConfig, data: ScenarioData, teacher: nn.Module):
-    """The frozen teacher's outputs on the target windows, and a fresh seeded student + Adam."""
-    teacher.eval()
+    """The frozen teacher's outputs on the target windows, and a fresh seeded student + Adam,
+    both on the run's device."""
+    device = resolve_device(cfg.device)
+    teacher.to(device).eval()
     t_trg = CachedTeacher(teacher, data.trg_train.x, cfg.distill.cache_teacher)
     seed_init(cfg.seed)
-    student = student_for(data.spec)
+    student = student_for(data.spec).to(device)
     opt = _adam(student.parameters(), cfg)
     student.train()
     return t_trg, student, opt
 
 
-def _batch(dom: Domain, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return dom.x[idx], dom.y[idx]
+def _batch(dom: Domain, idx: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows and labels of a batch, on `model`'s device."""
+    device = module_device(model)
+    return on(device, dom.x[idx]), on(device, dom.y[idx])
+
+
+def _on(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` on `model`'s device (the tensor itself on the CPU)."""
+    return on(module_device(model), x)
 
 
 def _done(student: CNN1d, history: list[dict], start: float,
@@ -149,14 +161,14 @@ def source_only(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     """
     start = time.perf_counter()
     seed_init(cfg.seed)
-    student = student_for(data.spec)
+    student = student_for(data.spec).to(resolve_device(cfg.device))
     opt = _adam(student.parameters(), cfg, betas=(0.9, 0.999))
     student.train()
 
     def step(s: StepInfo) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         _src_side(cfg, s)
-        x, y = _batch(data.src_train, s.src_idx)
+        x, y = _batch(data.src_train, s.src_idx, student)
         ce = losses.source_ce(student(x), y)
         ce.backward()
         opt.step()
@@ -181,11 +193,11 @@ def kd_target(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     def step(s: StepInfo) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         _src_side(cfg, s)
-        x, y = _batch(data.src_train, s.src_idx)
+        x, y = _batch(data.src_train, s.src_idx, student)
         ce = losses.source_ce(student(x), y)
         ce.backward()
         _trg_side(cfg, s)
-        z_s = student(data.trg_train.x[s.trg_idx])
+        z_s = student(_on(student, data.trg_train.x[s.trg_idx]))
         kd = d.temperature**2 * _kl(t_trg(s.trg_idx).logits, z_s, d.temperature)
         kd.backward()
         opt.step()
@@ -210,6 +222,9 @@ def dann_student(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     seed_init(cfg.seed)
     student = student_for(data.spec)
     disc = DomainDisc(student.features_dim, data.spec.d_d_hidden)
+    device = resolve_device(cfg.device)
+    student.to(device)
+    disc.to(device)
     opt = _adam([*student.parameters(), *disc.parameters()], cfg)
     student.train()
     disc.train()
@@ -219,7 +234,7 @@ def dann_student(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
                                             d.grl_ramp))
         opt.zero_grad(set_to_none=True)
         _src_side(cfg, s)
-        x, y = _batch(data.src_train, s.src_idx)
+        x, y = _batch(data.src_train, s.src_idx, student)
         src = dann_source_terms(student, disc, x, y, alpha, 1.0, 1.0)
         src["loss"].backward()
         _trg_side(cfg, s)
@@ -248,11 +263,11 @@ def mobileda(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     def step(s: StepInfo) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         _src_side(cfg, s)
-        x, y = _batch(data.src_train, s.src_idx)
+        x, y = _batch(data.src_train, s.src_idx, student)
         h_s = student.forward_features(x)
         ce = losses.source_ce(student.forward_head(h_s), y)
         _trg_side(cfg, s)
-        h_t = student.forward_features(data.trg_train.x[s.trg_idx])
+        h_t = student.forward_features(_on(student, data.trg_train.x[s.trg_idx]))
         kd = _kl(t_trg(s.trg_idx).logits, student.forward_head(h_t), MOBILEDA_T)
         coral = _coral(h_s, h_t)
         loss = ce + MOBILEDA_KD_WT * kd + MOBILEDA_CORAL_WT * coral
@@ -280,13 +295,16 @@ def aad(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     generator term's gradient also lands in D_f.grad; it is cleared before D_f's next step.
     """
     start = time.perf_counter()
-    teacher.eval()
+    device = resolve_device(cfg.device)
+    teacher.to(device).eval()
     t_src = CachedTeacher(teacher, data.src_train.x, cfg.distill.cache_teacher)
     t_features = getattr(teacher, "features_dim", 128)
     seed_init(cfg.seed)
     student = student_for(data.spec)
     adapter = Adapter(student.features_dim, t_features)
     d_f = FeatureDisc(t_features, data.spec.d_d_hidden)
+    for m in (student, adapter, d_f):
+        m.to(device)
     opt_s = _adam([*student.parameters(), *adapter.parameters()], cfg)
     opt_f = _adam(d_f.parameters(), cfg)
     for m in (student, adapter, d_f):
@@ -296,7 +314,7 @@ def aad(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
         opt_s.zero_grad(set_to_none=True)
         opt_f.zero_grad(set_to_none=True)
         _src_side(cfg, s)
-        x, y = _batch(data.src_train, s.src_idx)
+        x, y = _batch(data.src_train, s.src_idx, student)
         t: TeacherOut = t_src(s.src_idx)
         h = student.forward_features(x)
         a = adapter(h)
@@ -337,11 +355,12 @@ def jku(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
     start = time.perf_counter()
     d = cfg.distill
     base = teacher.members[0] if isinstance(teacher, TeacherEnsemble) else teacher
-    joint_teacher = copy.deepcopy(base)
+    device = resolve_device(cfg.device)
+    joint_teacher = copy.deepcopy(base).to(device)
     for p in joint_teacher.parameters():
         p.requires_grad_(True)
     seed_init(cfg.seed)
-    student = student_for(data.spec)
+    student = student_for(data.spec).to(device)
     opt = _adam([*joint_teacher.parameters(), *student.parameters()], cfg)
     joint_teacher.train()
     student.train()
@@ -350,11 +369,11 @@ def jku(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
         beta = kd_beta(s.epoch, d.epochs, d.beta_natural_log)
         opt.zero_grad(set_to_none=True)
         _src_side(cfg, s)
-        x, y = _batch(data.src_train, s.src_idx)
+        x, y = _batch(data.src_train, s.src_idx, student)
         ht_s, zt_s = joint_teacher.features_and_logits(x)
         zs_s = student(x)
         _trg_side(cfg, s)
-        x_t = data.trg_train.x[s.trg_idx]
+        x_t = _on(student, data.trg_train.x[s.trg_idx])
         ht_t, zt_t = joint_teacher.features_and_logits(x_t)
         zs_t = student(x_t)
         mmd = _mmd(ht_s, ht_t)

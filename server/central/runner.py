@@ -14,6 +14,7 @@ from server.central.teacher import content_hash, load_teacher, save_teacher, tra
 from shared.config import RunConfig
 from shared.data.scenario import ScenarioData, load_scenario
 from shared.errors import UnikdError
+from shared.unikd.compute import describe
 from shared.unikd.evaluation import evaluate
 from shared.protocol import checkpoints
 from shared.platform.runs import append_jsonl, make_run_dir, plot_curves, write_csv, write_json
@@ -62,6 +63,8 @@ def obtain_teacher(cfg: RunConfig, data: ScenarioData, progress: bool = True,
 
 def run_teacher(cfg: RunConfig, progress: bool = True) -> Path:
     """`unikd teacher`: train and save a DANN teacher in a new run folder."""
+    device = describe(cfg.device)  # `cuda` without one stops here, before any folder or data
+    log.info("device: %s", device)
     data = load_scenario(cfg.data)
     run_dir = make_run_dir(cfg.out, f"teacher-{data.spec.name}-{data.source}to{data.target}")
     cfg.dump(run_dir / "config.yaml")
@@ -69,7 +72,8 @@ def run_teacher(cfg: RunConfig, progress: bool = True) -> Path:
     write_csv(run_dir / "metrics.csv", meta["history"])
     plot_curves(run_dir / "curves.png", meta["history"], "epoch", ["teacher_ce", "teacher_dom"],
                 f"DANN teacher {data.name}")
-    write_json(run_dir / "results.json", {k: v for k, v in meta.items() if k != "history"})
+    write_json(run_dir / "results.json", {**{k: v for k, v in meta.items() if k != "history"},
+                                          "device": device})
     log.info("teacher %s: target MF1 %.2f (source %.2f) in %.1fs -> %s", data.name,
              meta["trg_mf1"], meta["src_mf1"], meta["train_seconds"], run_dir / "teacher.pt")
     return run_dir
@@ -78,6 +82,8 @@ def run_teacher(cfg: RunConfig, progress: bool = True) -> Path:
 def run_distill(cfg: RunConfig, method: str, progress: bool = True) -> Path:
     """`unikd distill`: a student by `method`, written to a run folder a person can open."""
     fn = get_method(method)
+    device = describe(cfg.device)  # `cuda` without one stops here, before any folder or data
+    log.info("device: %s", device)
     data = load_scenario(cfg.data)
     run_dir = make_run_dir(cfg.out, f"{method}-{data.spec.name}-{data.source}to{data.target}")
     cfg.distill.method = method
@@ -101,7 +107,7 @@ def run_distill(cfg: RunConfig, method: str, progress: bool = True) -> Path:
                                                  "config_hash": cfg.hash()}})
     results = {"method": method, "dataset": data.spec.name, "scenario": data.name,
                "seed": cfg.seed, **scores, "train_seconds": result.train_seconds,
-               "teacher_mf1": t_meta.get("trg_mf1"), "config_hash": cfg.hash()}
+               "teacher_mf1": t_meta.get("trg_mf1"), "config_hash": cfg.hash(), "device": device}
     write_json(run_dir / "results.json", results)
     log.info("%s %s seed %d: target MF1 %.2f acc %.2f (teacher %.2f) -> %s", method, data.name,
              cfg.seed, scores["mf1"], scores["acc"], t_meta.get("trg_mf1") or float("nan"), run_dir)

@@ -1,7 +1,8 @@
 """DANN teacher pre-training (spec §3.2) and teacher checkpoints.
 
 A teacher is never chosen by a target-test score: it is the final-epoch model, or the mean of
-several seeds (`teacher.ensemble`), both label-free choices.
+several seeds (`teacher.ensemble`), both label-free choices. It trains on the run's device
+(`device`), built on the CPU first so every device starts from the same weights.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from shared.config import RunConfig, TeacherConfig
 from shared.data.scenario import ScenarioData
 from shared.data.datasets import DatasetSpec
+from shared.unikd.compute import CPU, on, resolve_device
 from shared.unikd.engine import dann_source_terms, dann_target_terms
 from shared.errors import UnikdError
 from shared.unikd.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
@@ -32,14 +34,16 @@ TEACHER_BETAS = (0.5, 0.99)
 
 def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfig, seed: int,
                        progress: bool = True, history: list | None = None,
-                       grl_ramp: bool = True) -> CNN1d:
-    """One DANN teacher: source CE + domain loss through the GRL on both domains.
+                       grl_ramp: bool = True, device: torch.device = CPU) -> CNN1d:
+    """One DANN teacher: source CE + domain loss through the GRL on both domains, on `device`.
 
     grl_ramp=False reproduces AdaTime's unnormalised progress (alpha ~ 1 at once, spec §8.7).
     """
     seed_init(seed, what=INIT_DANN_TEACHER)
     teacher = teacher_for(spec)
     disc = DomainDisc(teacher.features_dim, spec.d_d_hidden)
+    teacher.to(device)
+    disc.to(device)
     opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                              betas=TEACHER_BETAS) for m in (teacher, disc)]
     teacher.train()
@@ -73,8 +77,9 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
 def train_teacher(cfg: RunConfig, data: ScenarioData, progress: bool = True,
                   history: list | None = None) -> nn.Module:
     """The configured teacher: one DANN model, or a mean over `teacher.ensemble` seeds."""
+    device = resolve_device(cfg.device)
     members = [train_dann_teacher(data.spec, data, cfg.teacher, member_seed(cfg.seed, k),
-                                  progress, history, cfg.distill.grl_ramp)
+                                  progress, history, cfg.distill.grl_ramp, device)
                for k in range(cfg.teacher.ensemble)]
     return members[0] if len(members) == 1 else TeacherEnsemble(members)
 
@@ -110,14 +115,15 @@ def load_teacher(path: str | Path, spec: DatasetSpec) -> tuple[nn.Module, dict]:
 
 
 def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: int,
-                         progress: bool = False) -> CNN1d:
-    """A teacher that never saw target windows: source CE only (the `source-only` placement)."""
+                         progress: bool = False, device: torch.device = CPU) -> CNN1d:
+    """A teacher that never saw target windows: source CE only (the `source-only` placement),
+    trained on `device`."""
     from shared.data.loaders import epoch_batches
     from shared.unikd.engine import losses
     from shared.clock.seeding import BATCHES, generator_for
 
     seed_init(seed, what=INIT_SOURCE_TEACHER)
-    teacher = teacher_for(spec)
+    teacher = teacher_for(spec).to(device)
     opt = torch.optim.Adam(teacher.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                            betas=TEACHER_BETAS)
     teacher.train()
@@ -127,6 +133,6 @@ def train_source_teacher(spec: DatasetSpec, train, tcfg: TeacherConfig, seed: in
                                                             BATCHES.number()))):
             opt.zero_grad(set_to_none=True)
             seed_side(seed, SOURCE_STREAM, epoch * 100_000 + i)
-            losses.source_ce(teacher(train.x[idx]), train.y[idx]).backward()
+            losses.source_ce(teacher(on(device, train.x[idx])), on(device, train.y[idx])).backward()
             opt.step()
     return teacher.eval()

@@ -4,6 +4,9 @@ Each step runs the source terms, then the target terms (client 0's stream), accu
 gradients and steps the three optimizers together; see shared/unikd/engine.py for the update order.
 With `distill.ema_decay` > 0 each step then folds the live student into its EMA
 (shared/unikd/ema.py, as the cloud does after each round), and the student returned is the EMA.
+
+The nets and the teacher compute on the run's device (`device`, shared/unikd/compute.py); the
+windows stay on the CPU and each batch moves where it is used (the engine's terms).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from shared.data.scenario import ScenarioData
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, cross_kd_source_grad,
                            expected_cross_kd, make_optimizers, scalars, source_terms, step_all,
                            target_terms, teacher_outputs, zero_all)
+from shared.unikd.compute import resolve_device
 from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.evaluation import evaluate
 from shared.unikd.models import CNN1d
@@ -55,9 +59,10 @@ class CachedTeacher:
 
 
 def build_unikd(cfg: RunConfig, data: ScenarioData, teacher_features: int = 128):
-    """Nets and optimizers, constructed under the init seed (the federated server does the same)."""
+    """Nets and optimizers, constructed under the init seed (the federated server does the same)
+    on the CPU, so every device starts from the same weights, then moved to the run's device."""
     seed_init(cfg.seed)
-    nets = UniKDNets.for_spec(data.spec, teacher_features)
+    nets = UniKDNets.for_spec(data.spec, teacher_features).to(resolve_device(cfg.device))
     d = cfg.distill
     opts = make_optimizers(nets.group_params(), d.lr, d.weight_decay, (d.beta1, d.beta2))
     return nets, opts
@@ -80,7 +85,7 @@ def distill_unikd(cfg: RunConfig, data: ScenarioData, teacher: nn.Module, progre
     measures every decay."""
     d, hp = cfg.distill, KDHparams.from_config(cfg.distill)
     start = time.perf_counter()
-    teacher.eval()
+    teacher.to(resolve_device(cfg.device)).eval()
     t_src = CachedTeacher(teacher, data.src_train.x, d.cache_teacher)
     t_trg = CachedTeacher(teacher, data.trg_train.x, d.cache_teacher)
     nets, opts = build_unikd(cfg, data, getattr(teacher, "features_dim", 128))

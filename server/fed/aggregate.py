@@ -3,6 +3,8 @@
 A reply is refused, logged with its client and round, and never aggregated, when it carries an
 error, misses a record, has a wrong shape, NaN or Inf, is for another round, or repeats a client.
 Valid replies are sorted by client id before summing, so the order of arrival never matters.
+Replies arrive as CPU tensors and are checked and averaged there; `add_grads` and `compose_bn`
+move the results to the device of the parameters and buffers they update.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flwr.app import Message
 
 from shared.protocol import wire
 from shared.errors import ReplyError
+from shared.unikd.compute import on
 from shared.unikd.metrics import lower_median
 from shared.privacy.clipping import update_norm
 from shared.protocol.records import from_record
@@ -121,7 +124,7 @@ def add_grads(params: dict[str, torch.nn.Parameter], mean: dict[str, torch.Tenso
     """p.grad += the clients' mean gradient (p.grad holds the cloud's source gradient)."""
     for name, p in params.items():
         if name in mean:
-            g = mean[name].to(p.dtype)
+            g = on(p.device, mean[name]).to(p.dtype)
             p.grad = g.clone() if p.grad is None else p.grad + g
 
 
@@ -141,7 +144,7 @@ def compose_bn(module: torch.nn.Module, before: dict[str, torch.Tensor],
         key = prefix + name
         if key not in clients_mean:
             continue
-        r0, r_c = before[key], clients_mean[key]
+        r0, r_c = on(buf.device, before[key]), on(buf.device, clients_mean[key])
         if name.endswith("num_batches_tracked"):
             buf.copy_(buf + torch.round(r_c - r0.double()).long())
             continue

@@ -26,6 +26,11 @@ the centralized trainer's own), updated by every applied round. Training rounds 
 weights; evaluation and the final student use the EMA (`reported_nets`).
 
 Target data never reaches this module: it sees gradients, BN statistics and scalar metrics.
+
+The cloud computes on the run's device (`device`, shared/unikd/compute.py): its nets, their
+optimizers, the EMA and the teacher live there; the source windows stay on the CPU (each batch
+moves in the engine's terms), replies arrive and are checked on the CPU and their means move to
+the device when applied (`finish_round`), and what goes out is copied to the CPU (`to_record`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets,
                            make_optimizers, source_terms, target_passes, teacher_outputs,
                            zero_all)
 from shared.privacy.clipping import w_from_coordinate
+from shared.unikd.compute import resolve_device, to_device
 from shared.unikd.ema import StudentEMA, reported_nets, student_ema
 from shared.unikd.losses import class_prototypes
 from shared.protocol.checkpoints import teacher_members, teacher_to_arrays
@@ -172,6 +178,7 @@ class Cloud:
     teacher_hash: str
     clock: Clock
     dp: DpPlan | None = None  # the DP settings every train message carries (None: DP off)
+    device: torch.device = field(init=False)  # where the cloud computes (the config's `device`)
     nets: UniKDNets = field(init=False)
     opts: dict = field(init=False)
     t_src: TeacherOut = field(init=False)
@@ -184,8 +191,11 @@ class Cloud:
 
     def __post_init__(self) -> None:
         d = self.cfg.distill
-        seed_init(self.cfg.seed)  # same construction as the centralized trainer
-        self.nets = UniKDNets.for_spec(self.source.spec)
+        self.device = resolve_device(self.cfg.device)
+        seed_init(self.cfg.seed)  # same construction as the centralized trainer (on the CPU)
+        self.nets = UniKDNets.for_spec(self.source.spec).to(self.device)
+        if self.teacher is not None:  # trained here, loaded or resumed: computes where we do
+            self.teacher.to(self.device)
         self.opts = make_optimizers(self.nets.group_params(), d.lr, d.weight_decay,
                                     (d.beta1, d.beta2))
         self.ema = student_ema(self.nets, d.ema_decay)
@@ -408,7 +418,7 @@ class Cloud:
         keep = self.plan.both and self.cfg.fed.local_path == "preconditioned"
         for group, key in (("student", wire.STUDENT_GRAD), ("d_f", wire.D_F_GRAD),
                            ("d_d", wire.D_D_GRAD)):
-            mean = weighted_mean(updates, key) if updates else {}
+            mean = to_device(weighted_mean(updates, key), self.device) if updates else {}
             add_grads(named[group], mean)
             if keep:  # the next round's stand-in for the target half on the cloud's path
                 self.target_control.update({param_name(group, k): v.clone()

@@ -165,6 +165,10 @@ class InProcessGrid:
         self.contexts = LazyContexts(self._make_context)
         self.online = set(self.node_ids)
         self.availability: Availability | None = None  # simulated devices coming and going
+        # where the simulated nodes compute (their node config's `device`): the run's resolved
+        # device, set by the round loop before the first message (`use_device`); a node
+        # config given by the caller keeps its own (absent: the node's default, cpu)
+        self.device = "cpu"
         self._pushed = 0
         self._replies: dict[str, Message] = {}
 
@@ -180,7 +184,7 @@ class InProcessGrid:
                 {"partition-id": i, "num-partitions": self.num_nodes,
                  # cloud and nodes share this process: reproducible DP
                  # draws (a deployed node keys them with its own secret)
-                 "dp-reproducible": True})
+                 "dp-reproducible": True, "device": self.device})
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.node_ids if n in self.online]
@@ -265,6 +269,12 @@ class InProcessGrid:
                                    "fault": fault})
             log.info("round %d: node %s %s (simulated)", rnd, node, fault)
         return fault
+
+    def use_device(self, device: str) -> None:
+        """The simulated nodes compute on `device` ("cpu" or "cuda", resolved by the cloud):
+        in a simulation the cloud's machine is every node's machine. Nodes whose context
+        exists already keep the config they were made with."""
+        self.device = device
 
     def use_config_faults(self, fed, seed: int) -> None:
         """Take the config's fault plan and availability model unless given already."""

@@ -38,6 +38,7 @@ from server.central.teacher import content_hash, load_teacher
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.errors import ReplyError, UnikdError
+from shared.unikd.compute import describe, resolve_device, to_device
 from shared.unikd.metrics import macro_f1
 from shared.protocol.records import student_state
 from shared.protocol.reply_shapes import up_shapes
@@ -91,7 +92,8 @@ def obtain_fed_teacher(send: Sender, cfg: RunConfig, source: SourceData, nodes: 
     if cfg.fed.teacher_placement == "source-only":
         from server.central.teacher import train_source_teacher
 
-        return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed)
+        return train_source_teacher(source.spec, source.train, cfg.teacher, cfg.seed,
+                                    device=resolve_device(cfg.device))
     from server.fed.teacher import federated_dann_teacher
 
     return federated_dann_teacher(send, cfg, source, nodes, sum(counts.values()), progress,
@@ -262,6 +264,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
                      status: LiveStatus | None = None) -> tuple[Federation, int]:
     """Count the nodes' windows, catch up missed deliveries, obtain the teacher, plan DP and
     (with `resume`) restore the cloud; returns the federation and its first round."""
+    use_device(grid, cfg)  # before the first message: a simulated node's config is fixed then
     source = load_source(cfg)
     check_teacher_source(cfg)  # under DP no un-noised target gradient may leave a node
     check_cross_kd(cfg)
@@ -325,6 +328,13 @@ def deliver_missed(send: Sender, cfg: RunConfig, source: SourceData,
                  latest.tag[:12])
         delivery.deliver(send, missed, latest, setup_config(cfg, source, round=0),
                          sim_setup(cfg, source))
+
+
+def use_device(grid, cfg: RunConfig) -> None:
+    """The in-process harness's simulated nodes compute on the run's device (their node config's
+    `device`); a real Grid's nodes are devices that choose their own (`unikd edge --device`)."""
+    if hasattr(grid, "use_device"):
+        grid.use_device(resolve_device(cfg.device).type)
 
 
 def use_faults(grid, cfg: RunConfig) -> None:
@@ -631,6 +641,9 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     start = time.perf_counter()
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
+    # `device: cuda` without CUDA stops here, before any message or training step
+    log.info("device: %s (the cloud%s)", describe(cfg.device),
+             " and the simulated clients" if hasattr(grid, "use_device") else "")
     status = LiveStatus(run_dir)
     status.write(live_status.Start(run_id, cfg.fed.clients, cfg.data.dataset, cfg.fed.dp))
     fed, first = start_federation(grid, cfg, progress, timeout, resume, delivery_dir, status)
@@ -737,7 +750,7 @@ def restore(cloud: Cloud, result: FedResult, ckpt: dict) -> int:
         o.load_state_dict(ckpt["optimizers"][k])
     if cloud.ema is not None:  # the config hash matched, so the checkpoint holds it too
         cloud.ema.load_state_dict(ckpt["ema"])
-    cloud.target_control = dict(ckpt.get("target_control", {}))
+    cloud.target_control = to_device(ckpt.get("target_control", {}), cloud.device)
     result.rounds, result.evals = list(ckpt["rounds"]), list(ckpt["evals"])
     result.rejected, result.ledger.rows = list(ckpt["rejected"]), list(ckpt["ledger"])
     result.cohorts = list(ckpt.get("cohorts", []))

@@ -14,6 +14,7 @@ from server.fed.rounds import FedResult, federate
 from server.fed.run_folder import open_run_dir, write_fed_run
 from server.fed.worker_grid import WorkerGrid, resolve_workers
 from shared.config import RunConfig
+from shared.unikd.compute import resolve_device
 from shared.platform.flower_tools import FLWR_ENV
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False,
 
     from server.fed.server_app import make_server_app
 
+    device = resolve_device(cfg.device).type
+    if device != "cpu":  # Flower's SuperNodes read the default node config: `device` cpu
+        log.info("fed.engine=ray: the cloud computes on %s, the simulated clients on the CPU (the "
+                 "engine gives them no GPU and no node config of ours)", device)
     box: dict = {}
     for attempt in (1, 2):  # Ray's node start-up can time out on a busy 2-core machine
         try:
@@ -77,6 +82,7 @@ def run_ray(cfg: RunConfig, run_dir: Path, progress: bool = False,
 
 def run_federate(cfg: RunConfig, progress: bool = True, resume: Path | None = None) -> Path:
     """A new run folder, or (with `resume`) the interrupted run's own folder, continued."""
+    resolve_device(cfg.device)  # `device: cuda` without CUDA stops here, before any folder
     run_dir = open_run_dir(cfg, resume)
     start = time.perf_counter()
     result = (run_ray(cfg, run_dir, progress, resume) if cfg.fed.engine == "ray"

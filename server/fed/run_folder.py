@@ -13,6 +13,7 @@ from server.fed.dp.report import write_privacy_ledger
 from server.fed.rounds import FedResult
 from shared.config import RunConfig, load_config
 from shared.errors import UnikdError
+from shared.unikd.compute import describe
 from shared.unikd.metrics import median
 from shared.protocol import checkpoints
 from shared.protocol.checkpoints import teacher_state
@@ -91,7 +92,8 @@ def write_fed_run(run_dir: Path, cfg: RunConfig, result: FedResult) -> dict:
                "bytes_up_per_client_round_median": median(up) if up else 0,
                "bytes_down_per_client_round_median": median(down) if down else 0,
                "rejected_updates": len(result.rejected), "wall_seconds": result.wall_seconds,
-               "teacher_placement": cfg.fed.teacher_placement, "teacher_hash": cloud.teacher_hash}
+               "teacher_placement": cfg.fed.teacher_placement, "teacher_hash": cloud.teacher_hash,
+               "device": describe(cfg.device)}
     summary.update(write_privacy_ledger(run_dir, cfg, result))  # privacy.csv: epsilon per round
     write_json(run_dir / "results.json", summary)
     return summary

@@ -4,7 +4,8 @@ The cloud runs source CE and the source half of the domain loss; each edge retur
 of the target half for the teacher and its discriminator. With one client this reproduces
 `server.central.teacher.train_dann_teacher` step for step. This module trains the members one
 after the other, one step per round (edge mode); `fed.local_steps_mode: both` trains them all
-in each round of L steps (server/fed/teacher_joint.py).
+in each round of L steps (server/fed/teacher_joint.py). The cloud's half computes on the run's
+device (`device`); the teacher is built on the CPU under its seed, then moved there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from server.fed.transport import Sender
 from server.central.teacher import TEACHER_BETAS
 from shared.protocol import wire
 from shared.config import RunConfig
+from shared.unikd.compute import resolve_device
 from shared.unikd.engine import dann_source_terms
 from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
@@ -60,6 +62,9 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
     tcfg, spec = cfg.teacher, source.spec
     seed_init(seed, what=INIT_DANN_TEACHER)  # as train_dann_teacher
     teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
+    device = resolve_device(cfg.device)
+    teacher.to(device)
+    disc.to(device)
     opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                              betas=TEACHER_BETAS) for m in (teacher, disc)]
     teacher.train()

@@ -12,6 +12,8 @@ applies the sum with the member's own Adam optimizers, by L steps (server/fed/se
 `fed.teacher_server_step`, by default the student's `fed.server_step`). The
 members never interact: each is trained as it would be alone, in 1/(members x L) of the
 exchanges. With L = 1 and one client every member equals its centralized twin bit for bit.
+The members compute on the run's device (`device`); the clients' means move there when applied
+(`finish_member`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from shared.protocol import wire
 from shared.protocol.checkpoints import by_member, of_members
 from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
 from shared.protocol.reply_shapes import teacher_up_shapes
+from shared.unikd.compute import module_device, resolve_device, to_device
 from shared.unikd.engine import dann_source_terms
 from shared.unikd.models import CNN1d, DomainDisc, teacher_for
 
@@ -66,6 +69,9 @@ class Member:
         t, spec = cfg.teacher, source.spec
         seed_init(seed, what=INIT_DANN_TEACHER)
         teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
+        device = resolve_device(cfg.device)
+        teacher.to(device)
+        disc.to(device)
         opts = {name: torch.optim.Adam(m.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                        betas=TEACHER_BETAS)
                 for name, m in (("teacher", teacher), ("disc", disc))}
@@ -132,7 +138,10 @@ def finish_member(cfg: RunConfig, member: Member, steps: int,
                   grads: dict[str, dict[str, torch.Tensor]], bn: dict[str, torch.Tensor],
                   before: dict[str, torch.Tensor]) -> None:
     """Add the member's clients' weighted mean gradients (`grads`: teacher, disc) and BN
-    statistics (`bn`) to its source half, and take its server step."""
+    statistics (`bn`) to its source half, and take its server step. The means arrive on the
+    CPU and move to the member's device first (its path control is kept there)."""
+    device = module_device(member.pair)
+    grads = {name: to_device(g, device) for name, g in grads.items()}
     for name in ("teacher", "disc"):
         add_grads(dict(member.pair[name].named_parameters()), grads[name])
         member.target_control.update({f"{name}.{k}": v.clone() for k, v in grads[name].items()})

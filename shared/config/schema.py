@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from shared.unikd.devices import DeviceName
 from shared.unikd.settings import KDHparams
 
 if TYPE_CHECKING:
@@ -259,6 +260,12 @@ class RunConfig:
     seed: int = field(default=0, metadata=rng(0, 2**31 - 1))
     out: str = "runs"  # parent folder of run folders
     threads: int = field(default=1, metadata=rng(1, 256))  # torch threads; 1 keeps runs bit-stable
+    # where the cloud's and the simulated clients' tensors are computed (shared/unikd/compute.py):
+    # "auto" = cuda where torch sees a CUDA device, else cpu; "cuda" without one is an error
+    # before anything trains. Part of the config hash: a GPU run's numbers are its own (same
+    # seed, same result on one machine; not bit-identical to the CPU run). A deployed edge
+    # picks its own device (`unikd edge --device`); the cloud never chooses a device's hardware
+    device: DeviceName = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

@@ -163,7 +163,8 @@ def noisy_mean(summed: Mapping[str, torch.Tensor], std: float, expected_batch: f
     out = {}
     for k in sorted(summed):
         t = summed[k]
-        noise = torch.randn(t.shape, generator=gen, dtype=torch.float64) * std if std > 0 else 0.0
+        noise = (torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device) * std
+                 if std > 0 else 0.0)  # drawn on the CPU (seeded), added where `t` is
         out[k] = ((t.double() + noise) / expected_batch).to(t.dtype)
     return out
 
@@ -185,8 +186,9 @@ def dp_sgd_gradient(loss_module: nn.Module, data: tuple[torch.Tensor, ...], q: f
     if before_forward is not None:
         before_forward()
     with_value = share > 0
+    device = next(loss_module.parameters()).device  # the windows move to the weights
     if len(idx):
-        batch = tuple(d[idx] for d in data)
+        batch = tuple(d[idx].to(device) for d in data)
         if with_value:
             per, values = per_sample_grads(loss_module, batch, aux=True)
             summed, _ = clipped_sum(per, clip, group_of, values, share)
@@ -195,7 +197,7 @@ def dp_sgd_gradient(loss_module: nn.Module, data: tuple[torch.Tensor, ...], q: f
     else:
         summed = {k: torch.zeros_like(p) for k, p in loss_module.named_parameters()}
         if with_value:
-            summed[BOUNDED] = torch.zeros(1, dtype=torch.float64)
+            summed[BOUNDED] = torch.zeros(1, dtype=torch.float64, device=device)
     value = summed.pop(BOUNDED, None)
     out = noisy_mean(summed, z * clip, expected_batch, noise_gen)
     if value is not None:

@@ -4,7 +4,9 @@ A checkpoint is a `torch.save`d dict with `"kind"` and `"version"` beside its pa
 reader states the kind it expects; a file of another kind or version is refused with an error
 naming the file, the kind found and the kind wanted, instead of a KeyError deep inside a loader.
 All formats hold tensors, numbers, strings, lists and dicts only, so every load is
-`weights_only=True`: opening a checkpoint never runs code from it.
+`weights_only=True`: opening a checkpoint never runs code from it. Every tensor is written from
+the CPU (a GPU run's too) and read onto the CPU (`map_location="cpu"`); a reader moves what it
+needs to its own device (shared/unikd/compute.py).
 
 Kinds:
 - `teacher`: a frozen (ensemble) teacher: `members` (state dicts), `meta`;
@@ -32,6 +34,7 @@ from torch import nn
 
 from shared.errors import UnikdError
 from shared.platform.runs import atomic_write_bytes
+from shared.unikd.compute import to_cpu
 
 TEACHER = "teacher"
 CENTRAL_STUDENT = "central-student"
@@ -55,7 +58,7 @@ def pack(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 def to_bytes(kind: str, payload: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
-    torch.save(pack(kind, payload), buf)
+    torch.save(pack(kind, to_cpu(payload)), buf)
     return buf.getvalue()
 
 

@@ -12,6 +12,9 @@ the term is "a strong view", and these are the usual wearable-sensor augmentatio
 magnitude scaling, segment permutation; Um et al. 2017, TS-TCC's strong view) at strengths
 that change a window clearly without erasing it. The functions also run under torch.func.vmap
 with `randomness="different"` (record-level DP's per-window gradients), one window at a time.
+
+The generator is a CPU one (seeded per step): every draw is made on the CPU and then moved to the
+windows' device, so a GPU run draws exactly the views a CPU run draws.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ SEGMENTS = 5  # the window is cut into this many near-equal segments, shuffled p
 
 def jitter(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
     """x + N(0, std^2), independently at every sample point."""
-    return x + std * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return x + std * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
 
 def scale(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
     """x times one factor N(1, std^2) per window and channel (a sensor's gain changes)."""
-    factor = 1.0 + std * torch.randn((*x.shape[:-1], 1), generator=gen, dtype=x.dtype)
+    draw = torch.randn((*x.shape[:-1], 1), generator=gen, dtype=x.dtype)
+    factor = 1.0 + std * draw.to(x.device)
     return x * factor
 
 
@@ -53,7 +57,7 @@ def permute_segments(x: torch.Tensor, segments: int, gen: torch.Generator) -> to
     piece = (pos.unsqueeze(-1) >= new_ends.unsqueeze(-2)).sum(-1)  # [B, L]: pieces ended by p
     src = (starts.expand(*lead, s).gather(-1, order).gather(-1, piece)
            + pos - (new_ends - new_sizes).gather(-1, piece))
-    return x.gather(-1, src.unsqueeze(-2).expand(x.shape))
+    return x.gather(-1, src.to(x.device).unsqueeze(-2).expand(x.shape))
 
 
 def strong_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

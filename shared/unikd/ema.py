@@ -24,6 +24,11 @@ the live student. `num_batches_tracked` is a count, not a statistic: it stays th
 
 The average itself is torch's maintained `AveragedModel` with `get_ema_multi_avg_fn`:
 W_ema <- decay * W_ema + (1 - decay) * W, starting from the weights after the first step.
+
+Device: the average is a copy of the live student and adapter, so it lives where they live when
+the EMA is made (the run's device, shared/unikd/compute.py): build it after the nets have moved.
+Its step count `n_averaged` stays on the CPU (torch moves it per update), so deciding whether a
+step is the first one never waits on the GPU.
 """
 
 from __future__ import annotations

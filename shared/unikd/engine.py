@@ -15,6 +15,9 @@ equal one centralized step with a single message exchange instead of two.
 D_f's loss only reaches D_f, and the generator loss only reaches the student and adapter: the
 generator term evaluates D_f through detached parameters, so one backward pass over
 `terms["loss"]` yields every group's gradient.
+
+Devices: every term computes where the nets are (shared/unikd/compute.py); batches and teacher
+outputs may arrive on the CPU and are moved here, at their point of use (on the CPU: no copy).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch.func import functional_call
 
 from shared.unikd import losses
 from shared.unikd.augment import strong_view
+from shared.unikd.compute import module_device, on
 from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
 from shared.data.datasets import DatasetSpec
 from shared.unikd.settings import KDHparams, StepSchedule
@@ -43,6 +47,12 @@ class TeacherOut:
 
     def __getitem__(self, idx: torch.Tensor) -> TeacherOut:
         return TeacherOut(self.feat[idx], self.logits[idx])
+
+    def to(self, device: torch.device) -> TeacherOut:
+        """The same outputs on `device` (itself where they are there already)."""
+        if self.feat.device == device and self.logits.device == device:
+            return self
+        return TeacherOut(on(device, self.feat), on(device, self.logits))
 
 
 class UniKDNets(nn.Module):
@@ -75,12 +85,14 @@ class UniKDNets(nn.Module):
 
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor, chunk: int = 512) -> TeacherOut:
-    """Run the frozen teacher once over all windows (eval mode: deterministic, cacheable)."""
+    """Run the frozen teacher once over all windows (eval mode: deterministic, cacheable). The
+    outputs stay on the teacher's device; `x` may be on the CPU (moved chunk by chunk)."""
     was_training = teacher.training
     teacher.eval()
+    device = module_device(teacher)
     feats, logits = [], []
     for i in range(0, len(x), chunk):
-        h, z = teacher.features_and_logits(x[i:i + chunk])
+        h, z = teacher.features_and_logits(on(device, x[i:i + chunk]))
         feats.append(h)
         logits.append(z)
     teacher.train(was_training)
@@ -118,6 +130,8 @@ def _domain_side(nets: UniKDNets, h_student: torch.Tensor, teacher: TeacherOut |
 def source_terms(nets: UniKDNets, x: torch.Tensor, y: torch.Tensor, teacher: TeacherOut,
                  sched: StepSchedule, hp: KDHparams) -> dict[str, torch.Tensor]:
     """Source-side UNI-KD terms (cloud): CE, source KD, hint, D_f halves, source domain loss."""
+    device = module_device(nets.student)
+    x, y, teacher = on(device, x), on(device, y), teacher.to(device)
     h = nets.student.forward_features(x)  # [B, 32]
     logits = nets.student.forward_head(h)  # [B, C]
     d = nets.d_d(grad_reverse(h, sched.alpha))  # [B, 2]
@@ -172,6 +186,10 @@ def target_terms(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None,
     `augment`: this step's augmentation generator (seeding.augment_generator), needed by the
     pseudo-label term only.
     """
+    device = module_device(nets.student)
+    x = on(device, x)
+    teacher = teacher.to(device) if teacher is not None else None
+    prototypes = on(device, prototypes) if prototypes is not None else None
     strong = _strong_logits(nets, x, hp, augment)
     h = nets.student.forward_features(x)  # [B, 32]  forward #1
     hint_targets = None
@@ -244,7 +262,7 @@ def _label_free_terms(logits: torch.Tensor, strong: torch.Tensor | None,
 def _total(t: dict[str, torch.Tensor], sched: StepSchedule, hp: KDHparams) -> torch.Tensor:
     """lam_ce*CE + (1-beta)*lam_dom*L_dom + beta*L_KD + L_G + L_L1, plus D_f's own loss, plus
     beta*(im_weight*L_IM + pl_weight*L_PL) where those terms are on."""
-    zero = torch.zeros(())
+    zero = torch.zeros((), device=t["d_f"].device)
     total = (hp.lam_ce * t.get("ce", zero) + (1 - sched.beta) * hp.lam_dom * t["dom"]
              + sched.beta * t.get("kd", zero) + t.get("adv", zero) + t.get("hint", zero)
              + t["d_f"])
@@ -275,6 +293,8 @@ def scalars(t: dict[str, torch.Tensor]) -> dict[str, float]:
 def dann_source_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, y: torch.Tensor,
                       alpha: float, w_cls: float, w_dom: float) -> dict[str, torch.Tensor]:
     """Cloud half of DANN: source CE and the source half of the domain loss."""
+    device = module_device(teacher)
+    x, y = on(device, x), on(device, y)
     h = teacher.forward_features(x)
     ce = losses.source_ce(teacher.forward_head(h), y)
     dom = losses.domain_ce(disc(grad_reverse(h, alpha)), SOURCE_DOMAIN)
@@ -284,6 +304,7 @@ def dann_source_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, y: torc
 def dann_target_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, alpha: float,
                       w_dom: float) -> dict[str, torch.Tensor]:
     """Edge half of DANN: the target half of the domain loss."""
+    x = on(module_device(teacher), x)
     dom = losses.domain_ce(disc(grad_reverse(teacher.forward_features(x), alpha)), TARGET_DOMAIN)
     return {"dom": dom, "loss": w_dom * dom}
 

@@ -25,6 +25,7 @@ def hint_l1(adapted_student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> t
 def class_prototypes(feat: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean feature per class [C, F]; a class without windows gets the mean of all windows."""
     protos = feat.mean(0).expand(num_classes, -1).clone()
+    y = y.to(feat.device)  # the labels stay on the CPU with the data; the features may not
     for c in range(num_classes):
         mask = y == c
         if mask.any():
@@ -56,7 +57,8 @@ def generator_loss(d_f_on_student: torch.Tensor) -> torch.Tensor:
 
 def domain_ce(domain_logits: torch.Tensor, domain_label: int) -> torch.Tensor:
     """Data-domain loss for one domain (source = 1, target = 0); the GRL sits before D_d."""
-    target = torch.full((domain_logits.shape[0],), domain_label, dtype=torch.long)
+    target = torch.full((domain_logits.shape[0],), domain_label, dtype=torch.long,
+                        device=domain_logits.device)
     return F.cross_entropy(domain_logits, target)
 
 
