@@ -642,7 +642,7 @@ def federate(grid, cfg: RunConfig, progress: bool = True, timeout: float | None 
     timeout = timeout if timeout is not None else cfg.fed.round_timeout
     torch.set_num_threads(cfg.threads)
     # `device: cuda` without CUDA stops here, before any message or training step
-    log.info("device: %s (the cloud%s)", describe(cfg.device),
+    log.info("device: %s, for the cloud%s", describe(cfg.device),
              " and the simulated clients" if hasattr(grid, "use_device") else "")
     status = LiveStatus(run_dir)
     status.write(live_status.Start(run_id, cfg.fed.clients, cfg.data.dataset, cfg.fed.dp))
