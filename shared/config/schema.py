@@ -262,9 +262,11 @@ class RunConfig:
     threads: int = field(default=1, metadata=rng(1, 256))  # torch threads; 1 keeps runs bit-stable
     # where the cloud's and the simulated clients' tensors are computed (shared/unikd/compute.py):
     # "auto" = cuda where torch sees a CUDA device, else cpu; "cuda" without one is an error
-    # before anything trains. Part of the config hash: a GPU run's numbers are its own (same
-    # seed, same result on one machine; not bit-identical to the CPU run). A deployed edge
-    # picks its own device (`unikd edge --device`); the cloud never chooses a device's hardware
+    # before anything trains. Not in the config hash (HASH_EXEMPT): it says where the same
+    # experiment computes, so a CPU run may resume on a GPU and cached teachers stay valid; a GPU
+    # run's floats are its own (not bit-identical to the CPU's), and results.json records the
+    # device each run resolved. A deployed edge picks its own (`unikd edge --device`): the cloud
+    # never chooses a device's hardware
     device: DeviceName = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -285,7 +287,7 @@ class RunConfig:
         """What the results depend on: every key but the execution-only ones (HASH_EXEMPT)."""
         d = self.to_dict()
         for section, key in HASH_EXEMPT:
-            d[section].pop(key, None)
+            (d[section] if section else d).pop(key, None)
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -293,8 +295,9 @@ class RunConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-# Keys that change how a run executes, never its results (a resume may change them).
-HASH_EXEMPT = (("fed", "workers"),)
+# Keys that say how or where a run executes, not what it computes (a resume may change them);
+# section "" is the top level.
+HASH_EXEMPT = (("fed", "workers"), ("", "device"))
 
 # What `distill.reference_compat: true` sets: the official code's behaviour (spec §8.1-8.7, §8.14).
 REFERENCE_SWITCHES = {"target_kd": False, "adv_to_student": False, "beta_natural_log": False,
