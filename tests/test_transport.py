@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from server.fed import transport
-from server.fed.transport import Sender, TransportOptions, exchange
+from server.fed.transport import Sender, TransportOptions, start_exchange
 from shared.config import load_config
 from shared.errors import ConfigError
 from shared.protocol import wire
@@ -83,7 +83,7 @@ def _msgs(nodes):
 def test_replies_sorted_by_node_id_and_polled_at_the_interval():
     clock = Clock()
     grid = FakeGrid(clock, {30: 0.2, 10: 0.05, 20: 0.0})
-    replies = exchange(grid, _msgs([30, 10, 20]), 5.0, 0.05, clock, clock.sleep)
+    replies = start_exchange(grid, _msgs([30, 10, 20]), 5.0, 0.05, clock, clock.sleep)()
     assert [r.metadata.src_node_id for r in replies] == [10, 20, 30]
     assert all(s == pytest.approx(0.05) for s in clock.sleeps)
     assert clock.now == pytest.approx(0.2)  # done at the last reply, not at a 3 s tick
@@ -92,7 +92,7 @@ def test_replies_sorted_by_node_id_and_polled_at_the_interval():
 def test_timeout_returns_the_replies_that_arrived():
     clock = Clock()
     grid = FakeGrid(clock, {1: 0.1, 2: 100.0})  # node 3 never answers
-    replies = exchange(grid, _msgs([1, 2, 3]), 1.0, 0.3, clock, clock.sleep)
+    replies = start_exchange(grid, _msgs([1, 2, 3]), 1.0, 0.3, clock, clock.sleep)()
     assert [r.metadata.src_node_id for r in replies] == [1]
     assert clock.now == pytest.approx(1.0)  # the last sleep is cut to the deadline
     assert max(clock.sleeps) <= 0.3 + 1e-9
@@ -100,16 +100,16 @@ def test_timeout_returns_the_replies_that_arrived():
 
 def test_duplicate_replies_are_dropped():
     clock = Clock()
-    replies = exchange(FakeGrid(clock, {1: 0.0, 2: 0.0}, duplicate=True), _msgs([2, 1]), 1.0,
-                       0.05, clock, clock.sleep)
+    replies = start_exchange(FakeGrid(clock, {1: 0.0, 2: 0.0}, duplicate=True), _msgs([2, 1]),
+                             1.0, 0.05, clock, clock.sleep)()
     assert [r.metadata.src_node_id for r in replies] == [1, 2]
 
 
 def test_undecodable_reply_becomes_an_error_naming_node_and_round(monkeypatch):
     clock = Clock()
     grid = FakeGrid(clock, {5: 0.0}, packed_reply=True)
-    monkeypatch.setattr(transport, "exchange",
-                        lambda g, m, t, p: exchange(g, m, t, p, clock, clock.sleep))
+    monkeypatch.setattr(transport, "start_exchange",
+                        lambda g, m, t, p: start_exchange(g, m, t, p, clock, clock.sleep))
     (reply,) = Sender(grid, 1.0)({5: RecordDict({wire.METRICS: MetricRecord({"x": 1})})},
                                  "train", 7)
     assert reply.has_error()
@@ -119,8 +119,8 @@ def test_undecodable_reply_becomes_an_error_naming_node_and_round(monkeypatch):
 def test_send_packs_each_shared_content_once(monkeypatch):
     clock = Clock()
     grid = FakeGrid(clock, {1: 0.0, 2: 0.0, 3: 0.0})
-    monkeypatch.setattr(transport, "exchange",
-                        lambda g, m, t, p: exchange(g, m, t, p, clock, clock.sleep))
+    monkeypatch.setattr(transport, "start_exchange",
+                        lambda g, m, t, p: start_exchange(g, m, t, p, clock, clock.sleep))
     shared = RecordDict({"student": ArrayRecord({"w": Array(np.ones((2, 2), np.float32))})})
     other = RecordDict({"student": ArrayRecord({"w": Array(np.zeros((2, 2), np.float32))})})
     Sender(grid, 1.0)({3: shared, 1: shared, 2: other}, "train", 1)
@@ -139,7 +139,7 @@ def test_a_grid_without_push_and_pull_uses_its_send_and_receive():
         def send_and_receive(self, messages, *, timeout=None):
             return [Message(RecordDict(), reply_to=m) for m in reversed(list(messages))]
 
-    replies = exchange(Old(), _msgs([2, 1]), 1.0, 0.05)
+    replies = start_exchange(Old(), _msgs([2, 1]), 1.0, 0.05)()
     assert [r.metadata.src_node_id for r in replies] == [1, 2]
 
 

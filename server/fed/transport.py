@@ -34,24 +34,18 @@ class TransportOptions:
         return cls(fed.poll_interval, fed.pack)
 
 
-def exchange(grid, messages: list[Message], timeout: float | None, poll_interval: float,
-             clock: Callable[[], float] = time.monotonic,
-             sleep: Callable[[float], None] = time.sleep) -> list[Message]:
-    """Push `messages`, pull replies until all arrived or `timeout` seconds passed (None: wait
-    for all). Replies sorted by sending node id; late replies are simply not returned.
+def start_exchange(grid, messages: list[Message], timeout: float | None, poll_interval: float,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> Callable[[], list[Message]]:
+    """Push `messages` now and return the call that pulls their replies, so the cloud can
+    compute while the nodes do. That call pulls until all arrived or `timeout` seconds passed
+    since the push (None: wait for all), and returns the replies sorted by sending node id;
+    late replies are simply not returned.
 
     A Grid whose replies all exist once push returns (the in-process harness says so with
     `complete_on_push`) is pulled once; a Grid without push/pull falls back to its own
     `send_and_receive`.
     """
-    return start_exchange(grid, messages, timeout, poll_interval, clock, sleep)()
-
-
-def start_exchange(grid, messages: list[Message], timeout: float | None, poll_interval: float,
-                   clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep) -> Callable[[], list[Message]]:
-    """`exchange` in two halves: push now, and return the call that pulls the replies, so the
-    cloud can compute while the nodes do (the timeout counts from the push)."""
     if not hasattr(grid, "push_messages"):
         return lambda: sort_replies(grid.send_and_receive(messages, timeout=timeout))
     deadline = None if timeout is None else clock() + timeout
