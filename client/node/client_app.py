@@ -35,7 +35,7 @@ from shared.privacy.clipping import w_bounds, w_clip
 from shared.privacy.dp_sgd import sampling_rate
 from shared.unikd.engine import TeacherOut, UniKDNets, teacher_outputs
 from shared.errors import ConfigError, UnikdError
-from shared.unikd.compute import CPU, resolve_device, to_cpu, to_device
+from shared.unikd.compute import CPU, module_device, resolve_device, to_cpu, to_device
 from shared.unikd.evaluation import predict
 from shared.unikd.metrics import confusion
 from shared.unikd.models.cnn1d import TEACHER_FEATURES
@@ -185,7 +185,7 @@ def path_mover(content: RecordDict, nets: UniKDNets) -> PathMover | None:
     if wire.PATH_PRECOND not in content:
         return None
     params = dict(nets.named_parameters())
-    device = next(iter(params.values())).device
+    device = module_device(nets)
     parts = [to_device(from_record(content[key]), device)
              for key in (wire.PATH_PRECOND, wire.PATH_CONTROL)]
     for key, arrays in zip((wire.PATH_PRECOND, wire.PATH_CONTROL), parts):
