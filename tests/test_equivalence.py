@@ -96,16 +96,19 @@ def test_one_client_one_step_equals_centralized(setup, variant):
         assert torch.allclose(f_state[key].double(), v.double(), rtol=1e-5, atol=1e-6), key
 
 
-@pytest.mark.parametrize("mode", ["edge", "both"])
-def test_federated_dann_teacher_equals_centralized(setup, mode):
+@pytest.mark.parametrize("mode,terms", [("edge", []), ("both", []),
+                                        ("edge", ["teacher.w_ent=0.5"]),
+                                        ("both", ["teacher.w_ent=0.5", "teacher.w_dom=0.7"])])
+def test_federated_dann_teacher_equals_centralized(setup, mode, terms):
     """The teacher's DANN pre-training splits the same way: 1 client reproduces it exactly,
-    also with every member in one exchange (both mode, one local step)."""
+    also with every member in one exchange (both mode, one local step) and with the target
+    entropy term, which the node computes."""
     from server.fed.cloud import load_source
     from server.fed.teacher import federated_dann_teacher
     from server.fed.transport import Sender
 
     path, data, _ = setup
-    cfg = config(path, f"fed.local_steps_mode={mode}", "teacher.ensemble=1")  # one member's
+    cfg = config(path, f"fed.local_steps_mode={mode}", "teacher.ensemble=1", *terms)  # one member's
     central = train_dann_teacher(data.spec, data, cfg.teacher, cfg.seed, progress=False,
                                  grl_ramp=cfg.distill.grl_ramp)
     grid = InProcessGrid(load_component("client.node.client_app:app"), 1)

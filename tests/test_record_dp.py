@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from shared.unikd.settings import DannTargetTerms
 from client.node.record_dp import (DannTargetLoss, TargetLoss, record_unikd_round,
                                    released_count)
 from server.fed.dp.record_level import calibrate_record_noise
@@ -85,12 +86,14 @@ def test_the_pseudo_label_term_is_per_window(monkeypatch):
             assert torch.allclose(fast[k][i], g, atol=1e-6, rtol=1e-5), (i, k)
 
 
-def test_per_window_dann_grads_equal_the_loop():
+@pytest.mark.parametrize("weights", [DannTargetTerms(), DannTargetTerms(w_dom=0.7, w_ent=0.5)])
+def test_per_window_dann_grads_equal_the_loop(weights):
+    """The teacher's target half, its entropy term included, is a sum of per-window parts."""
     torch.manual_seed(1)
     spec = get_spec("SYNTH")
     teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
     _no_dropout(teacher)
-    loss = DannTargetLoss(teacher, disc, alpha=0.5, w_dom=1.0)
+    loss = DannTargetLoss(teacher, disc, alpha=0.5, weights=weights)
     x = torch.randn(4, spec.channels, spec.length)
     with frozen_bn(teacher):
         fast = per_sample_grads(loss, (x,))

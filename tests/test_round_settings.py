@@ -27,7 +27,7 @@ from shared.config import DistillConfig, load_config
 from shared.data.scenario import load_scenario
 from shared.protocol.records import RoundConfig, SetupConfig, TeacherRoundConfig, flat_fields
 from shared.unikd.models import teacher_for
-from shared.unikd.settings import KDHparams, StepSchedule
+from shared.unikd.settings import DannTargetTerms, KDHparams, StepSchedule
 
 TINY = ["distill.epochs=2", "teacher.epochs=1", "teacher.batch_size=128", "fed.clients=1",
         "fed.local_steps_mode=edge", "fed.local_steps=1"]  # a round per step: rounds 1, 3, 8
@@ -127,9 +127,9 @@ def test_a_kd_setting_reaches_the_centralized_engine(field, monkeypatch):
 def test_a_federation_trains_with_the_configs_settings_on_both_sides(monkeypatch):
     """Every KD switch off its default at once, through the real cloud, wire and node."""
     values = {f.name: other_value(f) for f in KD_FIELDS}
-    cfg = load_config(overrides=[*TINY, "fed.rounds=1", "teacher.w_dom=0.6",
+    cfg = load_config(overrides=[*TINY, "fed.rounds=1", "teacher.w_dom=0.6", "teacher.w_ent=0.2",
                                  *(as_override(n, v) for n, v in values.items())])
-    seen: dict[str, list] = {"cloud": [], "node": [], "w_dom": []}
+    seen: dict[str, list] = {"cloud": [], "node": [], "teacher": []}
     source_terms, target_terms = cloud_module.source_terms, target_side.target_terms
     dann_target_terms = target_side.dann_target_terms
 
@@ -141,9 +141,9 @@ def test_a_federation_trains_with_the_configs_settings_on_both_sides(monkeypatch
         seen["node"].append(hp)
         return target_terms(nets, x, teacher, sched, hp, **kw)
 
-    def on_node_teacher(teacher, disc, x, alpha, w_dom):
-        seen["w_dom"].append(w_dom)
-        return dann_target_terms(teacher, disc, x, alpha, w_dom)
+    def on_node_teacher(teacher, disc, x, alpha, weights):
+        seen["teacher"].append(weights)
+        return dann_target_terms(teacher, disc, x, alpha, weights)
 
     monkeypatch.setattr(cloud_module, "source_terms", on_cloud)
     monkeypatch.setattr(target_side, "target_terms", on_node)
@@ -153,19 +153,22 @@ def test_a_federation_trains_with_the_configs_settings_on_both_sides(monkeypatch
     want = KDHparams(**values)
     assert seen["cloud"] and all(hp == want for hp in seen["cloud"])
     assert seen["node"] and all(hp == want for hp in seen["node"])
-    assert seen["w_dom"] and set(seen["w_dom"]) == {0.6}
+    assert seen["teacher"] and all(w == DannTargetTerms(0.6, 0.2) for w in seen["teacher"])
 
 
 def test_setup_messages_carry_no_kd_settings_and_the_teachers_own_weight(source):
     """The count query, deliveries and teacher rounds have their own config types: a teacher
     round's domain weight travels as `w_dom`, never as the student's `lam_dom`."""
-    cfg = load_config(overrides=[*TINY, "teacher.w_dom=0.3", "teacher.w_cls=2.0"])
+    cfg = load_config(overrides=[*TINY, "teacher.w_dom=0.3", "teacher.w_cls=2.0",
+                                 "teacher.w_ent=0.4"])
     kd_keys = {f.name for f in KD_FIELDS} | {f.name for f in dataclasses.fields(StepSchedule)}
     query = setup_config(cfg, source, round=0).to_record()
     teacher = teacher_round_config(cfg, source, 7, 3, 2).to_record()
     assert not kd_keys & set(query) and not (kd_keys - {"alpha"}) & set(teacher)
     got = TeacherRoundConfig.from_record(teacher)
-    assert (got.w_dom, got.seed, got.round, got.epoch, got.step, got.global_step) == \
+    assert {"w_dom", "w_ent"} <= set(teacher) and "w_cls" not in teacher  # flat, target side only
+    assert got.terms == DannTargetTerms(w_dom=0.3, w_ent=0.4)
+    assert (got.terms.w_dom, got.seed, got.round, got.epoch, got.step, got.global_step) == \
         (0.3, 7, 3, 2, 0, 2)
     assert SetupConfig.from_record(query).dataset == source.spec.name
 

@@ -27,7 +27,7 @@ from shared.privacy.dp_sgd import (BOUNDED, dp_generator, dp_sgd_gradient, froze
 from shared.unikd.engine import (KDHparams, StepSchedule, TeacherOut, UniKDNets, dann_target_terms,
                            target_terms)
 from shared.unikd.models import CNN1d, DomainDisc
-from shared.unikd.settings import batch_coupling
+from shared.unikd.settings import DannTargetTerms, batch_coupling
 from shared.clock.local_steps import LocalSteps, PathMover, local_sgd
 from client.node.node_config import NodeConfig, read_node_config
 from client.node.target_side import round_path, step_alpha, step_schedule
@@ -96,12 +96,12 @@ class TargetLoss(nn.Module):
 class DannTargetLoss(nn.Module):
     """The target half of the DANN domain loss, as a module."""
 
-    def __init__(self, teacher: CNN1d, disc: DomainDisc, alpha: float, w_dom: float):
+    def __init__(self, teacher: CNN1d, disc: DomainDisc, alpha: float, weights: DannTargetTerms):
         super().__init__()
-        self.teacher, self.disc, self.alpha, self.w_dom = teacher, disc, alpha, w_dom
+        self.teacher, self.disc, self.alpha, self.weights = teacher, disc, alpha, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dann_target_terms(self.teacher, self.disc, x, self.alpha, self.w_dom)["loss"]
+        return dann_target_terms(self.teacher, self.disc, x, self.alpha, self.weights)["loss"]
 
 
 def _wire_groups(flat: dict[str, torch.Tensor]) -> Grads:
@@ -190,11 +190,11 @@ def record_unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | N
 
 def record_dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
                       client: int, secret: bytes | None, released: int,
-                      w_dom: float = 1.0, mover: PathMover | None = None) -> Grads:
+                      mover: PathMover | None = None) -> Grads:
     """A DP-SGD step on the DANN target half per local step (one in edge mode), each at its
     own GRL α; the mean noisy gradients for `teacher` and `disc`. `mover`: keyed
     "teacher.<name>" / "disc.<name>", the loss module's own names (None: plain SGD)."""
-    loss = DannTargetLoss(teacher, disc, rc.alpha, w_dom)
+    loss = DannTargetLoss(teacher, disc, rc.alpha, rc.terms)
     params, path = dict(loss.named_parameters()), round_path(rc)
     teacher.train()
     disc.train()

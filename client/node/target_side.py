@@ -92,7 +92,7 @@ def unikd_round(nets: UniKDNets, x: torch.Tensor, teacher: TeacherOut | None, rc
 
 
 def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRoundConfig,
-               client: int, w_dom: float = 1.0, mover: PathMover | None = None
+               client: int, mover: PathMover | None = None
                ) -> tuple[Grads, dict[str, torch.Tensor], dict[str, float]]:
     """Federated DANN pre-training: the target half of the domain loss, for teacher and disc,
     over the round's local steps (one in edge mode), each at its own GRL α; `mover` keyed
@@ -109,7 +109,7 @@ def dann_round(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, rc: TeacherRou
         teacher.zero_grad(set_to_none=True)
         disc.zero_grad(set_to_none=True)
         seed_side(rc.seed, client_stream(client), s.seed_step, sub=s.sub)
-        terms = dann_target_terms(teacher, disc, x[batches[j]], step_alpha(rc, s), w_dom)
+        terms = dann_target_terms(teacher, disc, x[batches[j]], step_alpha(rc, s), rc.terms)
         terms["loss"].backward()
         log.add({wire.TEACHER_DANN_DOM: terms["dom"].item()})
         return {key: p.grad for key, p in params.items()}

@@ -82,9 +82,9 @@ def teacher_round(members: Members, x: torch.Tensor, rc: TeacherRoundConfig, cli
     for k, ((teacher, disc), mover) in enumerate(zip(members, movers, strict=True)):
         rk = member_config(rc, k)
         if dp is None:
-            done.append(dann_round(teacher, disc, x, rk, client, rc.w_dom, mover))
+            done.append(dann_round(teacher, disc, x, rk, client, mover))
         else:
-            done.append((record_dann_round(teacher, disc, x, rk, client, *dp, rc.w_dom, mover),
+            done.append((record_dann_round(teacher, disc, x, rk, client, *dp, mover),
                          None, {}))
     if rc.members is None:
         return done[0]

@@ -36,6 +36,7 @@ from shared.config import RunConfig
 from shared.data.adatime import Domain
 from shared.data.scenario import ScenarioData
 from shared.unikd.engine import TeacherOut, dann_source_terms, dann_target_terms
+from shared.unikd.settings import DannTargetTerms
 from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, TeacherEnsemble, student_for
 from shared.clock.schedules import grl_alpha, kd_beta, training_progress
 from shared.clock.seeding import SOURCE_STREAM, client_stream, seed_init, seed_side
@@ -238,7 +239,7 @@ def dann_student(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
         src = dann_source_terms(student, disc, x, y, alpha, 1.0, 1.0)
         src["loss"].backward()
         _trg_side(cfg, s)
-        trg = dann_target_terms(student, disc, data.trg_train.x[s.trg_idx], alpha, 1.0)
+        trg = dann_target_terms(student, disc, data.trg_train.x[s.trg_idx], alpha, DannTargetTerms())
         trg["loss"].backward()
         opt.step()
         return {"loss": src["loss"].item() + trg["loss"].item(), "src_ce": src["ce"].item(),

@@ -19,6 +19,7 @@ from shared.data.scenario import ScenarioData
 from shared.data.datasets import DatasetSpec
 from shared.unikd.compute import CPU, on, resolve_device
 from shared.unikd.engine import dann_source_terms, dann_target_terms
+from shared.unikd.settings import DannTargetTerms
 from shared.errors import UnikdError
 from shared.unikd.models import CNN1d, DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol import checkpoints
@@ -48,6 +49,7 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
                              betas=TEACHER_BETAS) for m in (teacher, disc)]
     teacher.train()
     disc.train()
+    terms = DannTargetTerms.from_config(tcfg)
 
     def step(s: StepInfo) -> dict[str, float]:
         alpha = grl_alpha(training_progress(s.step, s.epoch, s.steps_per_epoch, s.num_epochs,
@@ -59,7 +61,7 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
                                 data.src_train.y[s.src_idx], alpha, tcfg.w_cls, tcfg.w_dom)
         src["loss"].backward()
         seed_side(seed, client_stream(0), s.global_step)
-        trg = dann_target_terms(teacher, disc, data.trg_train.x[s.trg_idx], alpha, tcfg.w_dom)
+        trg = dann_target_terms(teacher, disc, data.trg_train.x[s.trg_idx], alpha, terms)
         trg["loss"].backward()
         for o in opts:
             o.step()

@@ -26,6 +26,7 @@ from shared.protocol import wire
 from shared.config import RunConfig
 from shared.unikd.compute import resolve_device
 from shared.unikd.engine import dann_source_terms
+from shared.unikd.settings import DannTargetTerms
 from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
 from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
 from shared.protocol.reply_shapes import teacher_up_shapes
@@ -48,7 +49,7 @@ def teacher_round_config(cfg: RunConfig, source: SourceData, seed: int, rnd: int
                                         cfg.distill.grl_ramp))
     return setup_config(cfg, source, TeacherRoundConfig, round=rnd, seed=seed, epoch=epoch,
                         step=step, global_step=rnd - 1, batch_size=t.batch_for(source.spec),
-                        alpha=alpha, w_dom=t.w_dom)
+                        alpha=alpha, terms=DannTargetTerms.from_config(t))
 
 
 def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, nodes: list[int],
@@ -95,7 +96,7 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         idx = plan[step % len(plan)]
         seed_side(seed, SOURCE_STREAM, rnd - 1)
         terms = dann_source_terms(teacher, disc, source.train.x[idx], source.train.y[idx],
-                                  rc.alpha, tcfg.w_cls, rc.w_dom)
+                                  rc.alpha, tcfg.w_cls, rc.terms.w_dom)
         terms["loss"].backward()
         for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
             add_grads(dict(module.named_parameters()), weighted_mean(updates, key))

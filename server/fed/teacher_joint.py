@@ -47,6 +47,7 @@ from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
 from shared.protocol.reply_shapes import teacher_up_shapes
 from shared.unikd.compute import module_device, resolve_device, to_device
 from shared.unikd.engine import dann_source_terms
+from shared.unikd.settings import DannTargetTerms
 from shared.unikd.models import CNN1d, DomainDisc, teacher_for
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def joint_round_config(cfg: RunConfig, source: SourceData, rnd: int, plan: Round
     epoch, step = clock.at(first)
     return setup_config(cfg, source, TeacherRoundConfig, round=rnd, epoch=epoch, step=step,
                         global_step=first, batch_size=t.batch_for(source.spec),
-                        alpha=clock.values(first)[1], w_dom=t.w_dom,
+                        alpha=clock.values(first)[1], terms=DannTargetTerms.from_config(t),
                         local_steps=plan.local_steps(rnd).count, members=members, lr=t.lr,
                         clock=clock)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from shared.unikd.devices import DeviceName
-from shared.unikd.settings import KDHparams
+from shared.unikd.settings import DannTargetTerms, KDHparams
 
 if TYPE_CHECKING:
     from shared.data.datasets import DatasetSpec
@@ -45,15 +45,22 @@ class DataConfig:
 
 
 @dataclass
-class TeacherConfig:
-    """DANN teacher pre-training (spec §3.2)."""
+class TeacherTraining:
+    """How the DANN teacher trains and its source weight: the first keys of `teacher` (a base
+    of its own so they stay first in `unikd config show`, before `DannTargetTerms`' keys)."""
 
     epochs: int = field(default=40, metadata=rng(1, 10_000))
     lr: float = field(default=1e-3, metadata=rng(0.0, 1.0))
     weight_decay: float = field(default=1e-4, metadata=rng(0.0, 1.0))
     batch_size: int = field(default=0, metadata=rng(0, 65_536))  # 0 = the dataset's (batch_for)
     w_cls: float = field(default=1.0, metadata=rng(0.0, None))
-    w_dom: float = field(default=1.0, metadata=rng(0.0, None))
+
+
+@dataclass
+class TeacherConfig(DannTargetTerms, TeacherTraining):
+    """DANN teacher pre-training (spec §3.2). Its keys: `TeacherTraining`'s, then the target
+    terms' weights (`DannTargetTerms`: w_dom, w_ent), then these."""
+
     # DANN seeds averaged into one teacher: three are stronger than one on both development
     # sets (issue 25, BENCHMARKS.md "One default for every dataset"), chosen without labels
     ensemble: int = field(default=3, metadata=rng(1, 16))

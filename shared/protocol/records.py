@@ -17,7 +17,7 @@ from torch import nn
 from shared.data.datasets import DatasetSpec
 from shared.unikd.engine import UniKDNets
 from shared.clock.schedules import ScheduleClock
-from shared.unikd.settings import KDHparams, StepSchedule
+from shared.unikd.settings import DannTargetTerms, KDHparams, StepSchedule
 from shared.protocol import npy
 
 
@@ -107,10 +107,11 @@ class SetupConfig:
 @dataclass(kw_only=True)
 class TeacherRoundConfig(SetupConfig):
     """A round of federated DANN pre-training (`train.teacher`): the GRL coefficient and the
-    teacher's domain-loss weight, the only part of its objective the node computes."""
+    weights of the target terms, the only part of the teacher's objective the node computes
+    (flat keys `w_dom`, `w_ent` on the wire)."""
 
     alpha: float
-    w_dom: float
+    terms: DannTargetTerms
     # fed.local_steps_mode=both: one exchange trains every ensemble member, L local steps each
     # (shared/clock/local_steps.py). `members` of them (arrays "<member>.<name>"; `seed` is the
     # run's seed, member k's is seeding.member_seed(seed, k)), each local step with its own GRL

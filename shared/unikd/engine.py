@@ -33,7 +33,7 @@ from shared.unikd.augment import strong_view
 from shared.unikd.compute import module_device, on
 from shared.unikd.models import Adapter, CNN1d, DomainDisc, FeatureDisc, grad_reverse, student_for
 from shared.data.datasets import DatasetSpec
-from shared.unikd.settings import KDHparams, StepSchedule
+from shared.unikd.settings import DannTargetTerms, KDHparams, StepSchedule
 
 SOURCE_DOMAIN, TARGET_DOMAIN = 1, 0  # D_d class labels, as in the reference
 
@@ -302,11 +302,17 @@ def dann_source_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, y: torc
 
 
 def dann_target_terms(teacher: CNN1d, disc: DomainDisc, x: torch.Tensor, alpha: float,
-                      w_dom: float) -> dict[str, torch.Tensor]:
-    """Edge half of DANN: the target half of the domain loss."""
+                      weights: DannTargetTerms) -> dict[str, torch.Tensor]:
+    """Edge half of DANN: the target half of the domain loss, and the teacher's conditional
+    entropy on the target windows when `weights.w_ent` > 0 (a sum of per-window parts)."""
     x = on(module_device(teacher), x)
-    dom = losses.domain_ce(disc(grad_reverse(teacher.forward_features(x), alpha)), TARGET_DOMAIN)
-    return {"dom": dom, "loss": w_dom * dom}
+    h = teacher.forward_features(x)
+    t = {"dom": losses.domain_ce(disc(grad_reverse(h, alpha)), TARGET_DOMAIN)}
+    t["loss"] = weights.w_dom * t["dom"]
+    if weights.w_ent > 0:
+        t["ent"] = losses.mean_entropy(teacher.forward_head(h))
+        t["loss"] = t["loss"] + weights.w_ent * t["ent"]
+    return t
 
 
 # ---------------------------------------------------------------- gradients and optimizers

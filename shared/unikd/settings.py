@@ -59,6 +59,25 @@ class KDHparams:
         return cls(**{f.name: getattr(d, f.name) for f in fields(cls)})
 
 
+@dataclass
+class DannTargetTerms:
+    """The target half of the DANN teacher's objective (spec §3.2): the only part a node
+    computes in a federated teacher round. Declared once like `KDHparams`: `TeacherConfig`
+    inherits these fields (YAML keys under `teacher:`), `TeacherRoundConfig` nests them (flat
+    keys on the wire), and `engine.dann_target_terms` reads them on either side."""
+
+    w_dom: float = field(default=1.0, metadata={"range": (0.0, None)})  # target domain loss
+    # Conditional entropy of the teacher's target predictions (VADA's target term, Shu et al.
+    # 2018): pushes the decision boundary away from dense target regions. Per window, so
+    # record-level DP can clip it. 0 = plain DANN.
+    w_ent: float = field(default=0.0, metadata={"range": (0.0, None)})
+
+    @classmethod
+    def from_config(cls, d: object) -> DannTargetTerms:
+        """These weights of a `TeacherConfig` (or any object with these attributes)."""
+        return cls(**{f.name: getattr(d, f.name) for f in fields(cls)})
+
+
 # Switches of target terms whose value on one window depends on the other windows of its batch.
 BATCH_COUPLED = ("im_weight",)  # SHOT-IM's diversity term: the entropy of the batch-mean prediction
 
