@@ -33,6 +33,24 @@ log = logging.getLogger(__name__)
 TEACHER_BETAS = (0.5, 0.99)
 
 
+def new_dann_member(spec: DatasetSpec, tcfg: TeacherConfig, seed: int, device: torch.device
+                    ) -> tuple[CNN1d, DomainDisc, dict[str, torch.optim.Optimizer]]:
+    """A DANN member's teacher, domain discriminator and their Adams ("teacher", "disc"), in
+    train mode on `device`: the one construction (same seed, same order) that the centralized
+    and both federated trainers share, so a 1-client federation starts from the same weights."""
+    seed_init(seed, what=INIT_DANN_TEACHER)
+    teacher = teacher_for(spec)
+    disc = DomainDisc(teacher.features_dim, spec.d_d_hidden)
+    teacher.to(device)
+    disc.to(device)
+    opts = {name: torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                   betas=TEACHER_BETAS)
+            for name, m in (("teacher", teacher), ("disc", disc))}
+    teacher.train()
+    disc.train()
+    return teacher, disc, opts
+
+
 def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfig, seed: int,
                        progress: bool = True, history: list | None = None,
                        grl_ramp: bool = True, device: torch.device = CPU) -> CNN1d:
@@ -40,15 +58,8 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
 
     grl_ramp=False reproduces AdaTime's unnormalised progress (alpha ~ 1 at once, spec §8.7).
     """
-    seed_init(seed, what=INIT_DANN_TEACHER)
-    teacher = teacher_for(spec)
-    disc = DomainDisc(teacher.features_dim, spec.d_d_hidden)
-    teacher.to(device)
-    disc.to(device)
-    opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                             betas=TEACHER_BETAS) for m in (teacher, disc)]
-    teacher.train()
-    disc.train()
+    teacher, disc, by_name = new_dann_member(spec, tcfg, seed, device)
+    opts = list(by_name.values())
     terms = DannTargetTerms.from_config(tcfg)
 
     def step(s: StepInfo) -> dict[str, float]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from tqdm import tqdm
 
 from server.fed.aggregate import add_grads, compose_bn, weighted_mean
@@ -21,18 +20,18 @@ from server.fed.live_status import LiveStatus, Phase, Progress
 from server.fed.setup import setup_config, setup_content
 from server.fed.teacher_exchange import target_domain_loss, teacher_updates
 from server.fed.transport import Sender
-from server.central.teacher import TEACHER_BETAS
+from server.central.teacher import new_dann_member
 from shared.protocol import wire
 from shared.config import RunConfig
 from shared.unikd.compute import resolve_device
 from shared.unikd.engine import dann_source_terms
 from shared.unikd.settings import DannTargetTerms
-from shared.unikd.models import DomainDisc, TeacherEnsemble, teacher_for
+from shared.unikd.models import TeacherEnsemble
 from shared.protocol.records import TeacherRoundConfig, bn_buffers, to_record
 from shared.protocol.reply_shapes import teacher_up_shapes
 from shared.clock.local_steps import TEACHER_ROUND
 from shared.clock.schedules import grl_alpha, training_progress
-from shared.clock.seeding import INIT_DANN_TEACHER, SOURCE_STREAM, member_seed, seed_init, seed_side
+from shared.clock.seeding import SOURCE_STREAM, member_seed, seed_side
 from shared.clock.steps import batch_plan, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,8 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
     `first_round` numbers the rounds of this member in that ledger. `status` gets the member's
     progress (server/fed/live_status.py)."""
     tcfg, spec = cfg.teacher, source.spec
-    seed_init(seed, what=INIT_DANN_TEACHER)  # as train_dann_teacher
-    teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
-    device = resolve_device(cfg.device)
-    teacher.to(device)
-    disc.to(device)
-    opts = [torch.optim.Adam(m.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                             betas=TEACHER_BETAS) for m in (teacher, disc)]
-    teacher.train()
-    disc.train()
+    teacher, disc, by_name = new_dann_member(spec, tcfg, seed, resolve_device(cfg.device))
+    opts = list(by_name.values())
     spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_for(spec))
     total = spe * tcfg.epochs
     shapes = teacher_up_shapes(teacher, disc)

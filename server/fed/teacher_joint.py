@@ -33,12 +33,11 @@ from server.fed.setup import setup_config, setup_content
 from server.fed.source_path import run_source_path
 from server.fed.teacher_exchange import RECORDS, target_domain_loss, teacher_updates
 from server.fed.transport import Sender
-from server.central.teacher import TEACHER_BETAS
+from server.central.teacher import new_dann_member
 from shared.clock.local_steps import (LocalStep, PathMover, RoundPlan, local_path,
                                       teacher_dp_steps)
 from shared.clock.schedules import ScheduleClock
-from shared.clock.seeding import (INIT_DANN_TEACHER, SOURCE_STREAM, member_seed, seed_init,
-                                  seed_side)
+from shared.clock.seeding import (SOURCE_STREAM, member_seed, seed_side)
 from shared.clock.steps import batch_plan, steps_per_epoch
 from shared.config import RunConfig
 from shared.protocol import wire
@@ -48,7 +47,7 @@ from shared.protocol.reply_shapes import teacher_up_shapes
 from shared.unikd.compute import module_device, resolve_device, to_device
 from shared.unikd.engine import dann_source_terms
 from shared.unikd.settings import DannTargetTerms
-from shared.unikd.models import CNN1d, DomainDisc, teacher_for
+from shared.unikd.models import CNN1d
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +66,9 @@ class Member:
     @classmethod
     def build(cls, cfg: RunConfig, source: SourceData, seed: int) -> Member:
         """Constructed as `train_dann_teacher` constructs it (same seed, same order)."""
-        t, spec = cfg.teacher, source.spec
-        seed_init(seed, what=INIT_DANN_TEACHER)
-        teacher, disc = teacher_for(spec), DomainDisc(128, spec.d_d_hidden)
-        device = resolve_device(cfg.device)
-        teacher.to(device)
-        disc.to(device)
-        opts = {name: torch.optim.Adam(m.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                       betas=TEACHER_BETAS)
-                for name, m in (("teacher", teacher), ("disc", disc))}
-        pair = nn.ModuleDict({"teacher": teacher, "disc": disc})
-        pair.train()
-        return cls(seed, pair, opts)
+        teacher, disc, opts = new_dann_member(source.spec, cfg.teacher, seed,
+                                              resolve_device(cfg.device))
+        return cls(seed, nn.ModuleDict({"teacher": teacher, "disc": disc}), opts)
 
     @property
     def teacher(self) -> CNN1d:
