@@ -239,7 +239,8 @@ def dann_student(cfg: RunConfig, data: ScenarioData, teacher: nn.Module,
         src = dann_source_terms(student, disc, x, y, alpha, 1.0, 1.0)
         src["loss"].backward()
         _trg_side(cfg, s)
-        trg = dann_target_terms(student, disc, data.trg_train.x[s.trg_idx], alpha, DannTargetTerms())
+        trg = dann_target_terms(student, disc, data.trg_train.x[s.trg_idx], alpha,
+                                DannTargetTerms())
         trg["loss"].backward()
         opt.step()
         return {"loss": src["loss"].item() + trg["loss"].item(), "src_ce": src["ce"].item(),

@@ -58,14 +58,13 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
 
     grl_ramp=False reproduces AdaTime's unnormalised progress (alpha ~ 1 at once, spec §8.7).
     """
-    teacher, disc, by_name = new_dann_member(spec, tcfg, seed, device)
-    opts = list(by_name.values())
+    teacher, disc, opts = new_dann_member(spec, tcfg, seed, device)
     terms = DannTargetTerms.from_config(tcfg)
 
     def step(s: StepInfo) -> dict[str, float]:
         alpha = grl_alpha(training_progress(s.step, s.epoch, s.steps_per_epoch, s.num_epochs,
                                             grl_ramp))
-        for o in opts:
+        for o in opts.values():
             o.zero_grad(set_to_none=True)
         seed_side(seed, SOURCE_STREAM, s.global_step)
         src = dann_source_terms(teacher, disc, data.src_train.x[s.src_idx],
@@ -74,7 +73,7 @@ def train_dann_teacher(spec: DatasetSpec, data: ScenarioData, tcfg: TeacherConfi
         seed_side(seed, client_stream(0), s.global_step)
         trg = dann_target_terms(teacher, disc, data.trg_train.x[s.trg_idx], alpha, terms)
         trg["loss"].backward()
-        for o in opts:
+        for o in opts.values():
             o.step()
         return {"teacher_ce": src["ce"].item(),
                 "teacher_dom": src["dom"].item() + trg["dom"].item()}

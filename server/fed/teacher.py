@@ -60,8 +60,7 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
     `first_round` numbers the rounds of this member in that ledger. `status` gets the member's
     progress (server/fed/live_status.py)."""
     tcfg, spec = cfg.teacher, source.spec
-    teacher, disc, by_name = new_dann_member(spec, tcfg, seed, resolve_device(cfg.device))
-    opts = list(by_name.values())
+    teacher, disc, opts = new_dann_member(spec, tcfg, seed, resolve_device(cfg.device))
     spe = steps_per_epoch(len(source.train), n_trg, tcfg.batch_for(spec))
     total = spe * tcfg.epochs
     shapes = teacher_up_shapes(teacher, disc)
@@ -82,7 +81,7 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         status.progress(Progress("teacher", rnd, total, send.exchanges, member))
         if updates is None:
             continue
-        for o in opts:
+        for o in opts.values():
             o.zero_grad(set_to_none=True)
         plan = batch_plan(seed, SOURCE_STREAM, epoch, len(source.train), tcfg.batch_for(spec))
         idx = plan[step % len(plan)]
@@ -93,7 +92,7 @@ def federated_dann_member(send: Sender, cfg: RunConfig, source: SourceData, node
         for module, key in ((teacher, wire.TEACHER_GRAD), (disc, wire.TEACHER_DISC_GRAD)):
             add_grads(dict(module.named_parameters()), weighted_mean(updates, key))
         compose_bn(teacher, before, weighted_mean(updates, wire.TEACHER_BN))
-        for o in opts:
+        for o in opts.values():
             o.step()
         if step == spe - 1 and (epoch % 10 == 0 or epoch == tcfg.epochs):
             trg = target_domain_loss(updates)
