@@ -10,6 +10,8 @@ whole pooled test split, for every variant).
 
     python bench/har_cross_device.py --data ../shared/data/HAR \\
         --variants k5,cohort50,poisson50-target-kd,dp8,dp3,dp1 --out bench/results/har_cross_device.json
+
+A variant name may carry settings on top: `dp8-k2400@fed.dp_clip=0.5`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ CROSS_DEVICE = ["fed.clients=1000", "fed.clients_per_round=50", END_ONLY]
 POISSON = [*CROSS_DEVICE, "fed.cohort_sampling=poisson", "distill.reference_compat=false"]
 POISSON_E100 = [*(o for o in POISSON if not o.startswith("fed.clients_per_round=")),
                 "fed.clients_per_round=100"]
+POISSON_K2400 = ["fed.clients=2400", "fed.clients_per_round=100", END_ONLY,
+                 "fed.cohort_sampling=poisson"]
 VARIANTS = {
     "k5": ["fed.clients=5", END_ONLY],
     "cohort50": CROSS_DEVICE,
@@ -44,7 +48,25 @@ VARIANTS = {
     "poisson100": [*POISSON_E100],
     **{f"dp{e}-e100": [*POISSON_E100, "fed.dp=central", f"fed.dp_epsilon={e}"]
        for e in (8, 3, 1)},
+    # each network clipped to C / sqrt(3) (fed.dp_clip_scope): the D_d gradient, the largest
+    # part of a client's update, no longer shrinks the student's
+    **{f"dp{e}-pn": [*POISSON, "fed.dp=central", f"fed.dp_epsilon={e}",
+                     "fed.dp_clip_scope=per-network"] for e in (8, 3, 1)},
+    # the largest population the pool's 4,877 training windows give 2 each: 2,400 phones, a
+    # Poisson cohort of 100 (q = 0.042). Its 2,106 test windows cannot be split 2 a phone, so
+    # no node evaluates: the score is the reported student's on the pooled test split (`one`)
+    "k2400": POISSON_K2400,
+    **{f"dp{e}-k2400{tag}": [*POISSON_K2400, "fed.dp=central", f"fed.dp_epsilon={e}", *scope]
+       for e in (8, 3, 1) for tag, scope in (("", []),
+                                             ("-pn", ["fed.dp_clip_scope=per-network"]))},
 }
+
+
+def overrides_of(variant: str) -> list[str]:
+    """A variant's overrides: a name above, optionally followed by @KEY=VALUE settings on top
+    (e.g. dp8-k2400@fed.dp_clip=0.5), which the row records under the whole name."""
+    name, *extra = variant.split("@")
+    return [*VARIANTS[name], *extra]
 
 
 def one(data: str, variant: str, teacher: str, seed: int) -> dict:
@@ -52,22 +74,44 @@ def one(data: str, variant: str, teacher: str, seed: int) -> dict:
 
     from server.fed.run import run_inprocess
     from shared.config import load_config
+    from shared.unikd.evaluation import evaluate
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR",
                              f"data.scenario={SOURCE}->{POOL}", f"teacher.checkpoint={teacher}",
-                             f"seed={seed}", *VARIANTS[variant]])
+                             f"seed={seed}", *overrides_of(variant)])
     t0, c0 = time.perf_counter(), time.process_time()
     res = run_inprocess(cfg, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rounds = res.rounds
-    return {"variant": variant, "seed": seed, "overrides": VARIANTS[variant],
+    pooled = evaluate(res.cloud.reported_nets().student, pooled_test(cfg), 6)
+    return {"variant": variant, "seed": seed, "overrides": overrides_of(variant),
             "mf1": res.final.get("mf1"), "acc": res.final.get("acc"),
+            "pooled_mf1": pooled["mf1"], "pooled_acc": pooled["acc"],
             "eval_clients": res.final.get("clients"), "rounds": len(rounds),
             "dp_epsilon": rounds[-1].get("dp_epsilon") if rounds else None,
             "dp_noise_multiplier": rounds[-1].get("dp_noise_multiplier") if rounds else None,
             "mean_cohort": (sum(r["clients"] for r in rounds) / len(rounds)) if rounds else 0,
-            "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "wall_seconds": wall, "cpu_seconds": cpu,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def pooled(cfg, split: str):
+    """The pool's `split` windows of every subject, each normalised with the source statistics
+    as every split of a scenario is (load_scenario reads one target domain)."""
+    import torch
+
+    from shared.data.adatime import Domain
+    from shared.data.scenario import load_scenario
+
+    parts = [getattr(load_scenario(cfg.data, f"{SOURCE}->{s}"), split) for s in POOL.split("+")]
+    return Domain(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts]), parts[0].file)
+
+
+def pooled_test(cfg):
+    """The whole pooled test split: the federated evaluation's windows when every node holds
+    some (its MF1 is this one's, measured equal at K=1,000), and the only score where not."""
+    return pooled(cfg, "trg_test")
 
 
 def make_teacher(data: str, path: Path) -> None:
@@ -75,20 +119,14 @@ def make_teacher(data: str, path: Path) -> None:
 
     from server.central.teacher import save_teacher, train_teacher
     from shared.config import load_config
-    from shared.data.adatime import Domain
     from shared.data.scenario import load_scenario
 
     torch.set_num_threads(1)
     cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR",
                              f"data.scenario={SOURCE}->{POOL}"])
-    # load_scenario reads one target domain: the pool's are concatenated here, normalised with
-    # the source statistics like every split
-    subjects = [load_scenario(cfg.data, f"{SOURCE}->{s}") for s in POOL.split("+")]
-    data_ = subjects[0]
+    data_ = load_scenario(cfg.data, f"{SOURCE}->{POOL.split('+')[0]}")
     for split in ("trg_train", "trg_test"):
-        parts = [getattr(d, split) for d in subjects]
-        setattr(data_, split, Domain(torch.cat([d.x for d in parts]),
-                                     torch.cat([d.y for d in parts]), parts[0].file))
+        setattr(data_, split, pooled(cfg, split))
     data_.target = POOL
     save_teacher(path, train_teacher(cfg, data_, progress=False), cfg, data_)
 
@@ -112,6 +150,7 @@ def main() -> None:
     out = Path(args.out)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for variant in args.variants.split(","):
+        overrides_of(variant)  # an unknown name fails here, before any run
         res = subprocess.run([sys.executable, __file__, "--data", data, "--child", variant,
                               "--teacher", str(teacher), "--seed", str(args.seed)],
                              check=True, capture_output=True, text=True).stdout

@@ -65,6 +65,26 @@ def test_clip_bounds_the_whole_update_not_each_record():
     assert not up["d_f.grad"]["b"].abs().max() < 1  # the input was not clipped in place
 
 
+def test_per_network_clip_gives_each_network_its_share_of_the_bound():
+    """fed.dp_clip_scope=per-network: each record to C / sqrt(3), the whole still within C, so a
+    large D_d gradient no longer shrinks the student's (the joint clip scales all by one)."""
+    up = _update(1.0)
+    up["d_d.grad"]["c"] = up["d_d.grad"]["c"] * 1000  # one network dominates the norm
+    joint, norm = clip_update(up, 1.0)
+    split, norm_split = clip_update(up, 1.0, per_network=True)
+    assert norm_split == norm == update_norm(up)  # the whole update's norm, before clipping
+    bound = 1.0 / math.sqrt(3)
+    for rec in up:
+        assert update_norm({rec: split[rec]}) <= bound * (1 + 1e-6), rec
+    assert update_norm(split) <= 1.0 + 1e-6
+    student = update_norm({"student.grad": split["student.grad"]})
+    assert student > 100 * update_norm({"student.grad": joint["student.grad"]})
+    assert torch.equal(split["student.grad"]["n"], up["student.grad"]["n"])  # counters untouched
+    small = _update(1e-3)
+    same, _ = clip_update(small, 1.0, per_network=True)  # all within their share: unchanged
+    assert all(torch.equal(same[r][k], small[r][k]) for r in small for k in small[r])
+
+
 def test_noise_is_seeded_and_has_the_requested_std():
     zero = {"student.grad": {"a": torch.zeros(200_000)}}
     a = add_noise(zero, 0.5, noise_generator(3, 1, 7))["student.grad"]["a"]
@@ -107,6 +127,26 @@ def test_central_aggregate_is_the_uniform_mean_of_clipped_updates_plus_noise():
     assert not torch.allclose(noisy.arrays["d_f.grad"]["b"], agg.arrays["d_f.grad"]["b"])
 
 
+def test_central_aggregate_clips_per_network_when_the_plan_says_so():
+    ups = [ClientUpdate(c, 10, {**_update(s, c), wire.STUDENT_BN: {}}, {})
+           for c, s in ((0, 30.0), (1, 50.0))]
+    keys = tuple(wire.GRAD_RECORDS)
+    plan = PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 0.0, per_network=True)
+    agg, _ = private_aggregate(ups, plan, 0, 1, None)
+    clipped = [ClientUpdate(u.client, 10, clip_update({k: u.arrays[k] for k in keys}, 1.0,
+                                                      per_network=True)[0], {}) for u in ups]
+    want = uniform_mean(clipped)
+    for k in keys:
+        for name, t in want[k].items():
+            if t.is_floating_point():
+                assert torch.allclose(agg.arrays[k][name], t, atol=1e-7), (k, name)
+    joint, _ = private_aggregate(ups, PrivacyPlan("central", 1.0, 8.0, 1e-5, 10, 0.0), 0, 1, None)
+    assert not torch.allclose(joint.arrays["d_f.grad"]["b"], agg.arrays["d_f.grad"]["b"])
+    cfg = load_config(None, [*BASE, "fed.dp=central", "fed.dp_clip_scope=per-network"])
+    assert plan_privacy(cfg, 10).per_network
+    assert not plan_privacy(load_config(None, [*BASE, "fed.dp=central"]), 10).per_network
+
+
 def _round_config(**dp) -> RoundConfig:
     return RoundConfig(round=1, epoch=1, step=0, global_step=0,
                        schedule=StepSchedule(beta=0.1, alpha=0.0), lr=1e-3, local_steps=1, seed=0,
@@ -133,6 +173,11 @@ def test_local_privatize_clips_noises_and_withholds_bn():
     assert torch.equal(g1["student"]["w"], g2["student"]["w"])  # reproducible simulation
     assert not torch.equal(g1["student"]["w"], g3["student"]["w"])
     assert float((g1["student"]["w"] - g["student"]["w"]).std()) == pytest.approx(1.0, rel=0.3)
+    rc = _round_config(dp_mode="local", dp_clip=0.5, dp_noise=0.0, dp_clip_scope="per-network")
+    g, _ = privatize(grads, own, received, rc, 1, None)
+    parts = [update_norm({k: v}) for k, v in g.items()]
+    assert all(n <= 0.5 / math.sqrt(3) * (1 + 1e-6) for n in parts), parts
+    assert parts[1] == pytest.approx(0.5 / math.sqrt(3), rel=1e-5)  # d_f: its own share, whole
 
 
 def _seed_noise(update: dict, std: float, seed: int, stream: int, rnd: int) -> dict:

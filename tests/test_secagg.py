@@ -431,3 +431,25 @@ def test_record_noise_shares_is_refused_where_it_would_not_hold(sets, wrong):
     cfg = load_config(overrides=[*sets, "fed.record_noise=shares"])
     with pytest.raises(UnikdError, match=f"fed.record_noise=shares.*{wrong}"):
         check_record_noise(cfg)
+
+
+@pytest.mark.parametrize("scope", ["joint", "per-network"])
+def test_central_dp_nodes_clip_per_network_before_masking(scope):
+    """fed.dp=central + SecAgg: the node does the central mechanism's clipping, so
+    fed.dp_clip_scope reaches it: per-network bounds each network by C / sqrt(3) (the whole by
+    C); joint scales the whole update by one factor."""
+    rc = _rc(1)
+    rc.dp_mode, rc.dp_clip, rc.dp_clip_scope, rc.secagg_clip = "central", 1.0, scope, 1.0
+    grads = {"student": {"w": torch.full((30,), 0.01)}, "d_f": {"b": torch.full((5,), 0.01)},
+             "d_d": {"c": torch.full((4,), 100.0)}}  # D_d alone is far over the bound
+    state = RecordDict()
+    secagg.advertise(state, rc, 0, grads)
+    x = state[secagg.SECRETS]["x"].numpy()
+    d_d, d_f, student = np.split(x, [4, 9])  # records in wire order: d_d, d_f, student
+    norms = [float(np.linalg.norm(p)) for p in (student, d_f, d_d)]
+    assert float(np.linalg.norm(x)) <= 1.0 + 1e-6
+    if scope == "per-network":  # the small networks keep their gradients, D_d gets its share
+        assert norms[0] == pytest.approx(0.01 * 30 ** 0.5, rel=1e-5)
+        assert norms[2] == pytest.approx(1 / 3 ** 0.5, rel=1e-5)
+    else:  # one scale for all: the student's gradient all but vanishes
+        assert norms[0] < 0.01 * 0.01 * 30 ** 0.5 and norms[2] == pytest.approx(1.0, rel=1e-4)

@@ -43,10 +43,11 @@ def privatize(grads: Grads, buffers: dict[str, torch.Tensor], received_student,
         return grads, buffers
     received = from_record(received_student)
     clip, z = rc.dp_clip, rc.dp_noise
+    per_network = rc.dp_clip_scope == "per-network"
     if "target_w" in grads:  # the mean w's coordinate: within the same bound C (clipping.py)
-        clipped, _ = clip_update_with_w(grads, "target_w", clip, rc.w_share)
+        clipped, _ = clip_update_with_w(grads, "target_w", clip, rc.w_share, per_network)
     else:
-        clipped, _ = clip_update(grads, clip)
+        clipped, _ = clip_update(grads, clip, per_network)
     gen = dp_generator(rc.seed, client_stream(client), rc.round, UPDATE_NOISE.number(), secret)
     noisy = add_noise(clipped, local_noise_std(z, clip), gen)
     withheld = {k: received[k].clone() if k in received else v for k, v in buffers.items()}

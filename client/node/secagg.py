@@ -29,7 +29,7 @@ from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, Metric
                       RecordDict)
 from flwr.clientapp import ClientApp
 
-from shared.privacy.clipping import clip_update_with_w
+from shared.privacy.clipping import clip_update, clip_update_with_w
 from shared.privacy.dp_sgd import dp_generator
 from shared.protocol import wire
 from shared.protocol.records import RoundConfig
@@ -87,10 +87,15 @@ def advertise(state: RecordDict, rc: RoundConfig, cid: int,
     With the mean w's coordinate (`rc.w_share`) and an update nobody clipped yet (no DP, or
     central DP whose clip is this one): the gradients are clipped to sqrt(1 - share) C and the
     coordinate s w (s = sqrt(share) C) is kept whole, so the sum carries the exact sum of the
-    nodes' w to fixed-point precision. Under local and record DP the update, coordinate
-    included, was clipped and noised already; here C is only the range bound, as without it."""
+    nodes' w to fixed-point precision. Central DP with `dp_clip_scope: per-network` clips
+    each network to C / sqrt(3) here (the whole within C). Under local and record DP the
+    update, coordinate included, was clipped and noised already; here C is only the range
+    bound, as without it."""
+    per_network = rc.dp_mode == "central" and rc.dp_clip_scope == "per-network"
     if "target_w" in grads and rc.dp_mode in ("off", "central"):
-        grads, _ = clip_update_with_w(grads, "target_w", rc.secagg_clip, rc.w_share)
+        grads, _ = clip_update_with_w(grads, "target_w", rc.secagg_clip, rc.w_share, per_network)
+    elif per_network:  # the central mechanism's clipping, done here where the update is seen
+        grads, _ = clip_update(grads, rc.secagg_clip, per_network=True)
     vec, _ = clip_and_check(update_vector(grads), rc.secagg_clip)
     c_key, s_key = new_key(), new_key()
     state[SECRETS] = ArrayRecord({"c_sk": Array(to_u8(private_bytes(c_key))),

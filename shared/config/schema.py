@@ -207,9 +207,10 @@ class FedConfig:
     secagg_threshold: float = field(default=0.6, metadata=rng(0.0, 1.0))  # fraction for unmasking
     secagg_clip: float = field(default=8.0, metadata=rng(1e-6, 1e6))  # L2 bound before masking
     secagg_bits: int = field(default=24, metadata=rng(8, 48))  # quantisation levels (2^bits)
-    # record DP's clipping: "joint" bounds a window's whole gradient by dp_clip; "per-network"
-    # bounds each network's part (student with adapter, D_f, D_d; teacher, its discriminator)
-    # by dp_clip / sqrt(networks), the same total bound, so no network crowds out the others
+    # DP clipping: "joint" bounds the whole vector by dp_clip (record DP: one window's gradient;
+    # central, local: one client's update); "per-network" bounds each network's part (student
+    # with adapter, D_f, D_d; teacher, its discriminator) by dp_clip / sqrt(networks), the same
+    # total bound, so no network crowds out the others
     dp_clip_scope: Literal["joint", "per-network"] = "joint"
     # record DP's noise under secure aggregation: "node" = each node adds the full N(0, (zC)^2)
     # to its own update; "shares" = each adds 1/t of the variance at the mask stage, so only the

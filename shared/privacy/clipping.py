@@ -2,7 +2,9 @@
 
 A client's *update* is its three gradient records together (`student.grad`, `d_f.grad`,
 `d_d.grad`), viewed as one vector: the L2 norm is taken over all of them at once and the whole
-vector is scaled down to norm <= C (per-record clipping would give a bound of sqrt(3) C).
+vector is scaled down to norm <= C (per-record clipping to C would give a bound of sqrt(3) C).
+With `fed.dp_clip_scope: per-network` each record is clipped on its own to C / sqrt(3), so the
+whole is still within C but no network's gradient takes the others' share of the bound.
 
 BN running statistics are not part of the clipped vector. Under DP they are **not released**:
 a local-DP client sends back the BN buffers it received (no information about its windows), and
@@ -43,8 +45,21 @@ def update_norm(update: Update) -> float:
     return math.sqrt(sq)
 
 
-def clip_update(update: Update, clip: float) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
-    """(update scaled to norm <= clip, the norm before clipping). Copies; never in place."""
+def clip_update(update: Update, clip: float, per_network: bool = False
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
+    """(update scaled to norm <= clip, the norm before clipping). Copies; never in place.
+
+    `per_network` (fed.dp_clip_scope=per-network) clips each record (one network's gradient:
+    student with adapter, D_f, D_d) on its own to clip / sqrt(records), so the whole stays
+    within `clip` (the sensitivity is unchanged) while the network with the largest gradient
+    cannot crowd the others out of the bound. The norm returned is the whole update's."""
+    if per_network and len(update) > 1:
+        bound = clip / math.sqrt(len(update))
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for rec in update:
+            part, _ = clip_update({rec: update[rec]}, bound)
+            out.update(part)
+        return out, update_norm(update)
     norm = update_norm(update)
     scale = min(1.0, clip / norm) if norm > 0 else 1.0
     out = {rec: {k: (t * scale if t.is_floating_point() else t.clone()) for k, t in arrays.items()}
@@ -106,15 +121,17 @@ def w_clip(dp_mode: str, dp_clip: float, secagg_clip: float) -> float:
     return dp_clip if dp_mode != "off" else secagg_clip
 
 
-def clip_update_with_w(update: Update, w_key: str, clip: float, share: float
+def clip_update_with_w(update: Update, w_key: str, clip: float, share: float,
+                       per_network: bool = False
                        ) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
     """`clip_update` for an update whose record `w_key` holds the w coordinate s * w: every other
     record scaled to norm <= sqrt(1 - share) C, the coordinate clamped into [0, s] (a node that
     sent more cannot exceed the bound). The whole stays within C. Returns (copy, norm before,
-    of the gradient part)."""
+    of the gradient part). `per_network`: each network as in `clip_update`, within the
+    gradient part's bound."""
     grad_clip, scale = w_bounds(clip, share)
     grads = {k: v for k, v in update.items() if k != w_key}
-    clipped, norm = clip_update(grads, grad_clip)
+    clipped, norm = clip_update(grads, grad_clip, per_network)
     clipped[w_key] = {k: t.clamp(0.0, scale) for k, t in update[w_key].items()}
     return clipped, norm
 

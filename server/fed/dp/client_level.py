@@ -100,6 +100,7 @@ class PrivacyPlan:
     noise_multiplier: float  # z
     sampling_rate: float = 1.0  # q of a Poisson cohort (central DP); 1: every client
     expected_cohort: float = 0.0  # E = qK, the central mean's divisor; 0: the replies' count
+    per_network: bool = False  # fed.dp_clip_scope=per-network: each network to C / sqrt(3)
 
     def spent(self, releases: int) -> float:
         return epsilon_after(self.noise_multiplier, releases, self.delta, self.sampling_rate)
@@ -118,9 +119,10 @@ def plan_privacy(cfg: RunConfig, rounds: int) -> PrivacyPlan | None:
     rate = min(1.0, f.clients_per_round / f.clients) if poisson else 1.0
     z = calibrate_noise(f.dp_epsilon, f.dp_delta, max(rounds, 1), rate)
     plan = PrivacyPlan(f.dp, f.dp_clip, f.dp_epsilon, f.dp_delta, rounds, z, rate,
-                       float(f.clients_per_round) if poisson else 0.0)
-    log.info("DP %s: clip %.3g, noise multiplier %.4f for (eps %.3g, delta %.1e) over %d rounds"
-             "%s", plan.mode, plan.clip, z, plan.epsilon, plan.delta, rounds,
+                       float(f.clients_per_round) if poisson else 0.0,
+                       f.dp_clip_scope == "per-network")
+    log.info("DP %s: clip %.3g (%s), noise multiplier %.4f for (eps %.3g, delta %.1e) over %d rounds"
+             "%s", plan.mode, plan.clip, f.dp_clip_scope, z, plan.epsilon, plan.delta, rounds,
              f", Poisson cohorts at q={rate:.4g} (expected {f.clients_per_round})"
              if poisson else "")
     if f.aggregator != "mean":
@@ -172,9 +174,11 @@ def private_aggregate(updates: list[ClientUpdate], plan: PrivacyPlan, seed: int,
         for u in updates:
             if wire.TARGET_W in u.arrays:  # the mean w's coordinate, within the same bound C
                 arrays, norm = clip_update_with_w({k: u.arrays[k] for k in wire.W_UPDATE_KEYS},
-                                                  wire.TARGET_W, plan.clip, w_share)
+                                                  wire.TARGET_W, plan.clip, w_share,
+                                                  plan.per_network)
             else:
-                arrays, norm = clip_update({k: u.arrays[k] for k in wire.GRAD_KEYS}, plan.clip)
+                arrays, norm = clip_update({k: u.arrays[k] for k in wire.GRAD_KEYS}, plan.clip,
+                                           plan.per_network)
             norms.append(norm)
             clipped.append(ClientUpdate(u.client, u.num_examples, arrays, u.metrics))
         mean = uniform_mean(clipped, keys)
