@@ -15,6 +15,8 @@ round costs whatever else the machine runs), the count query at the start, peak 
 
     python bench/fed_scale.py --data ../shared/data/HAR --population 1000:50,1000:100,\
         10000:100,100000:100 --rounds 10 --out bench/results/fed_scale_cohort.json
+
+`--workers N` runs the clients in N processes as `fed.workers` does (the cloud's included).
 """
 
 from __future__ import annotations
@@ -55,11 +57,15 @@ def one(data: str, clients: int, rounds: int, teacher: str) -> dict:
                                                              for r in res.rounds)}
 
 
-def one_population(data: str, population: int, cohort: int, rounds: int, teacher: str) -> dict:
+def one_population(data: str, population: int, cohort: int, rounds: int, teacher: str,
+                   workers: int = 1) -> dict:
+    import contextlib
+
     import torch
 
     from server.fed import rounds as fed_rounds
     from server.fed.harness import InProcessGrid, load_component
+    from server.fed.worker_grid import WorkerGrid
     from shared.config import load_config
     from shared.unikd.metrics import median
 
@@ -84,19 +90,36 @@ def one_population(data: str, population: int, cohort: int, rounds: int, teacher
         return out
 
     fed_rounds.run_round, fed_rounds.query_counts = timed_round, timed_query
-    grid = InProcessGrid(load_component("client.node.client_app:app"), population)
+    app = "client.node.client_app:app"
+    # workers > 1: the product's default layout (fed.workers), the cohort's clients spread over
+    # worker processes; the CPU column is then this (the cloud's) process alone
+    grid = (WorkerGrid(app, population, workers) if workers > 1
+            else InProcessGrid(load_component(app), population))
     t0 = time.perf_counter()
-    res = fed_rounds.federate(grid, cfg, progress=False)
-    wall = time.perf_counter() - t0
+    with grid if workers > 1 else contextlib.nullcontext():
+        res = fed_rounds.federate(grid, cfg, progress=False)
+        wall = time.perf_counter() - t0
+        worker_rss = [peak_rss_mb(pid) for pid in getattr(grid, "worker_pids", [])]
+    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     secs = [r["seconds"] for r in res.rounds]
-    return {"population": population, "cohort": cohort, "rounds": len(secs),
+    return {"population": population, "cohort": cohort, "workers": workers,
+            "rounds": len(secs),
             "round_seconds_median": median(secs), "round_seconds_max": max(secs),
             "round_cpu_seconds_median": median(cpu), "round_cpu_seconds_max": max(cpu),
             "count_query_seconds": sum(query), "wall_seconds": wall,
-            "contexts_held": len(grid.contexts),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "contexts_held": len(grid.contexts),  # with workers: the cloud's share only
+            "peak_rss_mb": own_rss, "worker_peak_rss_mb": worker_rss,
+            "total_peak_rss_mb": own_rss + sum(worker_rss),  # an upper bound: peaks summed
             "load_average_1min": __import__("os").getloadavg()[0],
             "final_mf1": res.final.get("mf1")}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident set (Linux /proc VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 def make_teacher(data: str, path: Path) -> None:
@@ -122,6 +145,8 @@ def main() -> None:
     ap.add_argument("--population", help="cross-device: POPULATION:COHORT,... (issue 27)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-population", help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="cross-device: client processes (fed.workers; 1 = this process only)")
     ap.add_argument("--teacher", help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = str(Path(args.data).resolve())
@@ -130,7 +155,8 @@ def main() -> None:
         return
     if args.child_population:
         pop, cohort = map(int, args.child_population.split(":"))
-        print(json.dumps(one_population(data, pop, cohort, args.rounds, args.teacher)))
+        print(json.dumps(one_population(data, pop, cohort, args.rounds, args.teacher,
+                                        args.workers)))
         return
     teacher = Path(args.out).with_suffix(".teacher.pt")
     if not teacher.exists():
@@ -154,13 +180,15 @@ def population_rows(args, data: str, teacher: Path) -> None:
     rows = []
     for spec in args.population.split(","):
         out = subprocess.run([sys.executable, __file__, "--data", data, "--child-population",
-                              spec, "--rounds", str(args.rounds), "--teacher", str(teacher)],
+                              spec, "--rounds", str(args.rounds), "--teacher", str(teacher),
+                              "--workers", str(args.workers)],
                              check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d"),
-            "machine": "2-core Xeon box shared with other jobs, 1 torch thread, in-process Grid",
+            "machine": f"2-core Xeon box, 1 torch thread, in-process engine, {args.workers} "
+                       "client process(es); each row's load_average_1min says how busy",
             "rows": rows}, indent=2))
 
 

@@ -102,6 +102,7 @@ def test_close_stops_the_workers():
     grid = WorkerGrid(APP, 3, 3)
     procs = list(grid._procs.values())
     assert len(procs) == 2 and grid.worker_pid(1000) is None
+    assert grid.worker_pids == [grid.worker_pid(1001), grid.worker_pid(1002)]  # by share
     assert all(p.is_alive() for p in procs)
     grid.close()
     grid.close()  # idempotent

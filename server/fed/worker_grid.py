@@ -241,6 +241,11 @@ class WorkerGrid(InProcessGrid):
         proc = self._procs.get(self.owner(nid))
         return None if proc is None else proc.pid
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids, by share (the cloud's own share has none)."""
+        return [proc.pid for _, proc in sorted(self._procs.items())]
+
     def _send(self, nid: int, item: tuple) -> None:
         w = self.owner(nid)
         try:
