@@ -34,7 +34,7 @@ from server.deploy.submit import submit  # noqa: E402
 from server.deploy.superlink import start_cloud  # noqa: E402
 from shared.platform.app_signing import generate_key as generate_app_key  # noqa: E402
 from shared.platform.processes import free_port, group_members  # noqa: E402
-from shared.unikd.metrics import median
+from shared.unikd.metrics import median  # noqa: E402
 from shared.config import load_config  # noqa: E402
 
 

@@ -121,8 +121,8 @@ def plan_privacy(cfg: RunConfig, rounds: int) -> PrivacyPlan | None:
     plan = PrivacyPlan(f.dp, f.dp_clip, f.dp_epsilon, f.dp_delta, rounds, z, rate,
                        float(f.clients_per_round) if poisson else 0.0,
                        f.dp_clip_scope == "per-network")
-    log.info("DP %s: clip %.3g (%s), noise multiplier %.4f for (eps %.3g, delta %.1e) over %d rounds"
-             "%s", plan.mode, plan.clip, f.dp_clip_scope, z, plan.epsilon, plan.delta, rounds,
+    log.info("DP %s: clip %.3g (%s), noise multiplier %.4f for (eps %.3g, delta %.1e) over %d "
+             "rounds%s", plan.mode, plan.clip, f.dp_clip_scope, z, plan.epsilon, plan.delta, rounds,
              f", Poisson cohorts at q={rate:.4g} (expected {f.clients_per_round})"
              if poisson else "")
     if f.aggregator != "mean":
