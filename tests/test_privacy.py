@@ -390,3 +390,18 @@ def test_wire_manifest_holds_with_local_dp():
                 assert torch.equal(t, sent_bn[(node, rnd)][name]), name
     eps = [r["dp_epsilon"] for r in result.rounds]
     assert eps[-1] == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_clip_scope_without_dp_is_logged_not_silently_ignored(caplog):
+    from server.fed.dp.federation import check_clip_scope
+
+    with caplog.at_level("WARNING", logger="server.fed.dp.federation"):
+        check_clip_scope(load_config(None, [*BASE, "fed.dp_clip_scope=per-network"]))
+    assert "fed.dp_clip_scope=per-network has no effect" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="server.fed.dp.federation"):
+        check_clip_scope(load_config(None, BASE))  # the default scope needs nothing
+        for mode in ("record", "central", "local"):
+            check_clip_scope(load_config(None, [*BASE, f"fed.dp={mode}",
+                                                "fed.dp_clip_scope=per-network"]))
+    assert "dp_clip_scope" not in caplog.text

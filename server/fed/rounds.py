@@ -29,8 +29,8 @@ from server.fed.setup import setup_config, setup_content
 from server.fed.stopping import PlateauRule, epoch_signals
 from server.fed.secagg import secure_updates
 from server.fed.dp.client_level import cloud_secret
-from server.fed.dp.federation import (RunPrivacy, check_record_noise, check_record_terms,
-                                      check_teacher_source, plan_run_privacy,
+from server.fed.dp.federation import (RunPrivacy, check_clip_scope, check_record_noise,
+                                      check_record_terms, check_teacher_source, plan_run_privacy,
                                       teacher_round_charges, train_records)
 from server.fed.dp.record_level import RecordLedger
 from server.fed.dp.w_coordinate import w_coordinate_summary
@@ -271,6 +271,7 @@ def start_federation(grid, cfg: RunConfig, progress: bool, timeout: float | None
     check_cloud_hint(cfg)
     check_teacher_steps(cfg)
     check_record_noise(cfg)
+    check_clip_scope(cfg)
     check_record_terms(cfg)
     check_pseudo_labels(cfg)
     policy = CohortPolicy.from_fed(cfg.fed)

@@ -8,6 +8,7 @@ central noise. The round loop (server/fed/rounds.py) asks it, and nothing else, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from shared.config import RunConfig
 from shared.errors import UnikdError
 from shared.unikd.settings import batch_coupling
 from shared.protocol import wire
+
+log = logging.getLogger(__name__)
 
 DpPlan = PrivacyPlan | RecordPlan  # both tell the nodes mode, clip, noise_multiplier, count_std
 TRAIN_RECORDS = (*wire.GRAD_KEYS, wire.STUDENT_BN)  # a train reply without record DP
@@ -56,6 +59,15 @@ def check_record_noise(cfg: RunConfig) -> None:
         raise UnikdError(f"fed.record_noise=shares needs fed.dp=record, "
                          f"fed.secure_aggregation=true and fed.local_steps=1; got "
                          f"{', '.join(wrong)}")
+
+
+def check_clip_scope(cfg: RunConfig) -> None:
+    """`dp_clip_scope` shapes a DP mechanism's clipping: without one it does nothing, and the
+    log says so rather than ignoring it silently. A warning, not an error: a private config
+    run with fed.dp=off as its own baseline is a common, meaningful comparison."""
+    if cfg.fed.dp_clip_scope != "joint" and cfg.fed.dp == "off":
+        log.warning("fed.dp_clip_scope=%s has no effect: it shapes a DP mechanism's clipping "
+                    "and fed.dp=off runs none", cfg.fed.dp_clip_scope)
 
 
 def check_record_terms(cfg: RunConfig) -> None:
