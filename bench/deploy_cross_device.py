@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.deploy_exchange import round_seconds  # noqa: E402
 from bench.deploy_walltime import edge_data  # noqa: E402
 from client.edge_service.delivery import installed_tag  # noqa: E402
 from client.node.supernode import EdgeConfig, start_edge  # noqa: E402
@@ -163,15 +164,15 @@ def main() -> int:
               "processes_left": {str(k): v for k, v in left.items()}}
     res = box.get("res")
     if res is not None:
-        report.update(summarise(res, killed_ids, late_id, events, edges, cfgs))
+        report.update(summarise(res, killed_ids, late_id, events, cfgs))
         report["submit_to_finished_seconds"] = t_done - t_ready
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "cohorts"}, indent=1))
     return 0 if report.get("checks_passed") else 1
 
 
-def summarise(res, killed_ids: list[int], late_id: int, events: list[dict], edges: dict,
-              cfgs: dict) -> dict:
+def summarise(res, killed_ids: list[int], late_id: int, events: list[dict], cfgs: dict
+              ) -> dict:
     run = res.run_dir
     results = json.loads((run / "results.json").read_text())
     cohorts = [json.loads(line) for line in (run / "cohorts.jsonl").read_text().splitlines()]
@@ -193,20 +194,13 @@ def summarise(res, killed_ids: list[int], late_id: int, events: list[dict], edge
     return {"status": res.status, "mf1": results.get("mf1"), "rounds": len(cohorts),
             "exchanges": results.get("exchanges"),
             "serverapp_federate_seconds": results.get("wall_seconds"),
-            "round_seconds": [float(r) for r in rounds_column(run, "seconds")],
+            "round_seconds": round_seconds(run),
             "late_edge_trained_rounds": late_trained,
             "rounds_killed_edges_were_drawn_after_death": [
                 c["round"] for c in cohorts
                 if c["round"] > kill_round and set(killed_ids) & set(c["cohort"])],
             "delivered": {str(k): v for k, v in delivered.items()},
             "checks": checks, "checks_passed": all(checks.values()), "cohorts": cohorts}
-
-
-def rounds_column(run: Path, name: str) -> list[str]:
-    import csv
-
-    with open(run / "rounds.csv", newline="") as f:
-        return [r[name] for r in csv.DictReader(f)]
 
 
 if __name__ == "__main__":

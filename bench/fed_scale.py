@@ -99,7 +99,7 @@ def one_population(data: str, population: int, cohort: int, rounds: int, teacher
     with grid if workers > 1 else contextlib.nullcontext():
         res = fed_rounds.federate(grid, cfg, progress=False)
         wall = time.perf_counter() - t0
-        worker_rss = [peak_rss_mb(pid) for pid in getattr(grid, "worker_pids", [])]
+        worker_rss = [peak_rss_mb(pid) for pid in grid.worker_pids] if workers > 1 else []
     own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     secs = [r["seconds"] for r in res.rounds]
     return {"population": population, "cohort": cohort, "workers": workers,

@@ -96,22 +96,28 @@ def one(data: str, variant: str, teacher: str, seed: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def pooled(cfg, split: str):
-    """The pool's `split` windows of every subject, each normalised with the source statistics
-    as every split of a scenario is (load_scenario reads one target domain)."""
+def pooled(cfg, *splits: str) -> list:
+    """The pool's windows of each of `splits`, every subject's normalised with the source
+    statistics as every split of a scenario is (load_scenario reads one target domain); each
+    subject is loaded once for all the splits."""
     import torch
 
     from shared.data.adatime import Domain
     from shared.data.scenario import load_scenario
 
-    parts = [getattr(load_scenario(cfg.data, f"{SOURCE}->{s}"), split) for s in POOL.split("+")]
-    return Domain(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts]), parts[0].file)
+    subjects = [load_scenario(cfg.data, f"{SOURCE}->{s}") for s in POOL.split("+")]
+    out = []
+    for split in splits:
+        parts = [getattr(d, split) for d in subjects]
+        out.append(Domain(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts]),
+                          parts[0].file))
+    return out
 
 
 def pooled_test(cfg):
     """The whole pooled test split: the federated evaluation's windows when every node holds
     some (its MF1 is this one's, measured equal at K=1,000), and the only score where not."""
-    return pooled(cfg, "trg_test")
+    return pooled(cfg, "trg_test")[0]
 
 
 def make_teacher(data: str, path: Path) -> None:
@@ -125,8 +131,7 @@ def make_teacher(data: str, path: Path) -> None:
     cfg = load_config(None, [f"data.path={data}", "data.dataset=HAR",
                              f"data.scenario={SOURCE}->{POOL}"])
     data_ = load_scenario(cfg.data, f"{SOURCE}->{POOL.split('+')[0]}")
-    for split in ("trg_train", "trg_test"):
-        setattr(data_, split, pooled(cfg, split))
+    data_.trg_train, data_.trg_test = pooled(cfg, "trg_train", "trg_test")
     data_.target = POOL
     save_teacher(path, train_teacher(cfg, data_, progress=False), cfg, data_)
 
