@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from shared.data.datasets import DatasetSpec
+from shared.unikd.models.pooling import PairMaxPool1d
 
 TEACHER_WIDTH, TEACHER_FEATURES = 64, 128
 STUDENT_WIDTH, STUDENT_FEATURES = 16, 32
@@ -21,7 +22,7 @@ def conv_block(c_in: int, c_out: int, kernel: int, stride: int, dropout: float) 
         nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm1d(c_out),
         nn.ReLU(),
-        nn.MaxPool1d(kernel_size=2, stride=2, padding=1),
+        PairMaxPool1d(),  # nn.MaxPool1d(2, 2, padding=1), bit for bit, faster to train
     ]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))

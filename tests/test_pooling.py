@@ -1,0 +1,71 @@
+"""The conv blocks' pool: the same values and gradients as nn.MaxPool1d(2, 2, padding=1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from shared.unikd.models import pooling
+from shared.unikd.models.cnn1d import CNN1d
+from shared.unikd.models.pooling import PairMaxPool1d
+
+
+def with_ties(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).relu()  # post-ReLU zeros tie everywhere
+    x[..., 1::4] = 0.5  # and equal positive neighbours in every other window (x[2i-1], x[2i]):
+    x[..., 2::4] = 0.5  # the first of the two must take the gradient
+    return x
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 128), (4, 3, 129), (2, 5, 1), (2, 5, 2), (3, 8, 7),
+                                   (32, 64, 129)])
+def test_values_and_gradients_equal_the_library_pool_bit_for_bit(shape):
+    x = with_ties(shape, seed=sum(shape)).requires_grad_()
+    ours = PairMaxPool1d().train()
+    y_lib, y_ours = F.max_pool1d(x, 2, 2, 1), ours(x)
+    assert torch.equal(y_ours, y_lib)
+    upstream = torch.randn_like(y_lib)
+    g_lib, = torch.autograd.grad(y_lib, x, upstream)
+    g_ours, = torch.autograd.grad(ours(x), x, upstream)
+    assert torch.equal(g_ours, g_lib)
+
+
+def test_the_fast_path_runs_only_in_a_training_pass_with_a_gradient(monkeypatch):
+    calls = []
+    real = pooling.PairMax.apply
+    monkeypatch.setattr(pooling.PairMax, "apply", lambda x: calls.append(1) or real(x))
+    pool, x = PairMaxPool1d(), torch.randn(2, 3, 16, requires_grad=True)
+    pool.train()(x)
+    assert calls == [1]
+    pool.eval()(x)  # evaluation and export: the library's module
+    with torch.no_grad():
+        pool.train()(x)
+    pool.train()(x.detach())
+    assert calls == [1]
+    assert isinstance(pool, nn.MaxPool1d) and (pool.kernel_size, pool.stride, pool.padding) == (2, 2, 1)
+
+
+def test_per_window_gradients_under_vmap_equal_the_library_pools(monkeypatch):
+    """Record DP differentiates each window with torch.func (grad inside vmap)."""
+    torch.manual_seed(0)
+    model = CNN1d(9, 6, 16, 32, 5, 1, 0.0).train()
+    for m in model.modules():  # BN's running statistics cannot be updated inside grad
+        if isinstance(m, nn.BatchNorm1d):
+            m.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    x, y = with_ties((6, 9, 128), seed=1), torch.randint(0, 6, (6,))
+
+    def loss(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    per_window = vmap(grad(loss), in_dims=(None, 0, 0))
+    ours = per_window(params, x, y)
+    monkeypatch.setattr(PairMaxPool1d, "fast_path", lambda self, x: False)
+    lib = per_window(params, x, y)
+    assert all(torch.equal(ours[k], lib[k]) for k in lib)
