@@ -37,6 +37,12 @@ POISSON_E100 = [*(o for o in POISSON if not o.startswith("fed.clients_per_round=
                 "fed.clients_per_round=100"]
 POISSON_K2400 = ["fed.clients=2400", "fed.clients_per_round=100", END_ONLY,
                  "fed.cohort_sampling=poisson"]
+# 10,000 phones, more than the pool has pairs of windows: each phone's 2 windows are drawn for
+# it alone from the pool's training split (`fed.partition=population:2`), so phones share
+# windows (each window sits on about 4). The privacy unit stays the phone. A Poisson cohort of
+# 100 (q = 0.01); scored, as K = 2,400, on the pooled test split
+POISSON_K10000 = ["fed.clients=10000", "fed.clients_per_round=100", END_ONLY,
+                  "fed.cohort_sampling=poisson", "fed.partition=population:2"]
 VARIANTS = {
     "k5": ["fed.clients=5", END_ONLY],
     "cohort50": CROSS_DEVICE,
@@ -59,6 +65,9 @@ VARIANTS = {
     **{f"dp{e}-k2400{tag}": [*POISSON_K2400, "fed.dp=central", f"fed.dp_epsilon={e}", *scope]
        for e in (8, 3, 1) for tag, scope in (("", []),
                                              ("-pn", ["fed.dp_clip_scope=per-network"]))},
+    "k10000": POISSON_K10000,
+    **{f"dp{e}-k10000": [*POISSON_K10000, "fed.dp=central", f"fed.dp_epsilon={e}"]
+       for e in (8, 3, 1)},
 }
 
 
