@@ -45,12 +45,13 @@ def test_the_fast_path_runs_only_in_a_training_pass_with_a_gradient(monkeypatch)
     with torch.no_grad():
         pool.train()(x)
     pool.train()(x.detach())
+    pool.train()(x[:1])  # a batch of one (record DP's per-window gradients): the library's
     assert calls == [1]
     assert isinstance(pool, nn.MaxPool1d) and (pool.kernel_size, pool.stride, pool.padding) == (2, 2, 1)
 
 
-def test_per_window_gradients_under_vmap_equal_the_library_pools(monkeypatch):
-    """Record DP differentiates each window with torch.func (grad inside vmap)."""
+def per_window_gradients(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradients of each element of x's first dimension under vmap, as record DP takes them."""
     torch.manual_seed(0)
     model = CNN1d(9, 6, 16, 32, 5, 1, 0.0).train()
     for m in model.modules():  # BN's running statistics cannot be updated inside grad
@@ -58,14 +59,22 @@ def test_per_window_gradients_under_vmap_equal_the_library_pools(monkeypatch):
             m.eval()
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-    x, y = with_ties((6, 9, 128), seed=1), torch.randint(0, 6, (6,))
 
     def loss(p, xi, yi):
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(out, yi.unsqueeze(0))
+        return F.cross_entropy(functional_call(model, (p, buffers), (xi,)), yi)
 
-    per_window = vmap(grad(loss), in_dims=(None, 0, 0))
-    ours = per_window(params, x, y)
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+
+def test_gradients_under_vmap_equal_the_library_pools(monkeypatch):
+    """torch.func.vmap of grad through the new path (each vmapped element a batch of two
+    windows, so the fast path runs inside the transform) gives the library's gradients."""
+    x, y = with_ties((3, 2, 9, 128), seed=1), torch.randint(0, 6, (3, 2))
+    calls = []
+    real = pooling.PairMax.apply
+    monkeypatch.setattr(pooling.PairMax, "apply", lambda x: calls.append(1) or real(x))
+    ours = per_window_gradients(x, y)
+    assert calls, "the fast path did not run under vmap"
     monkeypatch.setattr(PairMaxPool1d, "fast_path", lambda self, x: False)
-    lib = per_window(params, x, y)
+    lib = per_window_gradients(x, y)
     assert all(torch.equal(ours[k], lib[k]) for k in lib)
