@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shared.privacy.dp_sgd import frozen_bn, per_sample_grads
 from shared.unikd.models.cnn1d import CNN1d
 from shared.unikd.models.pooling import PairMaxPool1d
 
@@ -51,30 +52,39 @@ def model_step(model: CNN1d, x: torch.Tensor):
     return step
 
 
+class WindowLoss(nn.Module):
+    """One window's cross-entropy: the loss module record DP differentiates per window."""
+
+    def __init__(self, model: CNN1d) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.model(x), y)
+
+
 def per_window_step(model: CNN1d, x: torch.Tensor):
-    """Record DP's per-window gradients: vmap over the windows of grad of one window's loss."""
-    from torch.func import functional_call, grad, vmap
+    """Record DP's per-window gradients (shared/privacy/dp_sgd.py, BN frozen as there)."""
+    loss, y = WindowLoss(model), torch.zeros(len(x), dtype=torch.long)
 
-    for m in model.modules():  # BN's running statistics cannot be updated inside grad
-        if isinstance(m, nn.BatchNorm1d):
-            m.eval()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    y = torch.zeros(len(x), dtype=torch.long)
-
-    def loss(p, xi, yi):
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return nn.functional.cross_entropy(out, yi.unsqueeze(0))
-
-    per_window = vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")
-    return lambda: per_window(params, x, y)
+    def step():
+        with frozen_bn(loss):
+            per_sample_grads(loss, (x, y))
+    return step
 
 
-def use_library_pool(model: CNN1d) -> None:
+def use_library_pool(model: CNN1d) -> CNN1d:
     for block in (model.block1, model.block2, model.block3):
         for i, layer in enumerate(block):
             if isinstance(layer, PairMaxPool1d):
                 block[i] = nn.MaxPool1d(2, 2, 1)
+    return model
+
+
+def model_pair(width: int, features: int) -> tuple[CNN1d, CNN1d]:
+    """A HAR-shaped model with PairMaxPool1d and one with the library's pool."""
+    return (CNN1d(9, 6, width, features).train(),
+            use_library_pool(CNN1d(9, 6, width, features).train()))
 
 
 def main() -> None:
@@ -93,21 +103,18 @@ def main() -> None:
         rows.append({"what": f"pool {list(shape)}", "library_ms": lib, "pair_ms": ours})
     x = torch.randn(32, 9, 128)
     for name, width, features in (("teacher", 64, 128), ("student", 16, 32)):
-        ours_model = CNN1d(9, 6, width, features).train()
-        lib_model = CNN1d(9, 6, width, features).train()
-        use_library_pool(lib_model)
+        ours_model, lib_model = model_pair(width, features)
         lib = median_ms(model_step(lib_model, x), args.steps, args.repeats)
         ours = median_ms(model_step(ours_model, x), args.steps, args.repeats)
         rows.append({"what": f"{name} step [32, 9, 128]", "library_ms": lib, "pair_ms": ours})
+    per_window_calls = args.steps // 10 or 1
     for name, width, features in (("teacher", 64, 128), ("student", 16, 32)):
-        ours_model = CNN1d(9, 6, width, features).train()
-        lib_model = CNN1d(9, 6, width, features).train()
-        use_library_pool(lib_model)
-        lib = median_ms(per_window_step(lib_model, x), args.steps // 10 or 1, args.repeats)
+        ours_model, lib_model = model_pair(width, features)
+        lib = median_ms(per_window_step(lib_model, x), per_window_calls, args.repeats)
         own = PairMaxPool1d.fast_path
         PairMaxPool1d.fast_path = lambda self, x: True  # forced on for a batch of one
         try:
-            ours = median_ms(per_window_step(ours_model, x), args.steps // 10 or 1, args.repeats)
+            ours = median_ms(per_window_step(ours_model, x), per_window_calls, args.repeats)
         finally:
             PairMaxPool1d.fast_path = own
         rows.append({"what": f"{name} per-window grads x32 (vmap), new path forced",

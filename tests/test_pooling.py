@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
+from shared.privacy.dp_sgd import frozen_bn, per_sample_grads
 from shared.unikd.models import pooling
 from shared.unikd.models.cnn1d import CNN1d
 from shared.unikd.models.pooling import PairMaxPool1d
@@ -47,34 +47,39 @@ def test_the_fast_path_runs_only_in_a_training_pass_with_a_gradient(monkeypatch)
     pool.train()(x.detach())
     pool.train()(x[:1])  # a batch of one (record DP's per-window gradients): the library's
     assert calls == [1]
-    assert isinstance(pool, nn.MaxPool1d) and (pool.kernel_size, pool.stride, pool.padding) == (2, 2, 1)
+    assert isinstance(pool, nn.MaxPool1d)
+    assert (pool.kernel_size, pool.stride, pool.padding) == (2, 2, 1)
 
 
-def per_window_gradients(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Gradients of each element of x's first dimension under vmap, as record DP takes them."""
-    torch.manual_seed(0)
-    model = CNN1d(9, 6, 16, 32, 5, 1, 0.0).train()
-    for m in model.modules():  # BN's running statistics cannot be updated inside grad
-        if isinstance(m, nn.BatchNorm1d):
-            m.eval()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
+class PairLoss(nn.Module):
+    """The loss of one pair of windows, so each element record DP's vmap sees is a batch of
+    two and takes the fast path inside the transform."""
 
-    def loss(p, xi, yi):
-        return F.cross_entropy(functional_call(model, (p, buffers), (xi,)), yi)
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = CNN1d(9, 6, 16, 32, 5, 1, 0.0).train()
 
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(x[0]), y[0])  # x: [1, 2, C, L], one element of vmap
+
+
+def per_pair_gradients(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Record DP's per-window gradients (shared/privacy/dp_sgd.py), one pair of windows each."""
+    loss = PairLoss()
+    with frozen_bn(loss):
+        return per_sample_grads(loss, (x, y))
 
 
 def test_gradients_under_vmap_equal_the_library_pools(monkeypatch):
-    """torch.func.vmap of grad through the new path (each vmapped element a batch of two
+    """Record DP's vmap of grad through the new path (each vmapped element a batch of two
     windows, so the fast path runs inside the transform) gives the library's gradients."""
     x, y = with_ties((3, 2, 9, 128), seed=1), torch.randint(0, 6, (3, 2))
     calls = []
     real = pooling.PairMax.apply
     monkeypatch.setattr(pooling.PairMax, "apply", lambda x: calls.append(1) or real(x))
-    ours = per_window_gradients(x, y)
+    ours = per_pair_gradients(x, y)
     assert calls, "the fast path did not run under vmap"
     monkeypatch.setattr(PairMaxPool1d, "fast_path", lambda self, x: False)
-    lib = per_window_gradients(x, y)
+    lib = per_pair_gradients(x, y)
     assert all(torch.equal(ours[k], lib[k]) for k in lib)

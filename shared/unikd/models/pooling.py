@@ -14,8 +14,8 @@ Only a training forward pass on CPU with a gradient, over a batch of more than o
 takes the new path: evaluation, export (`torch.onnx`, `torch.export`) and CUDA run the
 library's module unchanged, and so does a batch of one. That is how record DP's per-window
 gradients see each window (torch.func.vmap over single-window batches), where the library's
-pool is faster (bench/pool_speed.py: 7.8 against 11.4 ms for a student's 32 per-window
-gradients).
+pool is faster (bench/pool_speed.py: 6.2 against 8.8 ms for a student's 32 per-window
+gradients, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class PairMax(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_indices: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor,  # type: ignore[override]
+                 _grad_indices: torch.Tensor) -> torch.Tensor:
         x, indices = ctx.saved_tensors
         return torch.ops.aten.max_pool2d_with_indices_backward(
             grad.unsqueeze(-2), x.unsqueeze(-2), [1, 2], [1, 2], [0, 1], [1, 1], False,
