@@ -12,7 +12,7 @@
 set -euo pipefail
 OUT=${1:?OUT}; SET=${2:?har|hhar}; V=${3:?variant}; SEED=${4:?seed}
 HAR=${HAR:-../shared/data/HAR}; HHAR=${HHAR:-../shared/data/HHAR_SA}
-HAR_TEACHERS=${HAR_TEACHERS:-/work/benchout/went12/har-base}
+HAR_TEACHERS=${HAR_TEACHERS:-/work/teacher-cache/har-recipe-3seeds}
 HHAR_TEACHERS=${HHAR_TEACHERS:-/work/teacher-cache/hhar-recipe}
 case $V in
   L1) X=(--set fed.local_steps=1) ;;
