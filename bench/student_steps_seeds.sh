@@ -20,8 +20,11 @@ case $V in
   L2rep) X=(--set fed.local_steps=2 --set fed.server_step=repeat) ;;
   *) echo "unknown variant $V" >&2; exit 2 ;;
 esac
-if [ "$SET" = har ]; then DATA=$HAR; DS=HAR; PAIRS=configs/har-dev-pairs.txt; T=$HAR_TEACHERS
-else DATA=$HHAR; DS=HHAR; PAIRS=configs/hhar-sa-dev-pairs.txt; T=$HHAR_TEACHERS; fi
+case $SET in
+  har) DATA=$HAR; DS=HAR; PAIRS=configs/har-dev-pairs.txt; T=$HAR_TEACHERS ;;
+  hhar) DATA=$HHAR; DS=HHAR; PAIRS=configs/hhar-sa-dev-pairs.txt; T=$HHAR_TEACHERS ;;
+  *) echo "unknown development set $SET (har, hhar)" >&2; exit 2 ;;
+esac
 unikd bench federated --data "$DATA" --dataset "$DS" --scenarios "$(tail -1 $PAIRS)" \
   --seeds "$SEED" --clients 5 --partition iid --teachers "$T" --out "$OUT/$SET-$V-s$SEED" \
   --jobs 1 --quiet --label "$V" "${X[@]}" --set fed.workers=1

@@ -1,7 +1,7 @@
 """Tables for bench/student_steps_seeds.sh: per development set and variant, the mean MF1 over
 pairs and seeds, each seed's mean, the difference from the first variant (paired by pair and
 seed) with its spread over seeds, exchanges per run and the last-5 std; then per pair the
-3-seed means.
+seed means.
 
     python3 bench/summarize_seeds.py OUT L1 L2sqrt L2rep [--json FILE]
 """

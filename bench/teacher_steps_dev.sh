@@ -14,13 +14,16 @@ HAR=${HAR:-../shared/data/HAR}; HHAR=${HHAR:-../shared/data/HHAR_SA}
 RULE=${RULE:-same}; SETS=${SETS:-har hhar}
 TAG=$([ "$RULE" = same ] && echo "" || echo "-$RULE")
 for L in "$@"; do
-  if [[ " $SETS " == *" har "* ]]; then unikd bench federated --data "$HAR" --dataset HAR --scenarios "$(tail -1 configs/har-dev-pairs.txt)" \
-    --seeds 0 --clients 5 --partition iid --out "$OUT/har-tL$L$TAG" --jobs 1 --quiet \
-    --label "teacher-L$L$TAG" --set fed.teacher_local_steps="$L" --set fed.workers=1 \
-    --set fed.teacher_server_step="$RULE"; fi
-  if [[ " $SETS " == *" hhar "* ]]; then unikd bench federated --data "$HHAR" --dataset HHAR \
-    --scenarios "$(tail -1 configs/hhar-sa-dev-pairs.txt)" --seeds 0 --clients 5 --partition iid \
-    --out "$OUT/hhar-tL$L$TAG" --jobs 1 --quiet --label "teacher-L$L$TAG" \
-    --set fed.teacher_local_steps="$L" --set fed.workers=1 --set fed.teacher_server_step="$RULE"; fi
+  for SET in $SETS; do
+    case $SET in
+      har) DATA=$HAR; DS=HAR; PAIRS=configs/har-dev-pairs.txt ;;
+      hhar) DATA=$HHAR; DS=HHAR; PAIRS=configs/hhar-sa-dev-pairs.txt ;;
+      *) echo "SETS: unknown development set '$SET' (har, hhar)" >&2; exit 2 ;;
+    esac
+    unikd bench federated --data "$DATA" --dataset "$DS" --scenarios "$(tail -1 $PAIRS)" \
+      --seeds 0 --clients 5 --partition iid --out "$OUT/$SET-tL$L$TAG" --jobs 1 --quiet \
+      --label "teacher-L$L$TAG" --set fed.teacher_local_steps="$L" --set fed.workers=1 \
+      --set fed.teacher_server_step="$RULE"
+  done
 done
 echo DONE
